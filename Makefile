@@ -1,0 +1,134 @@
+# scann-serving: interactions -> towers -> ScaNN index -> SavedModel -> image -> pod -> client.
+# `make` (or `make help`) lists every target. Versions, names and ports come
+# from versions.env; override any variable on the command line (make build DATASET=...).
+
+SHELL = /usr/bin/env bash -o pipefail
+.SHELLFLAGS = -ec
+.DEFAULT_GOAL := help
+
+include versions.env
+
+##@ Variables (override on the command line)
+PYTHON ?= python$(PYTHON_VERSION)## Interpreter for the build venv (Python $(PYTHON_VERSION)).
+VENV ?= .venv## Build/dev/test venv.
+COMPAT_VENV ?= .venv-compat## Python $(COMPAT_PYTHON_VERSION) + TF $(COMPAT_TF_VERSION) + scann $(COMPAT_SCANN_VERSION): the serving image's runtime.
+TOOLS_VENV ?= .venv-tools## hadolint, kubectl/kustomize, kubernetes-validate, checkov, moto, awscli.
+MODELS ?= models## Model base path written by `build` and read by `serve`.
+MODEL ?= $(MODEL_NAME)## Model name (TF Serving's --model_name).
+DATASET ?= movielens-100k## Built-in dataset name or a path (see model_builder/README.md).
+BUILD_ARGS ?=## Extra flags for `python -m model_builder build`.
+PORT ?= $(GRPC_PORT)## gRPC port of the local server.
+TARGET ?= 127.0.0.1:$(GRPC_PORT)## gRPC target for `smoke` (host:port or dns:///svc:port).
+PYTEST_ARGS ?=## Extra pytest flags, e.g. PYTEST_ARGS='-k compat -x'.
+BUILDER_IMAGE ?= scann-serving-builder:$(TF_VERSION)## Local tag of the builder image.
+SERVING_IMAGE ?= scann-serving## Local repository of the serving image (tag: <model>-v<version>-<gitsha>).
+AWS_REGION ?=## ECR region for `push` (or set the AWS_REGION environment variable).
+AWS_ACCOUNT_ID ?=## ECR account for `push`.
+ECR_REPOSITORY ?= scann-serving## ECR repository for `push`.
+ECR_REGISTRY ?=## Registry host; default <account>.dkr.ecr.<region>.amazonaws.com.
+OVERLAY ?= prod## k8s overlay for `deploy`.
+
+export PYTHONDONTWRITEBYTECODE := 1
+PY := $(VENV)/bin/python
+STAMP := .stamp
+
+##@ Help
+.PHONY: help
+help: ## Show targets and variables.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m [VAR=value]\n"} \
+	  /^[a-zA-Z0-9_-]+:.*?## / { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } \
+	  /^[A-Z_]+ \?=.*## / { split($$0, a, " \\?= "); split(a[2], b, "## "); printf "  %-16s %s (default: %s)\n", a[1], b[2], b[1] }' $(MAKEFILE_LIST)
+
+##@ Setup
+.PHONY: venv compat-venv tools-venv lock
+venv: $(VENV)/$(STAMP) ## Create the build/dev venv from the pinned locks (idempotent).
+$(VENV)/$(STAMP): requirements/build.txt requirements/dev.txt client/pyproject.toml versions.env
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -r requirements/build.txt -r requirements/dev.txt
+	@# MovieLens 100K ships in this wheel; --no-deps keeps torch & co. out.
+	$(PY) -m pip install --quiet --no-deps recbole==$(RECBOLE_VERSION)
+	$(PY) -m pip install --quiet --no-deps -e ./client
+	touch $@
+
+compat-venv: $(COMPAT_VENV)/$(STAMP) ## Create the Python $(COMPAT_PYTHON_VERSION) env that mirrors the serving image's TF + ScaNN.
+$(COMPAT_VENV)/$(STAMP): requirements/compat.txt
+	test -x $(COMPAT_VENV)/bin/python || { \
+	  py="$$(pyenv prefix $(COMPAT_PYTHON_VERSION) 2>/dev/null)/bin/python"; \
+	  test -x "$$py" || py="$$(command -v python$(COMPAT_PYTHON_VERSION))" || { \
+	    echo "error: Python $(COMPAT_PYTHON_VERSION) not found (pyenv install $(COMPAT_PYTHON_VERSION)); the compatibility gate needs it" >&2; exit 2; }; \
+	  "$$py" -m venv $(COMPAT_VENV); }
+	$(COMPAT_VENV)/bin/pip install --quiet -r requirements/compat.txt
+	touch $@
+
+tools-venv: $(TOOLS_VENV)/$(STAMP) ## Install the pinned static checkers and local AWS stand-ins.
+$(TOOLS_VENV)/$(STAMP): requirements/tools.txt
+	test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/pip install --quiet -r requirements/tools.txt
+	touch $@
+
+lock: ## Re-freeze requirements/*.txt from requirements/*.in.
+	requirements/lock.sh build dev compat tools
+
+##@ Model
+.PHONY: build demo serve verify
+build: venv ## Train, index, export and verify a model version into MODELS/MODEL.
+	$(PY) -m model_builder build --dataset $(DATASET) --out $(MODELS) --model-name $(MODEL) $(BUILD_ARGS)
+
+demo: venv ## One command: build MovieLens 100K, serve it locally, query it over gRPC.
+	MODELS=$(MODELS) MODEL=$(MODEL) PORT=$(PORT) PY=$(PY) scripts/demo.sh
+
+serve: venv ## Serve MODELS/MODEL with the local TF-Serving-API server (development stand-in).
+	$(PY) -m model_builder serve --model-base-path $(MODELS) --model-name $(MODEL) --port $(PORT)
+
+##@ Test
+.PHONY: test test-fast smoke check protos
+test: venv compat-venv tools-venv docker-engine ## Set up everything and run the whole test suite.
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: venv ## Tests that need neither Docker nor the compat env.
+	$(PY) -m pytest tests -m "not docker and not compat" $(PYTEST_ARGS)
+
+smoke: venv ## Smoke-test a running server: make smoke TARGET=host:port MODEL=name.
+	$(PY) -m pytest tests/smoke --target $(TARGET) --model $(MODEL) $(PYTEST_ARGS)
+
+protos: venv ## Regenerate the client's protobuf modules from client/.../protos/*.proto.
+	$(PY) client/tools/gen_protos.py
+
+check: venv ## Fail if generated files (protos, op snapshot) are stale.
+	$(PY) client/tools/gen_protos.py --check
+
+##@ Deploy
+.PHONY: docker-engine lint image push deploy
+docker-engine: ## Make sure a Docker engine is reachable (installs docker.io/debootstrap if root).
+	docker/engine.sh ensure
+
+lint: tools-venv ## hadolint, kustomize + kubernetes-validate --strict, checkov.
+	TOOLS_VENV=$(TOOLS_VENV) docker/lint.sh
+
+image: docker-engine ## Builder image -> verified model -> serving image <model>-v<version>-<gitsha>.
+	MODEL=$(MODEL) DATASET=$(DATASET) BUILD_ARGS="$(BUILD_ARGS)" BUILDER_IMAGE=$(BUILDER_IMAGE) \
+	  SERVING_IMAGE=$(SERVING_IMAGE) PY=$(PY) docker/build-images.sh
+
+push: ## Push the last built serving image to ECR (AWS_REGION, AWS_ACCOUNT_ID).
+	AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \
+	  ECR_REGISTRY=$(ECR_REGISTRY) SERVING_IMAGE=$(SERVING_IMAGE) docker/push-ecr.sh
+
+deploy: ## Render k8s/overlays/OVERLAY with the pushed image and kubectl apply -k.
+	OVERLAY=$(OVERLAY) TOOLS_VENV=$(TOOLS_VENV) docker/deploy.sh
+
+##@ Benchmarks
+.PHONY: bench bench-quick
+bench: venv ## Full recall/latency/throughput benchmarks (long; results in benchmarks/results/).
+	$(PY) -m benchmarks run --profile full
+
+bench-quick: venv ## Tiny benchmark run proving the harness works (used in CI).
+	$(PY) -m benchmarks run --profile quick --out build/bench-quick
+
+##@ Clean
+.PHONY: clean
+clean: ## Remove build outputs (keeps venvs).
+	rm -rf build .pytest_cache
+
+distclean: clean ## Remove build outputs and venvs.
+	rm -rf $(VENV) $(COMPAT_VENV) $(TOOLS_VENV) $(MODELS)

@@ -1,0 +1,59 @@
+"""Thin gRPC client for the scann-serving retrieval model on TF Serving.
+
+    from retrieval_client import RetrievalClient
+
+    with RetrievalClient("dns:///scann.retrieval.svc.cluster.local:8500") as client:
+        client.wait_until_available(timeout_s=60)
+        for result in client.search(["42", "7"], k=10):
+            print(result.ids, result.scores)
+
+Speaks TF Serving's PredictionService/ModelService over its own wire-compatible
+messages: no TensorFlow or tensorflow-serving-api needed.
+"""
+from ._async_client import AsyncRetrievalClient
+from ._client import RetrievalClient
+from ._errors import (
+    DeadlineExceededError,
+    IncompatibleModelError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ResourceExhaustedError,
+    RetrievalError,
+    ServerUnavailableError,
+    WaitTimeoutError,
+)
+from ._types import (
+    Examples,
+    ModelMetadata,
+    RetryPolicy,
+    SearchResult,
+    SignatureInfo,
+    TensorSpec,
+    TlsConfig,
+    VersionStatus,
+)
+from ._version import __version__
+
+__all__ = [
+    "AsyncRetrievalClient",
+    "DeadlineExceededError",
+    "Examples",
+    "IncompatibleModelError",
+    "InvalidRequestError",
+    "ModelMetadata",
+    "ModelNotFoundError",
+    "ModelNotReadyError",
+    "ResourceExhaustedError",
+    "RetrievalClient",
+    "RetrievalError",
+    "RetryPolicy",
+    "SearchResult",
+    "ServerUnavailableError",
+    "SignatureInfo",
+    "TensorSpec",
+    "TlsConfig",
+    "VersionStatus",
+    "WaitTimeoutError",
+    "__version__",
+]

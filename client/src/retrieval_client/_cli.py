@@ -1,0 +1,214 @@
+"""`retrieval-client` / `python -m retrieval_client`: the client from a shell.
+
+Exit codes: 0 success; 2 bad arguments, or a request the server rejected as
+INVALID_ARGUMENT / NOT_FOUND (one line on stderr naming the problem);
+1 any other failure (server unavailable, timeout, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from ._base import DEFAULT_MODEL, DEFAULT_TIMEOUT_S, DEFAULT_WAIT_TIMEOUT_S
+from ._client import RetrievalClient
+from ._errors import InvalidRequestError, ModelNotFoundError, RetrievalError
+from ._types import Examples, ModelMetadata, SearchResult, TlsConfig, VersionStatus
+from ._version import __version__
+
+DEFAULT_TARGET = "127.0.0.1:8500"
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and still exit code 2)."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Shows "(default: ...)" for every option that has a meaningful default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _common_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("server")
+    group.add_argument("--target", default=DEFAULT_TARGET, help="host:port or dns:///name.namespace.svc.cluster.local:port")
+    group.add_argument("--model", default=DEFAULT_MODEL, help="model name on the server")
+    pin = group.add_mutually_exclusive_group()
+    pin.add_argument("--version", type=int, default=None, help="model version (default: the latest available)")
+    pin.add_argument("--version-label", default=None, help="model version label")
+    group.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    tls = common.add_argument_group("TLS (any of these flags turns TLS on)")
+    tls.add_argument("--tls", action="store_true", help="use TLS with the system's CA roots")
+    tls.add_argument("--tls-ca", metavar="PATH", default=None, help="PEM CA bundle that signed the server certificate")
+    tls.add_argument("--tls-cert", metavar="PATH", default=None, help="PEM client certificate (mutual TLS)")
+    tls.add_argument("--tls-key", metavar="PATH", default=None, help="PEM client key (mutual TLS)")
+    tls.add_argument("--tls-server-name", metavar="NAME", default=None, help="name to verify in the server certificate")
+    return common
+
+
+def _deadline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, help="deadline of each RPC, in seconds")
+
+
+def _k(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-k", "--k", type=int, default=None, help="neighbours per query (default: all K the model returns)")
+
+
+def _vector(text: str) -> List[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (public for the tests and --help)."""
+    parser = _Parser(prog="retrieval-client", description=__doc__, formatter_class=_Formatter)
+    parser.add_argument("--version-info", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    common = [_common_options()]
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, parents=common, help=help_text, description=help_text, formatter_class=_Formatter
+        )
+
+    search = command("search", "nearest candidates for query ids (signature serving_default)")
+    search.add_argument("--id", dest="ids", metavar="ID", action="append", required=True, help="query id; repeat for a batch")
+    _k(search)
+    _deadline(search)
+
+    vector = command("search-vector", "nearest candidates for query embeddings (signature search_by_vector)")
+    vector.add_argument(
+        "--vector", dest="vectors", metavar="FLOATS", action="append", required=True, type=_vector,
+        help="comma-separated floats; repeat for a batch; write --vector=-0.1,... for a leading minus",
+    )
+    _k(vector)
+    _deadline(vector)
+
+    _deadline(command("status", "state of every model version"))
+    wait = command("wait", "poll until a model version is AVAILABLE")
+    wait.add_argument("--timeout-s", type=float, default=DEFAULT_WAIT_TIMEOUT_S, help="give up after this many seconds")
+    _deadline(command("metadata", "signatures with input/output dtypes and shapes"))
+    _deadline(command("examples", "known ids the model publishes for smoke tests"))
+    return parser
+
+
+def _tls(args: argparse.Namespace) -> Optional[TlsConfig]:
+    if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
+        return None
+    return TlsConfig(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+
+
+def _plain(value: Any) -> Any:
+    """numpy / dataclass values -> JSON-ready Python values."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _show_results(queries: Sequence[Any], results: List[SearchResult]) -> str:
+    blocks = []
+    for query, result in zip(queries, results):
+        rows = [(rank, i, f"{s:.6f}") for rank, (i, s) in enumerate(zip(result.ids.tolist(), result.scores.tolist()), 1)]
+        blocks.append(f"query {query}:\n" + _table(rows, ("rank", "id", "score")))
+    return "\n\n".join(blocks)
+
+
+def _show_metadata(meta: ModelMetadata) -> str:
+    lines = [f"model {meta.model} version {meta.version}"]
+    for name, sig in meta.signatures.items():
+        lines.append(f"signature {name}" + (f" ({sig.method_name})" if sig.method_name else ""))
+        for kind, specs in (("input", sig.inputs), ("output", sig.outputs)):
+            for tensor, spec in specs.items():
+                lines.append(f"  {kind:6} {tensor}: {spec.dtype} {spec.shape if spec.shape is not None else '<unknown rank>'}")
+    return "\n".join(lines)
+
+
+def _show_examples(ex: Examples) -> str:
+    rows = [(i, ex.candidate_vectors[n].shape[0]) for n, i in enumerate(ex.candidate_ids.tolist())]
+    return (
+        f"query ids: {' '.join(map(str, ex.query_ids.tolist()))}\n"
+        + _table(rows, ("candidate id", "vector dim"))
+    )
+
+
+def _show_status(statuses: List[VersionStatus]) -> str:
+    rows = [(s.version, s.state, "" if s.error_code == "OK" else f"{s.error_code}: {s.error_message}") for s in statuses]
+    return _table(rows, ("version", "state", "error")) if rows else "no versions"
+
+
+def _execute(client: RetrievalClient, args: argparse.Namespace) -> tuple:
+    """(value for --json, human-readable text)."""
+    if args.command == "search":
+        results = client.search(args.ids, k=args.k, timeout_s=args.timeout_s)
+        data: Dict[str, Any] = {
+            "model": client.model,
+            "results": [{"query": q, **_plain(r)} for q, r in zip(args.ids, results)],
+        }
+        return data, _show_results(args.ids, results)
+    if args.command == "search-vector":
+        results = client.search_by_vector(args.vectors, k=args.k, timeout_s=args.timeout_s)
+        data = {"model": client.model, "results": [_plain(r) for r in results]}
+        return data, _show_results([f"#{n}" for n in range(len(results))], results)
+    if args.command == "status":
+        statuses = client.status(timeout_s=args.timeout_s)
+        return {"model": client.model, "versions": _plain(statuses)}, _show_status(statuses)
+    if args.command == "wait":
+        status = client.wait_until_available(timeout_s=args.timeout_s)
+        return _plain(status), f"model {client.model} version {status.version} {status.state}"
+    if args.command == "metadata":
+        meta = client.metadata(timeout_s=args.timeout_s)
+        return _plain(meta), _show_metadata(meta)
+    ex = client.examples(timeout_s=args.timeout_s)
+    return _plain(ex), _show_examples(ex)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    prog = f"{parser.prog} {args.command}"
+    try:
+        client = RetrievalClient(
+            args.target, args.model, version=args.version, version_label=args.version_label, tls=_tls(args)
+        )
+        with client:
+            data, text = _execute(client, args)
+    except (ValueError, TypeError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (InvalidRequestError, ModelNotFoundError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RetrievalError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(data, indent=2, ensure_ascii=False) if args.json else text)
+    return 0

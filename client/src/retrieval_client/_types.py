@@ -1,0 +1,156 @@
+"""Public value types: configuration in, results out. All frozen."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """TLS settings; file paths are read when the channel is created.
+
+    ca_cert_path: PEM bundle to verify the server; None uses the system roots.
+    client_cert_path / client_key_path: PEM pair for mutual TLS (both or none).
+    server_name_override: the name to verify in the server certificate when
+        it differs from the target host (e.g. a certificate issued for the
+        Service name while connecting to a pod IP). Testing aid, not a
+        substitute for a correct certificate.
+    """
+
+    ca_cert_path: Optional[str] = None
+    client_cert_path: Optional[str] = None
+    client_key_path: Optional[str] = None
+    server_name_override: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if (self.client_cert_path is None) != (self.client_key_path is None):
+            raise ValueError("TlsConfig: give both client_cert_path and client_key_path, or neither")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries with exponential backoff and full jitter.
+
+    Only UNAVAILABLE is retried, plus DEADLINE_EXCEEDED while no server has
+    answered on this channel yet (the connection never came up). Each attempt
+    gets the call's full timeout_s, so a call can take up to
+    max_attempts * timeout_s plus the backoff. max_attempts=1 disables retries.
+    """
+
+    max_attempts: int = 4
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    backoff_multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("RetryPolicy.max_attempts must be >= 1 (1 means no retries)")
+        if self.initial_backoff_s < 0 or self.max_backoff_s < self.initial_backoff_s:
+            raise ValueError("RetryPolicy needs 0 <= initial_backoff_s <= max_backoff_s")
+        if self.backoff_multiplier < 1:
+            raise ValueError("RetryPolicy.backoff_multiplier must be >= 1")
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+def _arrays_equal(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.shape == b.shape and a.dtype == b.dtype and bool(np.all(a == b))
+
+
+@dataclass(frozen=True, eq=False)
+class SearchResult:
+    """Neighbours of one query, best first.
+
+    ids: shape [k]; Python `str` in an object array for string-id models,
+        int64 for integer-id models.
+    scores: float32 [k], sorted descending (dot product of the normalized
+        query and candidate embeddings).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+
+    def __post_init__(self) -> None:
+        _frozen(self.ids)
+        _frozen(self.scores)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SearchResult):
+            return NotImplemented
+        return _arrays_equal(self.ids, other.ids) and _arrays_equal(self.scores, other.scores)
+
+    __hash__ = None  # type: ignore[assignment]  # arrays are not hashable
+
+
+@dataclass(frozen=True, eq=False)
+class Examples:
+    """Known ids the model publishes for smoke tests (signature "examples").
+
+    query_ids [n]: ids valid for search(); candidate_ids [n] with their
+    candidate_vectors [n, dim] (float32): search_by_vector(candidate_vectors[i])
+    is expected to return candidate_ids[i] first.
+    """
+
+    query_ids: np.ndarray
+    candidate_ids: np.ndarray
+    candidate_vectors: np.ndarray
+
+    def __post_init__(self) -> None:
+        for array in (self.query_ids, self.candidate_ids, self.candidate_vectors):
+            _frozen(array)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Examples):
+            return NotImplemented
+        return all(
+            _arrays_equal(getattr(self, name), getattr(other, name))
+            for name in ("query_ids", "candidate_ids", "candidate_vectors")
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One model version as GetModelStatus reports it.
+
+    state: "UNKNOWN", "START", "LOADING", "AVAILABLE", "UNLOADING" or "END".
+    error_code: a grpc.StatusCode name, "OK" unless loading/unloading failed.
+    """
+
+    version: int
+    state: str
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """dtype is a TensorFlow dtype name ("string", "int64", "float32", ...);
+    shape uses -1 for unknown dimensions and is None for an unknown rank."""
+
+    dtype: str
+    shape: Optional[List[int]]
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    """Inputs and outputs of one signature, keyed by tensor name."""
+
+    inputs: Dict[str, TensorSpec] = field(default_factory=dict)
+    outputs: Dict[str, TensorSpec] = field(default_factory=dict)
+    method_name: str = ""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """The model version that answered and its signatures, keyed by name."""
+
+    model: str
+    version: Optional[int]
+    signatures: Dict[str, SignatureInfo]

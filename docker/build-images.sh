@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# `make image`: builder image -> verified model -> serving image.
+#   1. download the pinned wheels on the host into a cached wheelhouse
+#      (containers may not reach the package index, and the image build stays offline)
+#   2. build BUILDER_IMAGE from a minimal temporary context
+#   3. run it (non-root, read-only root FS, no network) to build MODEL into MODELS
+#   4. build SERVING_IMAGE:<model>-v<version>-<gitsha> with the newest version baked in
+#   5. record that reference in $BUILD_DIR/last-image for push-ecr.sh
+#
+# Env (defaults from versions.env / the Makefile):
+#   MODEL, DATASET, BUILD_ARGS, BUILDER_IMAGE, SERVING_IMAGE, PY (python for pip download)
+#   MODELS             model base path on the host (default $BUILD_DIR/models)
+#   BUILDER_BASE_IMAGE, SERVING_BASE_IMAGE   base images (build args)
+#   USE_STANDINS=1     build and use the local stand-ins for both base images
+#                      (no registry needed; see docker/README.md)
+#   BUILD_DIR          outputs and caches (default build/)
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$REPO"
+
+MODEL="${MODEL:-$MODEL_NAME}"
+DATASET="${DATASET:-movielens-100k}"
+BUILD_ARGS="${BUILD_ARGS:-}"
+BUILDER_IMAGE="${BUILDER_IMAGE:-scann-serving-builder:$TF_VERSION}"
+SERVING_IMAGE="${SERVING_IMAGE:-scann-serving}"
+MODELS="${MODELS:-$BUILD_DIR/models}"
+[[ "$MODELS" = /* ]] || MODELS="$REPO/$MODELS"
+STANDIN_PYTHON_IMAGE="${STANDIN_PYTHON_IMAGE:-scann-serving/python-standin:bookworm}"
+STANDIN_SERVING_IMAGE="${STANDIN_SERVING_IMAGE:-scann-serving/tf-serving-standin:$TF_VERSION}"
+# The uid/gid the images run as (docker/builder/Dockerfile).
+IMAGE_UID=10001
+
+[[ "$MODEL" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] || die_usage "MODEL '$MODEL' is not usable in an image tag (letters, digits, _ . -)"
+docker info >/dev/null 2>&1 || die "no Docker engine answers (run docker/engine.sh ensure)"
+
+if [[ "${USE_STANDINS:-0}" == 1 ]]; then
+  BUILDER_BASE_IMAGE="$STANDIN_PYTHON_IMAGE"
+  SERVING_BASE_IMAGE="$STANDIN_SERVING_IMAGE"
+  STANDIN_PYTHON_IMAGE="$STANDIN_PYTHON_IMAGE" "$REPO/docker/standin/python-standin.sh"
+fi
+
+python_for_pip() {
+  local py
+  for py in "${PY:-}" "$REPO/.venv/bin/python" "python$PYTHON_VERSION" python3; do
+    [[ -n "$py" ]] && "$py" -m pip --version >/dev/null 2>&1 && { echo "$py"; return; }
+  done
+  die "no python with pip found for downloading wheels (set PY)"
+}
+
+# Wheels for CPython 3.11 on x86-64 glibc. pip only expands manylinux2014/2010
+# platforms to older tags, so every manylinux_2_N up to the oldest base's glibc
+# (bookworm: 2.36) is listed; python:3.11-slim's glibc is at least that new.
+wheelhouse() {
+  local key dir py platforms=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
+  local n
+  for n in $(seq 5 36); do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
+  key="$( { cat requirements/build.txt; echo "recbole==$RECBOLE_VERSION"; echo "${platforms[*]}"; } | sha256sum | cut -c1-16)"
+  dir="$BUILD_DIR/wheelhouse/$key"
+  if [[ ! -f "$dir/.complete" ]]; then
+    py="$(python_for_pip)"
+    echo "$SCRIPT: downloading wheels into $dir" >&2
+    rm -rf "$dir" && mkdir -p "$dir"
+    # --no-deps: build.txt is a complete lock; the image build runs `pip check`.
+    "$py" -m pip download --quiet --no-deps --only-binary=:all: --dest "$dir" \
+      --python-version "$PYTHON_VERSION" --implementation cp --abi "cp${PYTHON_VERSION/./}" --abi abi3 --abi none \
+      "${platforms[@]}" -r requirements/build.txt "recbole==$RECBOLE_VERSION" \
+      2> >(grep -v 'is ignored: it is neither' >&2) \
+      || die "pip download of requirements/build.txt failed"
+    touch "$dir/.complete"
+  fi
+  echo "$dir"
+}
+
+# A fresh context folder under BUILD_DIR (same filesystem as the wheelhouse,
+# so large files are hard-linked, not copied); removed on exit.
+CONTEXTS=()
+cleanup() { ((${#CONTEXTS[@]})) && rm -rf "${CONTEXTS[@]}"; return 0; }
+trap cleanup EXIT
+# docker_build LOG_NAME ARGS...: the build log goes to a file and its tail is
+# shown on failure, so stdout carries only the final image reference.
+docker_build() {
+  local log="$BUILD_DIR/logs/$1.log"; shift
+  mkdir -p "$BUILD_DIR/logs"
+  docker build "$@" > "$log" 2>&1 || { tail -n 40 "$log" >&2; die "docker build failed (full log: $log)"; }
+}
+new_context() {
+  mkdir -p "$BUILD_DIR/contexts"
+  local ctx; ctx="$(mktemp -d "$BUILD_DIR/contexts/$1.XXXXXX")"
+  CONTEXTS+=("$ctx")
+  echo "$ctx"
+}
+
+build_builder() {
+  local wheels ctx
+  wheels="$(wheelhouse)"
+  ctx="$(new_context builder)"
+  cp -al "$wheels" "$ctx/wheelhouse" 2>/dev/null || cp -a "$wheels" "$ctx/wheelhouse"
+  rm -f "$ctx/wheelhouse/.complete"
+  mkdir -p "$ctx/requirements"
+  cp requirements/build.txt "$ctx/requirements/"
+  cp versions.env docker/builder/Dockerfile "$ctx/"
+  [[ -f model_builder/__main__.py ]] || die "model_builder/__main__.py missing: the builder image runs python -m model_builder"
+  # The package only: no caches, tests or data.
+  tar -C "$REPO" --exclude='__pycache__' --exclude='*.pyc' -cf - model_builder | tar -C "$ctx" -xf -
+  echo "$SCRIPT: building $BUILDER_IMAGE from $BUILDER_BASE_IMAGE" >&2
+  docker_build builder \
+    --build-arg "BUILDER_BASE_IMAGE=$BUILDER_BASE_IMAGE" \
+    --build-arg "RECBOLE_VERSION=$RECBOLE_VERSION" \
+    --build-arg "TF_VERSION=$TF_VERSION" \
+    --build-arg "SCANN_VERSION=$SCANN_VERSION" \
+    --build-arg "GIT_COMMIT=$(git_sha)" \
+    -t "$BUILDER_IMAGE" "$ctx"
+}
+
+build_model() {
+  local user_args=() build_args=()
+  mkdir -p "$MODELS/$MODEL"
+  if [[ "$(id -u)" == 0 ]]; then
+    # Root on the host: keep the image's non-root user and let it write here.
+    chown "$IMAGE_UID:$IMAGE_UID" "$MODELS" "$MODELS/$MODEL"
+  else
+    # A non-root caller: run as the caller so the files belong to them.
+    user_args=(--user "$(id -u):$(id -g)")
+  fi
+  # shellcheck disable=SC2206 # BUILD_ARGS is a flag list, split on purpose
+  build_args=($BUILD_ARGS)
+  echo "$SCRIPT: building model $MODEL ($DATASET) into $MODELS" >&2
+  docker run --rm "${user_args[@]}" \
+    --read-only --tmpfs /tmp --network none \
+    --cap-drop ALL --security-opt no-new-privileges \
+    -v "$MODELS:/models" \
+    "$BUILDER_IMAGE" build --dataset "$DATASET" --out /models --model-name "$MODEL" "${build_args[@]}" >&2 \
+    || die "model build failed (the builder exits non-zero when verification fails)"
+}
+
+newest_version() {
+  local v
+  v="$(find "$MODELS/$MODEL" -mindepth 1 -maxdepth 1 -type d -regex '.*/[0-9]+' -printf '%f\n' | sort -n | tail -n 1)"
+  [[ -n "$v" ]] || die "no numeric version folder in $MODELS/$MODEL"
+  echo "$v"
+}
+
+check_layout() {
+  local dir="$1" f
+  for f in saved_model.pb variables assets.extra/tf_serving_warmup_requests assets.extra/build_info.json; do
+    [[ -e "$dir/$f" ]] || die "$dir lacks $f: not a complete TF Serving version folder"
+  done
+}
+
+build_serving_standin() {
+  echo "$SCRIPT: building stand-in $STANDIN_SERVING_IMAGE from $BUILDER_IMAGE" >&2
+  docker_build serving-standin --build-arg "BUILDER_IMAGE=$BUILDER_IMAGE" \
+    -t "$STANDIN_SERVING_IMAGE" "$REPO/docker/standin/serving"
+}
+
+build_serving() {
+  local version="$1" sha tag ctx
+  sha="$(git_sha)"
+  tag="$SERVING_IMAGE:$MODEL-v$version-$sha"
+  ctx="$(new_context serving)"
+  mkdir -p "$ctx/models/$MODEL" "$ctx/config"
+  cp -a "$MODELS/$MODEL/$version" "$ctx/models/$MODEL/$version"
+  # One source for the server configs: the files the k8s ConfigMap mounts.
+  cp k8s/base/config/batching_parameters.txt k8s/base/config/monitoring_config.txt "$ctx/config/"
+  install -m 0755 docker/serving/model-ready "$ctx/model-ready"
+  cp docker/serving/Dockerfile "$ctx/"
+  echo "$SCRIPT: building $tag from $SERVING_BASE_IMAGE" >&2
+  docker_build serving \
+    --build-arg "SERVING_BASE_IMAGE=$SERVING_BASE_IMAGE" \
+    --build-arg "MODEL_NAME=$MODEL" \
+    --build-arg "MODEL_VERSION=$version" \
+    --build-arg "GIT_COMMIT=$sha" \
+    --build-arg "TF_VERSION=$TF_VERSION" \
+    --build-arg "SCANN_VERSION=$SCANN_VERSION" \
+    --build-arg "COMPAT_TF_VERSION=$COMPAT_TF_VERSION" \
+    -t "$tag" "$ctx"
+  mkdir -p "$BUILD_DIR"
+  echo "$tag" > "$BUILD_DIR/last-image"
+  echo "$tag"
+}
+
+build_builder
+build_model
+version="$(newest_version)"
+check_layout "$MODELS/$MODEL/$version"
+[[ "${USE_STANDINS:-0}" == 1 ]] && build_serving_standin
+build_serving "$version"

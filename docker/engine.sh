@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Make sure a Docker engine answers, or fail loudly. Never skips: the docker
+# tests and `make image` are worthless without one.
+#
+# Usage: docker/engine.sh ensure
+#   - `docker info` works already            -> nothing to do
+#   - packages missing (docker.io, debootstrap, docker-registry) and we are
+#     root                                   -> apt-get install them
+#   - no daemon answering and we are root    -> start dockerd in the background
+#     (log: $DOCKERD_LOG) and wait up to $DOCKERD_WAIT_S seconds
+#   - otherwise                              -> one-line error, exit 1
+set -euo pipefail
+
+DOCKERD_LOG="${DOCKERD_LOG:-/var/log/scann-serving-dockerd.log}"
+DOCKERD_WAIT_S="${DOCKERD_WAIT_S:-60}"
+# debootstrap builds the stand-in base image, docker-registry is the push
+# target of the ECR test; both are Debian packages so they come with the engine.
+PACKAGES=(docker.io debootstrap docker-registry)
+
+die() { echo "engine.sh: $*" >&2; exit 1; }
+
+engine_up() { docker info >/dev/null 2>&1; }
+
+install_missing() {
+  local missing=()
+  command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+  command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+  command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+  command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
+  ((${#missing[@]} == 0)) && return 0
+  [[ "$(id -u)" == 0 ]] || die "missing ${missing[*]}; install them as root: apt-get install -y ${PACKAGES[*]}"
+  command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get to install them"
+  echo "engine.sh: installing ${PACKAGES[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null \
+    || die "apt-get install ${PACKAGES[*]} failed"
+}
+
+start_daemon() {
+  [[ "$(id -u)" == 0 ]] || die "no Docker engine answers and only root can start dockerd (start it, or add yourself to the docker group)"
+  command -v dockerd >/dev/null 2>&1 || die "dockerd not found after install"
+  if pgrep -x dockerd >/dev/null 2>&1; then
+    echo "engine.sh: dockerd is running but not answering yet; waiting" >&2
+  else
+    echo "engine.sh: starting dockerd (log: $DOCKERD_LOG)" >&2
+    # setsid + nohup: the daemon must outlive this script and the make recipe.
+    setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 < /dev/null &
+  fi
+  local waited=0
+  until engine_up; do
+    ((waited >= DOCKERD_WAIT_S)) && die "dockerd did not answer within ${DOCKERD_WAIT_S}s; last log lines: $(tail -n 3 "$DOCKERD_LOG" 2>/dev/null | tr '\n' ' ')"
+    sleep 1
+    waited=$((waited + 1))
+  done
+}
+
+ensure() {
+  install_missing
+  engine_up || start_daemon
+  echo "engine.sh: Docker engine $(docker version --format '{{.Server.Version}}' 2>/dev/null) ready" >&2
+}
+
+case "${1:-}" in
+  ensure) ensure ;;
+  *) echo "usage: docker/engine.sh ensure" >&2; exit 2 ;;
+esac

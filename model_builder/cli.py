@@ -1,0 +1,163 @@
+"""`python -m model_builder <command>`: build, train, verify, inspect, check-compat, serve, demo.
+
+Configuration is parsed once in main() into frozen dataclasses and passed down.
+Errors of ours print one line `error: ...` and exit 2 (bad input) or 1 (a gate failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from model_builder import settings  # noqa: E402
+from model_builder.cli_args import add_config_arguments, config_from_args  # noqa: E402
+from model_builder.errors import BuilderError  # noqa: E402
+
+_FORMATTER = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _add_build(sub) -> None:
+    from model_builder.index import IndexConfig
+    from model_builder.pipeline import BuildConfig
+    from model_builder.towers import TrainConfig
+
+    p = sub.add_parser("build", formatter_class=_FORMATTER, help="train (or import), index, export and verify a model version",
+                       description="Builds a verified, versioned ScaNN retrieval SavedModel in TF Serving's layout.")
+    add_config_arguments(p, BuildConfig, "build")
+    add_config_arguments(p, TrainConfig, "training")
+    add_config_arguments(p, IndexConfig, "index")
+    p.set_defaults(run=_run_build)
+
+
+def _run_build(args: argparse.Namespace) -> int:
+    from model_builder.index import IndexConfig
+    from model_builder.pipeline import BuildConfig, build
+    from model_builder.towers import TrainConfig
+
+    result = build(config_from_args(BuildConfig, args), config_from_args(TrainConfig, args),
+                   config_from_args(IndexConfig, args), log=_log)
+    print(json.dumps({"version_dir": str(result.version_dir), "version": result.info.get("version")}))
+    return 0
+
+
+def _add_train(sub) -> None:
+    from model_builder.pipeline import BuildConfig
+    from model_builder.towers import TrainConfig
+
+    p = sub.add_parser("train", formatter_class=_FORMATTER, help="train and evaluate the towers; write user/item embeddings (.npz)",
+                       description="Trains the two towers and writes users.npz and items.npz (ids + vectors) for `build --candidates`.")
+    p.add_argument("--embeddings-out", default="build/embeddings", help="folder for users.npz and items.npz")
+    add_config_arguments(p, BuildConfig, "data")
+    add_config_arguments(p, TrainConfig, "training")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from model_builder.pipeline import BuildConfig, prepare_trained
+    from model_builder.towers import TrainConfig
+
+    cfg = config_from_args(BuildConfig, args)
+    prepared = prepare_trained(cfg, config_from_args(TrainConfig, args), _log)
+    out = Path(args.embeddings_out)
+    out.mkdir(parents=True, exist_ok=True)
+    cat = prepared.catalogue
+    np.savez(out / "items.npz", ids=cat.candidate_ids.astype(str) if cat.candidate_ids.dtype == object else cat.candidate_ids,
+             vectors=cat.candidate_vectors)
+    np.savez(out / "users.npz", ids=cat.query_ids.astype(str) if cat.query_ids.dtype == object else cat.query_ids,
+             vectors=cat.vectors_of_queries())
+    (out / "quality.json").write_text(json.dumps(prepared.quality, indent=2, default=str) + "\n")
+    _log(f"wrote {out}/items.npz, users.npz, quality.json")
+    return 0
+
+
+def _add_verify(sub) -> None:
+    from model_builder import verify
+
+    p = sub.add_parser("verify", formatter_class=_FORMATTER, help="recall gate: compare a version's signatures with exact search",
+                       description="Loads a version folder and checks recall@k of both search signatures against exact search.")
+    p.add_argument("version_dir", type=Path, help="a version folder: BASE/NAME/VERSION")
+    p.add_argument("--target-recall", type=float, default=verify.DEFAULT_TARGET_RECALL, help="minimum recall@k")
+    p.add_argument("--queries", type=int, default=verify.DEFAULT_QUERIES, help="number of held-out queries")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON line")
+    p.set_defaults(run=_run_verify)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    from model_builder import verify
+    from model_builder.errors import DataError
+
+    if not (args.version_dir / "saved_model.pb").is_file():
+        raise DataError(f"{args.version_dir}: no saved_model.pb (expected a version folder BASE/NAME/VERSION)")
+    report = verify.verify_version(args.version_dir, args.target_recall, args.queries)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for name, value in report["recall_at_k"].items():
+            print(f"{name}: recall@{report['k']} = {value:.4f} (target {args.target_recall})")
+        print("PASSED" if report["passed"] else "FAILED")
+    return 0 if report["passed"] else 1
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", formatter_class=_FORMATTER, help="print a version's build_info.json and signatures")
+    p.add_argument("version_dir", type=Path)
+    p.set_defaults(run=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from model_builder.export import read_build_info
+
+    info = read_build_info(args.version_dir)
+    if not info:
+        from model_builder.errors import DataError
+
+        raise DataError(f"{args.version_dir}: no assets.extra/build_info.json (not a version built by model_builder)")
+    print(json.dumps(info, indent=2, sort_keys=True))
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, flush=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The full CLI parser (subcommands register themselves)."""
+    from model_builder.compat.cli import add_check_compat
+    from model_builder.serve.cli import add_serve
+
+    p = argparse.ArgumentParser(prog="python -m model_builder", description=__doc__.splitlines()[0],
+                                formatter_class=_FORMATTER)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_build, _add_train, _add_verify, _add_inspect, add_check_compat, add_serve, _add_demo):
+        add(sub)
+    return p
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", formatter_class=_FORMATTER, help="build MovieLens 100K, serve it locally, query it over gRPC")
+    p.add_argument("--out", default="models", help="model base path")
+    p.add_argument("--model-name", default=settings.model_name())
+    p.add_argument("--port", type=int, default=settings.grpc_port(), help="gRPC port of the local server")
+    p.add_argument("--rest-port", type=int, default=settings.rest_port(), help="REST port of the local server")
+    p.add_argument("--rebuild", action=argparse.BooleanOptionalAction, default=True, help="build a new version even if one exists")
+    p.set_defaults(run=lambda a: __import__("model_builder.demo", fromlist=["run"]).run(a))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except BuilderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130

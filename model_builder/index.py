@@ -1,0 +1,149 @@
+"""The ScaNN index: the rule of thumb, every knob overridable, and the searcher build.
+
+Rule of thumb (ScaNN's own advice for its algorithms, by catalogue size N):
+  N < 20k          brute force (exact; quantization would cost recall for little speed)
+  20k <= N < 100k  asymmetric hashing (2 dims per block) + exact reordering
+  N >= 100k        tree partitioning (~sqrt(N) leaves) + AH + exact reordering
+Reordering always rescales more candidates than k so the final top-k is exact
+among them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from model_builder.errors import ConfigError
+
+ALGORITHMS = ("auto", "brute_force", "ah", "tree_ah", "exact")
+DISTANCES = ("dot_product", "squared_l2")
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """Index knobs; None means "let the rule of thumb decide"."""
+
+    algorithm: str = field(default="auto", metadata={"help": f"one of {', '.join(ALGORITHMS)}; 'exact' is matmul+top_k without ScaNN (a baseline)"})
+    distance: str = field(default="dot_product", metadata={"help": "dot_product (two-tower scores) or squared_l2"})
+    brute_force_below: int = field(default=20_000, metadata={"help": "catalogues smaller than this use brute force under 'auto'"})
+    partition_from: int = field(default=100_000, metadata={"help": "catalogues this large or larger add tree partitioning under 'auto'"})
+    num_leaves: int | None = field(default=None, metadata={"help": "tree leaves; default ~sqrt(N). More leaves: faster search, slower build, lower recall per leaf searched"})
+    num_leaves_to_search: int | None = field(default=None, metadata={"help": "leaves scanned per query; default 5%% of leaves (min 10). Higher: better recall, slower"})
+    dimensions_per_block: int = field(default=2, metadata={"help": "AH dims per 4-bit code; fewer = more accurate, larger and slower"})
+    anisotropic_quantization_threshold: float = field(default=0.2, metadata={"help": "AH loss weighting for dot product (ScaNN's recommended 0.2); ignored for squared_l2"})
+    reorder_num_neighbors: int | None = field(default=None, metadata={"help": "candidates re-scored exactly; must exceed k. Default max(100, 4k). Higher: better recall, slower"})
+    training_sample_size: int | None = field(default=None, metadata={"help": "vectors sampled to train the tree and AH codebooks; default min(N, 250000)"})
+    training_threads: int = field(default=0, metadata={"help": "threads for index training (0 = all cores)"})
+
+
+@dataclass(frozen=True)
+class ResolvedIndex:
+    """A fully concrete index configuration plus why it was chosen."""
+
+    algorithm: str
+    distance: str
+    num_candidates: int
+    dimensions: int
+    k: int
+    reason: str
+    num_leaves: int | None = None
+    num_leaves_to_search: int | None = None
+    dimensions_per_block: int | None = None
+    anisotropic_quantization_threshold: float | None = None
+    reorder_num_neighbors: int | None = None
+    training_sample_size: int | None = None
+    training_threads: int = 0
+
+    def to_dict(self) -> dict:
+        """JSON-ready form for build_info.json and the build log."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    def describe(self) -> str:
+        """One readable line for the build log."""
+        knobs = {k: v for k, v in self.to_dict().items() if k not in ("algorithm", "reason", "num_candidates", "dimensions", "k", "distance", "training_threads")}
+        parts = ", ".join(f"{k}={v}" for k, v in knobs.items())
+        return f"{self.algorithm} over {self.num_candidates} x {self.dimensions} ({self.distance}, k={self.k}){': ' + parts if parts else ''} -- {self.reason}"
+
+
+def resolve(cfg: IndexConfig, num_candidates: int, dimensions: int, k: int) -> ResolvedIndex:
+    """Applies the rule of thumb to `cfg` for a catalogue of this size; validates overrides."""
+    _validate(cfg, num_candidates, k)
+    n = num_candidates
+    algorithm, reason = cfg.algorithm, f"algorithm={cfg.algorithm} requested"
+    if algorithm == "auto":
+        if n < cfg.brute_force_below:
+            algorithm, reason = "brute_force", f"N={n} < {cfg.brute_force_below}: exact scoring is fast enough"
+        elif n < cfg.partition_from:
+            algorithm, reason = "ah", f"{cfg.brute_force_below} <= N={n} < {cfg.partition_from}: AH + reordering"
+        else:
+            algorithm, reason = "tree_ah", f"N={n} >= {cfg.partition_from}: tree (~sqrt(N) leaves) + AH + reordering"
+    base = ResolvedIndex(algorithm=algorithm, distance=cfg.distance, num_candidates=n, dimensions=dimensions,
+                         k=k, reason=reason, training_threads=cfg.training_threads)
+    if algorithm in ("brute_force", "exact"):
+        return base
+    reorder = cfg.reorder_num_neighbors or min(n, max(100, 4 * k))
+    ah = replace(
+        base,
+        dimensions_per_block=cfg.dimensions_per_block,
+        anisotropic_quantization_threshold=(cfg.anisotropic_quantization_threshold if cfg.distance == "dot_product" else None),
+        reorder_num_neighbors=reorder,
+        training_sample_size=min(n, cfg.training_sample_size or 250_000),
+    )
+    if algorithm == "ah":
+        return ah
+    leaves = cfg.num_leaves or max(2, int(round(math.sqrt(n))))
+    if leaves > n:
+        raise ConfigError(f"--num-leaves {leaves} exceeds the number of candidates ({n})")
+    to_search = cfg.num_leaves_to_search or min(leaves, max(10, int(round(0.05 * leaves))))
+    if to_search > leaves:
+        raise ConfigError(f"--num-leaves-to-search {to_search} exceeds --num-leaves {leaves}")
+    return replace(ah, num_leaves=leaves, num_leaves_to_search=to_search)
+
+
+def _validate(cfg: IndexConfig, n: int, k: int) -> None:
+    if cfg.algorithm not in ALGORITHMS:
+        raise ConfigError(f"--algorithm '{cfg.algorithm}': choose one of {', '.join(ALGORITHMS)}")
+    if cfg.distance not in DISTANCES:
+        raise ConfigError(f"--distance '{cfg.distance}': choose one of {', '.join(DISTANCES)}")
+    if k < 1:
+        raise ConfigError("-k must be at least 1")
+    if n < k:
+        raise ConfigError(f"-k {k} exceeds the number of candidates ({n}); lower -k")
+    if cfg.reorder_num_neighbors is not None and cfg.reorder_num_neighbors <= k:
+        raise ConfigError(f"--reorder-num-neighbors {cfg.reorder_num_neighbors} must exceed k={k}: reordering only fixes the order of candidates it sees")
+    if cfg.dimensions_per_block < 1:
+        raise ConfigError("--dimensions-per-block must be at least 1")
+    for name in ("num_leaves", "num_leaves_to_search", "training_sample_size"):
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+
+
+def build_searcher(vectors: np.ndarray, index: ResolvedIndex, num_neighbors: int):
+    """Builds the ScaNN TF-ops searcher (None for algorithm 'exact'); returns (searcher, seconds)."""
+    if index.algorithm == "exact":
+        return None, 0.0
+    from model_builder.scann_import import scann_ops
+
+    start = time.perf_counter()
+    builder = scann_ops.builder(vectors, num_neighbors, index.distance).set_n_training_threads(index.training_threads)
+    if index.num_leaves:
+        builder = builder.tree(
+            num_leaves=index.num_leaves,
+            num_leaves_to_search=index.num_leaves_to_search,
+            training_sample_size=index.training_sample_size,
+        )
+    if index.algorithm == "brute_force":
+        builder = builder.score_brute_force()
+    else:
+        threshold = index.anisotropic_quantization_threshold
+        builder = builder.score_ah(
+            index.dimensions_per_block,
+            anisotropic_quantization_threshold=float("nan") if threshold is None else threshold,
+            training_sample_size=index.training_sample_size,
+        ).reorder(index.reorder_num_neighbors)
+    searcher = builder.build()
+    return searcher, time.perf_counter() - start

@@ -1,0 +1,66 @@
+"""Domain errors of the local server, and the one place they become gRPC status codes.
+
+Codes and messages follow TensorFlow Serving's (servables/tensorflow/predict_util.cc,
+core/server_core.cc) so a client sees the same thing from both servers.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServingError(Exception):
+    """Base: `code` is the gRPC status; str(err) is the message sent to the client."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class NotFoundError(ServingError):
+    """Unknown model name or version, or no version loaded yet (TF Serving: "Servable not found")."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class InvalidInputError(ServingError):
+    """The request is malformed: wrong inputs, dtype, shape, unknown id, unknown label."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class SignatureNotFoundError(ServingError):
+    """TF Serving answers an unknown signature key with FAILED_PRECONDITION."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhaustedError(ServingError):
+    """The server is out of a resource (e.g. memory) for this request."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def from_tensorflow(err: Exception) -> ServingError:
+    """Maps a TensorFlow runtime error of the graph to a ServingError with the graph's message."""
+    import tensorflow as tf
+
+    message = _clean(getattr(err, "message", str(err)))
+    if isinstance(err, tf.errors.InvalidArgumentError):
+        return InvalidInputError(message)
+    if isinstance(err, tf.errors.ResourceExhaustedError):
+        return ResourceExhaustedError(message)
+    if isinstance(err, tf.errors.NotFoundError):
+        return NotFoundError(message)
+    error = ServingError(message)
+    return error
+
+
+def _clean(message: str) -> str:
+    # Keep the graph's own words, drop TF's node/stack decorations after them.
+    keep = []
+    for line in message.strip().splitlines():
+        if line.strip().startswith(("[[", "Detected at node", "File ", "Graph execution error")) or not line.strip():
+            continue
+        keep.append(line.strip())
+    text = " ".join(keep) or message.strip()
+    text = text.replace("<stack traces unavailable>", "").strip()
+    return text.split(" [Op:")[0]

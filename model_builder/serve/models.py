@@ -1,0 +1,234 @@
+"""Model versions on disk -> loaded, warmed, served, swapped. Knows nothing of gRPC.
+
+Mirrors TF Serving's defaults: the "latest" version policy (serve the highest
+numbered folder), availability-preserving swaps (load and warm the new version,
+then unload the old one), warmup replay before AVAILABLE, and a failed load
+leaves the previous version serving with the error reported in the status.
+A request leases one version for its whole run, so it is answered by exactly
+one complete version even while a swap happens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import gc
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model_builder.serve.errors import InvalidInputError, NotFoundError
+
+log = logging.getLogger("model_builder.serve")
+# An unloading version waits at most this long for its in-flight requests.
+_DRAIN_SECONDS = 30.0
+
+
+class State(enum.IntEnum):
+    """ModelVersionStatus.State values of tensorflow_serving/apis/get_model_status.proto."""
+
+    UNKNOWN = 0
+    START = 10
+    LOADING = 20
+    AVAILABLE = 30
+    UNLOADING = 40
+    END = 50
+
+
+@dataclass
+class VersionStatus:
+    """Lifecycle of one version as GetModelStatus reports it."""
+
+    version: int
+    state: State
+    error_code: str = "OK"
+    error_message: str = ""
+
+
+@dataclass
+class LoadedVersion:
+    """A loaded SavedModel: its signature functions and SignatureDefs (for metadata)."""
+
+    version: int
+    path: Path
+    signatures: dict
+    signature_defs: dict
+    obj: object
+    in_flight: int = 0
+    lock: threading.Condition = field(default_factory=threading.Condition)
+
+
+def load_version(path: Path, version: int, warmup: bool) -> LoadedVersion:
+    """Loads a version folder (after registering ScaNN's ops) and replays its warmup file."""
+    import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    import model_builder.scann_import  # noqa: F401  (Scann ops must be registered before loading)
+    from model_builder import warmup as warmup_file
+
+    obj = tf.saved_model.load(str(path))
+    meta = saved_model_pb2.SavedModel.FromString((path / "saved_model.pb").read_bytes()).meta_graphs[0]
+    defs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
+    loaded = LoadedVersion(version, path, dict(obj.signatures), defs, obj)
+    if warmup:
+        for record in warmup_file.read(path):
+            request = record.predict_log.request
+            inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+            loaded.signatures[request.model_spec.signature_name or "serving_default"](**inputs)
+    return loaded
+
+
+def _fingerprint(path: Path) -> tuple:
+    try:
+        return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in path.iterdir()))
+    except OSError:
+        return ()
+
+
+class ModelManager:
+    """Owns the versions of one model under its base path."""
+
+    def __init__(self, name: str, base_path: Path, *, warmup: bool = True,
+                 labels: dict[str, int] | None = None) -> None:
+        self.name = name
+        self.base_path = base_path
+        self._warmup = warmup
+        self._labels = dict(labels or {})
+        self._lock = threading.Lock()
+        self._serving: dict[int, LoadedVersion] = {}
+        self._status: dict[int, VersionStatus] = {}
+        # Failed versions are retried only when their folder changes (fixed in place).
+        self._failed: dict[int, tuple] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self, poll_seconds: float) -> None:
+        """Loads the current version now (in the background) and keeps polling for new ones."""
+        self._thread = threading.Thread(target=self._poll_loop, args=(poll_seconds,), name="version-poller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stops polling (loaded versions stay until the process exits)."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=60)
+
+    def _poll_loop(self, poll_seconds: float) -> None:
+        while not self._stop.is_set():
+            try:
+                self.poll_once()
+            except Exception:  # noqa: BLE001 - the poller must survive anything the disk throws at it
+                log.exception("polling %s failed; retrying", self.base_path)
+            self._stop.wait(max(poll_seconds, 0.05))
+
+    def disk_versions(self) -> list[int]:
+        """Numeric version folders present on disk (others, like build temp folders, are ignored)."""
+        if not self.base_path.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.base_path.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def poll_once(self) -> None:
+        """One reconciliation step: serve the highest loadable version on disk."""
+        on_disk = self.disk_versions()
+        candidates = [v for v in on_disk if self._failed.get(v) != _fingerprint(self.base_path / str(v))]
+        aspired = max(candidates) if candidates else None
+        with self._lock:
+            current = sorted(self._serving)
+        if aspired is not None and aspired not in current:
+            if self._load(aspired) is None:
+                return  # keep serving what we have
+        with self._lock:
+            stale = [v for v in self._serving if v != aspired and (aspired in self._serving or v not in on_disk)]
+        for version in stale:
+            self._unload(version)
+
+    def _set(self, version: int, state: State, code: str = "OK", message: str = "") -> None:
+        with self._lock:
+            self._status[version] = VersionStatus(version, state, code, message)
+
+    def _load(self, version: int) -> LoadedVersion | None:
+        path = self.base_path / str(version)
+        self._set(version, State.LOADING)
+        log.info("loading %s version %d from %s", self.name, version, path)
+        started = time.perf_counter()
+        try:
+            loaded = load_version(path, version, self._warmup)
+        except Exception as err:  # noqa: BLE001 - a broken version must not take the server down
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            log.error("version %d of %s failed to load; previous version keeps serving: %s", version, self.name, message)
+            self._failed[version] = _fingerprint(path)
+            self._set(version, State.END, "UNKNOWN", f"failed to load version {version}: {message}")
+            return None
+        with self._lock:
+            self._serving[version] = loaded
+        self._set(version, State.AVAILABLE)
+        log.info("version %d of %s AVAILABLE (load + warmup %.1f s)", version, self.name, time.perf_counter() - started)
+        return loaded
+
+    def _unload(self, version: int) -> None:
+        with self._lock:
+            loaded = self._serving.pop(version, None)
+        if loaded is None:
+            return
+        self._set(version, State.UNLOADING)
+        with loaded.lock:
+            loaded.lock.wait_for(lambda: loaded.in_flight == 0, timeout=_DRAIN_SECONDS)
+        del loaded
+        gc.collect()
+        self._set(version, State.END)
+        log.info("version %d of %s unloaded", version, self.name)
+
+    # -- requests ------------------------------------------------------------
+    def resolve(self, version: int | None, label: str | None) -> int | None:
+        """Turns a version label into a number (TF Serving: unknown label is INVALID_ARGUMENT)."""
+        if label:
+            if label not in self._labels:
+                raise InvalidInputError(f"Unrecognized servable version label: {label}")
+            return self._labels[label]
+        return version
+
+    @contextlib.contextmanager
+    def lease(self, model_name: str, version: int | None = None, label: str | None = None) -> Iterator[LoadedVersion]:
+        """Holds one version for the duration of a request; unloading waits for it."""
+        if model_name != self.name:
+            raise NotFoundError(f"Servable not found for request: Latest({model_name})")
+        wanted = self.resolve(version, label)
+        with self._lock:
+            if wanted is None:
+                if not self._serving:
+                    raise NotFoundError(f"Servable not found for request: Latest({model_name})")
+                loaded = self._serving[max(self._serving)]
+            else:
+                loaded = self._serving.get(wanted)
+                if loaded is None:
+                    raise NotFoundError(f"Servable not found for request: Specific({model_name}, {wanted})")
+            with loaded.lock:
+                loaded.in_flight += 1
+        try:
+            yield loaded
+        finally:
+            with loaded.lock:
+                loaded.in_flight -= 1
+                loaded.lock.notify_all()
+
+    def statuses(self, model_name: str, version: int | None = None, label: str | None = None) -> list[VersionStatus]:
+        """Status of every version seen (or one), like GetModelStatus."""
+        if model_name != self.name:
+            raise NotFoundError(f"Could not find any versions of model {model_name}")
+        wanted = self.resolve(version, label)
+        with self._lock:
+            found = [VersionStatus(**vars(s)) for v, s in sorted(self._status.items()) if wanted is None or v == wanted]
+        if not found:
+            if wanted is None:
+                raise NotFoundError(f"Could not find any versions of model {model_name}")
+            raise NotFoundError(f"Could not find version {wanted} of model {model_name}")
+        return found
+
+    def is_available(self) -> bool:
+        """True when at least one version serves."""
+        with self._lock:
+            return bool(self._serving)

@@ -1,0 +1,116 @@
+"""Wires the local server: version manager, gRPC servicers, REST, signals, graceful drain."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+
+import grpc
+from google.protobuf import json_format
+from tensorflow_serving.apis import model_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc
+
+from model_builder.errors import ConfigError
+from model_builder.serve import rest, tfs_config
+from model_builder.serve.config import ServerConfig
+from model_builder.serve.errors import ServingError
+from model_builder.serve.metrics import Metrics
+from model_builder.serve.models import ModelManager
+from model_builder.serve.servicer import ModelServicer, PredictionServicer, status_response
+
+log = logging.getLogger("model_builder.serve")
+
+
+def _configure_threads(cfg: ServerConfig) -> None:
+    import tensorflow as tf
+
+    # Same knobs as tensorflow_model_server's --tensorflow_{intra,inter}_op_parallelism (0 = TF's choice).
+    tf.config.threading.set_intra_op_parallelism_threads(cfg.tensorflow_intra_op_parallelism)
+    tf.config.threading.set_inter_op_parallelism_threads(cfg.tensorflow_inter_op_parallelism)
+
+
+def _credentials(cfg: ServerConfig):
+    if cfg.ssl_config_file is None:
+        return None
+    ssl = tfs_config.parse("SSLConfig", cfg.ssl_config_file, "--ssl_config_file")
+    if not ssl.server_key or not ssl.server_cert:
+        raise ConfigError(f"--ssl_config_file {cfg.ssl_config_file}: server_key and server_cert are required")
+    return grpc.ssl_server_credentials(
+        [(ssl.server_key.encode(), ssl.server_cert.encode())],
+        root_certificates=ssl.custom_ca.encode() or None,
+        require_client_auth=bool(ssl.client_verify),
+    )
+
+
+class LocalServer:
+    """The running server; `wait()` blocks until SIGTERM/SIGINT, then drains and stops."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        self.manager = ModelManager(cfg.model_name, cfg.model_base_path, warmup=cfg.enable_model_warmup,
+                                    labels=dict(cfg.version_labels))
+        self._stopped = threading.Event()
+        self._grpc: grpc.Server | None = None
+        self._rest = None
+
+    def start(self) -> None:
+        """Binds the ports, then loads the model in the background (status shows LOADING meanwhile)."""
+        cfg = self.cfg
+        tfs_config.parse("BatchingParameters", cfg.batching_parameters_file, "--batching_parameters_file") if cfg.batching_parameters_file else None
+        metrics_path = tfs_config.metrics_path(cfg.monitoring_config_file)
+        _configure_threads(cfg)
+        options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
+                   ("grpc.max_send_message_length", cfg.max_message_bytes), *cfg.grpc_channel_arguments]
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
+                                 options=options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.manager, self.metrics), self._grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.manager, self.metrics), self._grpc)
+        address = f"{cfg.host}:{cfg.port}"
+        credentials = _credentials(cfg)
+        bound = self._grpc.add_secure_port(address, credentials) if credentials else self._grpc.add_insecure_port(address)
+        if not bound:
+            raise ConfigError(f"cannot bind gRPC {address}: port in use or address not available; choose another --port")
+        self._grpc.start()
+        if cfg.rest_api_port:
+            try:
+                self._rest = rest.start(cfg.host, cfg.rest_api_port, self._status_json, metrics_path, self.metrics.render)
+            except OSError as err:
+                self._grpc.stop(0)
+                raise ConfigError(f"cannot bind REST {cfg.host}:{cfg.rest_api_port}: {err.strerror}; choose another --rest_api_port") from None
+        self.manager.start(cfg.file_system_poll_wait_seconds)
+        log.info("serving %s from %s on gRPC %s%s (TLS %s)", cfg.model_name, cfg.model_base_path, address,
+                 f", REST {cfg.host}:{cfg.rest_api_port}" if cfg.rest_api_port else "", "on" if credentials else "off")
+
+    def _status_json(self, name: str, version: int | None, label: str | None) -> tuple[int, str]:
+        spec = model_pb2.ModelSpec(name=name, version_label=label or "")
+        if version is not None:
+            spec.version.value = version
+        try:
+            response = status_response(self.manager, spec)
+        except ServingError as err:
+            return (404 if err.code == grpc.StatusCode.NOT_FOUND else 400), '{ "error": "' + str(err).replace('"', "'") + '" }'
+        return 200, json_format.MessageToJson(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+    def stop(self) -> None:
+        """Stops taking new RPCs, lets in-flight ones finish (bounded by the grace period), then exits."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        log.info("shutting down: draining in-flight requests (up to %.0f s)", self.cfg.shutdown_grace_seconds)
+        if self._grpc:
+            self._grpc.stop(self.cfg.shutdown_grace_seconds).wait()
+        if self._rest:
+            self._rest.shutdown()
+        self.manager.stop()
+        log.info("stopped")
+
+    def wait(self) -> None:
+        """Blocks until SIGTERM or SIGINT, then stops gracefully."""
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        while not done.wait(0.5):
+            pass
+        self.stop()

@@ -1,0 +1,61 @@
+"""TF Serving's warmup file: assets.extra/tf_serving_warmup_requests.
+
+A TFRecord of PredictionLog protos (tensorflow-serving-api's own messages,
+written with TF's own TFRecord writer). TF Serving replays it while loading a
+version, before marking it AVAILABLE, so the first real request does not pay
+for building the ScaNN searcher or tracing kernels; our local server does the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from model_builder.serving_module import EXAMPLES_SIGNATURE, IDS, SERVING_SIGNATURE, VECTOR_SIGNATURE, VECTORS
+
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+# Batch sizes worth tracing ahead: a single query, a small batch, a batching-merged batch.
+BATCH_SIZES = (1, 8, 64)
+# TF Serving reads at most this many records.
+MAX_RECORDS = 1000
+
+
+def _request(model_name: str, signature: str, inputs: dict[str, np.ndarray]) -> prediction_log_pb2.PredictionLog:
+    request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature))
+    for key, value in inputs.items():
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+    return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+
+
+def warmup_logs(model_name: str, query_ids: np.ndarray, query_vectors: np.ndarray, max_batch_size: int) -> list:
+    """One request per signature and batch size, built from known ids and vectors."""
+    logs = []
+    for size in (s for s in BATCH_SIZES if s <= max_batch_size):
+        picks = np.arange(size) % len(query_ids)
+        ids = query_ids[picks]
+        ids = ids.astype(np.int64) if ids.dtype == np.int64 else np.asarray([str(i).encode() for i in ids.tolist()], dtype=object)
+        logs.append(_request(model_name, SERVING_SIGNATURE, {IDS: ids}))
+        logs.append(_request(model_name, VECTOR_SIGNATURE, {VECTORS: query_vectors[picks].astype(np.float32)}))
+    logs.append(_request(model_name, EXAMPLES_SIGNATURE, {}))
+    return logs[:MAX_RECORDS]
+
+
+def write(version_dir: Path, logs: list) -> Path:
+    """Writes the logs as a TFRecord file inside the version folder."""
+    path = version_dir / WARMUP_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for log in logs:
+            writer.write(log.SerializeToString())
+    return path
+
+
+def read(version_dir: Path) -> list:
+    """Parses the warmup file back into PredictionLog protos (raises on corruption)."""
+    path = version_dir / WARMUP_FILE
+    if not path.is_file():
+        return []
+    return [prediction_log_pb2.PredictionLog.FromString(raw.numpy()) for raw in tf.data.TFRecordDataset(str(path))]

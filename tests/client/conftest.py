@@ -1,0 +1,59 @@
+"""Fixtures for the client tests: a real gRPC TF Serving stand-in on 127.0.0.1."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Callable, Dict, Iterator
+
+import pytest
+
+# Before fake_tfs imports TensorFlow: keep its C++ start-up chatter out of the test logs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from fake_tfs import FakeModel, FakeTfServing  # noqa: E402
+
+from retrieval_client import RetryPolicy  # noqa: E402
+
+# Retries in milliseconds so the retry tests stay fast.
+FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
+
+
+@pytest.fixture
+def make_server() -> Iterator[Callable[..., FakeTfServing]]:
+    """Factory: make_server(FakeModel(...), typed_values=..., server_credentials=...)."""
+    servers = []
+
+    def start(model: FakeModel | None = None, **kwargs) -> FakeTfServing:
+        server = FakeTfServing(model, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(make_server) -> FakeTfServing:
+    """A string-id model server."""
+    return make_server()
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory) -> Dict[str, Path]:
+    """A throw-away CA, a server certificate for DNS:retrieval.test only, and a client pair."""
+    tmp = tmp_path_factory.mktemp("tls")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+             "-days", "2", "-subj", "/CN=test-ca", cwd=tmp)
+    for name, ext in (("server", "subjectAltName=DNS:retrieval.test"), ("client", "extendedKeyUsage=clientAuth")):
+        (tmp / f"{name}.ext").write_text(ext + "\n")
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                 "-subj", f"/CN={name}", cwd=tmp)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=tmp)
+    return {p.stem + p.suffix.replace(".", "_"): p for p in tmp.iterdir()}

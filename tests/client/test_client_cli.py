@@ -1,0 +1,87 @@
+"""retrieval-client CLI: output formats and exit codes, against the real gRPC stand-in."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+from fake_tfs import FakeModel
+
+from retrieval_client._cli import main
+
+
+def run(capsys, *args):
+    """(exit code, stdout, stderr); argparse exits via SystemExit, main() returns."""
+    try:
+        code = main(list(args))
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_search_table_and_json(server, capsys):
+    code, out, _ = run(capsys, "search", "--target", server.target, "--id", "item-1", "--id", "item-2", "-k", "3")
+    assert code == 0
+    assert "query item-1:" in out and "query item-2:" in out and out.count("\n") >= 8
+    code, out, _ = run(capsys, "search", "--target", server.target, "--id", "item-1", "--json")
+    data = json.loads(out)
+    assert data["results"][0]["query"] == "item-1"
+    assert data["results"][0]["ids"][0] == "item-1" and len(data["results"][0]["ids"]) == 5
+
+
+def test_int_model_takes_numeric_ids_from_the_command_line(make_server, capsys):
+    server = make_server(FakeModel(id_dtype="int64"))
+    code, out, _ = run(capsys, "search", "--target", server.target, "--id", "1005", "--json")
+    assert code == 0 and json.loads(out)["results"][0]["ids"][0] == 1005
+    code, _, err = run(capsys, "search", "--target", server.target, "--id", "abc")
+    assert code == 2 and err.count("\n") == 1 and "'abc' is not an integer" in err
+
+
+def test_search_vector_status_metadata_examples_wait(server, capsys):
+    vector = ",".join(str(v) for v in server.model.vectors[4])
+    code, out, _ = run(capsys, "search-vector", "--target", server.target, f"--vector={vector}", "--json")
+    assert code == 0 and json.loads(out)["results"][0]["ids"][0] == "item-4"
+    code, out, _ = run(capsys, "status", "--target", server.target)
+    assert code == 0 and "AVAILABLE" in out
+    code, out, _ = run(capsys, "metadata", "--target", server.target, "--json")
+    assert json.loads(out)["signatures"]["search_by_vector"]["inputs"]["vectors"] == {"dtype": "float32", "shape": [-1, 8]}
+    code, out, _ = run(capsys, "examples", "--target", server.target)
+    assert code == 0 and "query ids: item-0 item-1" in out
+    code, out, _ = run(capsys, "wait", "--target", server.target, "--timeout-s", "5")
+    assert code == 0 and out.strip() == "model scann_model version 3 AVAILABLE"
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["search", "--id", "__nope__"], "__nope__"),  # server INVALID_ARGUMENT
+        (["search", "--model", "other", "--id", "x"], "other"),  # server NOT_FOUND
+        (["search", "--id", "item-1", "-k", "99"], "K=5"),  # k > K
+        (["search-vector", "--vector", "1,x"], "not a comma-separated list"),  # argparse
+        (["search"], "--id"),  # missing argument
+        (["search", "--id", "1", "--version", "1", "--version-label", "a"], "not allowed with"),
+    ],
+)
+def test_usage_and_rejected_requests_exit_2_with_one_line(server, capsys, args, needle):
+    code, _, err = run(capsys, *args, "--target", server.target)
+    assert code == 2
+    assert err.count("\n") == 1 and needle in err, err
+
+
+def test_unavailable_server_exits_1(capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, _, err = run(capsys, "status", "--target", f"127.0.0.1:{port}", "--timeout-s", "1")
+    assert code == 1 and err.startswith("retrieval-client status: error: UNAVAILABLE")
+
+
+def test_help_shows_defaults_via_python_m():
+    run_ = subprocess.run([sys.executable, "-m", "retrieval_client", "search", "--help"], capture_output=True, text=True)
+    assert run_.returncode == 0
+    text = " ".join(run_.stdout.split())  # undo argparse's line wrapping
+    assert "(default: 127.0.0.1:8500)" in text and "(default: scann_model)" in text
+    assert "(default: 5.0)" in text

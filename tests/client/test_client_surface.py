@@ -1,0 +1,105 @@
+"""The public surface: sync and async twins agree, the error hierarchy maps every code."""
+from __future__ import annotations
+
+import inspect
+import pickle
+
+import grpc
+import pytest
+
+import retrieval_client
+from retrieval_client import (
+    AsyncRetrievalClient,
+    DeadlineExceededError,
+    IncompatibleModelError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ResourceExhaustedError,
+    RetrievalClient,
+    RetrievalError,
+    ServerUnavailableError,
+    WaitTimeoutError,
+)
+from retrieval_client._errors import error_for
+
+
+def public_methods(cls) -> dict:
+    return {
+        name: member
+        for name, member in inspect.getmembers(cls)
+        if not name.startswith("_") and (inspect.isfunction(member) or isinstance(member, property))
+    }
+
+
+def test_sync_and_async_clients_expose_the_same_methods_and_defaults():
+    sync, async_ = public_methods(RetrievalClient), public_methods(AsyncRetrievalClient)
+    assert sorted(sync) == sorted(async_)
+    assert {"search", "search_by_vector", "examples", "status", "wait_until_available", "metadata", "close"} <= set(sync)
+    for name, member in sync.items():
+        twin = async_[name]
+        if isinstance(member, property):
+            assert isinstance(twin, property)
+            continue
+        assert inspect.signature(member) == inspect.signature(twin), name
+        assert not inspect.iscoroutinefunction(member), name
+        assert inspect.iscoroutinefunction(twin), name
+    assert inspect.signature(RetrievalClient.__init__) == inspect.signature(AsyncRetrievalClient.__init__)
+
+
+def test_constructor_defaults():
+    params = inspect.signature(RetrievalClient.__init__).parameters
+    assert params["model"].default == "scann_model"
+    assert params["timeout_s"].default == 5.0
+    assert params["version"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert inspect.signature(RetrievalClient.search).parameters["k"].default is None
+
+
+def test_context_manager_protocols():
+    assert hasattr(RetrievalClient, "__enter__") and hasattr(RetrievalClient, "__exit__")
+    assert inspect.iscoroutinefunction(AsyncRetrievalClient.__aenter__)
+    assert inspect.iscoroutinefunction(AsyncRetrievalClient.__aexit__)
+
+
+def test_all_is_complete_and_importable():
+    assert sorted(retrieval_client.__all__) == retrieval_client.__all__
+    for name in retrieval_client.__all__:
+        assert getattr(retrieval_client, name) is not None
+    assert not [n for n in dir(retrieval_client) if not n.startswith("_") and n not in retrieval_client.__all__
+                and not inspect.ismodule(getattr(retrieval_client, n))]
+
+
+@pytest.mark.parametrize(
+    "code, details, error",
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, "unknown query id(s): ['x']", InvalidRequestError),
+        (grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(m)", ModelNotFoundError),
+        (grpc.StatusCode.FAILED_PRECONDITION, "not ready", ModelNotReadyError),
+        (grpc.StatusCode.UNAVAILABLE, "Servable m is loading", ModelNotReadyError),
+        (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses", ServerUnavailableError),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", DeadlineExceededError),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max", ResourceExhaustedError),
+        (grpc.StatusCode.INTERNAL, "boom", RetrievalError),
+    ],
+)
+def test_error_mapping(code, details, error):
+    converted = error_for(code, details)
+    assert type(converted) is error
+    assert (converted.code, converted.details) == (code, details)
+    assert str(converted).startswith(f"{code.name}: {details}")
+    copy = pickle.loads(pickle.dumps(converted))
+    assert type(copy) is error and (copy.code, copy.details) == (code, details)
+
+
+def test_hierarchy():
+    for cls in (InvalidRequestError, ModelNotFoundError, ModelNotReadyError, ServerUnavailableError,
+                DeadlineExceededError, ResourceExhaustedError, IncompatibleModelError):
+        assert issubclass(cls, RetrievalError)
+    assert issubclass(WaitTimeoutError, DeadlineExceededError)
+    assert IncompatibleModelError("x").code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@pytest.mark.parametrize("target", ["http://host:8500", "", "grpc://x:1"])
+def test_url_targets_are_refused_with_the_fix(target):
+    with pytest.raises(ValueError, match="host:port"):
+        RetrievalClient(target)

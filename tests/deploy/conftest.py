@@ -1,0 +1,40 @@
+"""Fixtures for the container / Kubernetes / ECR tests.
+
+Tools come from the pinned tools venv (`make tools-venv`, TOOLS_VENV); the
+Docker engine is made available by `docker/engine.sh ensure`. A missing tool or
+engine fails the tests that need it instead of skipping them: these checks are
+the only proof that the deploy files work.
+"""
+from __future__ import annotations
+
+import subprocess
+from typing import Dict, List
+
+import pytest
+
+from deploy_helpers import OVERLAYS, REPO, read_versions, render
+
+
+@pytest.fixture(scope="session")
+def versions() -> Dict[str, str]:
+    return read_versions()
+
+
+@pytest.fixture(scope="session")
+def rendered() -> Dict[str, List[dict]]:
+    """Every overlay, rendered once per session: {overlay name: [objects]}."""
+    return {name: render(REPO / "k8s" / "overlays" / name) for name in OVERLAYS}
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """A docker SDK client for an engine that `docker/engine.sh ensure` made available."""
+    proc = subprocess.run([str(REPO / "docker" / "engine.sh"), "ensure"],
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        pytest.fail(f"Docker engine unavailable: {proc.stderr.strip()}")
+    import docker  # the SDK is pinned in requirements/dev.txt
+
+    client = docker.from_env(timeout=900)
+    client.ping()
+    return client

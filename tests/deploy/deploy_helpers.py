@@ -1,0 +1,88 @@
+"""Helpers shared by the tests in tests/deploy (imported by name; pytest puts
+this folder on sys.path)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+OVERLAYS = sorted(p.name for p in (REPO / "k8s" / "overlays").iterdir() if p.is_dir())
+
+
+def tools_venv() -> Path:
+    path = Path(os.environ.get("TOOLS_VENV", ".venv-tools"))
+    return path if path.is_absolute() else REPO / path
+
+
+def tool(name: str) -> str:
+    """Absolute path of a pinned tool; fails (not skips) when the venv is missing."""
+    path = tools_venv() / "bin" / name
+    if not path.exists():
+        pytest.fail(f"{path} missing: run `make tools-venv` (tests marked 'tools' need it)")
+    return str(path)
+
+
+def read_versions() -> Dict[str, str]:
+    pairs = {}
+    for line in (REPO / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            pairs[key] = value
+    return pairs
+
+
+def load_yaml_documents(text: str) -> List[dict]:
+    """Parses multi-document YAML with the tools venv's PyYAML (the test venv has none)."""
+    proc = subprocess.run(
+        [tool("python"), "-c",
+         "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d]))"],
+        input=text, capture_output=True, text=True, check=True,
+    )
+    return json.loads(proc.stdout)
+
+
+def render(path: Path | str) -> List[dict]:
+    """`kubectl kustomize PATH` parsed into objects."""
+    proc = subprocess.run([tool("kubectl"), "kustomize", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, f"kubectl kustomize {path} failed: {proc.stderr}"
+    return load_yaml_documents(proc.stdout)
+
+
+def by_kind(objects: List[dict], kind: str) -> List[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+    """(status, body); status 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (local test URL)
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+    except (urllib.error.URLError, OSError):
+        return 0, b""
