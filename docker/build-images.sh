@@ -14,6 +14,7 @@
 #   USE_STANDINS=1     build and use the local stand-ins for both base images
 #                      (no registry needed; see docker/README.md)
 #   BUILD_DIR          outputs and caches (default build/)
+#   WHEELHOUSE_DIR     wheel cache, one folder per lock hash (default $BUILD_DIR/wheelhouse)
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -56,7 +57,7 @@ wheelhouse() {
   local n
   for n in $(seq 5 36); do platforms+=(--platform "manylinux_2_${n}_x86_64"); done
   key="$( { cat requirements/build.txt; echo "recbole==$RECBOLE_VERSION"; echo "${platforms[*]}"; } | sha256sum | cut -c1-16)"
-  dir="$BUILD_DIR/wheelhouse/$key"
+  dir="${WHEELHOUSE_DIR:-$BUILD_DIR/wheelhouse}/$key"
   if [[ ! -f "$dir/.complete" ]]; then
     py="$(python_for_pip)"
     echo "$SCRIPT: downloading wheels into $dir" >&2
@@ -72,23 +73,19 @@ wheelhouse() {
   echo "$dir"
 }
 
-# A fresh context folder under BUILD_DIR (same filesystem as the wheelhouse,
-# so large files are hard-linked, not copied); removed on exit.
-CONTEXTS=()
-cleanup() { ((${#CONTEXTS[@]})) && rm -rf "${CONTEXTS[@]}"; return 0; }
-trap cleanup EXIT
+# Fresh context folders under BUILD_DIR (same filesystem as the wheelhouse,
+# so large files are hard-linked, not copied), all removed on exit.
+mkdir -p "$BUILD_DIR/contexts"
+CONTEXTS="$(mktemp -d "$BUILD_DIR/contexts/run.XXXXXX")"
+trap 'rm -rf "$CONTEXTS"' EXIT
+new_context() { mktemp -d "$CONTEXTS/$1.XXXXXX"; }
+
 # docker_build LOG_NAME ARGS...: the build log goes to a file and its tail is
 # shown on failure, so stdout carries only the final image reference.
 docker_build() {
   local log="$BUILD_DIR/logs/$1.log"; shift
   mkdir -p "$BUILD_DIR/logs"
   docker build "$@" > "$log" 2>&1 || { tail -n 40 "$log" >&2; die "docker build failed (full log: $log)"; }
-}
-new_context() {
-  mkdir -p "$BUILD_DIR/contexts"
-  local ctx; ctx="$(mktemp -d "$BUILD_DIR/contexts/$1.XXXXXX")"
-  CONTEXTS+=("$ctx")
-  echo "$ctx"
 }
 
 build_builder() {
@@ -168,7 +165,7 @@ build_serving() {
   echo "$SCRIPT: building $tag from $SERVING_BASE_IMAGE" >&2
   docker_build serving \
     --build-arg "SERVING_BASE_IMAGE=$SERVING_BASE_IMAGE" \
-    --build-arg "MODEL_NAME=$MODEL" \
+    --build-arg "MODEL=$MODEL" \
     --build-arg "MODEL_VERSION=$version" \
     --build-arg "GIT_COMMIT=$sha" \
     --build-arg "TF_VERSION=$TF_VERSION" \

@@ -49,7 +49,8 @@ trap 'rm -rf "$work"' EXIT
   echo "apiVersion: kustomize.config.k8s.io/v1beta1"
   echo "kind: Kustomization"
   echo "resources:"
-  echo "  - $overlay_dir"
+  # kustomize accepts only relative paths to other kustomizations.
+  echo "  - $(realpath --relative-to="$work" "$overlay_dir")"
   echo "images:"
   for name in scann-serving $(sed -n 's/^ *newName: *\(.*\)$/\1/p' "$overlay_dir/kustomization.yaml" | sort -u); do
     echo "  - name: $name"

@@ -4,6 +4,7 @@
 #      (created with immutable tags and scan-on-push: a tag names one model build)
 #   2. aws ecr get-login-password | docker login --password-stdin REGISTRY
 #   3. docker tag + docker push REGISTRY/REPOSITORY:<model>-v<version>-<gitsha>
+#      (skipped when ECR already holds that tag: tags are immutable)
 #   4. record REGISTRY/REPOSITORY:TAG@DIGEST in $BUILD_DIR/last-pushed-image for deploy.sh
 #
 # Env: AWS_REGION (required), AWS_ACCOUNT_ID (required unless ECR_REGISTRY is set),
@@ -51,14 +52,23 @@ trap 'rm -rf "$DOCKER_CONFIG"' EXIT
 "$AWS" ecr get-login-password | docker login --username AWS --password-stdin "$ECR_REGISTRY" >/dev/null 2>&1 \
   || die "docker login to $ECR_REGISTRY failed"
 
-remote="$ECR_REGISTRY/$ECR_REPOSITORY:${IMAGE##*:}"
-docker tag "$IMAGE" "$remote"
-echo "$SCRIPT: pushing $remote" >&2
-push_log="$(mktemp)"
-docker push "$remote" > "$push_log" 2>&1 || { tail -n 5 "$push_log" >&2; rm -f "$push_log"; die "docker push $remote failed"; }
-digest="$(sed -n 's/.*digest: \(sha256:[0-9a-f]\{64\}\).*/\1/p' "$push_log" | tail -n 1)"
-rm -f "$push_log"
-[[ -n "$digest" ]] || die "docker push $remote reported no digest"
+tag="${IMAGE##*:}"
+remote="$ECR_REGISTRY/$ECR_REPOSITORY:$tag"
+# The repository's tags are immutable: a tag already there is this same build
+# (the tag holds the model version and the commit), so re-running is a no-op.
+digest="$("$AWS" ecr describe-images "${registry_id_args[@]}" --repository-name "$ECR_REPOSITORY" \
+  --image-ids "imageTag=$tag" --query 'imageDetails[0].imageDigest' --output text 2>/dev/null || true)"
+if [[ "$digest" =~ ^sha256:[0-9a-f]{64}$ ]]; then
+  echo "$SCRIPT: $remote is already in ECR; not pushing again" >&2
+else
+  docker tag "$IMAGE" "$remote"
+  echo "$SCRIPT: pushing $remote" >&2
+  push_log="$(mktemp)"
+  docker push "$remote" > "$push_log" 2>&1 || { tail -n 5 "$push_log" >&2; rm -f "$push_log"; die "docker push $remote failed"; }
+  digest="$(sed -n 's/.*digest: \(sha256:[0-9a-f]\{64\}\).*/\1/p' "$push_log" | tail -n 1)"
+  rm -f "$push_log"
+  [[ -n "$digest" ]] || die "docker push $remote reported no digest"
+fi
 
 mkdir -p "$BUILD_DIR"
 echo "$remote@$digest" > "$BUILD_DIR/last-pushed-image"

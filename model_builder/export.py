@@ -130,8 +130,13 @@ def publish(base_path: Path, model_name: str, version: int | None,
 
 
 def save_module(module: tf.Module, signatures: dict, target: Path) -> None:
-    """tf.saved_model.save with the signatures; keeps checkpoint options TF Serving can read."""
-    tf.saved_model.save(module, str(target), signatures=signatures)
+    """tf.saved_model.save with the signatures; TF's I/O errors become ExportErrors."""
+    try:
+        tf.saved_model.save(module, str(target), signatures=signatures)
+    except tf.errors.OpError as err:
+        if "No space left" in err.message:
+            raise ExportError(f"no space left on device while writing {target}: free space or choose another --out") from None
+        raise ExportError(f"writing {target} failed: {err.message.splitlines()[0]}") from None
 
 
 def write_build_info(version_dir: Path, info: dict) -> Path:

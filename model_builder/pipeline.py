@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_builder import embeddings, evaluate, export, index, settings, verify, warmup
+from model_builder import embeddings, evaluate, export, index, settings, tune, verify, warmup
 from model_builder.errors import ConfigError, DataError
 from model_builder.serving_module import Catalogue, RetrievalModule, ServingOptions
 from model_builder.towers import TrainConfig
@@ -42,6 +42,7 @@ class BuildConfig:
     max_batch_size: int = field(default=1024, metadata={"help": "largest batch one request may carry; bigger requests get INVALID_ARGUMENT"})
     num_examples: int = field(default=8, metadata={"help": "known ids published by the 'examples' signature for smoke tests (0 disables)"})
     target_recall: float = field(default=verify.DEFAULT_TARGET_RECALL, metadata={"help": "recall@k vs exact search the version must reach to be published"})
+    tune: bool = field(default=True, metadata={"help": "tune leaves-to-search and reorder count on held-out queries to the fastest setting reaching --target-recall"})
     verify_queries: int = field(default=verify.DEFAULT_QUERIES, metadata={"help": "held-out queries used by the recall gate"})
 
     def validate(self) -> None:
@@ -146,6 +147,13 @@ def prepare_imported(cfg: BuildConfig, log: Log) -> Prepared:
     return Prepared(catalogue, data_info, {}, {})
 
 
+def _tuning_queries(catalogue: Catalogue, count: int = 1000) -> np.ndarray:
+    # A different sample from the recall gate's (seed 0), so the gate checks unseen queries.
+    vectors = catalogue.vectors_of_queries()
+    picks = np.random.default_rng(20_240).choice(len(vectors), size=min(count, len(vectors)), replace=False)
+    return vectors[picks]
+
+
 def git_commit() -> str:
     """The source commit ($GIT_COMMIT in images, else git), or 'unknown'."""
     if os.environ.get("GIT_COMMIT"):
@@ -191,7 +199,12 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
     log(f"index: {resolved.describe()}")
     searcher, index_seconds = index.build_searcher(vectors, resolved, cfg.k + extra)
     log(f"index: built in {index_seconds:.1f} s")
-    options = ServingOptions(k=cfg.k, max_batch_size=cfg.max_batch_size, num_examples=cfg.num_examples)
+    tuning = None
+    if cfg.tune and searcher is not None:
+        tuning = tune.tune(searcher, resolved, _tuning_queries(catalogue), vectors, cfg.k + extra, cfg.target_recall, log)
+    options = ServingOptions(k=cfg.k, max_batch_size=cfg.max_batch_size, num_examples=cfg.num_examples,
+                             leaves_to_search=tuning.leaves_to_search if tuning else None,
+                             pre_reorder_num_neighbors=tuning.reorder if tuning else None)
     module = RetrievalModule(catalogue, resolved, searcher, options)
     info = {
         "model_name": cfg.model_name,
@@ -201,6 +214,7 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
         "data": prepared.data_info,
         "training": prepared.quality,
         "index": {**resolved.to_dict(), "build_seconds": round(index_seconds, 3)},
+        "tuning": tuning.to_dict() if tuning else None,
         "serving": {"k": cfg.k, "query": cfg.query, "items_are_queries": catalogue.items_are_queries,
                     "max_batch_size": cfg.max_batch_size, "dimensions": int(vectors.shape[1]),
                     "query_id_dtype": "int64" if catalogue.query_ids.dtype == np.int64 else "string",

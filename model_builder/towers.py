@@ -120,7 +120,7 @@ def train(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int,
     counts = np.bincount(items, minlength=num_items).astype(np.float64) + 1.0
     model = TwoTower(num_users, num_items, cfg, np.log(counts / counts.sum()))
     model.compile(optimizer=keras.optimizers.Adam(cfg.learning_rate), loss=_InBatchSoftmax())
-    history = model.fit(data, epochs=cfg.epochs, verbose=verbose)
+    history = model.fit(data, epochs=cfg.epochs, verbose=verbose, shuffle=False)  # tf.data shuffles
     user_vectors = model.user_tower.predict(np.arange(num_users, dtype=np.int32), batch_size=8192, verbose=0)
     item_vectors = model.item_tower.predict(np.arange(num_items, dtype=np.int32), batch_size=8192, verbose=0)
     return TrainedTowers(

@@ -39,6 +39,6 @@ tar -C "$rootfs" -c . | docker import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'ENV LANG=C.UTF-8' \
   --change 'CMD ["python3"]' \
-  --message "debootstrap --variant=minbase $SUITE (scann-serving stand-in for python:3.11-slim)" \
+  --message "debootstrap --variant=minbase $SUITE (scann-serving stand-in for $BUILDER_BASE_IMAGE)" \
   - "$IMAGE" >/dev/null
 echo "$SCRIPT: built $IMAGE" >&2

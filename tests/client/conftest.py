@@ -13,11 +13,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from fake_tfs import FakeModel, FakeTfServing  # noqa: E402
 
-from retrieval_client import RetryPolicy  # noqa: E402
-
-# Retries in milliseconds so the retry tests stay fast.
-FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
-
 
 @pytest.fixture
 def make_server() -> Iterator[Callable[..., FakeTfServing]]:

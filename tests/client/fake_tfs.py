@@ -23,6 +23,10 @@ from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
+from retrieval_client import RetryPolicy
+
+# Clients under test retry within milliseconds so the retry tests stay fast.
+FAST_RETRY = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
 ID_DT = {"string": types_pb2.DT_STRING, "int64": types_pb2.DT_INT64}
 
 

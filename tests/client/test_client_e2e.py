@@ -6,8 +6,7 @@ import asyncio
 import grpc
 import numpy as np
 import pytest
-from conftest import FAST_RETRY
-from fake_tfs import FakeModel
+from fake_tfs import FAST_RETRY, FakeModel
 
 from retrieval_client import (
     AsyncRetrievalClient,
@@ -27,7 +26,7 @@ def client_for(server, **kwargs) -> RetrievalClient:
 
 def expected(model: FakeModel, keys) -> list:
     ids, scores = model.nearest(model.vectors[[model.row[k] for k in keys]])
-    return [(i, s) for i, s in zip(ids, scores)]
+    return list(zip(ids, scores, strict=True))
 
 
 @pytest.mark.parametrize("typed_values", [False, True], ids=["tensor_content", "typed_vals"])
@@ -37,7 +36,7 @@ def test_search_string_ids_returns_exact_neighbours(make_server, typed_values):
         results = client.search(["item-3", "item-7"])
     want = expected(server.model, [b"item-3", b"item-7"])
     assert len(results) == 2
-    for result, (ids, scores) in zip(results, want):
+    for result, (ids, scores) in zip(results, want, strict=True):
         assert result.ids.tolist() == [i.decode() for i in ids]
         assert all(type(i) is str for i in result.ids)
         assert result.scores.dtype == np.float32
@@ -235,3 +234,29 @@ def test_tls_with_server_name_override_and_client_certificates(make_server, tls_
         RetrievalClient(server.target, tls=TlsConfig("/nonexistent/ca.pem"))
     with pytest.raises(ValueError, match="both"):
         TlsConfig(client_cert_path="x.pem")
+
+
+def test_dns_target_with_round_robin_reaches_the_server(server):
+    with RetrievalClient(f"dns:///localhost:{server.target.rsplit(':', 1)[1]}", retry=FAST_RETRY) as client:
+        assert client.search("item-9")[0].ids[0] == "item-9"
+
+
+def test_one_sync_client_shared_by_threads(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = [f"item-{i}" for i in range(16)]
+    with client_for(server) as client, ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda key: client.search(key, k=1)[0].ids[0], keys * 4))
+    assert results == keys * 4
+    assert server.calls["GetModelMetadata"] <= 8, "metadata is fetched once, not per call"
+
+
+def test_ids_that_only_fit_a_newer_version_trigger_one_refresh(make_server):
+    server = make_server(FakeModel(id_dtype="int64"))
+    with client_for(server) as client:
+        client.search(1001)
+        server.model = FakeModel(id_dtype="string", version=4)
+        assert client.search("item-2")[0].ids[0] == "item-2"
+        assert server.calls == {"GetModelMetadata": 2, "Predict": 2}
+        with pytest.raises(InvalidRequestError, match="'nope'"):
+            client.search("nope")

@@ -8,7 +8,7 @@ import time
 
 import grpc
 import pytest
-from conftest import FAST_RETRY
+from fake_tfs import FAST_RETRY
 
 from retrieval_client import (
     AsyncRetrievalClient,
@@ -34,8 +34,9 @@ def test_unavailable_is_retried_until_success(server):
 
 def test_unavailable_gives_up_after_max_attempts(server):
     server.fail_next("GetModelStatus", 10, UNAVAILABLE, "pod going away")
-    with RetrievalClient(server.target, retry=FAST_RETRY) as client, pytest.raises(ServerUnavailableError, match="pod going away"):
-        client.status()
+    with RetrievalClient(server.target, retry=FAST_RETRY) as client:
+        with pytest.raises(ServerUnavailableError, match="pod going away"):
+            client.status()
     assert server.calls["GetModelStatus"] == FAST_RETRY.max_attempts
 
 
@@ -114,7 +115,7 @@ def test_retry_delay_policy():
     policy = RetryPolicy(max_attempts=5, initial_backoff_s=0.1, max_backoff_s=0.3, backoff_multiplier=2)
     rng = random.Random(0)
     delays = [retry_delay(policy, n, UNAVAILABLE, True, rng) for n in range(1, 5)]
-    for delay, step in zip(delays, (0.1, 0.2, 0.3, 0.3)):
+    for delay, step in zip(delays, (0.1, 0.2, 0.3, 0.3), strict=True):
         assert step * 0.5 <= delay <= step
     assert retry_delay(policy, 5, UNAVAILABLE, True, rng) is None
     assert retry_delay(policy, 1, grpc.StatusCode.DEADLINE_EXCEEDED, False, rng) is not None

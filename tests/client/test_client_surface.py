@@ -19,6 +19,7 @@ from retrieval_client import (
     RetrievalClient,
     RetrievalError,
     ServerUnavailableError,
+    TlsConfig,
     WaitTimeoutError,
 )
 from retrieval_client._errors import error_for
@@ -103,3 +104,22 @@ def test_hierarchy():
 def test_url_targets_are_refused_with_the_fix(target):
     with pytest.raises(ValueError, match="host:port"):
         RetrievalClient(target)
+
+
+def test_channel_options_for_kubernetes():
+    import json
+
+    from retrieval_client._channel import channel_options
+
+    options = dict(channel_options(
+        max_message_bytes=123, keepalive_time_ms=1000, keepalive_timeout_ms=500,
+        keepalive_permit_without_calls=True, tls=TlsConfig(server_name_override="svc.test"),
+        extra=[("grpc.max_receive_message_length", 999)],
+    ))
+    assert options["grpc.lb_policy_name"] == "round_robin"
+    assert json.loads(options["grpc.service_config"]) == {"loadBalancingConfig": [{"round_robin": {}}]}
+    assert (options["grpc.keepalive_time_ms"], options["grpc.keepalive_timeout_ms"]) == (1000, 500)
+    assert options["grpc.keepalive_permit_without_calls"] == 1
+    assert options["grpc.max_send_message_length"] == 123
+    assert options["grpc.max_receive_message_length"] == 999, "extra options override the defaults"
+    assert options["grpc.ssl_target_name_override"] == "svc.test"

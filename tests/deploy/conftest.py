@@ -7,6 +7,7 @@ the only proof that the deploy files work.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 from typing import Dict, List
 
@@ -38,3 +39,14 @@ def docker_client():
     client = docker.from_env(timeout=900)
     client.ping()
     return client
+
+
+@pytest.fixture(scope="session")
+def python_standin(docker_client) -> str:
+    """scann-serving/python-standin:bookworm, built by its script unless it exists."""
+    image = "scann-serving/python-standin:bookworm"
+    proc = subprocess.run([str(REPO / "docker/standin/python-standin.sh")], capture_output=True, text=True,
+                          timeout=900, env=dict(os.environ, STANDIN_PYTHON_IMAGE=image))
+    assert proc.returncode == 0, proc.stderr
+    docker_client.images.get(image)
+    return image

@@ -1,9 +1,11 @@
 """Assertions on the objects every k8s overlay renders to (kubectl kustomize)."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from deploy_helpers import OVERLAYS, by_kind
+from deploy_helpers import OVERLAYS, REPO, by_kind
 
 pytestmark = pytest.mark.tools
 
@@ -168,9 +170,6 @@ def test_prometheus_annotations_and_network_policy(rendered, overlay, versions):
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_termination_grace_outlasts_connection_age(rendered, overlay):
     """Pods must serve until every client connection has aged out (docker/serving/Dockerfile)."""
-    from deploy_helpers import REPO
-    import re
-
     cmd = (REPO / "docker" / "serving" / "Dockerfile").read_text()
     age = int(re.search(r"grpc\.max_connection_age_ms=(\d+)", cmd).group(1))
     grace = int(re.search(r"grpc\.max_connection_age_grace_ms=(\d+)", cmd).group(1))

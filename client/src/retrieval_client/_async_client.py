@@ -15,7 +15,7 @@ from . import _flows
 from ._base import DEFAULT_WAIT_TIMEOUT_S, _ClientBase
 from ._errors import RetrievalError, from_rpc_error
 from ._requests import RESPONSE_TYPES
-from ._types import Examples, ModelMetadata, SearchResult, VersionStatus
+from ._types import Examples, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 
 class AsyncRetrievalClient(_ClientBase):
@@ -67,13 +67,13 @@ class AsyncRetrievalClient(_ClientBase):
             flow.close()
 
     async def search(
-        self, ids: Any, k: Optional[int] = None, *, timeout_s: Optional[float] = None
+        self, ids: Ids, k: Optional[int] = None, *, timeout_s: Optional[float] = None
     ) -> List[SearchResult]:
         """See RetrievalClient.search."""
         return await self._run(_flows.search(self._state, ids, k, timeout_s))
 
     async def search_by_vector(
-        self, vectors: Any, k: Optional[int] = None, *, timeout_s: Optional[float] = None
+        self, vectors: Vectors, k: Optional[int] = None, *, timeout_s: Optional[float] = None
     ) -> List[SearchResult]:
         """See RetrievalClient.search_by_vector."""
         return await self._run(_flows.search_by_vector(self._state, vectors, k, timeout_s))

@@ -42,8 +42,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+def _common_options() -> "_Parser":
+    common = _Parser(add_help=False)
     group = common.add_argument_group("server")
     group.add_argument("--target", default=DEFAULT_TARGET, help="host:port or dns:///name.namespace.svc.cluster.local:port")
     group.add_argument("--model", default=DEFAULT_MODEL, help="model name on the server")
@@ -130,13 +130,14 @@ def _plain(value: Any) -> Any:
 def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
 def _show_results(queries: Sequence[Any], results: List[SearchResult]) -> str:
     blocks = []
-    for query, result in zip(queries, results):
-        rows = [(rank, i, f"{s:.6f}") for rank, (i, s) in enumerate(zip(result.ids.tolist(), result.scores.tolist()), 1)]
+    for query, result in zip(queries, results, strict=True):
+        pairs = zip(result.ids.tolist(), result.scores.tolist(), strict=True)
+        rows = [(rank, i, f"{s:.6f}") for rank, (i, s) in enumerate(pairs, 1)]
         blocks.append(f"query {query}:\n" + _table(rows, ("rank", "id", "score")))
     return "\n\n".join(blocks)
 
@@ -170,7 +171,7 @@ def _execute(client: RetrievalClient, args: argparse.Namespace) -> tuple:
         results = client.search(args.ids, k=args.k, timeout_s=args.timeout_s)
         data: Dict[str, Any] = {
             "model": client.model,
-            "results": [{"query": q, **_plain(r)} for q, r in zip(args.ids, results)],
+            "results": [{"query": q, **_plain(r)} for q, r in zip(args.ids, results, strict=True)],
         }
         return data, _show_results(args.ids, results)
     if args.command == "search-vector":

@@ -10,7 +10,7 @@ from . import _flows
 from ._base import DEFAULT_WAIT_TIMEOUT_S, _ClientBase
 from ._errors import RetrievalError, from_rpc_error
 from ._requests import RESPONSE_TYPES
-from ._types import Examples, ModelMetadata, SearchResult, VersionStatus
+from ._types import Examples, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 
 class RetrievalClient(_ClientBase):
@@ -64,7 +64,7 @@ class RetrievalClient(_ClientBase):
         finally:
             flow.close()
 
-    def search(self, ids: Any, k: Optional[int] = None, *, timeout_s: Optional[float] = None) -> List[SearchResult]:
+    def search(self, ids: Ids, k: Optional[int] = None, *, timeout_s: Optional[float] = None) -> List[SearchResult]:
         """Nearest candidates for each query id (signature serving_default).
 
         ids: one id or a 1-D sequence/array of str, bytes or int ids; they
@@ -78,7 +78,7 @@ class RetrievalClient(_ClientBase):
         return self._run(_flows.search(self._state, ids, k, timeout_s))
 
     def search_by_vector(
-        self, vectors: Any, k: Optional[int] = None, *, timeout_s: Optional[float] = None
+        self, vectors: Vectors, k: Optional[int] = None, *, timeout_s: Optional[float] = None
     ) -> List[SearchResult]:
         """Nearest candidates for query embeddings (signature search_by_vector).
 

@@ -34,7 +34,7 @@ class RetrievalError(Exception):
         return (_rebuild, (type(self), self.code, self.details))
 
 
-def _rebuild(cls: type, code: grpc.StatusCode, details: str) -> RetrievalError:
+def _rebuild(cls: type[RetrievalError], code: grpc.StatusCode, details: str) -> RetrievalError:
     error = cls.__new__(cls)
     RetrievalError.__init__(error, code, details)
     return error

@@ -123,12 +123,18 @@ def metadata(state: ClientState, timeout_s: Optional[float]) -> Flow:
     return result
 
 
+def _refresh(state: ClientState, timeout: float) -> Flow:
+    """Fetch the metadata again and return the new contract."""
+    metadata_ = yield from metadata(state, timeout)
+    return rq.Contract.from_metadata(metadata_)
+
+
 def _contract(state: ClientState, timeout: float) -> Flow:
     """(contract, fresh): the cached contract, fetching it on first use."""
     if state.contract is not None:
         return state.contract, False
-    yield from metadata(state, timeout)
-    return state.contract, True
+    contract = yield from _refresh(state, timeout)
+    return contract, True
 
 
 def search(state: ClientState, ids: Any, k: Optional[int], timeout_s: Optional[float]) -> Flow:
@@ -142,7 +148,16 @@ def search(state: ClientState, ids: Any, k: Optional[int], timeout_s: Optional[f
     while True:
         id_dtype = contract.require_id_dtype(state.ref)
         what = state.ref.describe(contract.version)
-        request = rq.predict_request(state.ref, rq.SEARCH_SIGNATURE, {"ids": rq.ids_tensor(items, id_dtype, what)})
+        try:
+            ids_tensor = rq.ids_tensor(items, id_dtype, what)
+        except (TypeError, ValueError):
+            if fresh:
+                raise
+            # e.g. "item-5" for a cached int64 model: a newer version may take strings.
+            fresh = True
+            contract = yield from _refresh(state, timeout)
+            continue
+        request = rq.predict_request(state.ref, rq.SEARCH_SIGNATURE, {"ids": ids_tensor})
         try:
             response = yield from call(state, Rpc(rq.PREDICT, request, timeout))
         except InvalidRequestError as exc:
@@ -151,10 +166,9 @@ def search(state: ClientState, ids: Any, k: Optional[int], timeout_s: Optional[f
             if fresh or not _DTYPE_MISMATCH.search(exc.details):
                 raise
             fresh = True
-            yield from metadata(state, timeout)
-            if state.contract.id_dtype == id_dtype:
+            contract = yield from _refresh(state, timeout)
+            if contract.id_dtype == id_dtype:
                 raise
-            contract = state.contract
             continue
         what = state.ref.describe(rq.response_version(response.model_spec))
         result: List[SearchResult] = rq.parse_neighbours(response, k, len(items), f"{what} ({rq.SEARCH_SIGNATURE})")
@@ -171,8 +185,7 @@ def search_by_vector(state: ClientState, vectors: Any, k: Optional[int], timeout
     contract, fresh = yield from _contract(state, timeout)
     if contract.dim is not None and contract.dim != array.shape[1] and not fresh:
         # The cached dimension may belong to an older version: ask again.
-        yield from metadata(state, timeout)
-        contract = state.contract
+        contract = yield from _refresh(state, timeout)
     if contract.dim is not None and contract.dim != array.shape[1]:
         raise ValueError(
             f"vectors have dimension {array.shape[1]}, but {state.ref.describe(contract.version)} "

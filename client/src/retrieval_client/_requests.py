@@ -21,7 +21,7 @@ from .protos import get_model_metadata_pb2, get_model_status_pb2, model_pb2, pre
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
 GET_MODEL_STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
-RESPONSE_TYPES = {
+RESPONSE_TYPES: Dict[str, Any] = {
     PREDICT: predict_pb2.PredictResponse,
     GET_MODEL_METADATA: get_model_metadata_pb2.GetModelMetadataResponse,
     GET_MODEL_STATUS: get_model_status_pb2.GetModelStatusResponse,
@@ -72,7 +72,9 @@ class ModelRef:
 # --- requests ---------------------------------------------------------------
 
 
-def predict_request(ref: ModelRef, signature: str, inputs: Dict[str, tensor_pb2.TensorProto]):
+def predict_request(
+    ref: ModelRef, signature: str, inputs: Dict[str, tensor_pb2.TensorProto]
+) -> predict_pb2.PredictRequest:
     """A PredictRequest for one signature of the referenced model."""
     request = predict_pb2.PredictRequest(model_spec=ref.spec(signature))
     for name, tensor in inputs.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -19,7 +19,7 @@ from .protos import tensor_pb2
 
 @dataclass(frozen=True)
 class _Kind:
-    enum: int  # tensorflow.DataType number
+    enum: tensor_pb2.DataType  # tensorflow.DataType number
     name: str  # tf.DType.name, used in messages and ModelMetadata
     np_dtype: np.dtype  # native-order numpy dtype; object for strings
     field: str  # the typed TensorProto field holding the values
@@ -41,7 +41,7 @@ _KINDS = (
     _Kind(_DT.DT_BOOL, "bool", np.dtype(np.bool_), "bool_val"),
     _Kind(_DT.DT_STRING, "string", np.dtype(object), "string_val"),
 )
-_BY_ENUM = {k.enum: k for k in _KINDS}
+_BY_ENUM: Dict[int, _Kind] = {int(k.enum): k for k in _KINDS}
 _BY_NAME = {k.name: k for k in _KINDS}
 # Keyed by (kind, itemsize) so byte order does not matter on lookup.
 _BY_NUMPY = {(k.np_dtype.kind, k.np_dtype.itemsize): k for k in _KINDS if k.name != "string"}
@@ -61,7 +61,7 @@ def dtype_name(enum: int) -> str:
         return f"unknown_dtype_{enum}"
 
 
-def dtype_enum(name: str) -> int:
+def dtype_enum(name: str) -> tensor_pb2.DataType:
     """The DataType number of a supported dtype name."""
     try:
         return _BY_NAME[name].enum
@@ -115,7 +115,7 @@ def to_tensor_proto(values: Any, dtype: Optional[str] = None) -> tensor_pb2.Tens
         else:
             kind = _BY_NAME.get(dtype)
             if kind is None:
-                dtype_enum(dtype)  # raises the ValueError listing the choices
+                raise ValueError(f"unsupported dtype {dtype!r}; supported: {', '.join(SUPPORTED_DTYPES)}")
         try:
             wire = array.astype(kind.np_dtype.newbyteorder("<"), casting="same_kind", copy=False)
         except TypeError as exc:

@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
+
+#: One query id: str, bytes or int (numpy scalars included).
+Id = Union[str, bytes, int, np.integer]
+#: One id or a 1-D batch of them.
+Ids = Union[Id, Sequence[Id], np.ndarray]
+#: One embedding [dim] or a batch [batch, dim] of numbers.
+Vectors = Union[Sequence[float], Sequence[Sequence[float]], np.ndarray]
 
 
 @dataclass(frozen=True)

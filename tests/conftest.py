@@ -1,0 +1,52 @@
+"""Session fixtures: real models built once through the real CLI, shared by the test modules."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import support  # noqa: E402
+
+# --target/--model for the target-only smoke suite (tests/smoke), also under `pytest tests`.
+pytest_plugins = ["smoke.plugin"]
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory):
+    """A model base path shared by the session's read-only models."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def movielens_model(models_root):
+    """MovieLens 100K, user -> items, default training: the demo's model."""
+    return support.build(models_root, "--dataset", "movielens-100k", model_name="movielens")
+
+
+@pytest.fixture(scope="session")
+def movielens_items_model(models_root):
+    """MovieLens 100K, item -> similar items (the seed's use), fast training."""
+    return support.build(models_root, "--dataset", "movielens-100k", "--query", "item", *support.FAST_TRAIN,
+                         model_name="movielens_items")
+
+
+@pytest.fixture(scope="session")
+def string_id_csv(tmp_path_factory):
+    """Synthetic interactions written as a CSV with string ids ("u1", "i7")."""
+    from model_builder.data import synthetic
+
+    inter = synthetic.interactions(num_users=300, num_items=500, string_ids=True).interactions
+    path = tmp_path_factory.mktemp("data") / "interactions.csv"
+    rows = ["user_id,item_id,weight,timestamp"]
+    rows += [f"{u},{i},{w:g},{t:g}" for u, i, w, t in zip(inter.user_ids, inter.item_ids, inter.weights, inter.timestamps)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_model(models_root, string_id_csv):
+    """String ids from a CSV, user -> items, fast training."""
+    return support.build(models_root, "--dataset", str(string_id_csv), *support.FAST_TRAIN, model_name="synthetic")

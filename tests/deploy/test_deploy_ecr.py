@@ -1,0 +1,113 @@
+"""`make push` against local stand-ins for AWS: moto's ECR API (describe/create
+repository, login password) and Debian's docker-registry as the registry the
+image is pushed to. The Makefile is used unchanged; endpoint and registry come
+from the standard AWS_ENDPOINT_URL and the ECR_REGISTRY variable."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+from deploy_helpers import REPO, free_port, http_get, tool, tools_venv, wait_for
+
+pytestmark = [pytest.mark.docker, pytest.mark.tools]
+
+ACCOUNT = "123456789012"  # moto's default account
+REGION = "us-east-1"
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+
+
+@pytest.fixture
+def moto(tmp_path):
+    port = free_port()
+    log = (tmp_path / "moto.log").open("w")
+    proc = subprocess.Popen([tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/moto-api/")[0] == 200, 60, "moto_server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture
+def registry(tmp_path):
+    if not Path(REGISTRY_BINARY).exists():
+        pytest.fail(f"{REGISTRY_BINARY} missing: docker/engine.sh ensure installs Debian's docker-registry")
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n")
+    log = (tmp_path / "registry.log").open("w")
+    proc = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/v2/")[0] == 200, 60, "docker-registry")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def aws_env(moto_url: str, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ECR_"))}
+    env.update(AWS_ENDPOINT_URL=moto_url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+               AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/dev/null",
+               AWS_SHARED_CREDENTIALS_FILE="/dev/null", TOOLS_VENV=str(tools_venv()), **extra)
+    return env
+
+
+def test_make_push_creates_the_repository_and_pushes(docker_client, python_standin, moto, registry, tmp_path):
+    # A small local image stands in for a serving image: the push path is the same.
+    repository = f"scann-serving-test-{uuid.uuid4().hex[:6]}"
+    local = f"scann-serving-test/serving:scann_model-v1-{uuid.uuid4().hex[:12]}"
+    docker_client.images.get(python_standin).tag(local)
+    (tmp_path / "last-image").write_text(local + "\n")
+    env = aws_env(moto, AWS_REGION=REGION, AWS_ACCOUNT_ID=ACCOUNT, ECR_REPOSITORY=repository,
+                  ECR_REGISTRY=registry, BUILD_DIR=str(tmp_path))
+    try:
+        for attempt in ("creates the repository", "finds the existing repository"):
+            proc = subprocess.run(["make", "push"], cwd=REPO, env=env, capture_output=True, text=True,
+                                  timeout=900)
+            assert proc.returncode == 0, f"{attempt}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
+        assert f"ECR repository {repository} exists" in proc.stderr
+
+        pushed = (tmp_path / "last-pushed-image").read_text().strip()
+        tag = local.rsplit(":", 1)[1]
+        assert pushed.startswith(f"{registry}/{repository}:{tag}@sha256:")
+
+        status, body = http_get(f"http://{registry}/v2/_catalog")
+        assert status == 200 and repository in json.loads(body)["repositories"]
+        status, body = http_get(f"http://{registry}/v2/{repository}/tags/list")
+        assert status == 200 and json.loads(body)["tags"] == [tag]
+
+        described = subprocess.run(
+            [tool("aws"), "ecr", "describe-repositories", "--repository-names", repository, "--output", "json"],
+            env=dict(env, AWS_DEFAULT_REGION=REGION), capture_output=True, text=True, check=True)
+        (repo,) = json.loads(described.stdout)["repositories"]
+        assert repo["repositoryName"] == repository and repo["imageTagMutability"] == "IMMUTABLE"
+        # The ECR login lived in a throwaway DOCKER_CONFIG: nothing in the caller's.
+        config = Path(os.environ.get("DOCKER_CONFIG", Path.home() / ".docker")) / "config.json"
+        assert not config.exists() or registry not in config.read_text()
+    finally:
+        for ref in (local, f"{registry}/{repository}:{local.rsplit(':', 1)[1]}"):
+            try:
+                docker_client.images.remove(ref)
+            except Exception:  # noqa: BLE001 (cleanup of a tag that may not exist)
+                pass
+
+
+def test_push_without_region_fails_in_one_line(moto, tmp_path):
+    env = aws_env(moto, ECR_REPOSITORY="x", AWS_ACCOUNT_ID=ACCOUNT, BUILD_DIR=str(tmp_path))
+    proc = subprocess.run([str(REPO / "docker/push-ecr.sh")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "AWS_REGION is not set" in proc.stderr

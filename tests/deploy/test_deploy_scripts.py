@@ -1,0 +1,172 @@
+"""The deploy scripts' behaviour that needs no Docker engine: argument errors,
+the readiness helper against a TF-Serving-shaped REST endpoint, and deploy
+rendering (which must never touch tracked files)."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from deploy_helpers import REPO, by_kind, free_port, load_yaml_documents, tools_venv
+
+SCRIPTS = sorted((REPO / "docker").rglob("*.sh")) + [REPO / "docker/serving/model-ready",
+                                                       REPO / "docker/standin/serving/tensorflow_model_server"]
+DIGEST = "sha256:" + "ab" * 32
+
+
+def clean_env(**overrides):
+    """The caller's environment without anything that would point at real AWS."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ECR_"))}
+    env.update(overrides)
+    return env
+
+
+def run(*cmd, env=None, timeout=120):
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=REPO,
+                          env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_scripts_parse_and_are_strict(script):
+    assert os.access(script, os.X_OK), f"{script} is not executable"
+    assert run("bash", "-n", script).returncode == 0
+    text = script.read_text()
+    if script.name not in ("tf_serving_entrypoint.sh", "lib.sh"):  # a verbatim copy; a sourced library
+        assert "set -euo pipefail" in text, script
+
+
+@pytest.mark.parametrize("missing, message", [
+    ("AWS_REGION", "AWS_REGION is not set"),
+    ("ECR_REPOSITORY", "ECR_REPOSITORY is not set"),
+    ("AWS_ACCOUNT_ID", "AWS_ACCOUNT_ID is not set (or set ECR_REGISTRY)"),
+])
+def test_push_reports_missing_settings_in_one_line(tmp_path, missing, message):
+    settings = {"AWS_REGION": "eu-west-1", "ECR_REPOSITORY": "scann-serving", "AWS_ACCOUNT_ID": "123456789012"}
+    del settings[missing]
+    proc = run("docker/push-ecr.sh", env=clean_env(BUILD_DIR=str(tmp_path), **settings))
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and message in proc.stderr, proc.stderr
+
+
+def test_make_push_without_region_stops_with_the_message(tmp_path):
+    proc = run("make", "push", env=clean_env(BUILD_DIR=str(tmp_path)))
+    assert proc.returncode != 0
+    assert "push-ecr.sh: AWS_REGION is not set" in proc.stderr
+
+
+def test_push_without_a_built_image_says_so(tmp_path):
+    proc = run("docker/push-ecr.sh", env=clean_env(BUILD_DIR=str(tmp_path), AWS_REGION="eu-west-1",
+                                                   AWS_ACCOUNT_ID="123456789012", ECR_REPOSITORY="x"))
+    assert proc.returncode == 2 and "run `make image` first" in proc.stderr
+
+
+def test_engine_script_usage():
+    assert run("docker/engine.sh").returncode == 2
+
+
+class _TfsStatus(http.server.BaseHTTPRequestHandler):
+    """Answers GET /v1/models/<name> like TF Serving (pretty-printed JSON)."""
+
+    state = "AVAILABLE"
+    model = "scann_model"
+
+    def do_GET(self):  # noqa: N802 (http.server API)
+        if self.path != f"/v1/models/{self.model}":
+            body = json.dumps({"error": f"Servable not found for request: Latest({self.path})"}).encode()
+            self.send_response(404)
+        else:
+            status = {"model_version_status": [{"version": "7", "state": self.state,
+                                                "status": {"error_code": "OK", "error_message": ""}}]}
+            body = json.dumps(status, indent=1).encode()
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def status_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TfsStatus)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    _TfsStatus.state = "AVAILABLE"
+
+
+def ready(port, *args, model="scann_model"):
+    return run(REPO / "docker/serving/model-ready", *args,
+               env=dict(os.environ, REST_PORT=str(port), MODEL_NAME=model), timeout=30)
+
+
+def test_model_ready_accepts_only_available(status_server):
+    port = status_server.server_address[1]
+    assert ready(port).returncode == 0
+    for state in ("START", "LOADING", "UNLOADING", "END"):
+        _TfsStatus.state = state
+        proc = ready(port)
+        assert proc.returncode == 1, state
+        assert f"state: {state}" in proc.stderr
+    _TfsStatus.state = "AVAILABLE"
+    assert ready(port, "scann_model", model="other").returncode == 0  # the argument wins over MODEL_NAME
+
+
+def test_model_ready_rejects_unknown_model_and_closed_port(status_server):
+    proc = ready(status_server.server_address[1], model="nosuchmodel")
+    assert proc.returncode == 1 and "404" in proc.stderr
+    proc = ready(free_port())
+    assert proc.returncode == 1 and "nothing listening" in proc.stderr
+
+
+def _tree_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*")):
+        digest.update(str(path.relative_to(root)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_deploy_dry_run_renders_the_pushed_image_without_editing_files(tmp_path, overlay):
+    image = f"127.0.0.1:5000/scann-serving:scann_model-v3-0123456789ab@{DIGEST}"
+    before = _tree_digest(REPO / "k8s")
+    proc = run("docker/deploy.sh", "--dry-run",
+               env=dict(os.environ, OVERLAY=overlay, IMAGE=image, TOOLS_VENV=str(tools_venv()),
+                        BUILD_DIR=str(tmp_path)))
+    assert proc.returncode == 0, proc.stderr
+    assert _tree_digest(REPO / "k8s") == before, "deploy.sh changed files under k8s/"
+    objects = load_yaml_documents(proc.stdout)
+    (deployment,) = by_kind(objects, "Deployment")
+    template = deployment["spec"]["template"]
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == f"127.0.0.1:5000/scann-serving:scann_model-v3-0123456789ab@{DIGEST}"
+    assert template["metadata"]["labels"]["app.kubernetes.io/version"] == "scann_model-v3-0123456789ab"
+    # The selector keeps only stable labels.
+    assert "app.kubernetes.io/version" not in deployment["spec"]["selector"]["matchLabels"]
+
+
+@pytest.mark.tools
+def test_make_deploy_render_only_uses_the_last_pushed_image(tmp_path):
+    (tmp_path / "last-pushed-image").write_text(f"registry.example:443/team/scann-serving:scann_model-v9-abc@{DIGEST}\n")
+    proc = run("make", "--silent", "deploy", "OVERLAY=prod",
+               env=dict(os.environ, RENDER_ONLY="1", TOOLS_VENV=str(tools_venv()), BUILD_DIR=str(tmp_path)))
+    assert proc.returncode == 0, proc.stderr
+    (deployment,) = by_kind(load_yaml_documents(proc.stdout), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == f"registry.example:443/team/scann-serving:scann_model-v9-abc@{DIGEST}"
+
+
+def test_deploy_without_an_image_says_so(tmp_path):
+    proc = run("docker/deploy.sh", "--dry-run", env=dict(os.environ, BUILD_DIR=str(tmp_path), OVERLAY="prod"))
+    assert proc.returncode == 2 and "run `make push` first" in proc.stderr
