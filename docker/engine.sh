@@ -7,12 +7,15 @@
 #   - packages missing (docker.io, debootstrap, docker-registry) and we are
 #     root                                   -> apt-get install them
 #   - no daemon answering and we are root    -> start dockerd in the background
-#     (log: $DOCKERD_LOG) and wait up to $DOCKERD_WAIT_S seconds
+#     (log: $DOCKERD_LOG, extra flags: $DOCKERD_ARGS) and wait up to
+#     $DOCKERD_WAIT_S seconds
 #   - otherwise                              -> one-line error, exit 1
 set -euo pipefail
 
 DOCKERD_LOG="${DOCKERD_LOG:-/var/log/scann-serving-dockerd.log}"
 DOCKERD_WAIT_S="${DOCKERD_WAIT_S:-60}"
+# Extra dockerd flags, e.g. --data-root on a bigger disk (split on spaces).
+DOCKERD_ARGS="${DOCKERD_ARGS:-}"
 # debootstrap builds the stand-in base image, docker-registry is the push
 # target of the ECR test; both are Debian packages so they come with the engine.
 PACKAGES=(docker.io debootstrap docker-registry)
@@ -44,7 +47,8 @@ start_daemon() {
   else
     echo "engine.sh: starting dockerd (log: $DOCKERD_LOG)" >&2
     # setsid + nohup: the daemon must outlive this script and the make recipe.
-    setsid nohup dockerd >>"$DOCKERD_LOG" 2>&1 < /dev/null &
+    # shellcheck disable=SC2086 # DOCKERD_ARGS is a flag list, split on purpose
+    setsid nohup dockerd $DOCKERD_ARGS >>"$DOCKERD_LOG" 2>&1 < /dev/null &
   fi
   local waited=0
   until engine_up; do

@@ -1,0 +1,131 @@
+"""The serving image's runtime (TF 2.11 + scann 1.2.9, Python 3.10) loads every kind of model we export.
+
+Loading goes through TF's C API TF_LoadSessionFromSavedModel -- the C++ loader
+tensorflow_model_server uses -- in the pinned compat env (`make compat-venv`).
+Ids must match the build environment exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import model_builder.scann_import  # noqa: F401
+import support
+from model_builder.compat import ops
+from model_builder.data.synthetic import clustered_embeddings
+
+pytestmark = pytest.mark.compat
+RUNNER = support.REPO / "model_builder" / "compat" / "c_api_runner.py"
+
+
+def _compat_python():
+    if not support.COMPAT_PYTHON.is_file():
+        pytest.fail(f"{support.COMPAT_PYTHON} missing: run `make compat-venv` (Python 3.10 + TF 2.11 + scann 1.2.9)")
+    return str(support.COMPAT_PYTHON)
+
+
+def run_in_tf211(version_dir, requests: list) -> dict:
+    proc = subprocess.run([_compat_python(), str(RUNNER), str(version_dir)], input=json.dumps(requests),
+                          capture_output=True, text=True, timeout=600, env={**support.ENV, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def _spec(value: np.ndarray) -> dict:
+    if value.dtype == object or value.dtype.kind in "SU":
+        return {"dtype": "string", "value": [v.decode() if isinstance(v, bytes) else str(v) for v in value.tolist()]}
+    return {"dtype": value.dtype.name, "value": value.tolist()}
+
+
+def _decoded(values: np.ndarray) -> list:
+    return [[v.decode() if isinstance(v, bytes) else v for v in row] for row in values.tolist()]
+
+
+@pytest.fixture(scope="module")
+def model_kinds(movielens_model, movielens_items_model, synthetic_model, tmp_path_factory):
+    """One version of every kind: int/string ids, user/item queries, brute force / AH / tree+AH / exact."""
+    root = tmp_path_factory.mktemp("compat_models")
+    kinds = {"movielens-user-int-bruteforce": movielens_model, "movielens-item-int": movielens_items_model,
+             "synthetic-user-string": synthetic_model}
+    for name, n, extra in (("ah-string", 25_000, []), ("tree-ah-int", 110_000, []), ("exact-int", 2_000, ["--algorithm", "exact"])):
+        path = root / f"{name}.npz"
+        ids = np.array([f"c{i}" for i in range(n)]) if "string" in name else np.arange(n, dtype=np.int64) * 3
+        np.savez(path, ids=ids, vectors=clustered_embeddings(n, 24, seed=n))
+        kinds[name] = support.build(root, "--candidates", str(path), "--query", "item", "--verify-queries", "200", *extra,
+                                    model_name=name)
+    return kinds
+
+
+@pytest.mark.slow
+def test_every_model_kind_gives_identical_ids_under_tf_2_11(model_kinds):
+    for name, version_dir in model_kinds.items():
+        loaded = tf.saved_model.load(str(version_dir))
+        examples = {k: v.numpy() for k, v in loaded.signatures["examples"]().items()}
+        queries = np.repeat(examples["query_ids"], 3)[:20]
+        vectors = examples["candidate_vectors"]
+        expected = [
+            loaded.signatures["serving_default"](ids=tf.constant(queries)),
+            loaded.signatures["search_by_vector"](vectors=tf.constant(vectors)),
+        ]
+        got = run_in_tf211(version_dir, [
+            {"signature": "serving_default", "inputs": {"ids": _spec(queries)}},
+            {"signature": "search_by_vector", "inputs": {"vectors": _spec(vectors)}},
+            {"signature": "examples", "inputs": {}},
+        ])
+        assert got["runtime"]["tensorflow"].startswith("2.11") and got["runtime"]["python"].startswith("3.10")
+        for want, result in zip(expected, got["results"][:2]):
+            assert "outputs" in result, f"{name}: {result}"
+            assert result["outputs"]["ids"]["value"] == _decoded(want["ids"].numpy()), name
+            np.testing.assert_allclose(result["outputs"]["scores"]["value"], want["scores"].numpy(), rtol=1e-4, atol=1e-5)
+        assert _decoded(np.array([got["results"][2]["outputs"]["query_ids"]["value"]]))[0] == _decoded(np.array([examples["query_ids"]]))[0]
+
+
+@pytest.mark.slow
+def test_unknown_id_error_under_tf_2_11_names_the_id(synthetic_model, movielens_model):
+    got = run_in_tf211(synthetic_model, [{"signature": "serving_default", "inputs": {"ids": {"dtype": "string", "value": ["u1", "no-such-user-42"]}}}])
+    error = got["results"][0]["error"]
+    assert error["code"] == 3 and "no-such-user-42" in error["message"]  # 3 = INVALID_ARGUMENT
+    got = run_in_tf211(movielens_model, [{"signature": "search_by_vector", "inputs": {"vectors": {"dtype": "float32", "value": [[0.1] * 7]}}}])
+    assert got["results"][0]["error"]["code"] == 3 and "must have shape [batch, 32]" in got["results"][0]["error"]["message"]
+
+
+def test_check_compat_lists_ops_and_passes_for_our_models(synthetic_model):
+    report = ops.check(synthetic_model)
+    assert report.ok and "Scann>ScannSearchBatched" in report.ops_used and "Scann>TensorsToScann" in report.ops_used
+    proc = support.run_cli("check-compat", str(synthetic_model))
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("compatible")
+
+
+def test_check_compat_fails_on_an_op_the_runtime_lacks(tmp_path):
+    class Newer(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def f(self, x):
+            return {"y": tf.raw_ops.Ndtri(x=x)}  # exists in TF 2.20, not in a trimmed registry
+
+    m = Newer()
+    tf.saved_model.save(m, str(tmp_path / "1"), signatures={"serving_default": m.f})
+    registry = ops.load_registry(ops.DEFAULT_RUNTIME)
+    assert "Ndtri" in registry  # sanity: pick an op that really is missing from TF 2.11 below
+    missing_op = next(op for op in ops.saved_model_ops(tmp_path / "1") if op == "Ndtri")
+    fake_runtime = ops.REGISTRY_DIR / "test-trimmed.json"
+    trimmed = {k: v for k, v in registry.items() if k != missing_op}
+    fake_runtime.write_text(json.dumps({"ops": trimmed}))
+    try:
+        proc = support.run_cli("check-compat", str(tmp_path / "1"), "--runtime", "test-trimmed")
+        assert proc.returncode == 1 and "INCOMPATIBLE: Ndtri" in proc.stdout
+    finally:
+        fake_runtime.unlink()
+
+
+def test_committed_registry_snapshot_matches_the_pinned_wheels():
+    proc = subprocess.run([_compat_python(), str(support.REPO / "model_builder" / "compat" / "snapshot.py")],
+                          capture_output=True, text=True, timeout=300, env={**support.ENV, "PYTHONPATH": ""})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    committed = (ops.REGISTRY_DIR / f"{ops.DEFAULT_RUNTIME}.json").read_text()
+    assert json.loads(proc.stdout) == json.loads(committed), (
+        "regenerate: .venv-compat/bin/python model_builder/compat/snapshot.py > model_builder/compat/registry/tf-2.11.0_scann-1.2.9.json")
