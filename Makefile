@@ -27,6 +27,8 @@ AWS_ACCOUNT_ID ?=## ECR account for `push`.
 ECR_REPOSITORY ?= scann-serving## ECR repository for `push`.
 ECR_REGISTRY ?=## Registry host; default <account>.dkr.ecr.<region>.amazonaws.com.
 OVERLAY ?= prod## k8s overlay for `deploy`.
+USE_STANDINS ?=## 1: build local stand-ins for the base images (no registry needed), as CI does.
+RENDER_ONLY ?=## 1: `deploy` prints the rendered manifests instead of applying them.
 
 export PYTHONDONTWRITEBYTECODE := 1
 PY := $(VENV)/bin/python
@@ -87,7 +89,7 @@ test: venv compat-venv tools-venv docker-engine ## Set up everything and run the
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-fast: venv ## Tests that need neither Docker nor the compat env.
-	$(PY) -m pytest tests -m "not docker and not compat" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -m "not docker and not compat and not tools" $(PYTEST_ARGS)
 
 smoke: venv ## Smoke-test a running server: make smoke TARGET=host:port MODEL=name.
 	$(PY) -m pytest tests/smoke --target $(TARGET) --model $(MODEL) $(PYTEST_ARGS)
@@ -108,14 +110,14 @@ lint: tools-venv ## hadolint, kustomize + kubernetes-validate --strict, checkov.
 
 image: docker-engine ## Builder image -> verified model -> serving image <model>-v<version>-<gitsha>.
 	MODEL=$(MODEL) DATASET=$(DATASET) BUILD_ARGS="$(BUILD_ARGS)" BUILDER_IMAGE=$(BUILDER_IMAGE) \
-	  SERVING_IMAGE=$(SERVING_IMAGE) PY=$(PY) docker/build-images.sh
+	  SERVING_IMAGE=$(SERVING_IMAGE) USE_STANDINS=$(USE_STANDINS) PY=$(PY) docker/build-images.sh
 
 push: ## Push the last built serving image to ECR (AWS_REGION, AWS_ACCOUNT_ID).
 	AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \
-	  ECR_REGISTRY=$(ECR_REGISTRY) SERVING_IMAGE=$(SERVING_IMAGE) docker/push-ecr.sh
+	  ECR_REGISTRY=$(ECR_REGISTRY) SERVING_IMAGE=$(SERVING_IMAGE) TOOLS_VENV=$(TOOLS_VENV) docker/push-ecr.sh
 
 deploy: ## Render k8s/overlays/OVERLAY with the pushed image and kubectl apply -k.
-	OVERLAY=$(OVERLAY) TOOLS_VENV=$(TOOLS_VENV) docker/deploy.sh
+	OVERLAY=$(OVERLAY) TOOLS_VENV=$(TOOLS_VENV) RENDER_ONLY=$(RENDER_ONLY) docker/deploy.sh
 
 ##@ Benchmarks
 .PHONY: bench bench-quick

@@ -37,6 +37,7 @@ class IndexConfig:
     reorder_num_neighbors: int | None = field(default=None, metadata={"help": "candidates re-scored exactly; must exceed k. Default max(100, 4k). Higher: better recall, slower"})
     training_sample_size: int | None = field(default=None, metadata={"help": "vectors sampled to train the tree and AH codebooks; default min(N, 250000)"})
     training_threads: int = field(default=0, metadata={"help": "threads for index training (0 = all cores)"})
+    residual_quantization: bool = field(default=False, metadata={"help": "AH on residuals to the tree centres (scann 1.4 default for tree+dot product). Off: scann 1.2.9 in the serving image scores residual codes differently, so ~2%% of queries got a different tail of the top-k"})
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class ResolvedIndex:
     anisotropic_quantization_threshold: float | None = None
     reorder_num_neighbors: int | None = None
     training_sample_size: int | None = None
+    residual_quantization: bool | None = None
     training_threads: int = 0
 
     def to_dict(self) -> dict:
@@ -100,7 +102,7 @@ def resolve(cfg: IndexConfig, num_candidates: int, dimensions: int, k: int) -> R
     to_search = cfg.num_leaves_to_search or min(leaves, max(10, int(round(0.05 * leaves))))
     if to_search > leaves:
         raise ConfigError(f"--num-leaves-to-search {to_search} exceeds --num-leaves {leaves}")
-    return replace(ah, num_leaves=leaves, num_leaves_to_search=to_search)
+    return replace(ah, num_leaves=leaves, num_leaves_to_search=to_search, residual_quantization=cfg.residual_quantization)
 
 
 def _validate(cfg: IndexConfig, n: int, k: int) -> None:
@@ -144,6 +146,7 @@ def build_searcher(vectors: np.ndarray, index: ResolvedIndex, num_neighbors: int
             index.dimensions_per_block,
             anisotropic_quantization_threshold=float("nan") if threshold is None else threshold,
             training_sample_size=index.training_sample_size,
+            residual_quantization=bool(index.residual_quantization),
         ).reorder(index.reorder_num_neighbors)
     searcher = builder.build()
     return searcher, time.perf_counter() - start

@@ -118,12 +118,25 @@ class ModelManager:
             self._thread.join(timeout=60)
 
     def _poll_loop(self, poll_seconds: float) -> None:
+        # TF Serving: a poll wait of 0 means "read the base path once" (images with a baked-in model).
+        if poll_seconds <= 0:
+            self._poll_until_loaded()
+            return
         while not self._stop.is_set():
             try:
                 self.poll_once()
             except Exception:  # noqa: BLE001 - the poller must survive anything the disk throws at it
                 log.exception("polling %s failed; retrying", self.base_path)
             self._stop.wait(max(poll_seconds, 0.05))
+
+    def _poll_until_loaded(self) -> None:
+        while not self._stop.is_set() and not self.is_available():
+            try:
+                self.poll_once()
+            except Exception:  # noqa: BLE001
+                log.exception("loading from %s failed; retrying", self.base_path)
+            if not self.is_available():
+                self._stop.wait(1.0)
 
     def disk_versions(self) -> list[int]:
         """Numeric version folders present on disk (others, like build temp folders, are ignored)."""

@@ -67,7 +67,9 @@ def test_every_model_kind_gives_identical_ids_under_tf_2_11(model_kinds):
         loaded = tf.saved_model.load(str(version_dir))
         examples = {k: v.numpy() for k, v in loaded.signatures["examples"]().items()}
         queries = np.repeat(examples["query_ids"], 3)[:20]
-        vectors = examples["candidate_vectors"]
+        probes = np.random.default_rng(1).normal(size=(64, examples["candidate_vectors"].shape[1])).astype(np.float32)
+        probes /= np.linalg.norm(probes, axis=1, keepdims=True)
+        vectors = np.concatenate([examples["candidate_vectors"], probes])
         expected = [
             loaded.signatures["serving_default"](ids=tf.constant(queries)),
             loaded.signatures["search_by_vector"](vectors=tf.constant(vectors)),
