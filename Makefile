@@ -78,7 +78,7 @@ build: venv ## Train, index, export and verify a model version into MODELS/MODEL
 	$(PY) -m model_builder build --dataset $(DATASET) --out $(MODELS) --model-name $(MODEL) $(BUILD_ARGS)
 
 demo: venv ## One command: build MovieLens 100K, serve it locally, query it over gRPC.
-	MODELS=$(MODELS) MODEL=$(MODEL) PORT=$(PORT) PY=$(PY) scripts/demo.sh
+	$(PY) -m model_builder demo --out $(MODELS) --model-name $(MODEL) --port $(PORT)
 
 serve: venv ## Serve MODELS/MODEL with the local TF-Serving-API server (development stand-in).
 	$(PY) -m model_builder serve --model-base-path $(MODELS) --model-name $(MODEL) --port $(PORT)

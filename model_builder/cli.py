@@ -144,9 +144,8 @@ def _add_demo(sub) -> None:
     p = sub.add_parser("demo", formatter_class=_FORMATTER, help="build MovieLens 100K, serve it locally, query it over gRPC")
     p.add_argument("--out", default="models", help="model base path")
     p.add_argument("--model-name", default=settings.model_name())
-    p.add_argument("--port", type=int, default=settings.grpc_port(), help="gRPC port of the local server")
-    p.add_argument("--rest-port", type=int, default=settings.rest_port(), help="REST port of the local server")
-    p.add_argument("--rebuild", action=argparse.BooleanOptionalAction, default=True, help="build a new version even if one exists")
+    p.add_argument("--port", type=int, default=settings.grpc_port(), help="gRPC port of the first local server (the second uses PORT+2)")
+    p.add_argument("--rest-port", type=int, default=settings.rest_port(), help="REST port of the first local server (the second uses REST_PORT+2)")
     p.set_defaults(run=lambda a: __import__("model_builder.demo", fromlist=["run"]).run(a))
 
 

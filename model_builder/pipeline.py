@@ -8,7 +8,7 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +75,11 @@ class Prepared:
     data_info: dict
     quality: dict
     titles: dict
+
+    def as_item_to_item(self) -> Prepared:
+        """The same towers served item -> similar items (queries are the candidates)."""
+        cat = self.catalogue
+        return replace(self, catalogue=Catalogue(cat.candidate_ids, None, cat.candidate_ids, cat.candidate_vectors))
 
 
 Log = Callable[[str], None]
@@ -187,11 +192,16 @@ class BuildResult:
     prepared: Prepared
 
 
-def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig, log: Log = print) -> BuildResult:
-    """Runs the whole build; the version is published only if verification passes."""
+def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig, log: Log = print,
+          prepared: Prepared | None = None) -> BuildResult:
+    """Runs the whole build; the version is published only if verification passes.
+
+    `prepared` skips data loading and training (the demo trains once and builds two models).
+    """
     cfg.validate()
     started = time.perf_counter()
-    prepared = prepare_imported(cfg, log) if cfg.candidates else prepare_trained(cfg, train_cfg, log)
+    if prepared is None:
+        prepared = prepare_imported(cfg, log) if cfg.candidates else prepare_trained(cfg, train_cfg, log)
     catalogue = prepared.catalogue
     vectors = catalogue.candidate_vectors
     extra = 1 if catalogue.items_are_queries else 0  # the query item itself is dropped from its results
