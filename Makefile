@@ -8,10 +8,10 @@ SHELL = /usr/bin/env bash -o pipefail
 
 include versions.env
 
-##@ Variables (override on the command line)
-PYTHON ?= python$(PYTHON_VERSION)## Interpreter for the build venv (Python $(PYTHON_VERSION)).
+# Variables (override on the command line); `make help` lists them with their values.
+PYTHON ?= python$(PYTHON_VERSION)## Interpreter for the build venv (PYTHON_VERSION in versions.env).
 VENV ?= .venv## Build/dev/test venv.
-COMPAT_VENV ?= .venv-compat## Python $(COMPAT_PYTHON_VERSION) + TF $(COMPAT_TF_VERSION) + scann $(COMPAT_SCANN_VERSION): the serving image's runtime.
+COMPAT_VENV ?= .venv-compat## The serving runtime stand-in env (COMPAT_* in versions.env).
 TOOLS_VENV ?= .venv-tools## hadolint, kubectl/kustomize, kubernetes-validate, checkov, moto, awscli.
 MODELS ?= models## Model base path written by `build` and read by `serve`.
 MODEL ?= $(MODEL_NAME)## Model name (TF Serving's --model_name).
@@ -35,12 +35,17 @@ PY := $(VENV)/bin/python
 STAMP := .stamp
 
 ##@ Help
+# Evaluated only when `help` runs: the variables documented with `##` above, and their descriptions.
+HELP_VARS = $(shell awk -F' [?]=' '/^[A-Z_]+ [?]=/ {print $$1}' $(firstword $(MAKEFILE_LIST)))
+help_desc = $(shell awk -F'## ' '/^$(1) [?]=/ {print $$2}' $(firstword $(MAKEFILE_LIST)))
+
 .PHONY: help
-help: ## Show targets and variables.
-	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make \033[36m<target>\033[0m [VAR=value]\n"} \
-	  /^[a-zA-Z0-9_-]+:.*?## / { printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2 } \
-	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } \
-	  /^[A-Z_]+ \?=.*## / { split($$0, a, " \\?= "); split(a[2], b, "## "); printf "  %-16s %s (default: %s)\n", a[1], b[2], b[1] }' $(MAKEFILE_LIST)
+help: ## Show targets, then variables with their current values.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target> [VAR=value]\n"} \
+	  /^[a-zA-Z0-9_-]+:.*?## / { printf "  %-16s %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+	@printf '\nVariables (current value, then meaning)\n'
+	@$(foreach v,$(HELP_VARS),printf '  %-16s %-34s %s\n' '$(v)' '$(subst ','"'"',$($(v)))' '$(subst ','"'"',$(call help_desc,$(v)))';)
 
 ##@ Setup
 .PHONY: venv compat-venv tools-venv lock
@@ -128,7 +133,7 @@ bench-quick: venv ## Tiny benchmark run proving the harness works (used in CI).
 	$(PY) -m benchmarks run --profile quick --out build/bench-quick
 
 ##@ Clean
-.PHONY: clean
+.PHONY: clean distclean
 clean: ## Remove build outputs (keeps venvs).
 	rm -rf build .pytest_cache
 

@@ -23,7 +23,7 @@ QUERY_KINDS = ("user", "item")
 
 @dataclass(frozen=True)
 class BuildConfig:
-    """What to build and where; training and index knobs live in TrainConfig and IndexConfig."""
+    """What to build, from which data, and where to publish it."""
 
     dataset: str = field(default="movielens-100k", metadata={"help": "movielens-100k, synthetic, a GroupLens ml-100k folder, or an interactions .csv/.parquet"})
     items: str | None = field(default=None, metadata={"help": "optional item metadata file (item_id,title,...)"})

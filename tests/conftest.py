@@ -14,6 +14,17 @@ import support  # noqa: E402
 pytest_plugins = ["smoke.plugin"]
 
 
+def pytest_ignore_collect(collection_path, config):
+    """The target-only smoke suite runs only against a server: --target, $SMOKE_TARGET or
+    `pytest tests/smoke`. Under a plain `pytest tests` it is not collected (rather than
+    reported as skipped); tests/server runs it against the local server."""
+    from smoke.plugin import SMOKE_DIR, resolve_target
+
+    if collection_path == SMOKE_DIR and resolve_target(config) is None:
+        return True
+    return None
+
+
 @pytest.fixture(scope="session")
 def models_root(tmp_path_factory):
     """A model base path shared by the session's read-only models."""
