@@ -89,7 +89,7 @@ serve: venv ## Serve MODELS/MODEL with the local TF-Serving-API server (developm
 	$(PY) -m model_builder serve --model-base-path $(MODELS) --model-name $(MODEL) --port $(PORT)
 
 ##@ Test
-.PHONY: test test-fast smoke check protos
+.PHONY: test test-fast smoke check protos compat-snapshot
 test: venv compat-venv tools-venv docker-engine ## Set up everything and run the whole test suite.
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
@@ -102,8 +102,15 @@ smoke: venv ## Smoke-test a running server: make smoke TARGET=host:port MODEL=na
 protos: venv ## Regenerate the client's protobuf modules from client/.../protos/*.proto.
 	$(PY) client/tools/gen_protos.py
 
-check: venv ## Fail if generated files (protos, op snapshot) are stale.
+COMPAT_SNAPSHOT := model_builder/compat/registry/tf-$(COMPAT_TF_VERSION)_scann-$(COMPAT_SCANN_VERSION).json
+
+check: venv compat-venv ## Fail if generated files (client protos, serving-runtime op snapshot) are stale.
 	$(PY) client/tools/gen_protos.py --check
+	$(COMPAT_VENV)/bin/python model_builder/compat/snapshot.py 2>/dev/null | diff -q - $(COMPAT_SNAPSHOT) >/dev/null || \
+	  { echo "error: $(COMPAT_SNAPSHOT) is stale: run make compat-snapshot" >&2; exit 1; }
+
+compat-snapshot: compat-venv ## Regenerate the serving runtime's op-registry snapshot from the pinned wheels.
+	$(COMPAT_VENV)/bin/python model_builder/compat/snapshot.py 2>/dev/null > $(COMPAT_SNAPSHOT)
 
 ##@ Deploy
 .PHONY: docker-engine lint image push deploy

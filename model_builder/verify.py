@@ -10,6 +10,7 @@ the k-th best exact score, so ties between equal vectors are not punished.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,7 +142,11 @@ def verify_in_fresh_process(version_dir: Path, target_recall: float, num_queries
     """Runs `python -m model_builder verify` on version_dir; raises VerificationError below target."""
     cmd = [sys.executable, "-m", "model_builder", "verify", str(version_dir),
            "--target-recall", str(target_recall), "--queries", str(num_queries), "--json"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    # The package may be run from a checkout without being installed: make it importable there too.
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]

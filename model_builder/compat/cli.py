@@ -16,7 +16,7 @@ def add_check_compat(sub) -> None:
                        description="Lists every op in a SavedModel (functions included) and checks it against "
                                    "a snapshot of the serving runtime's op registry.")
     p.add_argument("version_dir", type=Path, help="a version folder: BASE/NAME/VERSION")
-    p.add_argument("--runtime", default=ops.DEFAULT_RUNTIME, help="registry snapshot under model_builder/compat/registry/")
+    p.add_argument("--runtime", default=ops.default_runtime(), help="registry snapshot under model_builder/compat/registry/")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(run=_run)
 

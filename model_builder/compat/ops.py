@@ -12,10 +12,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_builder import settings
 from model_builder.errors import DataError
 
 REGISTRY_DIR = Path(__file__).resolve().parent / "registry"
-DEFAULT_RUNTIME = "tf-2.11.0_scann-1.2.9"
+
+
+def default_runtime() -> str:
+    """The serving image's runtime named in versions.env, e.g. tf-2.11.0_scann-1.2.9."""
+    v = settings.versions()
+    return f"tf-{v['COMPAT_TF_VERSION']}_scann-{v['COMPAT_SCANN_VERSION']}"
 
 
 @dataclass(frozen=True)
@@ -69,8 +75,9 @@ def saved_model_ops(version_dir: Path) -> dict[str, dict[str, set[str]]]:
     return {op: v for op, v in used.items() if op not in functions}
 
 
-def check(version_dir: Path, runtime: str = DEFAULT_RUNTIME) -> CompatReport:
-    """Compares the model's ops with a runtime snapshot."""
+def check(version_dir: Path, runtime: str | None = None) -> CompatReport:
+    """Compares the model's ops with a runtime snapshot (default: the serving image's)."""
+    runtime = runtime or default_runtime()
     registry = load_registry(runtime)
     used = saved_model_ops(version_dir)
     missing = sorted(op for op in used if op not in registry)

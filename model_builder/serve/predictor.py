@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from model_builder.serve.config import DEFAULT_MAX_MESSAGE_BYTES
 from model_builder.serve.errors import InvalidInputError, SignatureNotFoundError, from_tensorflow
 from model_builder.serve.models import LoadedVersion
 
 DEFAULT_SIGNATURE = "serving_default"
+# A TensorProto may declare a shape larger than the values it carries (TF pads
+# with the last value), so a 100-byte request could ask for terabytes. Cap the
+# declared size at the largest float32 tensor the message limit lets a client
+# send in full (TF Serving's C++ parser fails such allocations the same way).
+DEFAULT_MAX_TENSOR_ELEMENTS = DEFAULT_MAX_MESSAGE_BYTES // 4
+
+
+def parse_inputs(protos, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> dict[str, np.ndarray]:
+    """TensorProtos -> numpy arrays; anything unparseable is INVALID_ARGUMENT "tensor parsing error" (TF Serving's words)."""
+    import tensorflow as tf
+
+    arrays = {}
+    for name, proto in protos.items():
+        dims = [d.size for d in proto.tensor_shape.dim]
+        if any(d < 0 for d in dims):
+            raise InvalidInputError(f"tensor parsing error: {name}: negative dimension in shape {dims}")
+        if math.prod(dims) > max_elements:
+            raise InvalidInputError(f"tensor parsing error: {name}: shape {dims} declares {math.prod(dims)} elements, "
+                                    f"more than the {max_elements} this server accepts in one tensor")
+        try:
+            dtype = tf.dtypes.as_dtype(proto.dtype)
+            if dtype.base_dtype != dtype or dtype in (tf.resource, tf.variant):
+                raise TypeError(f"dtype {dtype.name} cannot be sent in a request")
+            arrays[name] = tf.make_ndarray(proto)
+        except (ValueError, TypeError, KeyError, MemoryError) as err:
+            raise InvalidInputError(f"tensor parsing error: {name}: {err}") from None
+    return arrays
+
+
+def _not_utf8(inputs: dict[str, np.ndarray]) -> list[bytes]:
+    strings = [item for value in inputs.values() if value.dtype.kind == "O" for item in value.reshape(-1).tolist()]
+    bad = []
+    for item in strings:
+        try:
+            item.decode("utf-8")
+        except (UnicodeDecodeError, AttributeError):
+            bad.append(item)
+    return bad
 
 
 def _check_inputs(signature_name: str, signature_def, inputs: dict[str, np.ndarray]) -> None:
@@ -53,4 +94,11 @@ def predict(version: LoadedVersion, signature_name: str, inputs: dict[str, np.nd
         outputs = version.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
     except (tf.errors.OpError,) as err:
         raise from_tensorflow(err) from None
+    except UnicodeDecodeError:
+        # The graph's error quotes the request's ids, and TF's Python wrapper
+        # cannot decode an error message holding non-UTF-8 bytes. Model ids are
+        # UTF-8 text, so such ids are unknown ones; name them as the graph would.
+        bad = _not_utf8(inputs)
+        shown = ", ".join(repr(b) for b in bad[:10]) or "(not shown)"
+        raise InvalidInputError(f"unknown query id(s), not in this model version: {shown} (not valid UTF-8)") from None
     return {alias: outputs[alias].numpy() for alias in wanted}

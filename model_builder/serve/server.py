@@ -65,7 +65,8 @@ class LocalServer:
                    ("grpc.max_send_message_length", cfg.max_message_bytes), *cfg.grpc_channel_arguments]
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
                                  options=options)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.manager, self.metrics), self._grpc)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionServicer(self.manager, self.metrics, max_tensor_elements=cfg.max_message_bytes // 4), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.manager, self.metrics), self._grpc)
         address = f"{cfg.host}:{cfg.port}"
         credentials = _credentials(cfg)

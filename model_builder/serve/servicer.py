@@ -52,9 +52,11 @@ def _call(context, metrics: Metrics, model: str, api: str, fn):
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata."""
 
-    def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
+    def __init__(self, manager: ModelManager, metrics: Metrics,
+                 max_tensor_elements: int = predictor.DEFAULT_MAX_TENSOR_ELEMENTS) -> None:
         self._manager = manager
         self._metrics = metrics
+        self._max_tensor_elements = max_tensor_elements
 
     def Predict(self, request, context):  # noqa: N802 (gRPC method name)
         return _call(context, self._metrics, request.model_spec.name, "Predict", lambda: self._predict(request))
@@ -65,10 +67,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
         spec = request.model_spec
         version, label = _version_of(spec)
-        try:
-            inputs = {name: tf.make_ndarray(proto) for name, proto in request.inputs.items()}
-        except (ValueError, TypeError) as err:
-            raise predictor.InvalidInputError(f"tensor parsing error: {err}") from None
+        inputs = predictor.parse_inputs(request.inputs, self._max_tensor_elements)
         with self._manager.lease(spec.name, version, label) as loaded:
             outputs = predictor.predict(loaded, spec.signature_name, inputs, list(request.output_filter))
             response = predict_pb2.PredictResponse()

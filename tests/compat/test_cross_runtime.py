@@ -111,7 +111,7 @@ def test_check_compat_fails_on_an_op_the_runtime_lacks(tmp_path):
 
     m = Newer()
     tf.saved_model.save(m, str(tmp_path / "1"), signatures={"serving_default": m.f})
-    registry = ops.load_registry(ops.DEFAULT_RUNTIME)
+    registry = ops.load_registry(ops.default_runtime())
     assert "Ndtri" in registry  # sanity: pick an op that really is missing from TF 2.11 below
     missing_op = next(op for op in ops.saved_model_ops(tmp_path / "1") if op == "Ndtri")
     fake_runtime = ops.REGISTRY_DIR / "test-trimmed.json"
@@ -128,6 +128,6 @@ def test_committed_registry_snapshot_matches_the_pinned_wheels():
     proc = subprocess.run([_compat_python(), str(support.REPO / "model_builder" / "compat" / "snapshot.py")],
                           capture_output=True, text=True, timeout=300, env={**support.ENV, "PYTHONPATH": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    committed = (ops.REGISTRY_DIR / f"{ops.DEFAULT_RUNTIME}.json").read_text()
+    committed = (ops.REGISTRY_DIR / f"{ops.default_runtime()}.json").read_text()
     assert json.loads(proc.stdout) == json.loads(committed), (
         "regenerate: .venv-compat/bin/python model_builder/compat/snapshot.py > model_builder/compat/registry/tf-2.11.0_scann-1.2.9.json")

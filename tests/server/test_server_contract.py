@@ -1,0 +1,175 @@
+"""The local server against TF Serving's contract: version policy, status, error codes, metadata, metrics, labels.
+
+Codes and messages are TF Serving's (servables/tensorflow/predict_util.cc,
+model_servers/server_core.cc, get_model_status_impl.cc): unknown model or
+version NOT_FOUND, unknown label INVALID_ARGUMENT, unknown signature
+FAILED_PRECONDITION, bad inputs INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+import support
+from server import harness
+from server.harness import rpc_error
+
+NOT_FOUND, INVALID, PRECONDITION = grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _rest(server: support.RunningServer, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(server.rest + path, timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except urllib.error.URLError:
+        return 0, ""  # not listening (yet)
+
+
+def _slow_warmup(version_dir, records: int = 120) -> None:
+    """Replaces a version's warmup file with many batch-1024 requests, so LOADING lasts long enough to be seen."""
+    from model_builder import warmup
+
+    ids = np.array([f"sku-{i}".encode() for i in range(1024)], dtype=object)
+    logs = [warmup._request(harness.MODEL, "serving_default", {"ids": ids}) for _ in range(records)]
+    warmup.write(version_dir, logs)
+
+
+def test_loads_only_the_highest_version_and_reports_loading_then_available(tmp_path, items_model, items_v2_model):
+    model_dir = tmp_path / "models" / harness.MODEL
+    harness.publish_copy(items_model, model_dir, 1)
+    staged = tmp_path / "staged"
+    harness.publish_copy(items_v2_model, staged, 2)
+    _slow_warmup(staged / "2")
+    harness.publish_copy(staged / "2", model_dir, 2)
+    (model_dir / "not-a-version").mkdir()  # ignored, like TF Serving
+    with support.local_server(tmp_path / "models", harness.MODEL, log_dir=tmp_path) as server:
+        raw = harness.Raw(server.target)
+        seen_grpc, seen_rest = [], []
+        deadline = time.monotonic() + 180
+        while "AVAILABLE" not in seen_grpc or "AVAILABLE" not in seen_rest:
+            assert server.proc.poll() is None and time.monotonic() < deadline, (seen_grpc[-5:], seen_rest[-5:], server.log())
+            try:
+                seen_grpc.append(raw.states(timeout=5).get(2, "absent"))
+            except grpc.RpcError as err:  # not listening yet (UNAVAILABLE), or no version known yet (NOT_FOUND)
+                seen_grpc.append(err.code().name)
+            code, body = _rest(server, f"/v1/models/{harness.MODEL}")
+            if code == 200:
+                seen_rest.append({int(s["version"]): s["state"] for s in json.loads(body)["model_version_status"]}[2])
+            time.sleep(0.01)
+        # LOADING is reported (on both APIs) before AVAILABLE, never after it.
+        for seen in (seen_grpc, seen_rest):
+            assert "LOADING" in seen and seen.index("LOADING") < seen.index("AVAILABLE"), seen
+            assert "LOADING" not in seen[seen.index("AVAILABLE"):], seen
+        # TF Serving's default policy (latest, 1 version): version 1 is never loaded.
+        assert raw.states() == {2: "AVAILABLE"}
+        response = raw.predict(harness.ids_request(["sku-1"]))
+        assert response.model_spec.version.value == 2 and harness.outputs(response)["ids"].shape == (1, 5)
+        raw.close()
+
+
+def test_status_over_grpc_and_rest(items_server, raw):
+    assert raw.states() == {1: "AVAILABLE"}
+    [entry] = raw.status().model_version_status
+    assert entry.status.error_code == 0 and entry.status.error_message == ""
+    assert raw.states(version=1) == {1: "AVAILABLE"} and raw.states(label="stable") == {1: "AVAILABLE"}
+    code, body = _rest(items_server, f"/v1/models/{harness.MODEL}")
+    assert code == 200 and json.loads(body) == {
+        "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert _rest(items_server, f"/v1/models/{harness.MODEL}/versions/1")[0] == 200
+    assert json.loads(_rest(items_server, f"/v1/models/{harness.MODEL}/labels/stable")[1])["model_version_status"][0]["version"] == "1"
+
+
+@pytest.mark.parametrize(("spec", "code", "message", "rest_path", "rest_code"), [
+    ({"model": "nope"}, NOT_FOUND, "Could not find any versions of model nope", "/v1/models/nope", 404),
+    ({"version": 9}, NOT_FOUND, "Could not find version 9 of model scann_model", "/v1/models/scann_model/versions/9", 404),
+    ({"label": "nope"}, INVALID, "Unrecognized servable version label: nope", "/v1/models/scann_model/labels/nope", 400),
+], ids=["unknown-model", "unknown-version", "unknown-label"])
+def test_status_errors(items_server, raw, spec, code, message, rest_path, rest_code):
+    err = rpc_error(raw.status, **spec)
+    assert (err.code(), err.details()) == (code, message)
+    status, body = _rest(items_server, rest_path)
+    assert status == rest_code and message in json.loads(body)["error"]
+
+
+@pytest.mark.parametrize(("request_kwargs", "code", "message"), [
+    ({"model": "nope"}, NOT_FOUND, "Servable not found for request: Latest(nope)"),
+    ({"version": 9}, NOT_FOUND, "Servable not found for request: Specific(scann_model, 9)"),
+    ({"label": "nope"}, INVALID, "Unrecognized servable version label: nope"),
+    ({"label": "future"}, NOT_FOUND, "Servable not found for request: Specific(scann_model, 7)"),
+    ({"signature": "nope"}, PRECONDITION, 'Serving signature key "nope" not found.'),
+], ids=["unknown-model", "unknown-version", "unknown-label", "label-of-unloaded-version", "unknown-signature"])
+def test_model_spec_errors_use_tf_servings_codes(raw, request_kwargs, code, message):
+    signature = request_kwargs.pop("signature", "serving_default")
+    ids = np.array([b"sku-1"], dtype=object)
+    err = rpc_error(raw.predict, harness.predict_request(signature, {"ids": ids}, **request_kwargs))
+    assert (err.code(), err.details()) == (code, message)
+
+
+@pytest.mark.parametrize(("signature", "inputs", "message"), [
+    ("serving_default", {"ids": np.array([1, 2], dtype=np.int64)}, "Expects arg[0] ('ids' of signature serving_default) to be string but int64"),
+    ("serving_default", {"ids": np.array([[b"sku-1"]], dtype=object)}, "input 'ids' of signature serving_default must have shape [-1]"),
+    ("search_by_vector", {"vectors": np.ones((2, 16), np.float64)}, "to be float32 but float64 is provided"),
+    ("search_by_vector", {"vectors": np.ones(16, np.float32)}, "must have shape [-1, 16] (-1: any size), got [16]"),
+    ("search_by_vector", {"vectors": np.ones((1, 15), np.float32)}, "must have shape [-1, 16] (-1: any size), got [1, 15]"),
+    ("serving_default", {"vectors": np.ones((1, 16), np.float32)}, "Sent extra: {vectors}. Missing but required: {ids}."),
+], ids=["dtype", "rank-ids", "dtype-vectors", "rank-vectors", "dim", "wrong-input-name"])
+def test_wrong_dtype_rank_dim_are_invalid_argument(raw, signature, inputs, message):
+    err = rpc_error(raw.predict, harness.predict_request(signature, inputs))
+    assert err.code() == INVALID and message in err.details(), err.details()
+
+
+def test_metadata_lists_the_signatures(raw):
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    response = raw.metadata()
+    assert response.model_spec.name == harness.MODEL and response.model_spec.version.value == 1
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    defs = signatures.signature_def
+    assert set(defs) == {"serving_default", "search_by_vector", "examples"}
+    shape = lambda info: [d.size for d in info.tensor_shape.dim]  # noqa: E731
+    assert (defs["serving_default"].inputs["ids"].dtype, shape(defs["serving_default"].inputs["ids"])) == (7, [-1])  # DT_STRING
+    assert shape(defs["search_by_vector"].inputs["vectors"]) == [-1, 16] and defs["search_by_vector"].inputs["vectors"].dtype == 1
+    assert shape(defs["serving_default"].outputs["scores"]) == [-1, 10]
+    assert rpc_error(raw.metadata, fields=()).code() == INVALID
+    assert rpc_error(raw.metadata, model="nope").code() == NOT_FOUND
+    assert rpc_error(raw.metadata, version=9).code() == NOT_FOUND
+
+
+def _count(metrics: str, api: str, status: str) -> int:
+    prefix = f':tensorflow:serving:request_count{{API="{api}",model_name="{harness.MODEL}",status="{status}"}} '
+    return next((int(line[len(prefix):]) for line in metrics.splitlines() if line.startswith(prefix)), 0)
+
+
+def test_prometheus_metrics_with_monitoring_config(items_server, raw):
+    path = "/monitoring/prometheus/metrics"
+    before = _rest(items_server, path)[1]
+    raw.predict(harness.ids_request(["sku-1", "sku-2"]))
+    rpc_error(raw.predict, harness.ids_request(["no-such-sku"]))
+    code, after = _rest(items_server, path)
+    assert code == 200
+    assert _count(after, "Predict", "OK") == _count(before, "Predict", "OK") + 1
+    assert _count(after, "Predict", "INVALID_ARGUMENT") == _count(before, "Predict", "INVALID_ARGUMENT") + 1
+    assert "# TYPE :tensorflow:serving:request_latency histogram" in after
+    assert f':tensorflow:serving:request_latency_bucket{{API="Predict",model_name="{harness.MODEL}",le="+Inf"}}' in after
+    assert _rest(items_server, "/metrics")[0] == 404
+
+
+def test_version_labels(items_server):
+    from retrieval_client import ModelNotFoundError, RetrievalClient
+
+    with RetrievalClient(items_server.target, harness.MODEL, version_label="stable") as client:
+        assert len(client.search("sku-5")[0].ids) == 10
+        assert [(s.version, s.state) for s in client.status()] == [(1, "AVAILABLE")]
+    with RetrievalClient(items_server.target, harness.MODEL, version_label="future") as client, \
+            pytest.raises(ModelNotFoundError, match=r"Specific\(scann_model, 7\)"):
+        client.search("sku-5")
