@@ -43,7 +43,7 @@ def from_tensorflow(err: Exception) -> ServingError:
     """Maps a TensorFlow runtime error of the graph to a ServingError with the graph's message."""
     import tensorflow as tf
 
-    message = _clean(getattr(err, "message", str(err)))
+    message = clean_message(getattr(err, "message", str(err)))
     if isinstance(err, tf.errors.InvalidArgumentError):
         return InvalidInputError(message)
     if isinstance(err, tf.errors.ResourceExhaustedError):
@@ -54,7 +54,8 @@ def from_tensorflow(err: Exception) -> ServingError:
     return error
 
 
-def _clean(message: str) -> str:
+def clean_message(message: str) -> str:
+    """A TF error message without its node and stack decorations: the words a user can act on."""
     # Keep the graph's own words, drop TF's node/stack decorations after them.
     keep = []
     for line in message.strip().splitlines():

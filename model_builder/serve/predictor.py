@@ -91,8 +91,8 @@ def predict(version: LoadedVersion, signature_name: str, inputs: dict[str, np.nd
         raise InvalidInputError(f"output tensor alias not found in signature: {unknown[0]} Outputs expected to be in the set "
                                 f"{{{','.join(sorted(signature_def.outputs))}}}.")
     try:
-        outputs = version.signatures[name](**{k: tf.constant(v) for k, v in inputs.items()})
-    except (tf.errors.OpError,) as err:
+        outputs = version.run(name, inputs, wanted)
+    except tf.errors.OpError as err:
         raise from_tensorflow(err) from None
     except UnicodeDecodeError:
         # The graph's error quotes the request's ids, and TF's Python wrapper
@@ -101,4 +101,4 @@ def predict(version: LoadedVersion, signature_name: str, inputs: dict[str, np.nd
         bad = _not_utf8(inputs)
         shown = ", ".join(repr(b) for b in bad[:10]) or "(not shown)"
         raise InvalidInputError(f"unknown query id(s), not in this model version: {shown} (not valid UTF-8)") from None
-    return {alias: outputs[alias].numpy() for alias in wanted}
+    return outputs

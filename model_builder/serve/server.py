@@ -9,7 +9,7 @@ from concurrent import futures
 
 import grpc
 from google.protobuf import json_format
-from tensorflow_serving.apis import model_pb2, model_service_pb2_grpc, prediction_service_pb2_grpc
+from tensorflow_serving.apis import model_pb2
 
 from model_builder.errors import ConfigError
 from model_builder.serve import rest, tfs_config
@@ -17,7 +17,7 @@ from model_builder.serve.config import ServerConfig
 from model_builder.serve.errors import ServingError
 from model_builder.serve.metrics import Metrics
 from model_builder.serve.models import ModelManager
-from model_builder.serve.servicer import ModelServicer, PredictionServicer, status_response
+from model_builder.serve.servicer import ModelServicer, PredictionServicer, add_to_server, status_response
 
 log = logging.getLogger("model_builder.serve")
 
@@ -65,9 +65,8 @@ class LocalServer:
                    ("grpc.max_send_message_length", cfg.max_message_bytes), *cfg.grpc_channel_arguments]
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
                                  options=options)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionServicer(self.manager, self.metrics, max_tensor_elements=cfg.max_message_bytes // 4), self._grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self.manager, self.metrics), self._grpc)
+        add_to_server(self._grpc, PredictionServicer(self.manager, self.metrics, max_tensor_elements=cfg.max_message_bytes // 4),
+                      ModelServicer(self.manager, self.metrics))
         address = f"{cfg.host}:{cfg.port}"
         credentials = _credentials(cfg)
         bound = self._grpc.add_secure_port(address, credentials) if credentials else self._grpc.add_insecure_port(address)

@@ -28,6 +28,9 @@ NUM_ITEMS = 2000
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
 STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
+# For channels opened before the server listens: retry the connection every 100 ms, not with gRPC's 1 s+ backoff.
+FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
+                  ("grpc.max_reconnect_backoff_ms", 100))
 
 
 # -- models ------------------------------------------------------------------
@@ -204,6 +207,15 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def assert_still_serving(server: support.RunningServer, raw: Raw, pid: int | None = None) -> None:
+    """The same server process answers a valid request with K=10 results."""
+    assert server.proc.poll() is None, f"server exited {server.proc.returncode}:\n{server.log()[-3000:]}"
+    if pid is not None:
+        assert server.proc.pid == pid
+    response = raw.predict(ids_request(["sku-7"]), timeout=30)
+    assert outputs(response)["ids"].shape == (1, 10)
 
 
 # -- process -----------------------------------------------------------------

@@ -9,6 +9,7 @@ FAILED_PRECONDITION, bad inputs INVALID_ARGUMENT.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.error
 import urllib.request
@@ -34,13 +35,15 @@ def _rest(server: support.RunningServer, path: str) -> tuple[int, str]:
         return 0, ""  # not listening (yet)
 
 
-def _slow_warmup(version_dir, records: int = 120) -> None:
+def _slow_warmup(version_dir, records: int = 240) -> None:
     """Replaces a version's warmup file with many batch-1024 requests, so LOADING lasts long enough to be seen."""
+    from tensorflow_serving.apis import prediction_log_pb2
+
     from model_builder import warmup
 
-    ids = np.array([f"sku-{i}".encode() for i in range(1024)], dtype=object)
-    logs = [warmup._request(harness.MODEL, "serving_default", {"ids": ids}) for _ in range(records)]
-    warmup.write(version_dir, logs)
+    request = harness.ids_request([f"sku-{i}" for i in range(1024)])
+    log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+    warmup.write(version_dir, [log] * records)
 
 
 def test_loads_only_the_highest_version_and_reports_loading_then_available(tmp_path, items_model, items_v2_model):
@@ -52,8 +55,8 @@ def test_loads_only_the_highest_version_and_reports_loading_then_available(tmp_p
     harness.publish_copy(staged / "2", model_dir, 2)
     (model_dir / "not-a-version").mkdir()  # ignored, like TF Serving
     with support.local_server(tmp_path / "models", harness.MODEL, log_dir=tmp_path) as server:
-        raw = harness.Raw(server.target)
-        seen_grpc, seen_rest = [], []
+        raw = harness.Raw(server.target, options=harness.FAST_RECONNECT)
+        seen_grpc, seen_rest, early, loading_since = [], [], None, 0.0
         deadline = time.monotonic() + 180
         while "AVAILABLE" not in seen_grpc or "AVAILABLE" not in seen_rest:
             assert server.proc.poll() is None and time.monotonic() < deadline, (seen_grpc[-5:], seen_rest[-5:], server.log())
@@ -61,13 +64,18 @@ def test_loads_only_the_highest_version_and_reports_loading_then_available(tmp_p
                 seen_grpc.append(raw.states(timeout=5).get(2, "absent"))
             except grpc.RpcError as err:  # not listening yet (UNAVAILABLE), or no version known yet (NOT_FOUND)
                 seen_grpc.append(err.code().name)
+            if seen_grpc[-1] == "LOADING" and early is None:  # nothing serves yet: TF Serving says NOT_FOUND
+                early = rpc_error(raw.predict, harness.ids_request(["sku-1"]))
+                loading_since = time.monotonic()
             code, body = _rest(server, f"/v1/models/{harness.MODEL}")
             if code == 200:
                 seen_rest.append({int(s["version"]): s["state"] for s in json.loads(body)["model_version_status"]}[2])
             time.sleep(0.01)
+        print(f"LOADING seen for {time.monotonic() - loading_since:.1f} s")
+        assert (early.code(), early.details()) == (NOT_FOUND, "Servable not found for request: Latest(scann_model)")
         # LOADING is reported (on both APIs) before AVAILABLE, never after it.
         for seen in (seen_grpc, seen_rest):
-            assert "LOADING" in seen and seen.index("LOADING") < seen.index("AVAILABLE"), seen
+            assert "LOADING" in seen and seen.index("LOADING") < seen.index("AVAILABLE"), sorted(set(seen), key=seen.index)
             assert "LOADING" not in seen[seen.index("AVAILABLE"):], seen
         # TF Serving's default policy (latest, 1 version): version 1 is never loaded.
         assert raw.states() == {2: "AVAILABLE"}
@@ -162,6 +170,22 @@ def test_prometheus_metrics_with_monitoring_config(items_server, raw):
     assert "# TYPE :tensorflow:serving:request_latency histogram" in after
     assert f':tensorflow:serving:request_latency_bucket{{API="Predict",model_name="{harness.MODEL}",le="+Inf"}}' in after
     assert _rest(items_server, "/metrics")[0] == 404
+
+
+def test_metric_labels_from_requests_are_bounded_and_escaped_safe(items_server, raw):
+    # Label values come from requests: every unknown model name shares one series, so a client cannot grow
+    # the metrics without bound or inject text into the exposition format.
+    path = "/monitoring/prometheus/metrics"
+    before = _rest(items_server, path)[1].count("\n")
+    for i in range(50):
+        rpc_error(raw.predict, harness.ids_request(["sku-1"], model=f'evil-{i}"}} 1\n# x'))
+    after = _rest(items_server, path)[1]
+    assert "evil" not in after
+    assert after.count("\n") <= before + 40  # at most one new series (count + 17 buckets + sum + count) per API/status
+    assert ':tensorflow:serving:request_count{API="Predict",model_name="unknown",status="NOT_FOUND"}' in after
+    sample = re.compile(r'^:tensorflow:serving:[a-z_]+\{[A-Za-z_]+="[^"\n]*"(,[A-Za-z_]+="[^"\n]*")*\} [0-9.e+]+$')
+    bad = [line for line in after.splitlines() if line and not line.startswith("# ") and not sample.match(line)]
+    assert bad == [], bad[:3]
 
 
 def test_version_labels(items_server):
