@@ -65,6 +65,11 @@ def read_table(path: Path) -> tuple[pa.Table, int]:
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty (expected a header line with user_id,item_id)")
     suffix = path.suffix.lower()
+    compressed = suffix in (".gz", ".bz2", ".zst")
+    if compressed:  # data.csv.gz: pyarrow decompresses by extension
+        suffix = Path(path.stem).suffix.lower()
+    elif suffix in (".csv", ".tsv", ".txt"):
+        _reject_binary(path)
     try:
         if suffix in (".parquet", ".pq"):
             return pq.read_table(path), 1
@@ -72,8 +77,7 @@ def read_table(path: Path) -> tuple[pa.Table, int]:
             delimiter = "\t" if suffix == ".tsv" else ","
             # Every column as text: inference would rewrite ids ("007" -> 7) and
             # hide which row is not numeric; validation below does the typing.
-            with path.open(newline="", encoding="utf-8", errors="replace") as f:
-                header = next(csv.reader(f, delimiter=delimiter), [])
+            header = _header(path, delimiter, compressed)
             table = pacsv.read_csv(
                 path,
                 parse_options=pacsv.ParseOptions(delimiter=delimiter),
@@ -87,6 +91,25 @@ def read_table(path: Path) -> tuple[pa.Table, int]:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"{path}: cannot parse file: {first}") from None
     raise DataError(f"{path}: unsupported file type '{suffix}' (use .csv, .tsv or .parquet)")
+
+
+def _header(path: Path, delimiter: str, compressed: bool) -> list[str]:
+    if compressed:
+        with pa.CompressedInputStream(pa.OSFile(str(path)), pa.Codec.detect(str(path)).name) as raw:
+            first = raw.read(65536).decode("utf-8", errors="replace").splitlines()[:1]
+    else:
+        with path.open(newline="", encoding="utf-8", errors="replace") as f:
+            first = [f.readline()]
+    return next(csv.reader(first, delimiter=delimiter), [])
+
+
+def _reject_binary(path: Path) -> None:
+    with path.open("rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"\x1f\x8b"):
+        raise DataError(f"{path}: gzip-compressed data in a file named {path.suffix}; rename it to {path.name}.gz")
+    if b"\x00" in head:
+        raise DataError(f"{path}: binary data (NUL bytes) in a {path.suffix} file; expected UTF-8 text")
 
 
 def _require_columns(table: pa.Table, path: Path, required: tuple[str, ...]) -> None:

@@ -76,6 +76,7 @@ def test_all_is_complete_and_importable():
         (grpc.StatusCode.INVALID_ARGUMENT, "unknown query id(s): ['x']", InvalidRequestError),
         (grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(m)", ModelNotFoundError),
         (grpc.StatusCode.FAILED_PRECONDITION, "not ready", ModelNotReadyError),
+        (grpc.StatusCode.FAILED_PRECONDITION, 'Serving signature key "nope" not found.', IncompatibleModelError),
         (grpc.StatusCode.UNAVAILABLE, "Servable m is loading", ModelNotReadyError),
         (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses", ServerUnavailableError),
         (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", DeadlineExceededError),

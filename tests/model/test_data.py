@@ -92,3 +92,11 @@ def test_grouplens_folder_is_accepted(tmp_path):
     ds = load_dataset(str(tmp_path))
     assert len(ds.interactions) == 2000 and ds.titles[1] == "Toy Story (1995)"
     assert ds.interactions.user_ids.dtype == np.int64
+
+
+def test_gzipped_csv_is_read_by_its_extension(tmp_path):
+    import gzip
+
+    path = tmp_path / "inter.csv.gz"
+    path.write_bytes(gzip.compress(b"user_id,item_id\nu1,i1\nu2,i2\n"))
+    assert read_interactions(path).item_ids.tolist() == ["i1", "i2"]

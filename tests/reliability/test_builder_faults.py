@@ -93,8 +93,8 @@ def _users_nan(path: Path) -> Path:
 # (case, {file name: writer}, build args ({stem} = that file), the file the error must name, message fragment)
 CASES = [
     ("interactions-truncated-mid-row", {"inter.csv": _truncated_csv}, ["--dataset", "{inter}"], "inter", "cannot parse file"),
-    ("interactions-nul-bytes", {"inter.csv": _nul_csv}, ["--dataset", "{inter}"], "inter", "cannot parse file"),
-    ("interactions-gzip-named-csv", {"inter.csv": _gzip_as_csv}, ["--dataset", "{inter}"], "inter", "cannot parse file"),
+    ("interactions-nul-bytes", {"inter.csv": _nul_csv}, ["--dataset", "{inter}"], "inter", "binary data (NUL bytes)"),
+    ("interactions-gzip-named-csv", {"inter.csv": _gzip_as_csv}, ["--dataset", "{inter}"], "inter", "rename it to inter.csv.gz"),
     ("interactions-truncated-parquet", {"inter.parquet": _truncated_parquet}, ["--dataset", "{inter}"], "inter",
      "Parquet magic bytes not found"),
     ("candidates-nan-row", {"items.npz": _nan_row}, ["--candidates", "{items}", "--query", "item"], "items",

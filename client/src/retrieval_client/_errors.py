@@ -54,7 +54,7 @@ class ModelNotFoundError(RetrievalError):
 
 
 class ModelNotReadyError(RetrievalError):
-    """FAILED_PRECONDITION, or UNAVAILABLE while the model is still loading."""
+    """FAILED_PRECONDITION (other than a missing signature), or UNAVAILABLE while a model loads."""
 
     hint = "the model is not serving yet; call wait_until_available() first"
 
@@ -107,8 +107,15 @@ _BY_CODE = {
 _LOADING = re.compile(r"\b(loading|not (yet )?ready|warm(ing)? ?up)\b", re.IGNORECASE)
 
 
+# TF Serving answers an unknown signature with FAILED_PRECONDITION (predict_util.cc):
+# the model is not ours or not the version expected, not "still loading".
+_NO_SIGNATURE = re.compile(r'Serving signature key ".*" not found')
+
+
 def error_for(code: grpc.StatusCode, details: str) -> RetrievalError:
     """Build the most specific RetrievalError subclass for a status."""
+    if code == grpc.StatusCode.FAILED_PRECONDITION and _NO_SIGNATURE.search(details):
+        return IncompatibleModelError(details)
     if code == grpc.StatusCode.UNAVAILABLE and _LOADING.search(details):
         return ModelNotReadyError(code, details)
     return _BY_CODE.get(code, RetrievalError)(code, details)

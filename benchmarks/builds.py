@@ -1,0 +1,86 @@
+"""Models built with the real CLI (`python -m model_builder build`), one per configuration.
+
+Candidates are imported (`--candidates`, ids = row numbers) and the validation
+queries are the materialized query tower (`--query-embeddings`), so the
+auto-tuner and the recall gate work on held-out queries that the benchmark's
+test queries never overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.common import PYTHON, dir_size_mb, log, run_streaming
+from benchmarks.profiles import CONFIGS, TUNED_FALLBACKS
+
+
+@dataclass(frozen=True)
+class Built:
+    """A published version (or a failed build) and what building it took."""
+
+    config: str
+    flags: list[str]
+    ok: bool
+    wall_s: float
+    version_dir: Path | None = None
+    info: dict | None = None
+    error: str = ""
+
+    def to_dict(self) -> dict:
+        """The build figures for the results JSON."""
+        out: dict = {"config": self.config, "flags": self.flags, "ok": self.ok, "build_wall_s": round(self.wall_s, 1)}
+        if not self.ok:
+            out["error"] = self.error
+            return out
+        info = self.info or {}
+        index, tuning = info.get("index", {}), info.get("tuning") or {}
+        out.update({
+            "version_dir": str(self.version_dir),
+            "savedmodel_mb": dir_size_mb(self.version_dir),
+            "variables_mb": dir_size_mb(self.version_dir / "variables"),
+            "index": index,
+            "index_build_s": index.get("build_seconds", 0.0),
+            "tuning_s": round(tuning.get("seconds", 0.0), 2),
+            "tuned": {k: tuning.get(k) for k in ("leaves_to_search", "reorder", "recall", "target")} if tuning else None,
+            "gate_recall": info.get("verification", {}).get("recall_at_k"),
+        })
+        return out
+
+
+def build(config: str, flags: list[str], paths: dict[str, Path], models: Path, timeout_s: float, logs: Path) -> Built:
+    """One `model_builder build` in a fresh process; a failed recall gate is a result, not a crash."""
+    name = config.replace("_", "-")
+    cmd = [PYTHON, "-m", "model_builder", "build", "--candidates", str(paths["candidates"]),
+           "--query-embeddings", str(paths["queries"]), "--query", "user", "--out", str(models),
+           "--model-name", name, *flags]
+    log(f"build {config}: {' '.join(flags) or '(defaults)'}")
+    started = time.perf_counter()
+    code, lines = run_streaming(cmd, f"build {config}", timeout_s, logs / f"build-{name}.log")
+    wall = time.perf_counter() - started
+    if code != 0:
+        error = next((line for line in reversed(lines) if line.startswith("error:")), f"exit {code}")
+        tune_line = next((line for line in lines if line.startswith("tune:")), "")
+        log(f"build {config}: FAILED after {wall:.0f} s: {error}")
+        return Built(config, flags, False, wall, error=(tune_line + " | " + error).strip(" |"))
+    version_dir = Path(json.loads(lines[-1])["version_dir"])
+    info = json.loads((version_dir / "assets.extra" / "build_info.json").read_text())
+    log(f"build {config}: {version_dir} in {wall:.0f} s")
+    return Built(config, flags, True, wall, version_dir, info)
+
+
+def build_all(paths: dict[str, Path], models: Path, timeout_s: float, logs: Path) -> dict[str, Built]:
+    """exact, rule_of_thumb and tuned; a failed default tuned build is kept and retried with each fallback."""
+    out: dict[str, Built] = {}
+    for config, flags in CONFIGS.items():
+        out[config] = build(config, list(flags), paths, models, timeout_s, logs)
+    if not out["tuned"].ok:
+        out["tuned_default_failed"] = out.pop("tuned")
+        for fallback in TUNED_FALLBACKS:
+            attempt = build("tuned", list(fallback), paths, models, timeout_s, logs)
+            if attempt.ok:
+                out["tuned"] = attempt
+                break
+    return out

@@ -1,0 +1,105 @@
+"""Run profiles: `full` (the committed results, ~40 min on 2 cores) and `quick` (CI proof, ~2 min)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One dataset of a run; `headline` marks the one that gets e2e, knobs, cold start and summary.json."""
+
+    kind: str  # synthetic | fashion-mnist | movielens | movielens-noisy
+    num: int = 0  # synthetic rows; movielens-noisy target rows; fashion-mnist row limit (0 = all 60k)
+    dim: int = 64
+    validation: int = 1000
+    test: int = 1000
+    headline: bool = False
+
+
+# The build configurations compared on every dataset (flags of `python -m model_builder build`).
+CONFIGS = {
+    "exact": ["--algorithm", "exact"],  # matmul + top_k in the same graph, no ScaNN
+    "rule_of_thumb": ["--no-tune", "--target-recall", "0"],  # the untuned rule of thumb, published whatever its recall
+    "tuned": [],  # the default build: auto-tuned to --target-recall 0.95
+}
+# Tried, in order, when the default tuned build fails its recall gate; the report names the one used.
+TUNED_FALLBACKS = (["--dimensions-per-block", "1"],)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes, counts and time bounds of one run."""
+
+    name: str
+    datasets: tuple[DatasetSpec, ...]
+    movielens_train_args: tuple[str, ...] = ()
+    build_timeout_s: float = 1200
+    latency_queries: int = 1000
+    latency_max_s: float = 15.0
+    throughput_s: float = 4.0
+    throughput_batches: int = 400
+    sweep_latency_queries: int = 200
+    sweep_max_s: float = 1.5
+    faiss_kinds: tuple[str, ...] = ("hnsw", "ivfpq")
+    hnsw_m: int = 32
+    e2e_requests: int = 2000
+    e2e_max_s: float = 10.0
+    e2e_clients: int = 8
+    e2e_concurrent_s: float = 10.0
+    exact_e2e_requests: int = 200
+    thread_settings: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (2, 1), (1, 2), (2, 2))
+    knob_requests: int = 600
+    knob_max_s: float = 5.0
+    knob_concurrent_s: float = 6.0
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    coldstart_requests: int = 500
+    coldstart_repeats: int = 3
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form for the results."""
+        return asdict(self)
+
+    def e2e_config(self) -> dict:
+        """The counts and bounds e2e.measure_server reads."""
+        return {"e2e_requests": self.e2e_requests, "e2e_max_s": self.e2e_max_s, "e2e_clients": self.e2e_clients,
+                "e2e_concurrent_s": self.e2e_concurrent_s}
+
+
+FULL = Profile(
+    name="full",
+    datasets=(
+        DatasetSpec("synthetic", num=1_000_000, dim=64, headline=True),
+        DatasetSpec("fashion-mnist", dim=784),
+        DatasetSpec("movielens", dim=32),
+        DatasetSpec("movielens-noisy", num=1_000_000, dim=32),
+    ),
+)
+
+QUICK = Profile(
+    name="quick",
+    datasets=(DatasetSpec("synthetic", num=100_000, dim=32, validation=500, test=300, headline=True),),
+    build_timeout_s=300,
+    latency_queries=200,
+    latency_max_s=3.0,
+    throughput_s=1.0,
+    throughput_batches=50,
+    sweep_latency_queries=50,
+    sweep_max_s=0.3,
+    hnsw_m=16,
+    e2e_requests=200,
+    e2e_max_s=3.0,
+    e2e_clients=8,
+    e2e_concurrent_s=2.0,
+    exact_e2e_requests=50,
+    thread_settings=((0, 0), (1, 1)),
+    knob_requests=100,
+    knob_max_s=1.5,
+    knob_concurrent_s=1.5,
+    batch_sizes=(1, 8, 64),
+    coldstart_requests=100,
+    coldstart_repeats=1,
+)
+
+PROFILES = {p.name: p for p in (FULL, QUICK)}

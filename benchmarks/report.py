@@ -1,0 +1,164 @@
+"""Ratios, summary.json and report.md from one run's measurements."""
+
+from __future__ import annotations
+
+# The issue's targets (ratios on one 2-core machine, same run).
+TARGET_RECALL = 0.95
+TARGET_SPEEDUP = 50.0
+TARGET_E2E_P50_MS = 1.5
+TARGET_E2E_P99_MS = 5.0
+TARGET_THROUGHPUT_RATIO = 2.0
+TARGET_COLD_FACTOR = 2.0
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def inprocess_ratios(served: dict, peers: dict) -> dict:
+    """Single-query p50 and batch-64 QPS of the tuned signature against exact and each Faiss peer."""
+    tuned = served.get("tuned", {})
+    if "latency_1" not in tuned:
+        return {}
+    out = {}
+    exact = served.get("exact", {})
+    if "latency_1" in exact:
+        out["speedup_vs_exact_p50"] = _ratio(exact["latency_1"]["p50_ms"], tuned["latency_1"]["p50_ms"])
+        out["batch64_speedup_vs_exact"] = _ratio(tuned["throughput_64"]["qps"], exact["throughput_64"]["qps"])
+    for kind, peer in peers.items():
+        if "latency_1" in peer:
+            out[f"p50_ratio_{kind}_over_tuned"] = _ratio(peer["latency_1"]["p50_ms"], tuned["latency_1"]["p50_ms"])
+            out[f"batch64_qps_ratio_tuned_over_{kind}"] = _ratio(tuned["throughput_64"]["qps"], peer["throughput_64"]["qps"])
+    return out
+
+
+def summary(results: dict, serving: dict, meta: dict) -> dict:
+    """The headline dataset's figures under the keys the issue asks for, plus targets met or missed."""
+    head = next((r for r in results.values() if r["headline"]), next(iter(results.values()), {}))
+    tuned = head.get("served", {}).get("tuned", {})
+    e2e = serving.get("e2e", {})
+    ours = e2e.get("ours", {})
+    theirs = e2e.get("fastapi_faiss", {})
+    best_kind = max(theirs, key=lambda k: theirs[k]["concurrent"]["qps"]) if theirs else None
+    cold = serving.get("cold_start", {}).get("warmup_on", {})
+    out = {
+        "dataset": head.get("dataset", {}).get("name"),
+        "recall_at_10": tuned.get("recall_at_10"),
+        "speedup_vs_exact": head.get("ratios", {}).get("speedup_vs_exact_p50"),
+        "speedup_vs_exact_path": "SavedModel signature search_by_vector, one query per call, in-process (what TF Serving runs)",
+        "speedup_vs_exact_e2e": _ratio(e2e.get("exact_single_client", {}).get("p50_ms"),
+                                       ours.get("single_client", {}).get("p50_ms")),
+        "e2e_p50_ms": ours.get("single_client", {}).get("p50_ms"),
+        "e2e_p99_ms": ours.get("single_client", {}).get("p99_ms"),
+        "e2e_recall_at_10": ours.get("recall_at_10"),
+        "e2e_qps_8_clients": ours.get("concurrent", {}).get("qps"),
+        "throughput_ratio_vs_fastapi_faiss": _ratio(ours.get("concurrent", {}).get("qps"),
+                                                    theirs[best_kind]["concurrent"]["qps"]) if best_kind else None,
+        "fastapi_faiss_best": {"index": best_kind, **{k: theirs[best_kind][k] for k in ("params", "recall_at_10")},
+                               "qps_8_clients": theirs[best_kind]["concurrent"]["qps"],
+                               "p50_ms": theirs[best_kind]["single_client"]["p50_ms"],
+                               "p99_ms": theirs[best_kind]["single_client"]["p99_ms"]} if best_kind else None,
+        "e2e_p50_ratio_fastapi_faiss_over_ours": _ratio(theirs[best_kind]["single_client"]["p50_ms"],
+                                                        ours.get("single_client", {}).get("p50_ms")) if best_kind else None,
+        "first_request_ms": cold.get("first_request_ms"),
+        "steady_p99_ms": cold.get("steady_p99_ms"),
+        "first_request_ms_without_warmup": serving.get("cold_start", {}).get("warmup_off", {}).get("first_request_ms"),
+        "inprocess_ratios": head.get("ratios"),
+        "thread_defaults": serving.get("threads", {}).get("chosen"),
+        "batching_advice": serving.get("batching"),
+        "tuned_build_flags": tuned.get("flags"),
+        "default_tuned_build": head.get("served", {}).get("tuned_default_failed", {}).get("error") or "passed",
+        "machine": meta["machine"],
+        "versions": meta["versions"],
+        "load_average_end": meta.get("load_average_end"),
+        "run_seconds": meta.get("seconds"),
+        "profile": meta["profile"]["name"],
+    }
+    out["targets"] = _targets(out)
+    return out
+
+
+def _targets(s: dict) -> dict:
+    def check(value, ok) -> dict:
+        return {"measured": value, "met": bool(value is not None and ok(value))}
+
+    first, steady = s.get("first_request_ms"), s.get("steady_p99_ms")
+    return {
+        f"recall_at_10 >= {TARGET_RECALL}": check(s["recall_at_10"], lambda v: v >= TARGET_RECALL),
+        f"speedup_vs_exact >= {TARGET_SPEEDUP}": check(s["speedup_vs_exact"], lambda v: v >= TARGET_SPEEDUP),
+        f"e2e_p50_ms <= {TARGET_E2E_P50_MS}": check(s["e2e_p50_ms"], lambda v: v <= TARGET_E2E_P50_MS),
+        f"e2e_p99_ms <= {TARGET_E2E_P99_MS}": check(s["e2e_p99_ms"], lambda v: v <= TARGET_E2E_P99_MS),
+        f"throughput_ratio_vs_fastapi_faiss >= {TARGET_THROUGHPUT_RATIO}":
+            check(s["throughput_ratio_vs_fastapi_faiss"], lambda v: v >= TARGET_THROUGHPUT_RATIO),
+        f"first_request_ms <= {TARGET_COLD_FACTOR} x steady_p99_ms":
+            check(_ratio(first, steady), lambda v: v <= TARGET_COLD_FACTOR),
+    }
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def markdown(results: dict, serving: dict, s: dict) -> str:
+    """report.md: every dataset's table, the e2e comparison, knobs, cold start, targets."""
+    lines = [f"# Benchmark report ({s['profile']} profile)", "",
+             f"Machine: {s['machine']['cpu']}, {s['machine']['cores']} cores, {s['machine']['memory_gib']} GiB; "
+             f"load average at end {s['load_average_end']}; run took {_fmt((s['run_seconds'] or 0) / 60, 1)} min. "
+             f"Commit {s['versions'].get('git_commit')}.", ""]
+    for name, r in results.items():
+        lines += [f"## {name}", "", f"Base {r['dataset']['base']}, {r['dataset']['test_queries']} held-out test queries. "
+                  f"Source: {r['dataset']['source']}.", "",
+                  "| configuration | recall@10 | p50 ms | p99 ms | batch-64 QPS | build s | size MB | RSS MB |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for config, m in r["served"].items():
+            if "latency_1" not in m:
+                lines.append(f"| {config} | build failed: {m.get('error', '')[:160]} | | | | {_fmt(m.get('build_wall_s'), 0)} | | |")
+                continue
+            build_s = m.get("index_build_s", 0) + m.get("tuning_s", 0)
+            lines.append(f"| {config} {' '.join(m['flags'])} | {m['recall_at_10']:.4f} | {_fmt(m['latency_1']['p50_ms'], 3)} | "
+                         f"{_fmt(m['latency_1']['p99_ms'], 3)} | {_fmt(m['throughput_64']['qps'], 0)} | {_fmt(build_s, 1)} "
+                         f"(wall {_fmt(m['build_wall_s'], 0)}) | {_fmt(m['savedmodel_mb'], 0)} | {_fmt(m['rss_serving_mb'], 0)} |")
+        for kind, m in r["faiss"].items():
+            lines.append(f"| faiss {m['factory']} {m['params_text']} | {m['recall_at_10']:.4f} | {_fmt(m['latency_1']['p50_ms'], 3)} | "
+                         f"{_fmt(m['latency_1']['p99_ms'], 3)} | {_fmt(m['throughput_64']['qps'], 0)} | {_fmt(m['build_s'], 1)} | "
+                         f"{_fmt(m['index_mb'], 0)} | {_fmt(m['rss_serving_mb'], 0)} |")
+        lines += ["", "Ratios: " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["ratios"].items()), ""]
+    if serving.get("e2e"):
+        e = serving["e2e"]
+        lines += ["## End to end over loopback (headline dataset)", "",
+                  "| server | recall@10 | 1 client p50 ms | p99 ms | 8 clients QPS | 8 clients p99 ms | server RSS MB |",
+                  "|---|---|---|---|---|---|---|"]
+        rows = [("ours: retrieval_client -> model_builder serve (gRPC)", e["ours"])]
+        rows += [(f"FastAPI + Faiss {k} ({m['params']}), JSON", m) for k, m in e["fastapi_faiss"].items()]
+        for label, m in rows:
+            lines.append(f"| {label} | {m['recall_at_10']:.4f} | {_fmt(m['single_client']['p50_ms'], 3)} | "
+                         f"{_fmt(m['single_client']['p99_ms'], 3)} | {_fmt(m['concurrent']['qps'], 0)} | "
+                         f"{_fmt(m['concurrent']['latency']['p99_ms'], 2)} | {_fmt(m['rss_after_load_mb'], 0)} |")
+        lines += ["", f"Exact model through the same server: p50 {_fmt(e['exact_single_client']['p50_ms'], 2)} ms, "
+                      f"p99 {_fmt(e['exact_single_client']['p99_ms'], 2)} ms.", ""]
+        lines += ["## Thread settings (local server, tuned model)", "",
+                  "| intra | inter | 1 client p50 ms | p99 ms | batch-64 QPS | 8 clients QPS | 8 clients p99 ms |",
+                  "|---|---|---|---|---|---|---|"]
+        for t in serving["threads"]["settings"]:
+            lines.append(f"| {t['intra_op']} | {t['inter_op']} | {_fmt(t['single_p50_ms'], 3)} | {_fmt(t['single_p99_ms'], 3)} | "
+                         f"{_fmt(t['batch64_qps'], 0)} | {_fmt(t['concurrent_qps'], 0)} | {_fmt(t['concurrent_p99_ms'], 2)} |")
+        lines += ["", f"Chosen: {serving['threads']['chosen']} ({serving['threads']['rule']}).", ""]
+        if serving.get("batching"):
+            lines += [f"Batching advice from the batch curve: {serving['batching']}", ""]
+        cold = serving["cold_start"]
+        lines += ["## Cold start", "", "| warmup file | server | ready s | first 5 requests ms | steady p50 ms | steady p99 ms "
+                  "| new client on the warm server, first 5 ms |", "|---|---|---|---|---|---|---|"]
+        for c in cold.values():
+            for n, run in enumerate(c["runs"]):
+                lines.append(f"| {'on' if c['warmup'] else 'off'} | {n + 1} | {run['ready_s']} | "
+                             f"{', '.join(map(str, run['first_requests_ms']))} | {run['steady']['p50_ms']} | "
+                             f"{run['steady']['p99_ms']} | {', '.join(map(str, run['fresh_client_on_warm_server_ms']))} |")
+        lines.append("")
+    lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for name, t in s["targets"].items():
+        lines.append(f"| {name} | {_fmt(t['measured'])} | {'yes' if t['met'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
