@@ -2,7 +2,8 @@
 
 Loading goes through TF's C API TF_LoadSessionFromSavedModel -- the C++ loader
 tensorflow_model_server uses -- in the pinned compat env (`make compat-venv`).
-Ids must match the build environment exactly.
+Exact kinds must return the same ids; approximate kinds the same recall and
+nearly every list (see EXACT_KINDS).
 """
 
 from __future__ import annotations
@@ -61,13 +62,31 @@ def model_kinds(movielens_model, movielens_items_model, synthetic_model, tmp_pat
     return kinds
 
 
+# ANN stages (AH scoring) of scann 1.2.9 and 1.4.2 are not bit-identical: when two candidates
+# tie at the approximate stage, the one that reaches exact re-scoring can differ. Exact kinds
+# must match id for id; approximate kinds must keep their recall and nearly every list.
+EXACT_KINDS = {"movielens-user-int-bruteforce", "movielens-item-int", "synthetic-user-string", "exact-int"}
+MIN_IDENTICAL_ROWS = 0.97
+MAX_RECALL_DROP = 0.01
+
+
+def _recall(loaded, queries: np.ndarray, ids: list) -> float:
+    from model_builder.verify import recall_at_k
+
+    candidates = loaded.candidate_vectors.numpy()
+    lookup = {v: i for i, v in enumerate(_decoded(loaded.candidate_ids.numpy()[None, :])[0])}
+    rows = np.array([[lookup[i] for i in row] for row in ids], dtype=np.int64)
+    return recall_at_k(queries, candidates, rows, "dot_product")
+
+
 @pytest.mark.slow
-def test_every_model_kind_gives_identical_ids_under_tf_2_11(model_kinds):
+def test_every_model_kind_serves_the_same_under_tf_2_11(model_kinds):
+    report = {}
     for name, version_dir in model_kinds.items():
         loaded = tf.saved_model.load(str(version_dir))
         examples = {k: v.numpy() for k, v in loaded.signatures["examples"]().items()}
         queries = np.repeat(examples["query_ids"], 3)[:20]
-        probes = np.random.default_rng(1).normal(size=(64, examples["candidate_vectors"].shape[1])).astype(np.float32)
+        probes = np.random.default_rng(1).normal(size=(256, examples["candidate_vectors"].shape[1])).astype(np.float32)
         probes /= np.linalg.norm(probes, axis=1, keepdims=True)
         vectors = np.concatenate([examples["candidate_vectors"], probes])
         expected = [
@@ -80,11 +99,18 @@ def test_every_model_kind_gives_identical_ids_under_tf_2_11(model_kinds):
             {"signature": "examples", "inputs": {}},
         ])
         assert got["runtime"]["tensorflow"].startswith("2.11") and got["runtime"]["python"].startswith("3.10")
+        assert got["results"][2]["outputs"]["query_ids"]["value"] == _decoded(examples["query_ids"][None, :])[0]
         for want, result in zip(expected, got["results"][:2]):
             assert "outputs" in result, f"{name}: {result}"
-            assert result["outputs"]["ids"]["value"] == _decoded(want["ids"].numpy()), name
-            np.testing.assert_allclose(result["outputs"]["scores"]["value"], want["scores"].numpy(), rtol=1e-4, atol=1e-5)
-        assert _decoded(np.array([got["results"][2]["outputs"]["query_ids"]["value"]]))[0] == _decoded(np.array([examples["query_ids"]]))[0]
+            if name in EXACT_KINDS:
+                assert result["outputs"]["ids"]["value"] == _decoded(want["ids"].numpy()), name
+                np.testing.assert_allclose(result["outputs"]["scores"]["value"], want["scores"].numpy(), rtol=1e-4, atol=1e-5)
+        want_ids, got_ids = _decoded(expected[1]["ids"].numpy()), got["results"][1]["outputs"]["ids"]["value"]
+        identical = float(np.mean([a == b for a, b in zip(want_ids, got_ids)]))
+        recalls = (_recall(loaded, vectors, want_ids), _recall(loaded, vectors, got_ids))
+        report[name] = {"identical_rows": identical, "recall_tf220": round(recalls[0], 4), "recall_tf211": round(recalls[1], 4)}
+        assert identical >= MIN_IDENTICAL_ROWS and recalls[1] >= recalls[0] - MAX_RECALL_DROP, (name, report[name])
+    print(json.dumps(report, indent=1))
 
 
 @pytest.mark.slow
