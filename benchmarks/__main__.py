@@ -1,4 +1,4 @@
-"""`python -m benchmarks run --profile quick|full [--out DIR] [--work DIR]`."""
+"""`python -m benchmarks run --profile quick|full [--out DIR] [--work DIR] [--only KINDS]` and `report [--out DIR]`."""
 
 from __future__ import annotations
 
@@ -34,7 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--work", type=Path, help="models, indexes, data and logs (default: build/bench-work/<profile>)")
     r.add_argument("--only", default="", help="comma-separated dataset kinds of the profile to run "
                                              "(synthetic, fashion-mnist, movielens, movielens-noisy); default all")
+    g = sub.add_parser("report", help="re-render summary.json, report.md and the charts from a run's JSON (no measuring)")
+    g.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="results folder of a run")
     args = p.parse_args(argv)
+    if args.command == "report":
+        from benchmarks.runner import rerender
+
+        rerender(args.out.resolve())
+        return 0
     missing = missing_packages()
     if missing:
         print(f"error: missing benchmark packages: {', '.join(missing)}; install them with "

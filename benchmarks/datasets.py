@@ -102,9 +102,10 @@ def movielens(folder: Path, num_validation_fraction: float = 0.5) -> Dataset:
     cut = int(len(picks) * num_validation_fraction)
     quality = json.loads((folder / "quality.json").read_text()) if (folder / "quality.json").is_file() else {}
     recall = quality.get("two_tower", {}).get("recall@10")
+    quality_text = f"{recall:.3f}" if isinstance(recall, float) else "n/a"
     return Dataset(f"movielens-100k-items-{len(base)}x{base.shape[1]}", base, queries[picks[:cut]], queries[picks[cut:]],
                    f"`python -m model_builder train` on MovieLens 100K (GroupLens); model recall@10 on held-out "
-                   f"ratings {recall}; queries are user-tower outputs")
+                   f"ratings {quality_text}; queries are user-tower outputs")
 
 
 def replicate_with_noise(ds: Dataset, target: int, noise: float = 0.05, seed: int = 0) -> Dataset:

@@ -201,8 +201,8 @@ def concurrent(spec: tuple, queries: np.ndarray, clients: int, seconds: float, m
             "qps": round(len(flat) * batch / wall, 1), "latency": percentiles(flat)}
 
 
-def measure_servers(servers: dict[str, Server], test: np.ndarray, kth: np.ndarray, base: np.ndarray, cfg: dict,
-                    rounds: int = 3) -> dict[str, dict]:
+def measure_servers(servers: dict[str, Server], test: np.ndarray, kth: np.ndarray, base: np.ndarray,
+                    cfg: dict) -> dict[str, dict]:
     """Recall through the wire, 1-client latency, N-client throughput and RSS of every running server.
 
     The servers take turns in `rounds` rounds (A B C A B C ...), so drifting
@@ -211,6 +211,7 @@ def measure_servers(servers: dict[str, Server], test: np.ndarray, kth: np.ndarra
     """
     from benchmarks import timing
 
+    rounds = cfg["rounds"]
     clients = {name: make_search(server.spec) for name, server in servers.items()}
     out: dict[str, dict] = {}
     for name, server in servers.items():

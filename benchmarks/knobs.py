@@ -29,12 +29,13 @@ def thread_flags(intra: int, inter: int) -> tuple[str, ...]:
     return ("--tensorflow_intra_op_parallelism", str(intra), "--tensorflow_inter_op_parallelism", str(inter))
 
 
-def measure_threads(base_path: Path, model: str, test: np.ndarray, profile, logs: Path, rounds: int = 3) -> dict:
+def measure_threads(base_path: Path, model: str, test: np.ndarray, profile, logs: Path) -> dict:
     """Every (intra, inter) setting on its own server, all running at once and taking turns in rounds.
 
     Per setting: 1-client latency (samples pooled over rounds), 1-client batch-64
     throughput and N-client throughput (medians over rounds).
     """
+    rounds = profile.rounds
     with contextlib.ExitStack() as stack:
         servers = {}
         for intra, inter in profile.thread_settings:
@@ -73,18 +74,25 @@ def measure_threads(base_path: Path, model: str, test: np.ndarray, profile, logs
                     f"{P99_SLACK}x of the best", "chosen": {"intra_op": chosen["intra_op"], "inter_op": chosen["inter_op"]}}
 
 
-def batching_advice(curve: list[dict], cores: int) -> dict:
-    """BatchingParameters derived from the measured batch curve (see the module docstring)."""
-    best = min(point["us_per_query"] for point in curve)
-    # Past the knee, bigger batches only add queueing delay: take the smallest within 15% of the cheapest.
-    knee = min((p for p in curve if p["us_per_query"] <= 1.15 * best), key=lambda p: p["batch"])
-    single_ms = next(p["median_call_ms"] for p in curve if p["batch"] == min(q["batch"] for q in curve))
-    # Waiting longer than one search for company costs a lone request more than merging saves.
-    timeout_us = int(max(100, round(single_ms * 1000, -2)))
+def batching_advice(curve: list[dict], cores: int, p99_budget_ms: float) -> dict:
+    """BatchingParameters derived from the measured batch curve (see the module docstring).
+
+    max_batch_size: among batch sizes whose one call fits the p99 budget, the
+    smallest within 15% of the cheapest cost per query (past that knee a bigger
+    batch adds waiting and call time for little saving). batch_timeout_micros:
+    about one single-query call (waiting longer for company costs a lone
+    request more than merging saves). One batch thread per core.
+    """
+    fits = [p for p in curve if p["median_call_ms"] <= p99_budget_ms] or curve[:1]
+    best = min(p["us_per_query"] for p in fits)
+    knee = min((p for p in fits if p["us_per_query"] <= 1.15 * best), key=lambda p: p["batch"])
+    single = min(curve, key=lambda p: p["batch"])
+    timeout_us = int(max(100, round(single["median_call_ms"] * 1000, -2)))
     return {"max_batch_size": knee["batch"], "batch_timeout_micros": timeout_us, "num_batch_threads": cores,
-            "max_enqueued_batches": 100, "single_call_ms": single_ms, "us_per_query_single": curve[0]["us_per_query"],
+            "max_enqueued_batches": 100, "p99_budget_ms": p99_budget_ms, "single_call_ms": single["median_call_ms"],
+            "call_ms_at_max_batch": knee["median_call_ms"], "us_per_query_single": single["us_per_query"],
             "us_per_query_at_max_batch": knee["us_per_query"],
-            "merge_gain": round(curve[0]["us_per_query"] / knee["us_per_query"], 1)}
+            "merge_gain": round(single["us_per_query"] / knee["us_per_query"], 1)}
 
 
 def _first_requests(search, test: np.ndarray, count: int = 5) -> list[float]:

@@ -47,6 +47,7 @@ class Profile:
     e2e_max_s: float = 10.0
     e2e_clients: int = 8
     e2e_concurrent_s: float = 10.0
+    rounds: int = 3  # e2e and thread settings take turns this many times (drifting load hits all alike)
     exact_e2e_requests: int = 200
     thread_settings: tuple[tuple[int, int], ...] = ((0, 0), (1, 1), (2, 1), (1, 2), (2, 2))
     knob_requests: int = 600
@@ -64,7 +65,7 @@ class Profile:
     def e2e_config(self) -> dict:
         """The counts and bounds e2e.measure_server reads."""
         return {"e2e_requests": self.e2e_requests, "e2e_max_s": self.e2e_max_s, "e2e_clients": self.e2e_clients,
-                "e2e_concurrent_s": self.e2e_concurrent_s}
+                "e2e_concurrent_s": self.e2e_concurrent_s, "rounds": self.rounds}
 
 
 FULL = Profile(
@@ -79,10 +80,10 @@ FULL = Profile(
 
 QUICK = Profile(
     name="quick",
-    datasets=(DatasetSpec("synthetic", num=100_000, dim=32, validation=500, test=300, headline=True),),
+    datasets=(DatasetSpec("synthetic", num=100_000, dim=32, validation=300, test=200, headline=True),),
     build_timeout_s=300,
-    latency_queries=200,
-    latency_max_s=3.0,
+    latency_queries=150,
+    latency_max_s=2.0,
     throughput_s=1.0,
     throughput_batches=50,
     sweep_latency_queries=50,
@@ -91,12 +92,13 @@ QUICK = Profile(
     e2e_requests=200,
     e2e_max_s=3.0,
     e2e_clients=8,
-    e2e_concurrent_s=2.0,
+    e2e_concurrent_s=1.5,
+    rounds=2,
     exact_e2e_requests=50,
     thread_settings=((0, 0), (1, 1)),
     knob_requests=100,
-    knob_max_s=1.5,
-    knob_concurrent_s=1.5,
+    knob_max_s=1.0,
+    knob_concurrent_s=1.0,
     batch_sizes=(1, 8, 64),
     coldstart_requests=100,
     coldstart_repeats=1,

@@ -103,6 +103,29 @@ def _fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
+def _row(label: str, m: dict, build: str, size) -> str:
+    lat = m["latency_1"]
+    return (f"| {label} | {m['recall_at_10']:.4f} | {_fmt(lat['p50_ms'], 3)} | {_fmt(lat['p99_ms'], 3)} | "
+            f"{_fmt(m['throughput_64']['qps'], 0)} | {build} | {_fmt(size, 0)} | {_fmt(m['rss_serving_mb'], 0)} |")
+
+
+def _dataset_section(name: str, r: dict) -> list[str]:
+    lines = [f"## {name}", "", f"Base {r['dataset']['base']}, {r['dataset']['test_queries']} held-out test queries. "
+             f"Source: {r['dataset']['source']}.", "",
+             "| configuration | recall@10 | p50 ms | p99 ms | batch-64 QPS | build s | size MB | RSS MB |",
+             "|---|---|---|---|---|---|---|---|"]
+    for config, m in r["served"].items():
+        if "latency_1" not in m:
+            wall = _fmt(m.get("build_wall_s"), 0)
+            lines.append(f"| {config} | build failed: {m.get('error', '')[:160]} | | | | {wall} | | |")
+            continue
+        build = f"{_fmt(m.get('index_build_s', 0) + m.get('tuning_s', 0), 1)} (wall {_fmt(m['build_wall_s'], 0)})"
+        lines.append(_row(f"{config} {' '.join(m['flags'])}", m, build, m["savedmodel_mb"]))
+    for m in r["faiss"].values():
+        lines.append(_row(f"faiss {m['factory']} {m['params_text']}", m, _fmt(m["build_s"], 1), m["index_mb"]))
+    return lines + ["", "Ratios: " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["ratios"].items()), ""]
+
+
 def markdown(results: dict, serving: dict, s: dict) -> str:
     """report.md: every dataset's table, the e2e comparison, knobs, cold start, targets."""
     lines = [f"# Benchmark report ({s['profile']} profile)", "",
@@ -110,23 +133,7 @@ def markdown(results: dict, serving: dict, s: dict) -> str:
              f"load average at end {s['load_average_end']}; run took {_fmt((s['run_seconds'] or 0) / 60, 1)} min. "
              f"Commit {s['versions'].get('git_commit')}.", ""]
     for name, r in results.items():
-        lines += [f"## {name}", "", f"Base {r['dataset']['base']}, {r['dataset']['test_queries']} held-out test queries. "
-                  f"Source: {r['dataset']['source']}.", "",
-                  "| configuration | recall@10 | p50 ms | p99 ms | batch-64 QPS | build s | size MB | RSS MB |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for config, m in r["served"].items():
-            if "latency_1" not in m:
-                lines.append(f"| {config} | build failed: {m.get('error', '')[:160]} | | | | {_fmt(m.get('build_wall_s'), 0)} | | |")
-                continue
-            build_s = m.get("index_build_s", 0) + m.get("tuning_s", 0)
-            lines.append(f"| {config} {' '.join(m['flags'])} | {m['recall_at_10']:.4f} | {_fmt(m['latency_1']['p50_ms'], 3)} | "
-                         f"{_fmt(m['latency_1']['p99_ms'], 3)} | {_fmt(m['throughput_64']['qps'], 0)} | {_fmt(build_s, 1)} "
-                         f"(wall {_fmt(m['build_wall_s'], 0)}) | {_fmt(m['savedmodel_mb'], 0)} | {_fmt(m['rss_serving_mb'], 0)} |")
-        for kind, m in r["faiss"].items():
-            lines.append(f"| faiss {m['factory']} {m['params_text']} | {m['recall_at_10']:.4f} | {_fmt(m['latency_1']['p50_ms'], 3)} | "
-                         f"{_fmt(m['latency_1']['p99_ms'], 3)} | {_fmt(m['throughput_64']['qps'], 0)} | {_fmt(m['build_s'], 1)} | "
-                         f"{_fmt(m['index_mb'], 0)} | {_fmt(m['rss_serving_mb'], 0)} |")
-        lines += ["", "Ratios: " + ", ".join(f"{k} {_fmt(v)}" for k, v in r["ratios"].items()), ""]
+        lines += _dataset_section(name, r)
     if serving.get("e2e"):
         e = serving["e2e"]
         lines += ["## End to end over loopback (headline dataset)", "",

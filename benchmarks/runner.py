@@ -106,7 +106,7 @@ def run_serving(result: dict, profile: Profile, work: Path) -> dict:
     threads = knobs.measure_threads(models, "tuned", test, profile, logs)
     chosen = knobs.thread_flags(threads["chosen"]["intra_op"], threads["chosen"]["inter_op"])
     curve = result["served"]["tuned"].get("batch_curve")
-    batching = knobs.batching_advice(curve, machine()["cores"]) if curve else None
+    batching = knobs.batching_advice(curve, machine()["cores"], report.TARGET_E2E_P99_MS) if curve else None
     cfg = profile.e2e_config()
     log("e2e: exact model through the local server (single client)")
     with e2e.local_server(models, "exact", logs / "server-exact.log", chosen) as server:
@@ -158,4 +158,37 @@ def run(profile: Profile, out: Path, work: Path) -> dict:
     write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report.markdown(results, serving or {}, summary))
     log(f"done in {meta['seconds'] / 60:.1f} min: {out / 'summary.json'}, {out / 'report.md'}")
+    return summary
+
+
+def rerender(out: Path) -> dict:
+    """Recomputes everything derived (ratios, batching advice, summary.json, report.md, PNGs) from a run's JSON.
+
+    Nothing is measured again: use it after changing how results are summarized or drawn.
+    """
+    import json
+
+    results, meta = {}, {}
+    for path in sorted(out.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "served" in data:
+            meta = {key: data[key] for key in ("profile", "machine", "versions", "started_at") if key in data}
+            data["ratios"] = report.inprocess_ratios(data["served"], data["faiss"])
+            results[data["dataset"]["name"]] = data
+            write_json(path, data)
+            plots.recall_qps_png(data, out / f"recall_qps_{data['dataset']['name']}.png")
+    if not results:
+        raise FileNotFoundError(f"{out}: no dataset results (*.json with 'served') to render")
+    serving = json.loads((out / "serving.json").read_text()) if (out / "serving.json").is_file() else {}
+    head = next((r for r in results.values() if r["headline"]), None)
+    curve = head and head["served"].get("tuned", {}).get("batch_curve")
+    if serving and curve:
+        serving["batching"] = knobs.batching_advice(curve, serving["machine"]["cores"], report.TARGET_E2E_P99_MS)
+        write_json(out / "serving.json", serving)
+    previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
+    meta.update({"seconds": previous.get("run_seconds"), "load_average_end": previous.get("load_average_end")})
+    summary = report.summary(results, serving, meta)
+    write_json(out / "summary.json", summary)
+    (out / "report.md").write_text(report.markdown(results, serving, summary))
+    log(f"re-rendered {out / 'summary.json'}, {out / 'report.md'} and {len(results)} chart(s)")
     return summary

@@ -56,12 +56,14 @@ def test_pareto_frontier():
     assert plots.pareto(points) == [(0.9, 100.0), (0.95, 50.0), (0.99, 10.0)]
 
 
-def test_batching_advice_picks_the_knee():
+def test_batching_advice_picks_the_knee_within_the_latency_budget():
     curve = [{"batch": b, "median_call_ms": ms, "us_per_query": ms * 1000 / b}
              for b, ms in ((1, 0.4), (8, 0.8), (64, 3.2), (256, 12.0))]
-    advice = knobs.batching_advice(curve, cores=2)
+    advice = knobs.batching_advice(curve, cores=2, p99_budget_ms=5.0)
     assert advice["max_batch_size"] == 64 and advice["num_batch_threads"] == 2
     assert advice["batch_timeout_micros"] == 400 and advice["merge_gain"] == 8.0
+    # A tighter budget rules out the 3.2 ms batch of 64.
+    assert knobs.batching_advice(curve, cores=2, p99_budget_ms=1.0)["max_batch_size"] == 8
 
 
 def test_targets_report_missed_ones():
