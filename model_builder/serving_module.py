@@ -93,7 +93,13 @@ class RetrievalModule(tf.Module):
         self._exclude_query = catalogue.items_are_queries
         self._negate = index.distance == "squared_l2"
         self.candidate_ids = tf.Variable(_id_tensor(catalogue.candidate_ids), trainable=False, name="candidate_ids")
-        self.candidate_vectors = tf.Variable(catalogue.candidate_vectors, trainable=False, name="candidate_vectors")
+        self.scann = searcher.serialize_to_module() if searcher is not None else None
+        if self.scann is not None and np.array_equal(self.scann.dataset.numpy(), catalogue.candidate_vectors):
+            # ScaNN keeps the float vectors for exact re-scoring: reuse them instead of a second copy
+            # (at 1M x 64 that is 256 MB less on disk and in the serving process).
+            self.candidate_vectors = self.scann.dataset
+        else:
+            self.candidate_vectors = tf.Variable(catalogue.candidate_vectors, trainable=False, name="candidate_vectors")
         if catalogue.items_are_queries:
             self.query_vectors = self.candidate_vectors
         else:
@@ -107,7 +113,6 @@ class RetrievalModule(tf.Module):
             tf.lookup.KeyValueTensorInitializer(query_keys, tf.range(len(catalogue.query_ids), dtype=tf.int64)),
             default_value=-1,
         )
-        self.scann = searcher.serialize_to_module() if searcher is not None else None
         n = min(options.num_examples, len(catalogue.query_ids), len(catalogue.candidate_ids))
         self._examples = (query_keys[:n], _id_tensor(catalogue.candidate_ids[:n]), tf.constant(catalogue.candidate_vectors[:n]))
         query_dtype = tf_dtype(catalogue.query_ids)

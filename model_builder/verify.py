@@ -21,7 +21,8 @@ from model_builder.errors import VerificationError
 
 DEFAULT_TARGET_RECALL = 0.95
 DEFAULT_QUERIES = 1000
-# Noise added to query vectors for search_by_vector: queries the index has never seen.
+# Noise added to query vectors for search_by_vector (queries the index has never seen), as a
+# fraction of each query's norm: per-dimension noise would swamp high-dimensional unit vectors.
 _VECTOR_NOISE = 0.05
 
 
@@ -103,7 +104,9 @@ def verify_version(version_dir: Path, target_recall: float = DEFAULT_TARGET_RECA
     by_id = loaded.signatures[SERVING_SIGNATURE]
     by_vector = loaded.signatures[VECTOR_SIGNATURE]
     id_rows, vec_rows = [], []
-    noisy = query_vectors[picks] + rng.normal(scale=_VECTOR_NOISE, size=query_vectors[picks].shape).astype(np.float32)
+    base = query_vectors[picks]
+    scale = _VECTOR_NOISE * np.linalg.norm(base, axis=1, keepdims=True) / np.sqrt(base.shape[1])
+    noisy = (base + rng.normal(size=base.shape) * scale).astype(np.float32)
     for start in range(0, len(picks), 256):
         chunk = picks[start:start + 256]
         out = by_id(ids=tf.constant(_encode(query_ids[chunk])))
