@@ -7,6 +7,12 @@ import os
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Tests run `make <target>` the way a user does from a shell. Under `make test` the outer
+# make exports its level, flags and command-line overrides; an inner make would inherit
+# them (e.g. `make test MODEL=x` overriding a test's MODEL) and print "make[1]: Entering
+# directory" lines into output the tests parse.
+for _var in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"):
+    os.environ.pop(_var, None)
 
 import support  # noqa: E402
 
