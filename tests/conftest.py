@@ -15,6 +15,7 @@ for _var in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"):
     os.environ.pop(_var, None)
 
 import support  # noqa: E402
+from server import harness  # noqa: E402
 
 # --target/--model for the target-only smoke suite (tests/smoke), also under `pytest tests`.
 pytest_plugins = ["smoke.plugin"]
@@ -67,3 +68,21 @@ def string_id_csv(tmp_path_factory):
 def synthetic_model(models_root, string_id_csv):
     """String ids from a CSV, user -> items, fast training."""
     return support.build(models_root, "--dataset", str(string_id_csv), *support.FAST_TRAIN, model_name="synthetic")
+
+
+@pytest.fixture(scope="session")
+def items_model(tmp_path_factory):
+    """2000 string-id items, item -> similar items, K=10, version 1 (tests/server, tests/reliability)."""
+    return harness.items_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def items_v2_model(tmp_path_factory):
+    """Same ids, other vectors, K=5, version 2."""
+    return harness.items_v2_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def slow_model(tmp_path_factory):
+    """K=1500: a batch of 1024 ids takes seconds."""
+    return harness.slow_model(tmp_path_factory)

@@ -2,6 +2,7 @@
 this folder on sys.path)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -10,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, Iterator, List
 
 import pytest
 
@@ -62,6 +63,13 @@ def by_kind(objects: List[dict], kind: str) -> List[dict]:
     return [o for o in objects if o["kind"] == kind]
 
 
+def clean_env(**overrides: str) -> Dict[str, str]:
+    """The caller's environment without anything that would point at real AWS."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ECR_"))}
+    env.update(overrides)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -86,3 +94,16 @@ def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
         return err.code, err.read()
     except (urllib.error.URLError, OSError):
         return 0, b""
+
+
+@contextlib.contextmanager
+def http_service(cmd: List[str], ready_url: str, log_path: Path, what: str) -> Iterator[None]:
+    """Run a local HTTP service (moto, docker-registry) for one test; ready when ready_url answers 200."""
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: http_get(ready_url)[0] == 200, 60, what)
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_helpers import REPO, free_port, http_get, tool, tools_venv, wait_for
+from deploy_helpers import REPO, clean_env, free_port, http_get, http_service, tool, tools_venv
 
 pytestmark = [pytest.mark.docker, pytest.mark.tools]
 
@@ -24,16 +24,10 @@ REGISTRY_BINARY = "/usr/bin/docker-registry"
 @pytest.fixture
 def moto(tmp_path):
     port = free_port()
-    log = (tmp_path / "moto.log").open("w")
-    proc = subprocess.Popen([tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/moto-api/")[0] == 200, 60, "moto_server")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    url = f"http://127.0.0.1:{port}"
+    with http_service([tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)], f"{url}/moto-api/",
+                      tmp_path / "moto.log", "moto_server"):
+        yield url
 
 
 @pytest.fixture
@@ -47,23 +41,15 @@ def registry(tmp_path):
         "log:\n  level: warn\n"
         f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
         f"http:\n  addr: 127.0.0.1:{port}\n")
-    log = (tmp_path / "registry.log").open("w")
-    proc = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/v2/")[0] == 200, 60, "docker-registry")
+    with http_service([REGISTRY_BINARY, "serve", str(config)], f"http://127.0.0.1:{port}/v2/",
+                      tmp_path / "registry.log", "docker-registry"):
         yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
 
 
 def aws_env(moto_url: str, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ECR_"))}
-    env.update(AWS_ENDPOINT_URL=moto_url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-               AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/dev/null",
-               AWS_SHARED_CREDENTIALS_FILE="/dev/null", TOOLS_VENV=str(tools_venv()), **extra)
-    return env
+    return clean_env(AWS_ENDPOINT_URL=moto_url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
+                     AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/dev/null",
+                     AWS_SHARED_CREDENTIALS_FILE="/dev/null", TOOLS_VENV=str(tools_venv()), **extra)
 
 
 def test_make_push_creates_the_repository_and_pushes(docker_client, python_standin, moto, registry, tmp_path):

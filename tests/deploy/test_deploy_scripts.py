@@ -13,18 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy_helpers import REPO, by_kind, free_port, load_yaml_documents, tools_venv
+from deploy_helpers import REPO, by_kind, clean_env, free_port, load_yaml_documents, tools_venv
 
 SCRIPTS = sorted((REPO / "docker").rglob("*.sh")) + [REPO / "docker/serving/model-ready",
                                                        REPO / "docker/standin/serving/tensorflow_model_server"]
 DIGEST = "sha256:" + "ab" * 32
-
-
-def clean_env(**overrides):
-    """The caller's environment without anything that would point at real AWS."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ECR_"))}
-    env.update(overrides)
-    return env
 
 
 def run(*cmd, env=None, timeout=120):

@@ -1,4 +1,4 @@
-"""Fixtures of the reliability tests: the shared small models (tests/server/harness.py) and a server for bad inputs."""
+"""Fixtures of the reliability tests: a server for bad inputs (the small models are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,24 +8,6 @@ import pytest
 
 import support
 from server import harness
-
-
-@pytest.fixture(scope="session")
-def items_model(tmp_path_factory):
-    """2000 string-id items, item -> similar items, K=10, version 1."""
-    return harness.items_model(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def items_v2_model(tmp_path_factory):
-    """Same ids, other vectors, K=5, version 2."""
-    return harness.items_v2_model(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def slow_model(tmp_path_factory):
-    """K=1500: a batch of 1024 ids takes seconds."""
-    return harness.slow_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Fixtures of the local-server tests: small real models (built once per session) and a shared running server."""
+"""Fixtures of the local-server tests: a shared running server (the small models are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,6 @@ from server import harness
 
 MONITORING = 'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n'
 LABELS = "stable=1,future=7"
-
-
-@pytest.fixture(scope="session")
-def items_model(tmp_path_factory):
-    """2000 string-id items, item -> similar items, K=10, version 1."""
-    return harness.items_model(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def items_v2_model(tmp_path_factory):
-    """Same ids, other vectors, K=5, version 2."""
-    return harness.items_v2_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
