@@ -1,11 +1,12 @@
 """Assertions on the objects every k8s overlay renders to (kubectl kustomize)."""
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 
-from deploy_helpers import OVERLAYS, REPO, by_kind
+from deploy_helpers import OVERLAYS, REPO, by_kind, render
 
 pytestmark = pytest.mark.tools
 
@@ -176,6 +177,46 @@ def test_termination_grace_outlasts_connection_age(rendered, overlay):
     pod = only(rendered[overlay], "Deployment")["spec"]["template"]["spec"]
     pre_stop = int(container(rendered[overlay])["lifecycle"]["preStop"]["exec"]["command"][-1])
     assert pod["terminationGracePeriodSeconds"] > (age + grace) / 1000 + pre_stop
+
+
+def image_cmd() -> list[str]:
+    """The serving image's CMD (an exec-form JSON array over several lines)."""
+    text = (REPO / "docker" / "serving" / "Dockerfile").read_text()
+    array = re.search(r"^CMD (\[.*?\])$", text.replace("\\\n", ""), re.M | re.S).group(1)
+    return json.loads(array)
+
+
+def cpu_limit(objects) -> int:
+    return int(container(objects)["resources"]["limits"]["cpu"])
+
+
+def batch_threads(objects) -> int:
+    text = only(objects, "ConfigMap")["data"]["batching_parameters.txt"]
+    return int(re.search(r"^num_batch_threads \{ value: (\d+) \}$", text, re.M).group(1))
+
+
+@pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
+def test_args_are_the_image_cmd_with_threads_from_the_cpu_limit(rendered, overlay):
+    objects = render(REPO / "k8s" / "base") if overlay == "base" else rendered[overlay]
+    c = container(objects)
+    cpus = {e["name"]: e for e in c["env"]}["SERVING_CPUS"]["valueFrom"]["resourceFieldRef"]
+    assert cpus == {"containerName": c["name"], "resource": "limits.cpu", "divisor": "1"}
+    # The image's CMD sizes the pool for the base's CPUs; the pod derives it from its limit.
+    expected = [a.replace(f"inter_op_parallelism={cpu_limit(objects)}", "inter_op_parallelism=$(SERVING_CPUS)")
+                for a in image_cmd()] if overlay == "base" else container(render(REPO / "k8s" / "base"))["args"]
+    assert c["args"] == expected
+    assert "--tensorflow_inter_op_parallelism=$(SERVING_CPUS)" in c["args"]
+
+
+@pytest.mark.parametrize("overlay", ["base", *OVERLAYS])
+def test_batch_threads_match_the_cpu_limit(rendered, overlay):
+    objects = render(REPO / "k8s" / "base") if overlay == "base" else rendered[overlay]
+    assert batch_threads(objects) == cpu_limit(objects)
+    # Overlays copy the base file and change only that number.
+    base = (REPO / "k8s/base/config/batching_parameters.txt").read_text()
+    ours = only(objects, "ConfigMap")["data"]["batching_parameters.txt"]
+    assert ours == re.sub(r"(?m)^num_batch_threads \{ value: \d+ \}$",
+                          f"num_batch_threads {{ value: {cpu_limit(objects)} }}", base)
 
 
 def test_prod_uses_an_ecr_image_and_dev_the_local_one(rendered):
