@@ -13,9 +13,7 @@ from server import harness
 @pytest.fixture(scope="session")
 def bad_input_server(items_model, tmp_path_factory) -> Iterator[support.RunningServer]:
     """The local server on the items model (label stable=1) that every bad input is thrown at."""
-    logs = tmp_path_factory.mktemp("bad-input-server")
-    with support.local_server(items_model.parent.parent, harness.MODEL, "--version_labels", "stable=1", log_dir=logs) as server:
-        server.wait_available(1)
+    with harness.shared_server(tmp_path_factory, "bad-input-server", items_model, "--version_labels", "stable=1") as server:
         yield server
 
 

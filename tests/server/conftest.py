@@ -16,12 +16,10 @@ LABELS = "stable=1,future=7"
 @pytest.fixture(scope="session")
 def items_server(items_model, tmp_path_factory) -> Iterator[support.RunningServer]:
     """The local server on the items model, with TF Serving's monitoring config and version labels."""
-    logs = tmp_path_factory.mktemp("items-server")
-    config = logs / "monitoring.config"
+    config = tmp_path_factory.mktemp("items-server-config") / "monitoring.config"
     config.write_text(MONITORING)
-    with support.local_server(items_model.parent.parent, harness.MODEL, "--monitoring_config_file", str(config),
-                              "--version_labels", LABELS, log_dir=logs) as server:
-        server.wait_available(1)
+    with harness.shared_server(tmp_path_factory, "items-server", items_model, "--monitoring_config_file", str(config),
+                               "--version_labels", LABELS) as server:
         yield server
 
 

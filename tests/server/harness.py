@@ -9,12 +9,14 @@ sibling conftests).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -81,6 +83,15 @@ def slow_model(tmp_path_factory) -> Path:
     """The items with K=1500: a batch of 1024 ids takes seconds (1.5M result strings), for drain tests."""
     return shared_build(tmp_path_factory, "items-slow", "--candidates", "{items}", "--query", "item", "-k", "1500",
                         "--verify-queries", "50", files={"items.npz": lambda p: write_items(p, seed=3)})
+
+
+@contextlib.contextmanager
+def shared_server(tmp_path_factory, name: str, version_dir: Path, *flags: str) -> Iterator[support.RunningServer]:
+    """A session's local server on one built model, AVAILABLE at that version before it is used."""
+    logs = tmp_path_factory.mktemp(name)
+    with support.local_server(version_dir.parent.parent, MODEL, *flags, log_dir=logs) as server:
+        server.wait_available(int(version_dir.name))
+        yield server
 
 
 def publish_copy(version_dir: Path, model_dir: Path, version: int) -> Path:
