@@ -23,8 +23,10 @@ def versions() -> Dict[str, str]:
 
 @pytest.fixture(scope="session")
 def rendered() -> Dict[str, List[dict]]:
-    """Every overlay, rendered once per session: {overlay name: [objects]}."""
-    return {name: render(REPO / "k8s" / "overlays" / name) for name in OVERLAYS}
+    """Every overlay and the base, rendered once per session: {overlay name or "base": [objects]}."""
+    objects = {name: render(REPO / "k8s" / "overlays" / name) for name in OVERLAYS}
+    objects["base"] = render(REPO / "k8s" / "base")
+    return objects
 
 
 @pytest.fixture(scope="session")
