@@ -29,8 +29,12 @@ ECR_REGISTRY ?=## Registry host; default <account>.dkr.ecr.<region>.amazonaws.co
 OVERLAY ?= prod## k8s overlay for `deploy`.
 USE_STANDINS ?=## 1: build local stand-ins for the base images (no registry needed), as CI does.
 RENDER_ONLY ?=## 1: `deploy` prints the rendered manifests instead of applying them.
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist## Debian's dataset-fashion-mnist (benchmark tests read it).
 
 export PYTHONDONTWRITEBYTECODE := 1
+# Tests and scripts find the venvs through these three variables (relative paths are relative
+# to the repository root): one setting each, here or on the command line.
+export VENV COMPAT_VENV TOOLS_VENV
 PY := $(VENV)/bin/python
 STAMP := .stamp
 
@@ -48,7 +52,7 @@ help: ## Show targets, then variables with their current values.
 	@$(foreach v,$(HELP_VARS),printf '  %-16s %-34s %s\n' '$(v)' '$(subst ','"'"',$($(v)))' '$(subst ','"'"',$(call help_desc,$(v)))';)
 
 ##@ Setup
-.PHONY: venv compat-venv tools-venv lock
+.PHONY: venv compat-venv tools-venv datasets lock
 venv: $(VENV)/$(STAMP) ## Create the build/dev venv from the pinned locks (idempotent).
 $(VENV)/$(STAMP): requirements/build.txt requirements/dev.txt requirements/bench.txt client/pyproject.toml versions.env
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,6 +78,15 @@ $(TOOLS_VENV)/$(STAMP): requirements/tools.txt
 	$(TOOLS_VENV)/bin/pip install --quiet -r requirements/tools.txt
 	touch $@
 
+datasets: ## Install the Debian dataset packages the benchmark tests read (needs root + apt on a fresh machine).
+	@test -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz || { \
+	  test "$$(id -u)" = 0 && command -v apt-get >/dev/null || { \
+	    echo "error: $(FASHION_MNIST_DIR) missing: run as root: apt-get install dataset-fashion-mnist" >&2; exit 2; }; \
+	  echo "installing dataset-fashion-mnist (Debian's copy of Zalando's Fashion-MNIST)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null \
+	    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null; }; }
+
 lock: ## Re-freeze requirements/*.txt from requirements/*.in.
 	requirements/lock.sh build dev compat tools
 
@@ -90,7 +103,7 @@ serve: venv ## Serve MODELS/MODEL with the local TF-Serving-API server (developm
 
 ##@ Test
 .PHONY: test test-fast smoke check protos compat-snapshot
-test: venv compat-venv tools-venv docker-engine ## Set up everything and run the whole test suite.
+test: venv compat-venv tools-venv datasets docker-engine ## Set up everything and run the whole test suite.
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-fast: venv ## Tests that need neither Docker nor the compat env.
@@ -118,18 +131,18 @@ docker-engine: ## Make sure a Docker engine is reachable (installs docker.io/deb
 	docker/engine.sh ensure
 
 lint: tools-venv ## hadolint, kustomize + kubernetes-validate --strict, checkov.
-	TOOLS_VENV=$(TOOLS_VENV) docker/lint.sh
+	docker/lint.sh
 
 image: docker-engine ## Builder image -> verified model -> serving image <model>-v<version>-<gitsha>.
 	MODEL=$(MODEL) DATASET=$(DATASET) BUILD_ARGS="$(BUILD_ARGS)" BUILDER_IMAGE=$(BUILDER_IMAGE) \
-	  SERVING_IMAGE=$(SERVING_IMAGE) USE_STANDINS=$(USE_STANDINS) PY=$(PY) docker/build-images.sh
+	  SERVING_IMAGE=$(SERVING_IMAGE) USE_STANDINS=$(USE_STANDINS) docker/build-images.sh
 
 push: ## Push the last built serving image to ECR (AWS_REGION, AWS_ACCOUNT_ID).
 	AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \
-	  ECR_REGISTRY=$(ECR_REGISTRY) SERVING_IMAGE=$(SERVING_IMAGE) TOOLS_VENV=$(TOOLS_VENV) docker/push-ecr.sh
+	  ECR_REGISTRY=$(ECR_REGISTRY) SERVING_IMAGE=$(SERVING_IMAGE) docker/push-ecr.sh
 
 deploy: ## Render k8s/overlays/OVERLAY with the pushed image and kubectl apply -k.
-	OVERLAY=$(OVERLAY) TOOLS_VENV=$(TOOLS_VENV) RENDER_ONLY=$(RENDER_ONLY) docker/deploy.sh
+	OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) docker/deploy.sh
 
 ##@ Benchmarks
 .PHONY: bench bench-quick

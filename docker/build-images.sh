@@ -43,7 +43,7 @@ fi
 
 python_for_pip() {
   local py
-  for py in "${PY:-}" "$REPO/.venv/bin/python" "python$PYTHON_VERSION" python3; do
+  for py in "${PY:-}" "$VENV/bin/python" "python$PYTHON_VERSION" python3; do
     [[ -n "$py" ]] && "$py" -m pip --version >/dev/null 2>&1 && { echo "$py"; return; }
   done
   die "no python with pip found for downloading wheels (set PY)"

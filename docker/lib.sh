@@ -1,5 +1,5 @@
 # Shared by the docker/*.sh scripts (sourced, not run).
-# Gives: REPO, BUILD_DIR, TOOLS_VENV, die(), tool(), and every versions.env key
+# Gives: REPO, BUILD_DIR, VENV, TOOLS_VENV, die(), tool(), and every versions.env key
 # as a shell variable unless the caller's environment already set it, so
 # `BUILDER_BASE_IMAGE=... docker/build-images.sh` overrides the default.
 # shellcheck shell=bash
@@ -25,6 +25,9 @@ load_versions() {
 load_versions
 
 BUILD_DIR="${BUILD_DIR:-$REPO/build}"
+# Venv locations: the Makefile's VENV / TOOLS_VENV (exported), repo-relative by default.
+VENV="${VENV:-.venv}"
+[[ "$VENV" = /* ]] || VENV="$REPO/$VENV"
 TOOLS_VENV="${TOOLS_VENV:-.venv-tools}"
 [[ "$TOOLS_VENV" = /* ]] || TOOLS_VENV="$REPO/$TOOLS_VENV"
 

@@ -17,7 +17,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
-COMPAT_PYTHON = REPO / ".venv-compat" / "bin" / "python"
+
+
+def venv_path(variable: str, default: str) -> Path:
+    """A venv's folder from the Makefile's variable (VENV, COMPAT_VENV, TOOLS_VENV); relative to the repo."""
+    path = Path(os.environ.get(variable) or default)
+    return path if path.is_absolute() else REPO / path
+
+
+COMPAT_PYTHON = venv_path("COMPAT_VENV", ".venv-compat") / "bin" / "python"
 
 # Small, fast training for tests that need a trained model but not a good one.
 FAST_TRAIN = ["--epochs", "2", "--batch-size", "128", "--embedding-dim", "16", "--no-refit", "--verify-queries", "200"]

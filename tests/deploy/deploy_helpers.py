@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List
 
 import pytest
+import support
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAYS = sorted(p.name for p in (REPO / "k8s" / "overlays").iterdir() if p.is_dir())
 
 
 def tools_venv() -> Path:
-    path = Path(os.environ.get("TOOLS_VENV", ".venv-tools"))
-    return path if path.is_absolute() else REPO / path
+    return support.venv_path("TOOLS_VENV", ".venv-tools")
 
 
 def tool(name: str) -> str:
