@@ -27,6 +27,12 @@ class BuildConfig:
 
     dataset: str = field(default="movielens-100k", metadata={"help": "movielens-100k, synthetic, a GroupLens ml-100k folder, or an interactions .csv/.parquet"})
     items: str | None = field(default=None, metadata={"help": "optional item metadata file (item_id,title,...)"})
+    user_features: str | None = field(default=None, metadata={"help": "user features file (user_id + typed columns, README 'Data format'); replaces a built-in dataset's"})
+    item_features: str | None = field(default=None, metadata={"help": "item features file (item_id + typed columns); items without interactions enter the index from their features"})
+    features: bool = field(default=True, metadata={"help": "train feature towers when the data has user/item features (MovieLens 100K has); --no-features trains id-only towers"})
+    cold_users: float = field(default=0.2, metadata={"help": "feature towers: share of users held out of training entirely to measure cold-start quality (0 = none); the export is refit on everyone"})
+    cold_items: float = field(default=0.1, metadata={"help": "feature towers: share of items held out of training entirely to measure cold-start quality (0 = none)"})
+    compare_id_only: bool = field(default=True, metadata={"help": "feature towers: also train id-only towers on the same split and report them next to the feature towers (one more training run)"})
     min_weight: float | None = field(default=None, metadata={"help": "interactions with weight >= this are positives (default: 4 for MovieLens ratings, else every row)"})
     holdout_per_user: int = field(default=1, metadata={"help": "latest positives per user held out to measure hit-rate/recall"})
     refit: bool = field(default=True, metadata={"help": "retrain on all positives after evaluation so held-out items get trained embeddings"})
@@ -65,6 +71,10 @@ class BuildConfig:
             raise ConfigError("--query user with imported --candidates needs --query-embeddings or --query-tower (or use --query item)")
         if self.candidates and self.query == "item" and (self.query_tower or self.query_embeddings):
             raise ConfigError("--query item serves candidates as queries: drop --query-embeddings/--query-tower")
+        if (self.user_features or self.item_features) and (self.candidates or not self.features):
+            raise ConfigError("--user-features/--item-features train feature towers: drop --candidates and --no-features")
+        if not (0 <= self.cold_users < 1 and 0 <= self.cold_items < 1):
+            raise ConfigError("--cold-users and --cold-items are shares: use values in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -75,6 +85,8 @@ class Prepared:
     data_info: dict
     quality: dict
     titles: dict
+    # Feature builds: the exported plain-TF towers ({"user": ..., "item": ...}, feature_tower.ServingTower).
+    towers: dict | None = None
 
     def as_item_to_item(self) -> Prepared:
         """The same towers served item -> similar items (queries are the candidates)."""
@@ -97,9 +109,13 @@ def prepare_trained(cfg: BuildConfig, train_cfg: TrainConfig, log: Log) -> Prepa
     from model_builder.data import load_dataset
 
     train_cfg.validate()
-    dataset = load_dataset(cfg.dataset, Path(cfg.items) if cfg.items else None)
+    dataset = load_dataset(cfg.dataset, Path(cfg.items) if cfg.items else None,
+                           Path(cfg.user_features) if cfg.user_features else None,
+                           Path(cfg.item_features) if cfg.item_features else None)
     inter = dataset.interactions
     keep, threshold = _positives(cfg, dataset)
+    if cfg.features and dataset.has_features:
+        return _prepare_features(cfg, train_cfg, dataset, keep, threshold, log)
     users, items = evaluate.Vocab.build(inter.user_ids[keep]), evaluate.Vocab.build(inter.item_ids[keep])
     stamps = inter.timestamps[keep] if inter.timestamps is not None else None
     log(f"data: {len(inter)} interactions, {int(keep.sum())} positives (weight >= {threshold}), "
@@ -126,6 +142,26 @@ def prepare_trained(cfg: BuildConfig, train_cfg: TrainConfig, log: Log) -> Prepa
     data_info = {"dataset": dataset.name, "source": inter.source, "interactions": len(inter),
                  "positives": int(keep.sum()), "min_weight": threshold, "users": len(users.ids), "items": len(items.ids)}
     return Prepared(catalogue, data_info, quality, dataset.titles)
+
+
+def _prepare_features(cfg: BuildConfig, train_cfg: TrainConfig, dataset, keep: np.ndarray, threshold, log: Log) -> Prepared:
+    """Feature towers (feature_build.py): cold-start quality, items without interactions indexed too."""
+    from model_builder import feature_build
+
+    inter = dataset.interactions
+    stamps = inter.timestamps[keep] if inter.timestamps is not None else None
+    log(f"data: {len(inter)} interactions, {int(keep.sum())} positives (weight >= {threshold}) from {inter.source}")
+    opts = feature_build.FeatureSettings(cfg.holdout_per_user, cfg.cold_users, cfg.cold_items, cfg.refit, cfg.compare_id_only)
+    model = feature_build.train_and_evaluate(dataset, keep, stamps, opts, train_cfg, log)
+    if cfg.query == "user":
+        catalogue = Catalogue(model.users.ids, model.user_vectors, model.items.ids, model.item_vectors)
+    else:
+        catalogue = Catalogue(model.items.ids, None, model.items.ids, model.item_vectors)
+    data_info = {"dataset": dataset.name, "source": inter.source, "interactions": len(inter),
+                 "positives": int(keep.sum()), "min_weight": threshold,
+                 "users": int(len(np.unique(model.users.rows))), "items": int(len(np.unique(model.items.rows))),
+                 **model.counts}
+    return Prepared(catalogue, data_info, model.quality, dataset.titles, model.towers)
 
 
 def prepare_imported(cfg: BuildConfig, log: Log) -> Prepared:
