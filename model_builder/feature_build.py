@@ -50,6 +50,21 @@ class Universe:
 
 
 @dataclass(frozen=True)
+class ExportedTowers:
+    """What the serving graph needs from a feature build: the towers, and known rows to warm them with."""
+
+    towers: dict[str, ServingTower]
+    examples: dict[str, dict[str, np.ndarray]]  # side -> raw inputs of up to WARMUP_ROWS stored entities
+
+    def signature_inputs(self, side: str) -> list[dict]:
+        """The feature signature's inputs (name, kind, wire dtype) for `side`'s tower."""
+        return self.towers[side].schema.inputs()
+
+
+WARMUP_ROWS = 64
+
+
+@dataclass(frozen=True)
 class FeatureModel:
     """What the build serves: every entity's vector, and the towers that compute them."""
 
@@ -57,7 +72,7 @@ class FeatureModel:
     items: Universe
     user_vectors: np.ndarray
     item_vectors: np.ndarray
-    towers: dict[str, ServingTower]
+    exported: ExportedTowers
     quality: dict
     counts: dict
 
@@ -68,7 +83,7 @@ def fit(users: Universe, items: Universe, train_users: np.ndarray, train_items: 
     item_counts = np.bincount(train_items, minlength=len(items.ids))
     user_schema = features.fit_schema("user", "user_id", users.ids, user_counts, dataset.user_features, cfg.feature_min_count)
     item_schema = features.fit_schema("item", "item_id", items.ids, item_counts, dataset.item_features, cfg.feature_min_count,
-                                      cfg.item_id_min_count)
+                                      towers.item_vocabulary_min_count(cfg.item_id_dropout_rows))
     trained = towers.train_features(train_users, train_items, user_schema.encode(users.ids, dataset.user_features),
                                     item_schema.encode(items.ids, dataset.item_features), user_schema, item_schema, cfg)
     return trained, user_schema, item_schema
@@ -97,6 +112,8 @@ def train_and_evaluate(dataset, keep: np.ndarray, stamps: np.ndarray | None, opt
         servable = np.bincount(warm.train_items, minlength=n_items) > 0  # the id-only index holds trained items only
         scored["id_only"] = evaluate.vector_score_rows(ids_only.user_vectors, ids_only.item_vectors, servable)
     quality = _quality(split, scored, n_items)
+    # Which items were never trained on (tests look for them in new users' results).
+    quality["cold_start"]["held_out_item_ids"] = items.ids[split.cold_items].tolist()
     for line in quality_table(quality):
         log(line)
     if opts.refit:
@@ -106,8 +123,12 @@ def train_and_evaluate(dataset, keep: np.ndarray, stamps: np.ndarray | None, opt
     item_tower = ServingTower(item_schema, trained.item_weights, "item_tower")
     # Served vectors come from the exported towers themselves, so the id signature and the
     # feature signature agree exactly for a known id sent with its stored features.
-    user_vectors = embed(user_tower, user_schema.raw_inputs(users.ids, dataset.user_features))
-    item_vectors = embed(item_tower, item_schema.raw_inputs(items.ids, dataset.item_features))
+    user_raw = user_schema.raw_inputs(users.ids, dataset.user_features)
+    item_raw = item_schema.raw_inputs(items.ids, dataset.item_features)
+    user_vectors, item_vectors = embed(user_tower, user_raw), embed(item_tower, item_raw)
+    exported = ExportedTowers({"user": user_tower, "item": item_tower},
+                              {"user": {k: v[:WARMUP_ROWS] for k, v in user_raw.items()},
+                               "item": {k: v[:WARMUP_ROWS] for k, v in item_raw.items()}})
     quality.update({"train_seconds": time.perf_counter() - started, "final_loss": trained.final_loss,
                     "config": asdict(cfg), "refit": opts.refit, "towers": "features",
                     "schema": {"user": user_schema.to_dict(), "item": item_schema.to_dict()}})
@@ -115,7 +136,7 @@ def train_and_evaluate(dataset, keep: np.ndarray, stamps: np.ndarray | None, opt
     counts = {"catalogue_users": len(users.ids), "catalogue_items": n_items,
               "items_without_interactions": int((~interacted).sum()),
               "users_without_interactions": int((np.bincount(users.rows, minlength=len(users.ids)) == 0).sum())}
-    return FeatureModel(users, items, user_vectors, item_vectors, {"user": user_tower, "item": item_tower}, quality, counts)
+    return FeatureModel(users, items, user_vectors, item_vectors, exported, quality, counts)
 
 
 def _describe(table: FeatureTable | None) -> str:

@@ -19,12 +19,15 @@ from model_builder.features import OOV, VALUE_SUFFIX, TowerSchema
 class FeatureTower(keras.layers.Layer):
     """Entity row numbers -> unit vectors, from the entities' encoded features."""
 
-    def __init__(self, schema: TowerSchema, inputs: dict[str, np.ndarray], cfg, id_dropout: float, **kwargs) -> None:
+    def __init__(self, schema: TowerSchema, inputs: dict[str, np.ndarray], cfg, id_dropout, **kwargs) -> None:
         super().__init__(**kwargs)
         self.schema = schema
         # Encoded features of every entity, kept as constants: a batch gathers its rows.
         self.table = {k: keras.ops.convert_to_tensor(v) for k, v in inputs.items()}
-        self.id_dropout = float(id_dropout)
+        # Per entity row: the chance a training row hides that entity's id (a number = the same for all).
+        count = len(next(iter(inputs.values())))
+        self.drop_probability = keras.ops.convert_to_tensor(np.broadcast_to(np.asarray(id_dropout, np.float32), (count,)).copy())
+        self.any_dropout = bool(np.any(np.asarray(id_dropout) > 0))
         self.seed_generator = keras.random.SeedGenerator(cfg.seed)
         id_dim = (cfg.layer_sizes()[:1] or [cfg.embedding_dim])[0]
         self.embeddings = [
@@ -37,11 +40,11 @@ class FeatureTower(keras.layers.Layer):
 
     def call(self, rows, training=None):  # noqa: D102 (Keras contract)
         inputs = {k: keras.ops.take(v, rows, axis=0) for k, v in self.table.items()}
-        if training and self.id_dropout > 0:
+        if training and self.any_dropout:
             # Id dropout: the out-of-vocabulary row is what a new user/item gets at serving time;
             # without this it would never be trained and cold-start vectors would be noise.
             name = self.schema.id_name
-            drop = keras.random.uniform(keras.ops.shape(rows), seed=self.seed_generator) < self.id_dropout
+            drop = keras.random.uniform(keras.ops.shape(rows), seed=self.seed_generator) < keras.ops.take(self.drop_probability, rows)
             inputs[name] = keras.ops.where(drop, keras.ops.zeros_like(inputs[name]) + OOV, inputs[name])
         return self.embed(inputs)
 

@@ -102,8 +102,8 @@ class Prepared:
     titles: dict
     # Candidate ids, most positives in the training data first (None for imported embeddings).
     popular_ids: np.ndarray | None = None
-    # Feature builds: the exported plain-TF towers ({"user": ..., "item": ...}, feature_tower.ServingTower).
-    towers: dict | None = None
+    # Feature builds: the plain-TF towers for search_by_features (feature_build.ExportedTowers).
+    feature_towers: object | None = None
 
     def as_item_to_item(self) -> Prepared:
         """The same towers served item -> similar items (queries are the candidates)."""
@@ -184,7 +184,7 @@ def _prepare_features(cfg: BuildConfig, train_cfg: TrainConfig, dataset, keep: n
     popularity = np.bincount(model.items.rows, minlength=len(model.items.ids))
     # Stable sort, as in prepare_trained: the fallback list is reproducible.
     popular_ids = model.items.ids[np.argsort(-popularity, kind="stable")]
-    return Prepared(catalogue, data_info, model.quality, dataset.titles, popular_ids, model.towers)
+    return Prepared(catalogue, data_info, model.quality, dataset.titles, popular_ids, model.exported)
 
 
 def prepare_imported(cfg: BuildConfig, log: Log) -> Prepared:
@@ -253,6 +253,16 @@ def _fallback_ids(cfg: BuildConfig, prepared: Prepared) -> np.ndarray | None:
     return prepared.popular_ids[:cfg.k]
 
 
+def _features_info(cfg: BuildConfig, exported) -> dict | None:
+    """build_info.json["serving"]["features"]: the feature signature's inputs (clients check against it)."""
+    if exported is None:
+        return None
+    from model_builder.serving_module import FEATURES_SIGNATURE
+
+    return {"signature": FEATURES_SIGNATURE, "tower": cfg.query, "inputs": exported.signature_inputs(cfg.query),
+            "multi_separator": "|"}
+
+
 @dataclass(frozen=True)
 class BuildResult:
     """Where the verified version went and what it contains."""
@@ -288,7 +298,8 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
                              leaves_to_search=tuning.leaves_to_search if tuning else None,
                              pre_reorder_num_neighbors=tuning.reorder if tuning else None,
                              unknown_ids=cfg.unknown_ids, fallback_ids=fallback_ids)
-    module = RetrievalModule(catalogue, resolved, searcher, options)
+    exported = prepared.feature_towers
+    module = RetrievalModule(catalogue, resolved, searcher, options, exported.towers[cfg.query] if exported else None)
     info = {
         "model_name": cfg.model_name,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -301,6 +312,7 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
         "serving": {"k": cfg.k, "query": cfg.query, "items_are_queries": catalogue.items_are_queries,
                     "max_batch_size": cfg.max_batch_size, "dimensions": int(vectors.shape[1]),
                     "unknown_ids": cfg.unknown_ids,
+                    "features": _features_info(cfg, exported),
                     "fallback_ids": None if fallback_ids is None else fallback_ids.tolist(),
                     "query_id_dtype": "int64" if catalogue.query_ids.dtype == np.int64 else "string",
                     "candidate_id_dtype": "int64" if catalogue.candidate_ids.dtype == np.int64 else "string"},
@@ -310,7 +322,10 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
     def write(tmp: Path, version: int) -> None:
         log(f"export: writing version {version} into {tmp.parent}")
         export.save_module(module, module.signatures(), tmp)
-        warmup.write(tmp, warmup.warmup_logs(cfg.model_name, catalogue.query_ids, catalogue.vectors_of_queries(), cfg.max_batch_size))
+        logs = warmup.warmup_logs(cfg.model_name, catalogue.query_ids, catalogue.vectors_of_queries(), cfg.max_batch_size)
+        if exported:
+            logs += warmup.feature_logs(cfg.model_name, exported.examples[cfg.query], cfg.max_batch_size)
+        warmup.write(tmp, logs[:warmup.MAX_RECORDS])
         export.write_build_info(tmp, {**info, "version": version})
 
     def check(tmp: Path) -> None:

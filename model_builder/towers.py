@@ -36,7 +36,7 @@ class TrainConfig:
     logq_weight: float = field(default=1.5, metadata={"help": "weight of the logQ (item frequency) correction of in-batch negatives; 1 is the textbook value. Higher ranks popular items higher: on MovieLens 100K feature towers 1.5 vs 1 raised warm and new users' hit-rate@10 and cut how many new items reach a top-100 (model_builder/README.md)"})
     seed: int = field(default=0, metadata={"help": "seed for initialization and shuffling (reproducible builds)"})
     feature_dim: int = field(default=16, metadata={"help": "embedding size of each side feature (feature towers); larger = more capacity per feature"})
-    item_id_min_count: int = field(default=5, metadata={"help": "feature towers: items with fewer training interactions share the unknown-item row, which so learns what a new item looks like"})
+    item_id_dropout_rows: int = field(default=5, metadata={"help": "feature towers: training rows per item and epoch whose item id is hidden, so the unknown-item row learns what a typical item (and so a new one) looks like; items with no more interactions than this are served from their features"})
     feature_min_count: int = field(default=2, metadata={"help": "feature towers: a feature value seen on fewer training users/items maps to the unknown row (which so learns what rare values look like)"})
     id_dropout: float = field(default=0.2, metadata={"help": "feature towers: share of training rows whose user id is replaced by the unknown id, so new users are embedded from their features; 0.5 was worse for new and known users alike on MovieLens 100K"})
 
@@ -60,8 +60,8 @@ class TrainConfig:
             raise ConfigError("--embedding-dim must be at least 2")
         if not 0 < self.temperature <= 10:
             raise ConfigError("--temperature must be in (0, 10]")
-        if min(self.feature_dim, self.feature_min_count, self.item_id_min_count) < 1:
-            raise ConfigError("--feature-dim, --feature-min-count and --item-id-min-count must be at least 1")
+        if min(self.feature_dim, self.feature_min_count) < 1 or self.item_id_dropout_rows < 0:
+            raise ConfigError("--feature-dim and --feature-min-count must be at least 1, --item-id-dropout-rows at least 0")
         if not 0 <= self.logq_weight <= 5:
             raise ConfigError("--logq-weight must be in [0, 5]")
         if not 0 <= self.id_dropout < 1:
@@ -176,16 +176,31 @@ def train_features(users: np.ndarray, items: np.ndarray, user_inputs: dict[str, 
     from model_builder.feature_keras import FeatureTower
 
     num_users, num_items = _rows(user_inputs), _rows(item_inputs)
-    # Id dropout on the user side only: a dropped item id would teach the unknown-item row the
-    # popularity of a typical *interaction* (logQ is subtracted per real item), and every new
-    # item would then outrank the catalogue for new users (measured). Items learn their unknown
-    # row from rarely seen items instead (TrainConfig.item_id_min_count).
+    item_drop = item_id_dropout(np.bincount(items, minlength=num_items), cfg.item_id_dropout_rows)
     model, loss = _fit(lambda: (FeatureTower(user_schema, user_inputs, cfg, cfg.id_dropout, name="user_tower"),
-                                FeatureTower(item_schema, item_inputs, cfg, 0.0, name="item_tower")),
+                                FeatureTower(item_schema, item_inputs, cfg, item_drop, name="item_tower")),
                        users, items, num_items, cfg, verbose)
     return TrainedFeatureTowers(_embed_all(model.user_tower, num_users), _embed_all(model.item_tower, num_items), loss,
                                 model.user_tower.export_weights(), model.item_tower.export_weights(),
                                 (model.user_tower, model.item_tower))
+
+
+def item_id_dropout(counts: np.ndarray, rows: int) -> np.ndarray:
+    """Per item, the chance a training row hides its id: about `rows` hidden rows per item and epoch.
+
+    Users drop ids uniformly (a new user is like a typical user). Items must not: uniform dropout
+    teaches the unknown-item row the popularity of a typical *interaction*, i.e. of a hit, and
+    every new item then topped every new user's list (measured on MovieLens 100K). Hiding about
+    the same number of rows of every item makes the unknown row a typical *catalogue* item. Items
+    with `rows` interactions or fewer are always hidden; item_vocabulary_min_count() keeps them
+    out of the vocabulary, so they are served from their features like new items.
+    """
+    return np.minimum(1.0, rows / np.maximum(counts, 1)).astype(np.float32) if rows > 0 else np.zeros(len(counts), np.float32)
+
+
+def item_vocabulary_min_count(rows: int) -> int:
+    """Training interactions an item needs for an id row of its own (see item_id_dropout)."""
+    return rows + 1
 
 
 def _rows(inputs: dict[str, np.ndarray]) -> int:
