@@ -33,7 +33,7 @@ def moto(tmp_path):
 @pytest.fixture
 def registry(tmp_path):
     if not Path(REGISTRY_BINARY).exists():
-        pytest.fail(f"{REGISTRY_BINARY} missing: docker/engine.sh ensure installs Debian's docker-registry")
+        pytest.fail(f"{REGISTRY_BINARY} missing: scripts/engine.sh ensure installs Debian's docker-registry")
     port = free_port()
     config = tmp_path / "registry.yml"
     config.write_text(
@@ -94,6 +94,6 @@ def test_make_push_creates_the_repository_and_pushes(docker_client, python_stand
 
 def test_push_without_region_fails_in_one_line(moto, tmp_path):
     env = aws_env(moto, ECR_REPOSITORY="x", AWS_ACCOUNT_ID=ACCOUNT, BUILD_DIR=str(tmp_path))
-    proc = subprocess.run([str(REPO / "docker/push-ecr.sh")], env=env, capture_output=True, text=True)
+    proc = subprocess.run([str(REPO / "scripts/push-ecr.sh")], env=env, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "AWS_REGION is not set" in proc.stderr

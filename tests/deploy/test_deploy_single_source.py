@@ -84,14 +84,12 @@ def test_ports_in_images_and_scripts(versions):
 
 
 @pytest.mark.tools
-def test_k8s_ports_and_model_name(rendered, versions):
+def test_k8s_ports(rendered, versions):
     for overlay, objects in rendered.items():
         (deployment,) = by_kind(objects, "Deployment")
         (c,) = deployment["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: str(p["containerPort"]) for p in c["ports"]}
         assert ports == {"grpc": versions["GRPC_PORT"], "http": versions["REST_PORT"]}, overlay
-        env = {e["name"]: e.get("value") for e in c["env"]}
-        assert env["MODEL_NAME"] == versions["MODEL_NAME"], overlay
         for service in by_kind(objects, "Service"):
             for port in service["spec"]["ports"]:
                 assert str(port["port"]) == ports[port["name"]], (overlay, service["metadata"]["name"])
@@ -107,7 +105,7 @@ def test_makefile_takes_versions_from_versions_env(versions):
 
 
 def test_scripts_take_versions_from_versions_env(versions):
-    scripts = [p for p in (REPO / "docker").rglob("*.sh")]
+    scripts = [*(REPO / "docker").rglob("*.sh"), *(REPO / "scripts").glob("*.sh")]
     assert scripts
     for script in scripts:
         # Comments may name versions as examples; code may not.
