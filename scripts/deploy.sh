@@ -102,8 +102,9 @@ fi
 find_record() { # REF: a build or push record naming REF
   local f
   for f in "$BUILD_DIR"/pushed/*.json "$BUILD_DIR"/images/*.json; do
-    [[ -f "$f" && "$(record_field "$f" image)" == "$1" ]] && { echo "$f"; return; }
+    [[ -f "$f" && "$(record_field "$f" image)" == "$1" ]] && { echo "$f"; return 0; }
   done
+  return 0
 }
 record=""
 if [[ -n "${IMAGE:-}" ]]; then

@@ -131,3 +131,18 @@ def test_build_lock_pins_match_versions_env(versions):
         assert pins["tensorflow"] == versions["TF_VERSION"], lock
         assert pins["scann"] == versions["SCANN_VERSION"], lock
         assert pins["tensorflow-serving-api"] == versions["TF_SERVING_API_VERSION"], lock
+
+
+def test_source_build_has_a_serving_patch_for_its_tf_serving_version():
+    """docker/tf-serving-scann applies serving-<TF_SERVING_VERSION>.patch (verified against the tag by
+    `git apply --check`, docker/tf-serving-scann/README.md); it must exist and touch exactly the two
+    files, adding ScaNN's ops and its repository."""
+    folder = REPO / "docker/tf-serving-scann"
+    version = arg_defaults(folder / "Dockerfile")["TF_SERVING_VERSION"]
+    patch = (folder / f"serving-{version}.patch").read_text()
+    assert re.findall(r"^\+\+\+ b/(\S+)", patch, re.M) == ["tensorflow_serving/model_servers/BUILD",
+                                                            "tensorflow_serving/workspace.bzl"]
+    added = "\n".join(line for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++"))
+    assert '"@com_google_scann//scann/scann_ops/cc:scann_ops_static"' in added
+    assert 'name = "com_google_scann"' in added
+    assert version in (folder / "README.md").read_text()
