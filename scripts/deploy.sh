@@ -239,7 +239,7 @@ done
   echo "  - model"
   for component in ${COMPONENTS:-}; do
     [[ -f "$REPO/k8s/components/$component/kustomization.yaml" ]] \
-      || die_usage "COMPONENTS: no component '$component' in k8s/components/ ($(ls "$REPO/k8s/components" | tr '\n' ' '))"
+      || die_usage "COMPONENTS: no component '$component' in k8s/components/ ($(find "$REPO/k8s/components" -mindepth 1 -maxdepth 1 -type d -printf '%f '))"
     [[ "$component" != monitoring ]] || die_usage "monitoring is namespace-wide: use MONITORING=1 (make deploy-monitoring)"
     echo "  - $(rel "$dir" "$REPO/k8s/components/$component")"
   done

@@ -16,8 +16,9 @@ if [[ -x "$target" ]]; then
   echo "$target"
   exit 0
 fi
-command -v apt-get >/dev/null 2>&1 && command -v dpkg-deb >/dev/null 2>&1 \
-  || die "promtool not found and no apt-get/dpkg-deb to fetch it: install Prometheus' promtool"
+if ! command -v apt-get >/dev/null 2>&1 || ! command -v dpkg-deb >/dev/null 2>&1; then
+  die "promtool not found and no apt-get/dpkg-deb to fetch it: install Prometheus' promtool"
+fi
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 echo "$SCRIPT: fetching promtool from Debian's prometheus package" >&2

@@ -101,7 +101,14 @@ def measure(version_dir: Path, python: Path | None = None, timeout_s: float = 36
     python = python or compat_python()
     if python is None:
         raise ConfigError("the serving-runtime stand-in env is missing: run `make compat-venv` (or set COMPAT_VENV)")
-    runs = warmup_runs(version_dir)
+    import tensorflow as tf
+    from google.protobuf.message import DecodeError
+
+    try:
+        runs = warmup_runs(version_dir)
+    except (DecodeError, ValueError, KeyError, OSError, tf.errors.OpError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CompatError(f"{version_dir}: cannot read its SavedModel signatures or warmup file: {reason}") from None
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     proc = subprocess.run([str(python), str(Path(__file__).resolve()), PROBE_FLAG, str(version_dir)],
@@ -140,7 +147,8 @@ def record(version_dir: Path, log=print) -> dict | None:
     report = measure(version_dir, python)
     _write_memory(version_dir, report)
     log(f"memory: peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB loading + warming in {report['runtime']} "
-        f"(runtime alone {report['baseline_rss_bytes'] / 2**20:.0f} MiB, files {report['model_bytes'] / 2**20:.1f} MiB)")
+        f"(runtime alone {report['baseline_rss_bytes'] / 2**20:.0f} MiB, "
+        f"files {report['model_bytes'] / 2**20:.1f} MiB)")
     return report
 
 

@@ -130,4 +130,5 @@ def write_push_record(build_dir: Path, model: str, *, version: str = "1", peak_b
 def run_deploy(build_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     """scripts/deploy.sh with the pinned tools and a private BUILD_DIR."""
     return subprocess.run([str(REPO / "scripts" / "deploy.sh"), *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=300, env=dict(os.environ, TOOLS_VENV=str(tools_venv()), BUILD_DIR=str(build_dir), **env))
+                          timeout=300,
+                          env=dict(os.environ, TOOLS_VENV=str(tools_venv()), BUILD_DIR=str(build_dir), **env))

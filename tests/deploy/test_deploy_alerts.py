@@ -49,10 +49,12 @@ def input_series() -> list[dict]:
     series += [
         {"series": f'kube_deployment_status_replicas_unavailable{{namespace="{NS}",deployment="scann-model-serving"}}',
          "values": "1x30"},
-        {"series": f'kube_deployment_status_replicas_unavailable{{namespace="{NS}",deployment="scann-model-items-serving"}}',
+        {"series": f'kube_deployment_status_replicas_unavailable{{namespace="{NS}",'
+                   'deployment="scann-model-items-serving"}',
          "values": "0x30"},
         # Another team's Deployment in a namespace this PodMonitor does not scrape: no alert.
-        {"series": 'kube_deployment_status_replicas_unavailable{namespace="other",deployment="x-serving"}', "values": "3x30"},
+        {"series": 'kube_deployment_status_replicas_unavailable{namespace="other",deployment="x-serving"}',
+         "values": "3x30"},
         _series("up", {"pod": "scann-model-serving-abc"}, "1x30"),
     ]
     return series
@@ -92,7 +94,8 @@ def test_every_alert_fires_for_the_sick_model_only(promtool, tmp_path):
                             for name, alerts in EXPECTED.items()]}]}
     # promtool reads YAML; JSON is YAML, written through the tools venv's PyYAML for plain output.
     for name, content in (("rules.yaml", {"groups": groups}), ("tests.yaml", tests)):
-        subprocess.run([tool("python"), "-c", "import json, sys, yaml; yaml.safe_dump(json.load(sys.stdin), sys.stdout)"],
+        dump = "import json, sys, yaml; yaml.safe_dump(json.load(sys.stdin), sys.stdout)"
+        subprocess.run([tool("python"), "-c", dump],
                        input=json.dumps(content), stdout=(tmp_path / name).open("w"), check=True, text=True)
     proc = subprocess.run([promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr

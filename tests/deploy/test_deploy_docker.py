@@ -149,9 +149,11 @@ def test_serving_image_metadata(docker_client, built):
     assert (REPO / "k8s/base/config/monitoring_config.txt").read_text() in out
     assert (REPO / "k8s/base/config/batching_parameters.txt").read_text() in out
     # The image's build_info.json carries the measurement too.
-    code, out = run_in(docker_client, built.tag, ["-c", f"cat /models/{MODEL}/{built.version}/assets.extra/build_info.json"],
+    info_path = f"/models/{MODEL}/{built.version}/assets.extra/build_info.json"
+    code, out = run_in(docker_client, built.tag, ["-c", f"cat {info_path}"],
                        entrypoint=["bash"])
-    assert code == 0 and json.loads(out)["memory"]["peak_rss_bytes"] == int(labels["io.scann-serving.memory.peak-rss-bytes"])
+    peak = int(labels["io.scann-serving.memory.peak-rss-bytes"])
+    assert code == 0 and json.loads(out)["memory"]["peak_rss_bytes"] == peak
 
 
 @pytest.mark.tools

@@ -143,7 +143,8 @@ def test_deploy_renders_the_pushed_image_without_editing_files(tmp_path, overlay
     assert container(deployment)["image"] == image
     assert "app.kubernetes.io/version" not in deployment["spec"]["selector"]["matchLabels"]
     (namespace,) = by_kind(objects, "Namespace")
-    assert {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"} == {namespace["metadata"]["name"]}
+    namespaced = {o["metadata"].get("namespace") for o in objects if o["kind"] != "Namespace"}
+    assert namespaced == {namespace["metadata"]["name"]}
 
 
 def test_make_deploy_model_uses_that_models_push_record(tmp_path):
