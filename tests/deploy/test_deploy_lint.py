@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from deploy_helpers import REPO, tool, tools_venv
+from deploy_helpers import REPO, read_versions, tool, tools_venv
 
 pytestmark = pytest.mark.tools
 
@@ -51,6 +51,7 @@ def test_make_lint_passes():
     assert {"monitoring", "scale-on-load"} <= set(components)
     for overlay in ("dev", "prod"):
         renderings = [f"k8s/overlays/{overlay}", f"k8s/overlays/{overlay}/namespace+monitoring",
+                      f"k8s/overlays/{overlay}+model {read_versions()['MODEL_NAME']}",
                       *(f"k8s/overlays/{overlay}+{c}" for c in components if c != "monitoring")]
         for name in renderings:
             for check in ("kubernetes-validate --strict -k 1.33.0", "kubernetes-validate --strict -k 1.37.0",
