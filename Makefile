@@ -137,7 +137,7 @@ docker-engine: ## Make sure a Docker engine is reachable (installs docker.io/deb
 lint: tools-venv ## hadolint, kustomize + kubernetes-validate --strict, checkov, for every overlay and component.
 	scripts/lint.sh
 
-image: docker-engine ## Builder image -> verified model -> memory measured (needs venv, compat-venv) -> serving image <model>-v<version>-<gitsha>-<digest>.
+image: venv compat-venv docker-engine ## Builder image -> verified model -> memory measured in the compat env -> serving image <model>-v<version>-<gitsha>-<digest>.
 	MODEL=$(MODEL) DATASET=$(DATASET) BUILD_ARGS="$(BUILD_ARGS)" BUILDER_IMAGE=$(BUILDER_IMAGE) \
 	  SERVING_IMAGE=$(SERVING_IMAGE) USE_STANDINS=$(USE_STANDINS) MODEL_DIR=$(MODEL_DIR) docker/build-images.sh
 
