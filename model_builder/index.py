@@ -54,6 +54,27 @@ class IndexConfig:
     search_budget_factor: float = field(default=4.0, metadata={"help": "index search time budget as a multiple of the time the rule-of-thumb index took to build, tune and time (at least 20 s)"})
     search_budget_s: float | None = field(default=None, metadata={"help": "index search time budget in seconds (overrides --search-budget-factor)"})
 
+    def validate(self) -> None:
+        """Rejects flags that are wrong whatever the catalogue, before any work starts."""
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError(f"--algorithm '{self.algorithm}': choose one of {', '.join(ALGORITHMS)}")
+        if self.distance not in DISTANCES:
+            raise ConfigError(f"--distance '{self.distance}': choose one of {', '.join(DISTANCES)}")
+        if self.hash_type is not None and self.hash_type not in HASH_TYPES:
+            raise ConfigError(f"--hash-type '{self.hash_type}': choose lut16 or lut256")
+        if self.dimensions_per_block is not None and self.dimensions_per_block < 1:
+            raise ConfigError("--dimensions-per-block must be at least 1")
+        for name in ("num_leaves", "num_leaves_to_search", "training_sample_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.optimize not in OBJECTIVES:
+            raise ConfigError(f"--optimize '{self.optimize}': choose latency or throughput")
+        if self.throughput_batch_size < 1:
+            raise ConfigError("--throughput-batch-size must be at least 1")
+        if self.search_budget_factor <= 0 or (self.search_budget_s is not None and self.search_budget_s <= 0):
+            raise ConfigError("--search-budget-factor and --search-budget-s must be positive")
+
 
 @dataclass(frozen=True)
 class ResolvedIndex:
@@ -125,30 +146,13 @@ def resolve(cfg: IndexConfig, num_candidates: int, dimensions: int, k: int) -> R
 
 
 def _validate(cfg: IndexConfig, n: int, k: int) -> None:
-    if cfg.algorithm not in ALGORITHMS:
-        raise ConfigError(f"--algorithm '{cfg.algorithm}': choose one of {', '.join(ALGORITHMS)}")
-    if cfg.distance not in DISTANCES:
-        raise ConfigError(f"--distance '{cfg.distance}': choose one of {', '.join(DISTANCES)}")
+    cfg.validate()
     if k < 1:
         raise ConfigError("-k must be at least 1")
     if n < k:
         raise ConfigError(f"-k {k} exceeds the number of candidates ({n}); lower -k")
     if cfg.reorder_num_neighbors is not None and cfg.reorder_num_neighbors <= k:
         raise ConfigError(f"--reorder-num-neighbors {cfg.reorder_num_neighbors} must exceed k={k}: reordering only fixes the order of candidates it sees")
-    if cfg.hash_type is not None and cfg.hash_type not in HASH_TYPES:
-        raise ConfigError(f"--hash-type '{cfg.hash_type}': choose lut16 or lut256")
-    if cfg.dimensions_per_block is not None and cfg.dimensions_per_block < 1:
-        raise ConfigError("--dimensions-per-block must be at least 1")
-    if cfg.optimize not in OBJECTIVES:
-        raise ConfigError(f"--optimize '{cfg.optimize}': choose latency or throughput")
-    if cfg.throughput_batch_size < 1:
-        raise ConfigError("--throughput-batch-size must be at least 1")
-    if cfg.search_budget_factor <= 0 or (cfg.search_budget_s is not None and cfg.search_budget_s <= 0):
-        raise ConfigError("--search-budget-factor and --search-budget-s must be positive")
-    for name in ("num_leaves", "num_leaves_to_search", "training_sample_size"):
-        value = getattr(cfg, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
 
 
 def build_searcher(vectors: np.ndarray, index: ResolvedIndex, num_neighbors: int):

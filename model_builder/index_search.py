@@ -129,11 +129,12 @@ class _Finalists:
 def search(cfg: IndexConfig, rule: ResolvedIndex, vectors: np.ndarray, queries: np.ndarray, count: int,
            target: float, make_module: MakeModule, log: Callable[[str], None] = print) -> SearchResult:
     """Runs the search (see the module docstring); `count` results per query, `queries` held out."""
-    started = time.monotonic()
     goal = min(1.0, target + tune.MARGIN)
     batch = 1 if cfg.optimize == "latency" else cfg.throughput_batch_size
     queries = np.ascontiguousarray(queries, dtype=np.float32)
+    # Exact ground truth is needed whatever is searched: computed before the clock starts.
     kth = exact_kth_scores(queries, vectors, count, rule.distance)
+    started = time.monotonic()
     plan = index_space.candidates(cfg, rule) if cfg.index_search else [rule]
     unit = "per query" if batch == 1 else f"per query in calls of {batch}"
     log(f"index search: {len(plan)} structure(s), recall@{count} goal {goal:.3f} on {len(queries)} held-out queries, "
@@ -181,11 +182,13 @@ def _estimate(index: ResolvedIndex, done: list[Outcome]) -> float:
     rule = done[0]
     built = [o for o in done if o.build_s is not None]
     ref = max([o for o in built if o.index.algorithm == index.algorithm] or [rule], key=lambda o: o.build_s or 0.0)
+    # A build cannot be interrupted, so the estimate only ever scales up: fewer leaves or coarser codes
+    # saved little on Fashion-MNIST (122 leaves, 4 dims per block: 58 s against 57 s for 245 leaves, 2 dims).
     scale = 1.0
     if index.num_leaves and ref.index.num_leaves:
-        scale *= max(0.5, index.num_leaves / ref.index.num_leaves)  # k-means work grows with the leaves
+        scale *= max(1.0, index.num_leaves / ref.index.num_leaves)  # k-means work grows with the leaves
     if index.dimensions_per_block and ref.index.dimensions_per_block:
-        scale *= max(0.5, ref.index.dimensions_per_block / index.dimensions_per_block)  # more codebooks to train
+        scale *= max(1.0, ref.index.dimensions_per_block / index.dimensions_per_block)  # more codebooks to train
     if index.hash_type == "lut256" and ref.index.hash_type != "lut256":
         scale *= 4.0  # 256 centres per block instead of 16
     if index.algorithm == "brute_force":

@@ -159,7 +159,7 @@ def _tuning_queries(catalogue: Catalogue, count: int = 1000) -> np.ndarray:
     return vectors[picks]
 
 
-def _module_factory(cfg: BuildConfig, catalogue: Catalogue) -> index_search.MakeModule:
+def module_factory(cfg: BuildConfig, catalogue: Catalogue) -> index_search.MakeModule:
     """The serving module for an index and its search knobs: what gets exported, and what the index search times."""
     def make(resolved: index.ResolvedIndex, searcher, leaves_to_search: int | None, reorder: int | None) -> RetrievalModule:
         options = ServingOptions(k=cfg.k, max_batch_size=cfg.max_batch_size, num_examples=cfg.num_examples,
@@ -208,6 +208,7 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
     `prepared` skips data loading and training (the demo trains once and builds two models).
     """
     cfg.validate()
+    index_cfg.validate()
     started = time.perf_counter()
     if prepared is None:
         prepared = prepare_imported(cfg, log) if cfg.candidates else prepare_trained(cfg, train_cfg, log)
@@ -219,12 +220,12 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
     tuning = searched = None
     if cfg.tune and resolved.algorithm != "exact":
         searched = index_search.search(index_cfg, resolved, vectors, _tuning_queries(catalogue), cfg.k + extra,
-                                       cfg.target_recall, _module_factory(cfg, catalogue), log)
+                                       cfg.target_recall, module_factory(cfg, catalogue), log)
         resolved, searcher, index_seconds, tuning = searched.index, searched.searcher, searched.build_seconds, searched.tuning
     else:
         searcher, index_seconds = index.build_searcher(vectors, resolved, cfg.k + extra)
         log(f"index: built in {index_seconds:.1f} s")
-    module = _module_factory(cfg, catalogue)(resolved, searcher, tuning.leaves_to_search if tuning else None,
+    module = module_factory(cfg, catalogue)(resolved, searcher, tuning.leaves_to_search if tuning else None,
                                              tuning.reorder if tuning else None)
     info = {
         "model_name": cfg.model_name,
