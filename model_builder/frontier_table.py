@@ -11,12 +11,14 @@ def _rows(record: dict) -> list[tuple]:
     for structure in record.get("frontier", []):
         knobs = (structure["family"], structure.get("num_leaves") or "-", structure.get("dimensions_per_block") or "-",
                  structure.get("hash_type") or "-", "-" if structure.get("build_s") is None else f"{structure['build_s']:.1f}")
-        settings = structure.get("settings") or [{}]
+        # A structure with no setting reaching the goal shows the best recall it measured.
+        settings = structure.get("settings") or [{"best_recall": structure.get("best_recall")}]
         for setting in settings:
             cost, final = setting.get("cost_us_per_query"), setting.get("final_us_per_query")
+            recall = (f"{setting['recall']:.4f}" if setting.get("recall") is not None else
+                      f"best {setting['best_recall']:.4f}" if setting.get("best_recall") is not None else "-")
             rows.append(knobs + (
-                _dash(setting.get("leaves_to_search")), _dash(setting.get("reorder")),
-                "-" if setting.get("recall") is None else f"{setting['recall']:.4f}",
+                _dash(setting.get("leaves_to_search")), _dash(setting.get("reorder")), recall,
                 "-" if cost is None else f"{cost:.0f}", "-" if final is None else f"{final:.0f}",
                 structure["status"]))
     return rows

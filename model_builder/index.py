@@ -51,7 +51,7 @@ class IndexConfig:
     index_search: bool = field(default=True, metadata={"help": "with --tune: also try other index families and structures (brute force, AH 1/2/4 dims per block, tree + AH with leaves around sqrt(N), lut16/lut256) within the time budget and serve the fastest reaching --target-recall; off: only the rule of thumb's structure, its search knobs tuned"})
     optimize: str = field(default="latency", metadata={"help": "what 'fastest' means: latency (one query per call, how an online recommender calls) or throughput (cost per query in batches of --throughput-batch-size, what TF Serving's batcher executes)"})
     throughput_batch_size: int = field(default_factory=serving_batch.execution_batch_size, metadata={"help": "rows per call timed under --optimize throughput; default: max_execution_batch_size of k8s/base/config/batching_parameters.txt"})
-    search_budget_factor: float = field(default=4.0, metadata={"help": "index search time budget as a multiple of the time the rule-of-thumb index took to build, tune and time (at least 20 s)"})
+    search_budget_factor: float = field(default=4.0, metadata={"help": "index search time budget as a multiple of the time the rule-of-thumb index took to build, tune and time (at least 5 s)"})
     search_budget_s: float | None = field(default=None, metadata={"help": "index search time budget in seconds (overrides --search-budget-factor)"})
 
     def validate(self) -> None:

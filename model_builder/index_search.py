@@ -40,9 +40,9 @@ from model_builder.verify import exact_kth_scores
 
 GRAPH_TIMED_PER_STRUCTURE = 2
 FINALISTS = 3
-# Budgets shorter than this would stop small catalogues after the rule of thumb, although their
-# other structures build in a second or two.
-MIN_BUDGET_S = 20.0
+# A floor for small catalogues, whose rule of thumb takes about a second: enough for a few other
+# structures, little enough that every build (tests build dozens) stays quick.
+MIN_BUDGET_S = 5.0
 _PROXY_CALLS = 60
 _PROXY_MAX_S = 0.3
 TIMING_METHOD = ("serving graph (search_by_vector) exported to a temporary SavedModel, loaded with TF's C API "
@@ -157,7 +157,7 @@ def search(cfg: IndexConfig, rule: ResolvedIndex, vectors: np.ndarray, queries: 
             # The rule of thumb always runs to the end: it is the fallback, and it sets the budget.
             deadline = None if not outcomes or budget_s is None else started + budget_s
             outcome = _evaluate(index, vectors, queries, kth, count, goal, batch, make_module, deadline, log, label,
-                                workdir / str(number), finalists)
+                                workdir / str(number), finalists, alone=len(plan) == 1 and index.algorithm == "brute_force")
             outcomes.append(outcome)
             if budget_s is None:
                 budget_s = max(MIN_BUDGET_S, cfg.search_budget_factor * (time.monotonic() - started))
@@ -217,7 +217,7 @@ def _final_round(finalists: _Finalists, queries: np.ndarray, batch: int, log) ->
 
 def _evaluate(index: ResolvedIndex, vectors: np.ndarray, queries: np.ndarray, kth: np.ndarray, count: int, goal: float,
               batch: int, make_module: MakeModule, deadline: float | None, log, label: str, folder: Path,
-              finalists: _Finalists) -> Outcome:
+              finalists: _Finalists, alone: bool = False) -> Outcome:
     """Build, recall sweep, proxy ranking, serving-graph timing of one structure."""
     started = time.monotonic()
     outcome = Outcome(index)
@@ -229,6 +229,10 @@ def _evaluate(index: ResolvedIndex, vectors: np.ndarray, queries: np.ndarray, kt
         + ("" if sweep.complete else "; sweep stopped at the deadline"))
     if not sweep.frontier:
         outcome.status = "no setting reached the recall goal" + ("" if sweep.complete else " before the deadline")
+        outcome.seconds = time.monotonic() - started
+        return outcome
+    if alone:
+        outcome.status = "the only structure: reaches the goal, nothing to compare its cost with"
         outcome.seconds = time.monotonic() - started
         return outcome
     proxy = _proxy_us(searcher, list(sweep.frontier), queries, count, batch)
@@ -284,6 +288,9 @@ def _result(cfg: IndexConfig, outcomes: list[Outcome], winner: _Timed | None, ta
         chosen, setting = winner.outcome, winner.setting
         why = "cheapest through the serving graph among settings reaching the goal" + (
             " (final round, side by side)" if "final_us_per_query" in setting else "")
+    elif rule.sweep is not None and rule.sweep.frontier and len(outcomes) == 1:
+        chosen, setting = rule, {**_point(rule.sweep.frontier[0]), "cost_us_per_query": None}
+        why = "the only structure considered (exact brute force below --brute-force-below, or --no-index-search on brute force)"
     else:
         assert rule.sweep is not None
         fallback = rule.sweep.best_recall()

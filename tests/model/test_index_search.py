@@ -14,6 +14,7 @@ import pytest
 import support
 from model_builder import index, index_search, index_space, serving_batch, tune
 from model_builder.data.synthetic import clustered_embeddings
+from model_builder.errors import ConfigError
 from model_builder.export import read_build_info
 from model_builder.pipeline import BuildConfig, module_factory
 from model_builder.serving_module import Catalogue
@@ -28,7 +29,7 @@ def _keys(structures):
 
 @pytest.mark.parametrize(("n", "dim"), [(1_000_000, 64), (60_000, 784), (30_000, 32), (5_000, 16)])
 def test_candidates_start_with_the_rule_of_thumb_and_cover_every_family(n, dim):
-    cfg = index.IndexConfig()
+    cfg = index.IndexConfig(brute_force_below=1_000)
     rule = index.resolve(cfg, n, dim, COUNT)
     plan = index_space.candidates(cfg, rule)
     assert _keys(plan)[0] == index_space.structure_key(rule)
@@ -40,6 +41,14 @@ def test_candidates_start_with_the_rule_of_thumb_and_cover_every_family(n, dim):
     assert {(s.dimensions_per_block, s.hash_type) for s in plan if s.hash_type == "lut256"} == {(4, "lut256")}
     if n >= 100_000:  # full scans last where their cost grows with N
         assert [s.algorithm for s in plan][-1] == "brute_force"
+
+
+def test_small_catalogues_keep_exact_scoring_unless_asked():
+    cfg = index.IndexConfig()
+    rule = index.resolve(cfg, 5_000, 16, COUNT)
+    assert _keys(index_space.candidates(cfg, rule)) == [("brute_force", None, None, None)]
+    cfg = index.IndexConfig(algorithm="tree_ah")
+    assert {s.algorithm for s in index_space.candidates(cfg, index.resolve(cfg, 5_000, 16, COUNT))} == {"tree_ah"}
 
 
 def test_flags_the_user_set_pin_the_structure():
@@ -92,11 +101,11 @@ def test_sweep_keeps_only_settings_that_reach_the_goal(small):
 
 def test_search_times_only_gated_settings_and_records_the_frontier(small):
     # Five structures (codes pinned): brute force, AH, tree at three leaf counts.
-    cfg = index.IndexConfig(dimensions_per_block=2, hash_type="lut16", search_budget_s=600)
+    cfg = index.IndexConfig(dimensions_per_block=2, hash_type="lut16", brute_force_below=500, search_budget_s=600)
     result, lines = _search(small, cfg)
     record = result.record
     frontier = record["frontier"]
-    assert [(r["family"], r["num_leaves"]) for r in frontier][0] == ("brute_force", None), "the rule of thumb first"
+    assert [(r["family"], r["num_leaves"]) for r in frontier][0] == ("ah", None), "the rule of thumb first"
     assert len(frontier) == 5 and all(r["status"] == "timed" for r in frontier), frontier
     goal = record["goal"]
     timed = [s for r in frontier for s in r["settings"] if s["cost_us_per_query"] is not None]
@@ -116,11 +125,11 @@ def test_search_times_only_gated_settings_and_records_the_frontier(small):
 
 
 def test_budget_stops_the_search_after_the_rule_of_thumb(small):
-    result, lines = _search(small, index.IndexConfig(search_budget_s=0.001))
+    result, lines = _search(small, index.IndexConfig(brute_force_below=500, search_budget_s=0.001))
     frontier = result.record["frontier"]
     assert frontier[0]["status"] == "timed"  # the rule always runs: it sets the budget and is the fallback
     assert frontier[1:] and all(r["status"].startswith("skipped") for r in frontier[1:])
-    assert result.index.algorithm == "brute_force" and result.record["chosen"]["family"] == "brute_force"
+    assert result.index.algorithm == "ah" and result.record["chosen"]["family"] == "ah"
     assert sum("skipped" in line for line in lines) == len(frontier) - 1
 
 
@@ -131,6 +140,14 @@ def test_throughput_objective_times_calls_of_the_batch_size(small):
     assert result.record["objective"] == "throughput" and result.record["batch"] == 4
     timed = [s for r in result.record["frontier"] for s in r["settings"] if s["cost_us_per_query"] is not None]
     assert timed and all(s["graph"]["batch"] == 4 for s in timed)
+
+
+def test_below_the_brute_force_threshold_exact_scoring_is_kept_untimed(small):
+    result, lines = _search(small, index.IndexConfig())
+    (only,) = result.record["frontier"]
+    assert only["family"] == "brute_force" and only["best_recall"] == 1.0 and only["status"].startswith("the only")
+    assert result.record["chosen"]["cost_us_per_query"] is None and "only structure" in result.record["chosen"]["why"]
+    assert result.index.algorithm == "brute_force" and not any("final round" in line for line in lines)
 
 
 def test_nothing_reaches_the_goal_falls_back_to_the_rule_of_thumb():
@@ -156,7 +173,7 @@ def test_build_records_the_search_and_inspect_prints_it(tmp_path):
     path = tmp_path / "items.npz"
     np.savez(path, ids=np.arange(len(vectors), dtype=np.int64) + 7, vectors=vectors)
     version = support.build(tmp_path / "models", "--candidates", str(path), "--query", "item", "--verify-queries", "200",
-                            "--search-budget-s", "5", "--optimize", "latency")
+                            "--brute-force-below", "1000", "--search-budget-s", "5", "--optimize", "latency")
     info = read_build_info(version)
     search = info["index_search"]
     assert search["objective"] == "latency" and search["frontier"] and info["verification"]["passed"]
@@ -169,11 +186,19 @@ def test_build_records_the_search_and_inspect_prints_it(tmp_path):
     assert json.loads(support.run_cli("inspect", str(version), check=True).stdout)["index_search"] == search
 
 
-@pytest.mark.parametrize(("flag", "value", "message"), [
-    ("--optimize", "speed", "--optimize 'speed'"),
-    ("--throughput-batch-size", "0", "--throughput-batch-size"),
-    ("--search-budget-factor", "0", "--search-budget-factor"),
+@pytest.mark.parametrize(("cfg", "message"), [
+    (index.IndexConfig(optimize="speed"), "--optimize 'speed'"),
+    (index.IndexConfig(throughput_batch_size=0), "--throughput-batch-size"),
+    (index.IndexConfig(search_budget_factor=0), "--search-budget-factor"),
+    (index.IndexConfig(search_budget_s=-1.0), "--search-budget-s"),
+    (index.IndexConfig(hash_type="lut8"), "--hash-type 'lut8'"),
 ])
-def test_bad_search_flags_exit_2_with_the_flag(tmp_path, flag, value, message):
-    proc = support.run_cli("build", "--dataset", "synthetic", "--out", str(tmp_path), flag, value)
-    assert proc.returncode == 2 and message in proc.stderr
+def test_bad_search_flags_are_named(cfg, message):
+    with pytest.raises(ConfigError, match=message):
+        cfg.validate()
+
+
+def test_bad_search_flag_exits_2_before_any_work(tmp_path):
+    proc = support.run_cli("build", "--dataset", "synthetic", "--out", str(tmp_path), "--optimize", "speed")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("error: --optimize 'speed'")
+    assert "data:" not in proc.stdout  # rejected before loading or training anything
