@@ -51,6 +51,13 @@ def recall_qps_png(result: dict, path: Path) -> Path:
             ax.scatter([served["recall_at_10"]], [qps], marker=marker, s=140, color=colour, label=label, zorder=5,
                        edgecolors="white", linewidths=0.8)
             recalls.append(served["recall_at_10"])
+            graph = served.get("graph") or {}
+            graph_qps = (1e3 / graph["p50_ms_1"] if served_key == "latency_1" and graph.get("p50_ms_1")
+                         else graph.get("qps_64") if served_key == "throughput_64" else None)
+            if graph_qps:  # the same model through TF's C API: without the Python session harness
+                ax.scatter([served["recall_at_10"]], [graph_qps], marker=marker, s=140, facecolors="none",
+                           edgecolors=colour, linewidths=1.5, zorder=5,
+                           label=f"{SERVED_STYLE[name][0]}, via TF's C API (what TF Serving pays)")
         for name, peer in result.get("faiss", {}).items():
             # Per query: the setting matched to the latency-tuned model; per batch: the one matched to the
             # throughput-tuned model (runs before it kept one setting for both).

@@ -49,20 +49,29 @@ def side_by_side(served: dict, peers: dict) -> list[dict]:
     batch_name, batch_model = _batch_model(served)
     for kind, peer in peers.items():
         if "latency_1" in tuned and "latency_1" in peer:
+            graph = tuned.get("graph", {}).get("p50_ms_1")
             rows.append({"mode": "per_query", "peer": kind, "served": "tuned", "served_recall": tuned["recall_at_10"],
                          "peer_recall": peer["recall_at_10"], "peer_params": peer.get("params_text"),
-                         "served_value": tuned["latency_1"]["p50_ms"], "peer_value": peer["latency_1"]["p50_ms"],
-                         "unit": "p50 ms", "equal_recall": bool(peer.get("matched")),
-                         "speedup": _ratio(peer["latency_1"]["p50_ms"], tuned["latency_1"]["p50_ms"])})
+                         "served_value": tuned["latency_1"]["p50_ms"], "served_graph_value": graph,
+                         "peer_value": peer["latency_1"]["p50_ms"], "unit": "p50 ms",
+                         "equal_recall": bool(peer.get("matched")),
+                         "speedup": _ratio(peer["latency_1"]["p50_ms"], tuned["latency_1"]["p50_ms"]),
+                         "speedup_graph": _ratio(peer["latency_1"]["p50_ms"], graph)})
         matched = peer.get("batch_matched")
         if "throughput_64" in batch_model and matched:
+            graph = batch_model.get("graph", {}).get("qps_64")
             rows.append({"mode": "batch64", "peer": kind, "served": batch_name, "served_recall": batch_model["recall_at_10"],
                          "peer_recall": matched["recall_at_10"], "peer_params": matched["params_text"],
-                         "served_value": batch_model["throughput_64"]["qps"], "peer_value": matched["throughput_64"]["qps"],
-                         "unit": "QPS", "equal_recall": bool(matched.get("matched")),
-                         "speedup": _ratio(batch_model["throughput_64"]["qps"], matched["throughput_64"]["qps"])})
+                         "served_value": batch_model["throughput_64"]["qps"], "served_graph_value": graph,
+                         "peer_value": matched["throughput_64"]["qps"], "unit": "QPS",
+                         "equal_recall": bool(matched.get("matched")),
+                         "speedup": _ratio(batch_model["throughput_64"]["qps"], matched["throughput_64"]["qps"]),
+                         "speedup_graph": _ratio(graph, matched["throughput_64"]["qps"])})
     for row in rows:
-        row["served_faster"] = bool(row["speedup"] and row["speedup"] >= 1.0)
+        # What production pays is the graph without the Python session harness (TF Serving runs it from C++);
+        # runs without that figure are judged on the harness figure.
+        deciding = row["speedup_graph"] if row["speedup_graph"] is not None else row["speedup"]
+        row["served_faster"] = bool(deciding and deciding >= 1.0)
     return rows
 
 
@@ -169,17 +178,20 @@ def _side_by_side_section(results: dict) -> list[str]:
     lines = ["## Served model vs Faiss at equal recall (in-process)", "",
              "Per query: the default build (`--optimize latency`), p50 of one query per call. Per batch: the "
              "`--optimize throughput` build, QPS in batches of 64. Faiss: its fastest sweep setting whose recall "
-             "reaches ours.", "",
-             "| dataset | mode | served recall | Faiss | Faiss setting | Faiss recall | served | Faiss | served faster |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "reaches ours. Served figures twice: through TF's C API (`TF_SessionRun`, what TF Serving's C++ "
+             "Session::Run pays; the verdict uses it) and through the Python TF1 session (what our local server "
+             "pays: ~0.2 ms more per call).", "",
+             "| dataset | mode | served recall | Faiss | Faiss setting | Faiss recall | served (C API) | served (Python) | "
+             "Faiss | served faster |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         for row in side_by_side(r.get("served", {}), r.get("faiss", {})):
-            verdict = f"{'yes' if row['served_faster'] else '**no**'} ({_fmt(row['speedup'])}x)"
+            verdict = (f"{'yes' if row['served_faster'] else '**no**'} ({_fmt(row['speedup_graph'])}x C API, "
+                       f"{_fmt(row['speedup'])}x Python)")
             if not row["equal_recall"]:
                 verdict += ", Faiss never reached our recall"
             lines.append(f"| {name} | {row['mode']} | {row['served_recall']:.4f} | {row['peer']} | {row['peer_params']} | "
-                         f"{row['peer_recall']:.4f} | {_fmt(row['served_value'], 3)} {row['unit']} | "
-                         f"{_fmt(row['peer_value'], 3)} {row['unit']} | {verdict} |")
+                         f"{row['peer_recall']:.4f} | {_fmt(row['served_graph_value'], 3)} {row['unit']} | "
+                         f"{_fmt(row['served_value'], 3)} {row['unit']} | {_fmt(row['peer_value'], 3)} {row['unit']} | {verdict} |")
     return lines + [""]
 
 

@@ -98,11 +98,32 @@ def run_savedmodel(args) -> dict:
 
     test, kth, _ = _load_test(args.test)
     out.update(_measure(search, [search], test, kth, args.candidates, args))
+    out["graph"] = _graph_figures(args.version_dir, test, args)
     if args.batch_sizes:
         out["batch_curve"] = timing.batch_curve(search, test, [int(b) for b in args.batch_sizes.split(",")], args.sweep_max_s)
     if args.sweep:
         out["scann_sweep"] = _scann_sweep(args, test, kth)
     return out
+
+
+def _graph_figures(version_dir: Path, test: np.ndarray, args) -> dict:
+    """The same signature without the Python session harness: TF's C-API loader and a TF_SessionRun loop
+    (model_builder/graph_timing.py), what TF Serving's C++ Session::Run pays. Measured after the RSS
+    figures: it loads a second copy of the version."""
+    from model_builder import graph_timing
+
+    session = graph_timing.GraphSession(version_dir)
+    try:
+        single_us, single_calls = graph_timing.time_calls(session, test, 1, max_calls=args.latency_queries,
+                                                          max_s=args.latency_max_s)
+        batch_us, batch_calls = graph_timing.time_calls(session, test, 64, max_calls=args.throughput_batches,
+                                                        max_s=args.throughput_s)
+    finally:
+        session.close()
+    return {"method": "TF_LoadSessionFromSavedModel + TF_SessionRun loop on pre-built inputs, median call, best of 3 "
+                      "rounds, intra-op 1 / inter-op 2 threads",
+            "p50_ms_1": round(single_us / 1e3, 4), "calls_1": single_calls,
+            "qps_64": round(64 / (batch_us / 1e6), 1), "calls_64": batch_calls}
 
 
 def _scann_sweep(args, test: np.ndarray, kth: np.ndarray) -> list[dict]:

@@ -221,6 +221,7 @@ def _evaluate(index: ResolvedIndex, vectors: np.ndarray, queries: np.ndarray, kt
     """Build, recall sweep, proxy ranking, serving-graph timing of one structure."""
     started = time.monotonic()
     outcome = Outcome(index)
+    log(f"{label}: building")
     searcher, outcome.build_s = build_searcher(vectors, index, count)
     outcome.searcher = searcher
     sweep = outcome.sweep = tune.sweep(searcher, index, queries, kth, vectors, count, goal, deadline)
