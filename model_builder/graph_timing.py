@@ -119,7 +119,7 @@ class GraphSession:
         if len(sig.inputs) != 1:
             raise ValueError(f"{signature}: expected one input, found {sorted(sig.inputs)}")
         (self.input_name,) = sig.inputs
-        names = sorted(sig.outputs)  # every output, as a Predict without output_filter fetches
+        names = self.output_names = sorted(sig.outputs)  # every output, as a Predict without output_filter fetches
         self._feeds = (_Output * 1)(self._endpoint(sig.inputs[self.input_name].name))
         self._fetches = (_Output * len(names))(*[self._endpoint(sig.outputs[n].name) for n in names])
         self._results = (ctypes.c_void_p * len(names))()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import support
-from model_builder import index, index_search, index_space, serving_batch, tune
+from model_builder import graph_timing, index, index_search, index_space, serving_batch, tune
 from model_builder.data.synthetic import clustered_embeddings
 from model_builder.errors import ConfigError
 from model_builder.export import read_build_info
@@ -83,6 +83,31 @@ def _search(small, cfg: index.IndexConfig, target: float = 0.95):
     result = index_search.search(cfg, rule, base, queries, COUNT, target, module_factory(BuildConfig(k=COUNT), catalogue),
                                  lines.append)
     return result, lines
+
+
+def test_graph_timing_runs_the_exported_serving_signature(small, tmp_path):
+    base, queries, catalogue = small
+    resolved = index.resolve(index.IndexConfig(algorithm="tree_ah"), len(base), base.shape[1], COUNT)
+    searcher, _ = index.build_searcher(base, resolved, COUNT)
+    module = module_factory(BuildConfig(k=COUNT), catalogue)(resolved, searcher, 3, 50)
+    folder = graph_timing.export(module, tmp_path / "export")
+    session = graph_timing.GraphSession(folder)
+    try:
+        # Whatever the serving graph returns is fetched, as TF Serving's Predict does (contract v2: found too).
+        assert session.output_names == sorted(module.signatures()["search_by_vector"].structured_outputs)
+        assert "found" in session.output_names and session.input_name == "vectors"
+        per_call, calls = graph_timing.time_calls(session, queries, 4, max_calls=30)
+        assert per_call > 0 and calls > 0
+    finally:
+        session.close()
+    with pytest.raises(RuntimeError, match="TF_SessionRun"):  # a TF error surfaces with its message
+        bad = graph_timing.GraphSession(folder)
+        handle = bad.tensor(np.zeros((2, base.shape[1] + 1), np.float32))
+        try:
+            bad.run(handle)
+        finally:
+            bad.free(handle)
+            bad.close()
 
 
 def test_sweep_keeps_only_settings_that_reach_the_goal(small):
