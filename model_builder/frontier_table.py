@@ -10,7 +10,8 @@ def _rows(record: dict) -> list[tuple]:
     rows = []
     for structure in record.get("frontier", []):
         knobs = (structure["family"], structure.get("num_leaves") or "-", structure.get("dimensions_per_block") or "-",
-                 structure.get("hash_type") or "-", "-" if structure.get("build_s") is None else f"{structure['build_s']:.1f}")
+                 structure.get("hash_type") or "-",
+                 "-" if structure.get("build_s") is None else f"{structure['build_s']:.1f}")
         # A structure with no setting reaching the goal shows the best recall it measured.
         settings = structure.get("settings") or [{"best_recall": structure.get("best_recall")}]
         for setting in settings:
@@ -36,11 +37,13 @@ def render(record: dict | None) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     chosen = record["chosen"]
-    lines += ["", f"objective: {record['objective']} (calls of {record['batch']} queries); recall goal {record['goal']}; "
+    lines += ["", f"objective: {record['objective']} (calls of {record['batch']} queries); "
+                  f"recall goal {record['goal']}; "
                   f"search {record['seconds']} s of a {record['budget_s']} s budget"
                   f"{'' if record['within_budget'] else ' (OVER BUDGET)'}",
               f"chosen: {chosen['family']} leaves={chosen.get('num_leaves')} dpb={chosen.get('dimensions_per_block')} "
-              f"{chosen.get('hash_type') or ''} leaves_to_search={chosen.get('leaves_to_search')} reorder={chosen.get('reorder')} "
+              f"{chosen.get('hash_type') or ''} leaves_to_search={chosen.get('leaves_to_search')} "
+              f"reorder={chosen.get('reorder')} "
               f"recall {chosen.get('recall')}: {chosen['why']}",
               f"cost: {record['timing_method']}"]
     return "\n".join(lines)

@@ -115,7 +115,8 @@ class GraphSession:
         self.session = api.load(self.options, None, str(export_dir).encode(), tags, 1, self.graph, meta, self.status)
         self._check(f"loading {export_dir}")
         self.load_s = time.perf_counter() - started
-        sig = meta_graph_pb2.MetaGraphDef.FromString(ctypes.string_at(meta.contents.data, meta.contents.length)).signature_def[signature]
+        meta_graph = meta_graph_pb2.MetaGraphDef.FromString(ctypes.string_at(meta.contents.data, meta.contents.length))
+        sig = meta_graph.signature_def[signature]
         if len(sig.inputs) != 1:
             raise ValueError(f"{signature}: expected one input, found {sorted(sig.inputs)}")
         (self.input_name,) = sig.inputs
@@ -216,7 +217,8 @@ def measure(folder: Path, queries: np.ndarray, batch: int, max_s: float = 2.0) -
     return GraphCost(per_call / batch, per_call, batch, calls, session.load_s)
 
 
-def compare(folders: list[Path], queries: np.ndarray, batch: int, rounds: int = 5, max_s: float = 4.0) -> list[GraphCost]:
+def compare(folders: list[Path], queries: np.ndarray, batch: int, rounds: int = 5,
+            max_s: float = 4.0) -> list[GraphCost]:
     """Times several exports side by side: all loaded at once, taking turns round by round.
 
     Measured one after the other, a configuration timed while the machine was
@@ -231,8 +233,8 @@ def compare(folders: list[Path], queries: np.ndarray, batch: int, rounds: int = 
         counts = [0] * len(sessions)
         for _ in range(rounds):
             for n, session in enumerate(sessions):
-                per_call, calls = time_calls(session, queries, batch, max_calls=60, max_s=max_s / rounds / len(sessions),
-                                             rounds=1)
+                per_call, calls = time_calls(session, queries, batch, max_calls=60,
+                                             max_s=max_s / rounds / len(sessions), rounds=1)
                 medians[n].append(per_call)
                 counts[n] += calls
         return [GraphCost(min(m) / batch, min(m), batch, c, s.load_s) for m, c, s in zip(medians, counts, sessions)]

@@ -146,7 +146,8 @@ def search(cfg: IndexConfig, rule: ResolvedIndex, vectors: np.ndarray, queries: 
     try:
         for number, index in enumerate(plan, 1):
             elapsed = time.monotonic() - started
-            label = f"index search [{elapsed:.0f}/{_fmt_budget(budget_s)} s] {number}/{len(plan)} {index_space.describe(index)}"
+            label = (f"index search [{elapsed:.0f}/{_fmt_budget(budget_s)} s] {number}/{len(plan)} "
+                     f"{index_space.describe(index)}")
             if outcomes and budget_s is not None:
                 estimate = _estimate(index, outcomes) + _final_reserve(outcomes[0], finalists)
                 if elapsed + estimate > budget_s:
@@ -156,8 +157,9 @@ def search(cfg: IndexConfig, rule: ResolvedIndex, vectors: np.ndarray, queries: 
                     continue
             # The rule of thumb always runs to the end: it is the fallback, and it sets the budget.
             deadline = None if not outcomes or budget_s is None else started + budget_s
+            alone = len(plan) == 1 and index.algorithm == "brute_force"
             outcome = _evaluate(index, vectors, queries, kth, count, goal, batch, make_module, deadline, log, label,
-                                workdir / str(number), finalists, alone=len(plan) == 1 and index.algorithm == "brute_force")
+                                workdir / str(number), finalists, alone)
             outcomes.append(outcome)
             if budget_s is None:
                 budget_s = max(MIN_BUDGET_S, cfg.search_budget_factor * (time.monotonic() - started))
@@ -254,7 +256,8 @@ def _evaluate(index: ResolvedIndex, vectors: np.ndarray, queries: np.ndarray, kt
     outcome.status = "timed" if chosen else "stopped at the deadline before timing"
     if chosen:
         log(f"{label}: cheapest {chosen['cost_us_per_query']:.0f} us/query through the serving graph "
-            f"(leaves_to_search={chosen['leaves_to_search']}, reorder={chosen['reorder']}, recall {chosen['recall']:.4f})")
+            f"(leaves_to_search={chosen['leaves_to_search']}, reorder={chosen['reorder']}, "
+            f"recall {chosen['recall']:.4f})")
     outcome.seconds = time.monotonic() - started
     return outcome
 
@@ -263,8 +266,8 @@ def _proxy_us(searcher, points: list[tune.Point], queries: np.ndarray, count: in
     """Median microseconds per query of the ScaNN op alone (eager, the objective's batch size) for each
     setting, the settings taking turns call by call so that load on the machine hits all alike."""
     rows = np.resize(queries, (batch, queries.shape[1])) if len(queries) < batch else queries
-    kws = [{"final_num_neighbors": count, "pre_reorder_num_neighbors": p.reorder, "leaves_to_search": p.leaves_to_search}
-           for p in points]
+    kws = [{"final_num_neighbors": count, "pre_reorder_num_neighbors": p.reorder,
+            "leaves_to_search": p.leaves_to_search} for p in points]
     for kw in kws:
         searcher.search_batched_parallel(rows[:batch], **kw)
     samples: list[list[float]] = [[] for _ in points]
@@ -291,7 +294,8 @@ def _result(cfg: IndexConfig, outcomes: list[Outcome], winner: _Timed | None, ta
             " (final round, side by side)" if "final_us_per_query" in setting else "")
     elif rule.sweep is not None and rule.sweep.frontier and len(outcomes) == 1:
         chosen, setting = rule, {**_point(rule.sweep.frontier[0]), "cost_us_per_query": None}
-        why = "the only structure considered (exact brute force below --brute-force-below, or --no-index-search on brute force)"
+        why = ("the only structure considered (exact brute force below --brute-force-below, "
+               "or --no-index-search on brute force)")
     else:
         assert rule.sweep is not None
         fallback = rule.sweep.best_recall()
@@ -303,7 +307,8 @@ def _result(cfg: IndexConfig, outcomes: list[Outcome], winner: _Timed | None, ta
     cost = setting.get("final_us_per_query", setting.get("cost_us_per_query"))
     log(f"index search: chose {index_space.describe(chosen.index)} leaves_to_search={setting['leaves_to_search']} "
         f"reorder={setting['reorder']} (recall {setting['recall']:.4f}"
-        + (f", {cost:.0f} us/query" if cost is not None else "") + f") after {seconds:.0f} s of a {budget_s:.0f} s budget")
+        + (f", {cost:.0f} us/query" if cost is not None else "")
+        + f") after {seconds:.0f} s of a {budget_s:.0f} s budget")
     record = {
         "objective": cfg.optimize, "batch": batch, "goal": goal, "enabled": cfg.index_search,
         "budget_s": None if budget_s is None else round(budget_s, 1), "seconds": round(seconds, 1),

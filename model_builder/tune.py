@@ -111,7 +111,8 @@ def sweep(searcher, index: ResolvedIndex, queries: np.ndarray, kth: np.ndarray, 
                 return None
             rows, _ = searcher.search_batched_parallel(q, final_num_neighbors=count, pre_reorder_num_neighbors=reorder,
                                                        leaves_to_search=leaves)
-            cache[(leaves, reorder)] = Point(leaves, reorder, recall_against(kth, q, candidates, rows.numpy(), index.distance))
+            recall = recall_against(kth, q, candidates, rows.numpy(), index.distance)
+            cache[(leaves, reorder)] = Point(leaves, reorder, recall)
         return cache[(leaves, reorder)]
 
     leaves, reorders = leaves_grid(index), reorder_grid(index, count)
