@@ -88,7 +88,7 @@ datasets: ## Install the Debian dataset packages the benchmark tests read (needs
 	         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null; }; }
 
 lock: ## Re-freeze requirements/*.txt from requirements/*.in.
-	requirements/lock.sh build dev compat tools
+	requirements/lock.sh build dev compat tools protoc
 
 ##@ Model
 .PHONY: build demo serve verify
