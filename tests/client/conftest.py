@@ -1,12 +1,16 @@
-"""Fixtures for the client tests: a real gRPC TF Serving stand-in on 127.0.0.1."""
+"""Fixtures for the client tests: a real gRPC TF Serving stand-in on 127.0.0.1, and the
+real local servers (python -m model_builder serve) on the demo-like session models."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
 from typing import Callable, Dict, Iterator
 
 import pytest
+
+import support
 
 # Before fake_tfs imports TensorFlow: keep its C++ start-up chatter out of the test logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,3 +56,21 @@ def tls_files(tmp_path_factory) -> Dict[str, Path]:
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
                  "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=tmp)
     return {p.stem + p.suffix.replace(".", "_"): p for p in tmp.iterdir()}
+
+
+@pytest.fixture(scope="session")
+def local_live_servers(tmp_path_factory, synthetic_model, movielens_model) -> Iterator[Dict[str, str]]:
+    """The real local server on a string-id model (synthetic CSV) and on the demo's int-id
+    MovieLens model: {"string": "MODEL@host:port", "int64": ...} for tests/client/portable
+    (the format of its RETRIEVAL_CLIENT_LIVE_TARGETS, which the matrix runs pass)."""
+    logs = tmp_path_factory.mktemp("client-live-servers")
+    models = {"string": synthetic_model, "int64": movielens_model}
+    with contextlib.ExitStack() as stack:
+        servers = {
+            dtype: stack.enter_context(support.local_server(version_dir.parent.parent, version_dir.parent.name,
+                                                            log_dir=logs))
+            for dtype, version_dir in models.items()
+        }
+        for dtype, server in servers.items():
+            server.wait_available(int(models[dtype].name))
+        yield {dtype: f"{server.model_name}@{server.target}" for dtype, server in servers.items()}

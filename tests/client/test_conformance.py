@@ -160,7 +160,8 @@ def test_predict_response_from_upstream_parses(id_kind):
     response.outputs["scores"].CopyFrom(tf.make_tensor_proto(scores))
     ours = convert(response, predict_pb2.PredictResponse)
     assert rq.response_version(ours.model_spec) == 12
-    results = rq.parse_neighbours(ours, None, 2, "m")
+    results = rq.parse_neighbours(ours, None, 2, "m").results(None)
+    assert [r.found for r in results] == [True, True], "no `found` output: a model from before contract v2"
     want_ids = [["a", "b"], ["c", "d"]] if id_kind == "string" else [[5, 6], [7, 8]]
     assert [r.ids.tolist() for r in results] == want_ids
     np.testing.assert_array_equal(np.stack([r.scores for r in results]), scores)

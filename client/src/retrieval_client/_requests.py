@@ -9,10 +9,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
-from ._errors import IncompatibleModelError
+from ._errors import IncompatibleModelError, InvalidRequestError
 from ._tensors import decode_strings, dtype_name, from_tensor_proto, to_tensor_proto
 from ._types import Examples, ModelMetadata, SearchResult, SignatureInfo, TensorSpec, VersionStatus
 from .protos import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2, tensor_pb2
@@ -31,6 +32,16 @@ SEARCH_SIGNATURE = "serving_default"
 VECTOR_SIGNATURE = "search_by_vector"
 EXAMPLES_SIGNATURE = "examples"
 ID_DTYPES = ("string", "int64")
+# Serving contract v2 (batching-safe): one `found` flag per row; a row of an unknown id holds
+# padding ids ("" / -1). Models exported before it have no `found` output and reject unknown
+# ids with INVALID_ARGUMENT themselves.
+FOUND = "found"
+PADDING = {"string": "", "int64": -1}
+# `examples` takes example numbers 0..n-1 with n <= MAX_EXAMPLES; asking for all of them and
+# keeping the found rows works without knowing n.
+EXAMPLES_INDEX = "index"
+MAX_EXAMPLES = 64
+UNKNOWN_IDS = "unknown query id(s), not in this model version:"
 # The server packs the upstream message, so the Any names upstream's type.
 SIGNATURE_DEF_MAP_TYPE = "tensorflow.serving.SignatureDefMap"
 
@@ -120,7 +131,8 @@ def _id_as_bytes(value: Any) -> bytes:
     raise TypeError(f"id {value!r} ({type(value).__name__}) cannot be sent as a string id; pass str, bytes or int")
 
 
-def _id_as_int(value: Any, model: str) -> int:
+def _id_as_int(value: Any, model: str) -> Optional[int]:
+    """The int64 id, or None for a str/bytes/int that no int64 model can hold."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"id {value!r} is a bool; {model} takes int64 ids")
     if isinstance(value, (int, np.integer)):
@@ -128,23 +140,54 @@ def _id_as_int(value: Any, model: str) -> int:
     elif isinstance(value, (str, bytes)):
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         if not _DECIMAL.fullmatch(text):
-            raise ValueError(f"id {value!r} is not an integer, but {model} takes int64 ids")
+            return None
         number = int(text)
     else:
         raise TypeError(f"id {value!r} ({type(value).__name__}) cannot be sent as an int64 id; {model} takes int64 ids")
-    if not _INT64_MIN <= number <= _INT64_MAX:
-        raise ValueError(f"id {value!r} does not fit in int64, which {model} takes")
-    return number
+    return number if _INT64_MIN <= number <= _INT64_MAX else None
+
+
+def show_id(value: Any) -> str:
+    """An id as error messages show it: strings quoted, numbers bare."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    return repr(value)
+
+
+def unknown_ids_error(ids: Sequence[Any], what: str) -> InvalidRequestError:
+    """InvalidRequestError naming the caller's unknown ids (the wording the graph used to raise)."""
+    return InvalidRequestError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{UNKNOWN_IDS} {', '.join(show_id(v) for v in ids)} ({what})",
+        "the model was built without these ids; build a new version that has them, "
+        "or build with --unknown-ids fallback to get the most popular items instead",
+    )
 
 
 def ids_tensor(ids: Sequence[Any], id_dtype: str, model: str) -> tensor_pb2.TensorProto:
     """Convert ids to the model's id dtype: ints become decimal strings for
-    string-id models, decimal strings become int64 for int64-id models."""
+    string-id models, decimal strings become int64 for int64-id models.
+
+    A str that is not a decimal integer (or an int outside int64) cannot be an
+    id of an int64 model: ValueError, which search() turns into the unknown-id
+    InvalidRequestError after checking the metadata is current.
+    """
     if id_dtype == "string":
         return to_tensor_proto([_id_as_bytes(v) for v in ids], "string")
     if id_dtype == "int64":
-        return to_tensor_proto(np.array([_id_as_int(v, model) for v in ids], dtype=np.int64))
+        numbers = [_id_as_int(v, model) for v in ids]
+        impossible = [v for v, n in zip(ids, numbers) if n is None]
+        if impossible:
+            raise ValueError(f"id(s) {', '.join(show_id(v) for v in impossible)} are not int64, which {model} takes")
+        return to_tensor_proto(np.array(numbers, dtype=np.int64))
     raise IncompatibleModelError(f"{model} takes ids of dtype {id_dtype}; the client supports {ID_DTYPES}")
+
+
+def impossible_ids(ids: Sequence[Any], id_dtype: str, model: str) -> List[Any]:
+    """The ids that cannot exist in a model with this id dtype (see ids_tensor)."""
+    if id_dtype != "int64":
+        return []
+    return [v for v in ids if _id_as_int(v, model) is None]
 
 
 def vectors_array(vectors: Any) -> np.ndarray:
@@ -168,6 +211,20 @@ def check_k(k: Optional[int]) -> None:
         raise ValueError(f"k must be a positive integer or None (all K), got {k!r}")
 
 
+def k_too_large(k: int, top_k: int, what: str) -> ValueError:
+    """The error for k above the model's K."""
+    return ValueError(
+        f"k={k} is more than K={top_k}, the number of neighbours {what} returns "
+        f"(fixed when the model was built); use k <= {top_k}"
+    )
+
+
+def examples_request(ref: ModelRef, takes_index: bool) -> predict_pb2.PredictRequest:
+    """`examples` with index 0..MAX_EXAMPLES-1 (contract v2), or no input (older models)."""
+    inputs = {EXAMPLES_INDEX: to_tensor_proto(np.arange(MAX_EXAMPLES, dtype=np.int64))} if takes_index else {}
+    return predict_request(ref, EXAMPLES_SIGNATURE, inputs)
+
+
 # --- responses --------------------------------------------------------------
 
 
@@ -188,10 +245,34 @@ def _ids_out(array: np.ndarray) -> np.ndarray:
     return decode_strings(array) if array.dtype == object else array.astype(np.int64)
 
 
-def parse_neighbours(
-    response: predict_pb2.PredictResponse, k: Optional[int], batch: int, what: str
-) -> List[SearchResult]:
-    """ids/scores [batch, K] -> one SearchResult per query, truncated to k."""
+@dataclass(frozen=True)
+class Neighbours:
+    """A parsed search response: [batch, K] ids and scores and the per-row `found` flag."""
+
+    ids: np.ndarray
+    scores: np.ndarray
+    found: np.ndarray  # bool [batch]; all True for models without a `found` output
+    version: Optional[int]
+
+    def unknown_rows(self, id_dtype: Optional[str]) -> List[int]:
+        """Rows not found whose ids are all padding: the query id is unknown to the model."""
+        if id_dtype not in PADDING:
+            return [int(i) for i in np.flatnonzero(~self.found)]
+        pad = PADDING[id_dtype]
+        return [int(i) for i in np.flatnonzero(~self.found) if all(v == pad for v in self.ids[i].tolist())]
+
+    def results(self, k: Optional[int]) -> List[SearchResult]:
+        """One SearchResult per row, truncated to k."""
+        ids = self.ids[:, :k]
+        scores = self.scores[:, :k]
+        return [
+            SearchResult(ids=ids[i].copy(), scores=scores[i].copy(), found=bool(self.found[i]))
+            for i in range(ids.shape[0])
+        ]
+
+
+def parse_neighbours(response: predict_pb2.PredictResponse, k: Optional[int], batch: int, what: str) -> Neighbours:
+    """ids/scores [batch, K] (+ found [batch]) -> Neighbours; k checked against K."""
     ids = _output(response, "ids", what)
     scores = _output(response, "scores", what)
     if ids.ndim != 2 or ids.shape != scores.shape or ids.shape[0] != batch:
@@ -199,21 +280,19 @@ def parse_neighbours(
             f"{what} returned ids {list(ids.shape)} and scores {list(scores.shape)}; "
             f"expected both [{batch}, K]"
         )
-    top_k = ids.shape[1]
-    if k is not None and k > top_k:
-        version = response_version(response.model_spec)
-        raise ValueError(
-            f"k={k} is more than K={top_k}, the number of neighbours "
-            f"{what} returns (fixed when the model was built); use k <= {top_k}"
-            + ("" if version is None else f" (version {version})")
-        )
-    ids = _ids_out(ids[:, :k])
-    scores = scores[:, :k].astype(np.float32)
-    return [SearchResult(ids=ids[i].copy(), scores=scores[i].copy()) for i in range(batch)]
+    if FOUND in response.outputs:
+        found = _output(response, FOUND, what)
+        if found.shape != (batch,) or found.dtype != np.bool_:
+            raise IncompatibleModelError(f"{what} returned {FOUND!r} {found.dtype} {list(found.shape)}; expected bool [{batch}]")
+    else:
+        found = np.ones(batch, dtype=bool)
+    if k is not None and k > ids.shape[1]:
+        raise k_too_large(k, ids.shape[1], what)
+    return Neighbours(_ids_out(ids), scores.astype(np.float32), found, response_version(response.model_spec))
 
 
 def parse_examples(response: predict_pb2.PredictResponse, what: str) -> Examples:
-    """The examples signature's three outputs."""
+    """The examples signature's outputs; rows with found=False (index >= n) are dropped."""
     query_ids = _output(response, "query_ids", what)
     candidate_ids = _output(response, "candidate_ids", what)
     vectors = _output(response, "candidate_vectors", what).astype(np.float32)
@@ -223,6 +302,13 @@ def parse_examples(response: predict_pb2.PredictResponse, what: str) -> Examples
             f"{list(candidate_ids.shape)}, candidate_vectors {list(vectors.shape)}; "
             "expected [n], [m] and [m, dim]"
         )
+    if FOUND in response.outputs:
+        found = _output(response, FOUND, what)
+        if found.dtype != np.bool_ or found.shape != query_ids.shape or found.shape != candidate_ids.shape:
+            raise IncompatibleModelError(
+                f"{what} returned {FOUND!r} {found.dtype} {list(found.shape)}; expected bool [{query_ids.shape[0]}]"
+            )
+        query_ids, candidate_ids, vectors = query_ids[found], candidate_ids[found], vectors[found]
     return Examples(_ids_out(query_ids), _ids_out(candidate_ids), vectors)
 
 
@@ -296,16 +382,25 @@ class Contract:
     version: Optional[int]
     id_dtype: Optional[str]  # serving_default input "ids", if present
     dim: Optional[int]  # search_by_vector input "vectors" [-1, dim], if known
+    k: Optional[int] = None  # serving_default output "scores" [-1, K], if known
+    vector_k: Optional[int] = None  # the same for search_by_vector
+    examples_take_index: bool = False  # examples has the contract-v2 input "index"
 
     @classmethod
     def from_metadata(cls, metadata: ModelMetadata) -> "Contract":
-        """Read the id dtype and vector dimension out of the signatures."""
-        ids = metadata.signatures.get(SEARCH_SIGNATURE, SignatureInfo()).inputs.get("ids")
-        vectors = metadata.signatures.get(VECTOR_SIGNATURE, SignatureInfo()).inputs.get("vectors")
-        dim = None
-        if vectors is not None and vectors.shape is not None and len(vectors.shape) == 2 and vectors.shape[1] > 0:
-            dim = vectors.shape[1]
-        return cls(metadata.version, ids.dtype if ids is not None else None, dim)
+        """Read the id dtype, vector dimension, K and the examples input out of the signatures."""
+        search = metadata.signatures.get(SEARCH_SIGNATURE, SignatureInfo())
+        by_vector = metadata.signatures.get(VECTOR_SIGNATURE, SignatureInfo())
+        examples = metadata.signatures.get(EXAMPLES_SIGNATURE, SignatureInfo())
+        ids = search.inputs.get("ids")
+        return cls(
+            version=metadata.version,
+            id_dtype=ids.dtype if ids is not None else None,
+            dim=_known_dim(by_vector.inputs.get("vectors")),
+            k=_known_dim(search.outputs.get("scores")),
+            vector_k=_known_dim(by_vector.outputs.get("scores")),
+            examples_take_index=EXAMPLES_INDEX in examples.inputs,
+        )
 
     def require_id_dtype(self, ref: ModelRef) -> str:
         """The id dtype, or an error saying the model has no usable ids input."""
@@ -318,3 +413,10 @@ class Contract:
                 f"{ref.describe(self.version)} takes ids of dtype {self.id_dtype}; the client supports {ID_DTYPES}"
             )
         return self.id_dtype
+
+
+def _known_dim(spec: Optional[TensorSpec]) -> Optional[int]:
+    """The second dimension of a [-1, n] tensor, when the metadata states it."""
+    if spec is None or spec.shape is None or len(spec.shape) != 2 or spec.shape[1] <= 0:
+        return None
+    return spec.shape[1]
