@@ -121,16 +121,19 @@ def call(state: ClientState, deadline: Deadline, rpc: Rpc) -> Flow:
     remains than its backoff, so the call never outlives its deadline.
     """
     attempt = 1
+    last_error: Optional[RetrievalError] = None
     while True:
         remaining = deadline.remaining()
         if remaining <= 0:
-            raise deadline.expired(f"{rpc.method.rpartition('/')[2]} (attempt {attempt})")
+            # Overslept the backoff (a busy machine): the last real error says more than a timeout.
+            raise last_error or deadline.expired(rpc.method.rpartition("/")[2])
         try:
             response = yield Rpc(rpc.method, rpc.request, remaining, rpc.settings, rpc.shared)
         except RetrievalError as exc:
             delay = retry_delay(state.retry, attempt, exc, state.rng)
             if delay is None or delay >= deadline.remaining():
                 raise
+            last_error = exc
         else:
             return response
         attempt += 1

@@ -75,6 +75,7 @@ class RecordingServer:
         self.metadata_delay_s = metadata_delay_s
         self.predict_delay_s = predict_delay_s
         self.predict_started = threading.Event()
+        self._in_flight: List[grpc.ServicerContext] = []
         self._credentials = credentials
         self._port = port
         self._lock = threading.Lock()
@@ -111,6 +112,15 @@ class RecordingServer:
         if self._server is not None:
             self._server.stop(grace).wait()
 
+    def cancel_in_flight(self) -> int:
+        """Cancel every Predict still running (RST_STREAM CANCEL: what a draining server's
+        shutdown deadline does to calls it will not finish); returns how many."""
+        with self._lock:
+            contexts, self._in_flight = self._in_flight, []
+        for context in contexts:
+            context.cancel()
+        return len(contexts)
+
     def count(self, method: str) -> int:
         with self._lock:
             return sum(1 for name, _ in self.calls if name == method)
@@ -133,10 +143,16 @@ class RecordingServer:
 
     def _predict(self, request: predict_pb2.PredictRequest, context: grpc.ServicerContext):
         self._record("Predict", context)
-        self.predict_started.set()
         self._check_model(request.model_spec, context)
         if self.predict_delay_s:
-            time.sleep(self.predict_delay_s)
+            with self._lock:
+                self._in_flight.append(context)
+            self.predict_started.set()
+            deadline = time.monotonic() + self.predict_delay_s
+            while time.monotonic() < deadline and context.is_active():
+                time.sleep(0.01)
+            if not context.is_active():
+                return predict_pb2.PredictResponse()  # cancelled: nobody reads this
         response = predict_pb2.PredictResponse()
         response.model_spec.name, response.model_spec.version.value = MODEL, VERSION
         signature = request.model_spec.signature_name or "serving_default"
