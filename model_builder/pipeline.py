@@ -15,7 +15,14 @@ import numpy as np
 
 from model_builder import embeddings, evaluate, export, index, settings, tune, verify, warmup
 from model_builder.errors import ConfigError, DataError
-from model_builder.serving_module import Catalogue, RetrievalModule, ServingOptions
+from model_builder.serving_module import (
+    MAX_EXAMPLES,
+    UNKNOWN_ID_POLICIES,
+    Catalogue,
+    RetrievalModule,
+    ServingOptions,
+    check_not_padding,
+)
 from model_builder.towers import TrainConfig
 
 QUERY_KINDS = ("user", "item")
@@ -39,8 +46,9 @@ class BuildConfig:
     model_name: str = field(default_factory=settings.model_name, metadata={"help": "model name (TF Serving's --model_name)"})
     version: int | None = field(default=None, metadata={"help": "version number; default: highest existing + 1 (never overwrites)"})
     k: int = field(default=10, metadata={"help": "results per query, fixed for this version"})
-    max_batch_size: int = field(default=1024, metadata={"help": "largest batch one request may carry; bigger requests get INVALID_ARGUMENT"})
-    num_examples: int = field(default=8, metadata={"help": "known ids published by the 'examples' signature for smoke tests (0 disables)"})
+    max_batch_size: int = field(default=1024, metadata={"help": "largest batch one request may carry (warmup records stay within it; TF Serving's batching file must accept it)"})
+    num_examples: int = field(default=8, metadata={"help": f"known ids published by the 'examples' signature for smoke tests (0 disables, at most {MAX_EXAMPLES})"})
+    unknown_ids: str = field(default="error", metadata={"help": "what an unknown query id's row gets (found=false either way): error = no ids (our client raises InvalidRequestError naming them), fallback = the k most popular training items"})
     target_recall: float = field(default=verify.DEFAULT_TARGET_RECALL, metadata={"help": "recall@k vs exact search the version must reach to be published"})
     tune: bool = field(default=True, metadata={"help": "tune leaves-to-search and reorder count on held-out queries to the fastest setting reaching --target-recall"})
     verify_queries: int = field(default=verify.DEFAULT_QUERIES, metadata={"help": "held-out queries used by the recall gate"})
@@ -53,6 +61,13 @@ class BuildConfig:
             raise ConfigError("--target-recall must be between 0 and 1")
         if self.k < 1 or self.max_batch_size < 1 or self.verify_queries < 1:
             raise ConfigError("-k, --max-batch-size and --verify-queries must be at least 1")
+        if not 0 <= self.num_examples <= MAX_EXAMPLES:
+            raise ConfigError(f"--num-examples must be between 0 and {MAX_EXAMPLES}")
+        if self.unknown_ids not in UNKNOWN_ID_POLICIES:
+            raise ConfigError(f"--unknown-ids '{self.unknown_ids}': choose {' or '.join(UNKNOWN_ID_POLICIES)}")
+        if self.unknown_ids == "fallback" and self.candidates:
+            raise ConfigError("--unknown-ids fallback ranks items by popularity in the training interactions; "
+                              "imported --candidates have none: use --unknown-ids error")
         if self.version is not None and self.version < 1:
             raise ConfigError("--version must be a positive integer (TF Serving's version folders are numbers)")
         if self.candidates is None and (self.query_tower or self.query_ids or self.query_embeddings):
@@ -75,6 +90,8 @@ class Prepared:
     data_info: dict
     quality: dict
     titles: dict
+    # Candidate ids, most positives in the training data first (None for imported embeddings).
+    popular_ids: np.ndarray | None = None
 
     def as_item_to_item(self) -> Prepared:
         """The same towers served item -> similar items (queries are the candidates)."""
@@ -125,7 +142,10 @@ def prepare_trained(cfg: BuildConfig, train_cfg: TrainConfig, log: Log) -> Prepa
         catalogue = Catalogue(items.ids, None, items.ids, trained.item_vectors)
     data_info = {"dataset": dataset.name, "source": inter.source, "interactions": len(inter),
                  "positives": int(keep.sum()), "min_weight": threshold, "users": len(users.ids), "items": len(items.ids)}
-    return Prepared(catalogue, data_info, quality, dataset.titles)
+    popularity = np.bincount(items.rows, minlength=len(items.ids))
+    # Stable sort: equally popular items keep id order, so the fallback list is reproducible.
+    popular_ids = items.ids[np.argsort(-popularity, kind="stable")]
+    return Prepared(catalogue, data_info, quality, dataset.titles, popular_ids)
 
 
 def prepare_imported(cfg: BuildConfig, log: Log) -> Prepared:
@@ -183,6 +203,17 @@ def runtime_versions() -> dict:
             "numpy": np.__version__, "model_builder": __version__}
 
 
+def _fallback_ids(cfg: BuildConfig, prepared: Prepared) -> np.ndarray | None:
+    """--unknown-ids fallback: the k most popular training items (user -> items and item -> similar alike)."""
+    if cfg.unknown_ids != "fallback":
+        return None
+    if prepared.popular_ids is None:
+        raise ConfigError("--unknown-ids fallback needs training interactions to rank items by popularity")
+    if len(prepared.popular_ids) < cfg.k:
+        raise ConfigError(f"--unknown-ids fallback needs k={cfg.k} items, the data has {len(prepared.popular_ids)}")
+    return prepared.popular_ids[:cfg.k]
+
+
 @dataclass(frozen=True)
 class BuildResult:
     """Where the verified version went and what it contains."""
@@ -203,6 +234,8 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
     if prepared is None:
         prepared = prepare_imported(cfg, log) if cfg.candidates else prepare_trained(cfg, train_cfg, log)
     catalogue = prepared.catalogue
+    check_not_padding(catalogue.candidate_ids, prepared.data_info.get("source", cfg.dataset))
+    fallback_ids = _fallback_ids(cfg, prepared)
     vectors = catalogue.candidate_vectors
     extra = 1 if catalogue.items_are_queries else 0  # the query item itself is dropped from its results
     resolved = index.resolve(index_cfg, len(vectors), vectors.shape[1], cfg.k + extra)
@@ -214,7 +247,8 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
         tuning = tune.tune(searcher, resolved, _tuning_queries(catalogue), vectors, cfg.k + extra, cfg.target_recall, log)
     options = ServingOptions(k=cfg.k, max_batch_size=cfg.max_batch_size, num_examples=cfg.num_examples,
                              leaves_to_search=tuning.leaves_to_search if tuning else None,
-                             pre_reorder_num_neighbors=tuning.reorder if tuning else None)
+                             pre_reorder_num_neighbors=tuning.reorder if tuning else None,
+                             unknown_ids=cfg.unknown_ids, fallback_ids=fallback_ids)
     module = RetrievalModule(catalogue, resolved, searcher, options)
     info = {
         "model_name": cfg.model_name,
@@ -227,6 +261,8 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
         "tuning": tuning.to_dict() if tuning else None,
         "serving": {"k": cfg.k, "query": cfg.query, "items_are_queries": catalogue.items_are_queries,
                     "max_batch_size": cfg.max_batch_size, "dimensions": int(vectors.shape[1]),
+                    "unknown_ids": cfg.unknown_ids,
+                    "fallback_ids": None if fallback_ids is None else fallback_ids.tolist(),
                     "query_id_dtype": "int64" if catalogue.query_ids.dtype == np.int64 else "string",
                     "candidate_id_dtype": "int64" if catalogue.candidate_ids.dtype == np.int64 else "string"},
         "build_config": asdict(cfg),

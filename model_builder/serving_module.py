@@ -6,11 +6,21 @@ time), the candidates as a ScaNN searcher serialized with
 `serialize_to_module()` and rebuilt with `searcher_from_module()` inside the
 functions (the searcher resource is built once per load, then reused).
 
-Every bad input fails inside the graph with an InvalidArgument error whose
-message says what to fix, so TF Serving and our local server report the same
-thing. Checks avoid tf.rank/static shapes on purpose: with a [None, D]
-signature, Grappler folds those to constants and the check would pass
-whatever the request sent.
+Batching-safe by construction (docs: the "Serving contract" in README.md).
+TF Serving with --enable_batching concatenates the rows of concurrent requests
+into one Session::Run and gives every merged request the same status
+(tensorflow_serving/batching/batching_session.cc, ProcessBatch). So:
+- every signature takes a batch-dimension input (a Run without inputs fails:
+  "Batching Run() must have at least one input tensor", batching_util.h) and
+  returns one output row per input row;
+- nothing here raises an error that depends on one row's content: a row that
+  cannot be answered (unknown id, NaN/Inf in a vector, example index out of
+  range) gets `found = false` and padding, the other rows are answered as if
+  they were alone;
+- no batch-size check: under batching the graph only sees execution batches;
+  TF Serving's batcher enforces max_batch_size itself.
+The only errors left are about a request's *shape* (EnsureShape), which TF
+Serving's batcher cannot merge across requests anyway.
 """
 
 from __future__ import annotations
@@ -20,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
+from model_builder.errors import DataError
 from model_builder.index import ResolvedIndex
 
 SERVING_SIGNATURE = "serving_default"
@@ -29,6 +40,17 @@ SIGNATURES = (SERVING_SIGNATURE, VECTOR_SIGNATURE, EXAMPLES_SIGNATURE)
 IDS = "ids"
 VECTORS = "vectors"
 SCORES = "scores"
+FOUND = "found"
+INDEX = "index"
+EXAMPLE_OUTPUTS = ("query_ids", "candidate_ids", "candidate_vectors", FOUND)
+# The examples signature publishes at most this many known ids; a caller that does not know n
+# asks for 0..MAX_EXAMPLES-1 and keeps the found rows.
+MAX_EXAMPLES = 64
+UNKNOWN_ID_POLICIES = ("error", "fallback")
+# What a row that found nothing holds in `ids`. Unambiguous: the builder rejects candidate ids
+# equal to these (check_not_padding).
+STRING_PADDING = ""
+INT64_PADDING = -1
 
 
 @dataclass(frozen=True)
@@ -64,11 +86,33 @@ class ServingOptions:
     # Search-time overrides of the index config (set by auto-tuning); None = index default.
     leaves_to_search: int | None = None
     pre_reorder_num_neighbors: int | None = None
+    # "error": an unknown id's row holds padding; "fallback": it holds `fallback_ids` (k candidate
+    # ids chosen at build time, e.g. the most popular items). Either way found = false.
+    unknown_ids: str = "error"
+    fallback_ids: np.ndarray | None = None
 
 
 def tf_dtype(ids: np.ndarray) -> tf.DType:
     """int64 ids stay int64 on the wire; everything else is served as strings."""
     return tf.int64 if ids.dtype == np.int64 else tf.string
+
+
+def padding_id(ids: np.ndarray):
+    """The id a not-found row holds for this id column's dtype ("" or -1)."""
+    return INT64_PADDING if ids.dtype == np.int64 else STRING_PADDING
+
+
+def check_not_padding(ids: np.ndarray, source: str) -> None:
+    """Rejects candidate ids a client could not tell from padding ("" or a negative int64)."""
+    if ids.dtype == np.int64:
+        bad = ids[ids < 0]
+        if len(bad):
+            raise DataError(f"{source}: candidate id {int(bad[0])} is negative; negative ids are reserved "
+                            f"(a row that found nothing holds {INT64_PADDING}): renumber the items from 0")
+        return
+    if any(str(i) == STRING_PADDING for i in ids.tolist()):
+        raise DataError(f"{source}: a candidate id is the empty string, which is reserved "
+                        "(a row that found nothing holds \"\"): give every item a non-empty id")
 
 
 def _id_tensor(ids: np.ndarray) -> tf.Tensor:
@@ -77,15 +121,22 @@ def _id_tensor(ids: np.ndarray) -> tf.Tensor:
     return tf.constant([str(i) for i in ids.tolist()], tf.string)
 
 
-def _check(condition: tf.Tensor, *message) -> tf.Operation:
-    return tf.debugging.Assert(condition, list(message), summarize=10)
+def _with_padding_row(values: np.ndarray, pad) -> np.ndarray:
+    """values plus one trailing padding row: row n answers every out-of-range example index."""
+    if values.dtype == np.int64:
+        return np.concatenate([values, np.full((1, *values.shape[1:]), pad, values.dtype)])
+    if values.dtype.kind == "f":
+        return np.concatenate([values, np.zeros((1, *values.shape[1:]), values.dtype)])
+    return np.asarray([str(i) for i in values.tolist()] + [pad], dtype=object)
 
 
 class RetrievalModule(tf.Module):
-    """Query id(s) or vectors -> top-k candidate ids and scores (descending)."""
+    """Query id(s) or vectors -> top-k candidate ids, scores (descending) and a per-row `found`."""
 
     def __init__(self, catalogue: Catalogue, index: ResolvedIndex, searcher, options: ServingOptions) -> None:
         super().__init__(name="retrieval")
+        if options.unknown_ids not in UNKNOWN_ID_POLICIES:
+            raise ValueError(f"unknown_ids must be one of {UNKNOWN_ID_POLICIES}, got {options.unknown_ids!r}")
         self._k = options.k
         self._dim = int(catalogue.candidate_vectors.shape[1])
         self._options = options
@@ -113,12 +164,13 @@ class RetrievalModule(tf.Module):
             tf.lookup.KeyValueTensorInitializer(query_keys, tf.range(len(catalogue.query_ids), dtype=tf.int64)),
             default_value=-1,
         )
-        n = min(options.num_examples, len(catalogue.query_ids), len(catalogue.candidate_ids))
-        self._examples = (query_keys[:n], _id_tensor(catalogue.candidate_ids[:n]), tf.constant(catalogue.candidate_vectors[:n]))
+        self._padding_ids = np.full(options.k, padding_id(catalogue.candidate_ids), dtype=catalogue.candidate_ids.dtype)
+        self._not_found_ids = self._not_found_row(catalogue, options)
+        self._examples = self._example_tables(catalogue, options)
         query_dtype = tf_dtype(catalogue.query_ids)
         self.search_ids = tf.function(self._search_ids, input_signature=[tf.TensorSpec([None], query_dtype, name=IDS)])
         self.search_vectors = tf.function(self._search_vectors, input_signature=[tf.TensorSpec([None, self._dim], tf.float32, name=VECTORS)])
-        self.examples = tf.function(self._examples_fn, input_signature=[])
+        self.examples = tf.function(self._examples_fn, input_signature=[tf.TensorSpec([None], tf.int64, name=INDEX)])
 
     def signatures(self) -> dict:
         """The signature map for tf.saved_model.save."""
@@ -128,57 +180,74 @@ class RetrievalModule(tf.Module):
             EXAMPLES_SIGNATURE: self.examples.get_concrete_function(),
         }
 
-    # -- graph pieces ---------------------------------------------------------
-    def _batch_checks(self, batch_size: tf.Tensor, what: str) -> list[tf.Operation]:
-        limit = self._options.max_batch_size
-        return [
-            _check(batch_size > 0, f"empty batch: send at least one {what}"),
-            _check(batch_size <= limit, f"batch too large: at most {limit} {what}s per request, got", batch_size,
-                   "- split the request"),
-        ]
+    # -- build-time tables ----------------------------------------------------
+    def _not_found_row(self, catalogue: Catalogue, options: ServingOptions) -> np.ndarray:
+        """The k ids an unknown query id's row holds: padding, or the build-time fallback list."""
+        ids = catalogue.candidate_ids
+        if options.unknown_ids == "fallback":
+            fallback = np.asarray(options.fallback_ids if options.fallback_ids is not None else [])
+            if len(fallback) != options.k:
+                raise ValueError(f"fallback needs exactly k={options.k} ids, got {len(fallback)}")
+            return fallback.astype(ids.dtype)
+        return self._padding_ids
 
+    @staticmethod
+    def _example_tables(catalogue: Catalogue, options: ServingOptions) -> tuple:
+        n = min(options.num_examples, MAX_EXAMPLES, len(catalogue.query_ids), len(catalogue.candidate_ids))
+        return (
+            n,
+            _with_padding_row(catalogue.query_ids[:n], padding_id(catalogue.query_ids)),
+            _with_padding_row(catalogue.candidate_ids[:n], padding_id(catalogue.candidate_ids)),
+            _with_padding_row(catalogue.candidate_vectors[:n], 0.0),
+        )
+
+    # -- graph pieces ---------------------------------------------------------
     def _search_ids(self, ids):
-        shape = tf.shape(ids)
-        checks = self._batch_checks(shape[0], "id")
-        checks.append(_check(tf.equal(tf.size(ids), shape[0]), "'ids' must be a 1-D list of ids, got shape", shape))
-        with tf.control_dependencies(checks):
-            ids = tf.reshape(ids, [-1])
+        # A shape error is the only one left: it fails a merged batch only if every request in it
+        # sent the wrong rank (TF Serving cannot merge tensors of different shapes anyway).
+        ids = tf.ensure_shape(ids, [None])
         rows = self.query_table.lookup(ids)
-        unknown = tf.boolean_mask(ids, rows < 0)
-        with tf.control_dependencies([_check(tf.equal(tf.size(unknown), 0),
-                                             "unknown query id(s), not in this model version:", unknown)]):
-            rows = tf.identity(rows)
+        found = rows >= 0
+        # Unknown rows search with query row 0 and are masked afterwards: one batched search, no branch.
+        rows = tf.maximum(rows, 0)
         queries = tf.gather(self.query_vectors, rows)
-        return self._top_k(queries, exclude_rows=rows if self._exclude_query else None)
+        return self._answer(queries, found, exclude_rows=rows if self._exclude_query else None,
+                            not_found_ids=self._not_found_ids)
 
     def _search_vectors(self, vectors):
-        shape = tf.shape(vectors)
-        checks = self._batch_checks(shape[0], "vector")
-        checks.append(_check(
-            tf.logical_and(tf.equal(tf.size(vectors), shape[0] * self._dim), tf.equal(shape[-1], self._dim)),
-            f"'vectors' must have shape [batch, {self._dim}], got", shape,
-        ))
-        with tf.control_dependencies(checks):
-            vectors = tf.reshape(vectors, [-1, self._dim])
-        vectors = tf.debugging.check_numerics(vectors, "'vectors' contain NaN or Inf")
-        return self._top_k(vectors, exclude_rows=None)
+        vectors = tf.ensure_shape(vectors, [None, self._dim])
+        found = tf.reduce_all(tf.math.is_finite(vectors), axis=1)
+        vectors = tf.where(found[:, None], vectors, tf.zeros_like(vectors))
+        # The unknown-id fallback does not apply: a non-finite vector is the caller's bug, not a new user.
+        return self._answer(vectors, found, exclude_rows=None, not_found_ids=self._padding_ids)
 
-    def _examples_fn(self):
-        query_ids, candidate_ids, candidate_vectors = self._examples
-        return {"query_ids": query_ids, "candidate_ids": candidate_ids, "candidate_vectors": candidate_vectors}
+    def _examples_fn(self, index):
+        index = tf.ensure_shape(index, [None])
+        n, query_ids, candidate_ids, candidate_vectors = self._examples
+        found = tf.logical_and(index >= 0, index < n)
+        rows = tf.where(found, index, tf.constant(n, tf.int64))
+        return {"query_ids": tf.gather(query_ids, rows), "candidate_ids": tf.gather(candidate_ids, rows),
+                "candidate_vectors": tf.gather(candidate_vectors, rows), FOUND: found}
 
-    def _top_k(self, queries, exclude_rows):
+    def _answer(self, queries, found, exclude_rows, not_found_ids: np.ndarray) -> dict:
         extra = 1 if exclude_rows is not None else 0
         rows, scores = self._nearest(queries, self._k + extra)
+        # ScaNN answers an empty batch with [0, 0]; TF Serving hands the graph one when an empty
+        # request is not merged with others. Reshaping keeps [0, k] (a no-op for B > 0).
+        rows, scores = tf.reshape(rows, [-1, self._k + extra]), tf.reshape(scores, [-1, self._k + extra])
         if exclude_rows is not None:
             # item -> similar items: drop the query item itself, keep the best k others.
             is_self = tf.equal(rows, tf.cast(exclude_rows, rows.dtype)[:, None])
             scores = tf.where(is_self, tf.fill(tf.shape(scores), -np.inf), scores)
             scores, order = tf.math.top_k(scores, k=self._k, sorted=True)
             rows = tf.gather(rows, order, batch_dims=1)
-        rows = tf.ensure_shape(rows, [None, self._k])
-        scores = tf.ensure_shape(scores, [None, self._k])
-        return {IDS: tf.gather(self.candidate_ids, rows), SCORES: scores}
+        ids = tf.gather(self.candidate_ids, rows)
+        keep = found[:, None]
+        return {
+            IDS: tf.where(keep, ids, tf.constant(not_found_ids)[None, :]),
+            SCORES: tf.where(keep, scores, tf.constant(-np.inf, tf.float32)),
+            FOUND: found,
+        }
 
     def _nearest(self, queries, count: int):
         if self.scann is None:

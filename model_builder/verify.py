@@ -5,6 +5,11 @@ from the builder's memory). Held-out queries go through both search
 signatures; results are compared with exact search over the model's own
 vectors. Recall counts a returned id as correct when its exact score reaches
 the k-th best exact score, so ties between equal vectors are not punished.
+
+It also proves the graph is batching-safe (TF Serving merges concurrent
+requests into one batch): a batch mixing known ids with unknown ids (and
+finite vectors with NaN rows) must answer every known row exactly as that row
+alone, and mark only the others `found = false`.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ DEFAULT_QUERIES = 1000
 # Noise added to query vectors for search_by_vector (queries the index has never seen), as a
 # fraction of each query's norm: per-dimension noise would swamp high-dimensional unit vectors.
 _VECTOR_NOISE = 0.05
+# Rows of the mixed-batch check (known rows, each also run alone).
+_MIXED_ROWS = 16
 
 
 def _exact_scores(queries: np.ndarray, candidates: np.ndarray, distance: str) -> np.ndarray:
@@ -107,13 +114,19 @@ def verify_version(version_dir: Path, target_recall: float = DEFAULT_TARGET_RECA
     base = query_vectors[picks]
     scale = _VECTOR_NOISE * np.linalg.norm(base, axis=1, keepdims=True) / np.sqrt(base.shape[1])
     noisy = (base + rng.normal(size=base.shape) * scale).astype(np.float32)
+    all_found = True
     for start in range(0, len(picks), 256):
         chunk = picks[start:start + 256]
         out = by_id(ids=tf.constant(_encode(query_ids[chunk])))
+        all_found &= bool(out["found"].numpy().all())
         id_rows.append(_rows_of(_decode(out["ids"].numpy()), candidate_ids))
         out = by_vector(vectors=tf.constant(noisy[start:start + 256]))
+        all_found &= bool(out["found"].numpy().all())
         vec_rows.append(_rows_of(_decode(out["ids"].numpy()), candidate_ids))
     id_rows, vec_rows = np.concatenate(id_rows), np.concatenate(vec_rows)
+    serving = info.get("serving", {})
+    mixed = mixed_batch_check(by_id, by_vector, query_ids[picks[:_MIXED_ROWS]], noisy[:_MIXED_ROWS],
+                              set(query_ids.tolist()), _not_found_row(serving, candidate_ids, int(id_rows.shape[1])))
     self_rows = picks if items_are_queries else None
     report = {
         "version_dir": str(version_dir),
@@ -125,10 +138,56 @@ def verify_version(version_dir: Path, target_recall: float = DEFAULT_TARGET_RECA
             VECTOR_SIGNATURE: recall_at_k(noisy, candidates, vec_rows, distance),
         },
         "self_excluded": bool(items_are_queries and not (id_rows == picks[:, None]).any()),
+        "known_rows_found": all_found,
+        "mixed_batch": mixed,
         "warmup_records_replayed": _replay_warmup(loaded, version_dir),
     }
-    report["passed"] = min(report["recall_at_k"].values()) >= target_recall and (report["self_excluded"] or not items_are_queries)
+    report["passed"] = (min(report["recall_at_k"].values()) >= target_recall and (report["self_excluded"] or not items_are_queries)
+                        and all_found and mixed["passed"])
     return report
+
+
+def _not_found_row(serving: dict, candidate_ids: np.ndarray, k: int) -> list:
+    """What an unknown id's row must hold: the build-time fallback list, or padding."""
+    if serving.get("unknown_ids") == "fallback":
+        return list(serving["fallback_ids"])
+    return [-1 if candidate_ids.dtype == np.int64 else ""] * k
+
+
+def _unknown_ids(known: set, like: np.ndarray, count: int) -> np.ndarray:
+    if like.dtype == np.int64:
+        start = max(known) + 1
+        return np.arange(start, start + count, dtype=np.int64)
+    return np.asarray([f"not-a-query-id-{i}" for i in range(count * 2) if f"not-a-query-id-{i}" not in known][:count], dtype=object)
+
+
+def mixed_batch_check(by_id, by_vector, known_ids: np.ndarray, vectors: np.ndarray, all_query_ids: set,
+                      not_found_row: list) -> dict:
+    """Known rows interleaved with unknown ids (or NaN vectors) must answer as each row alone."""
+    import tensorflow as tf
+
+    n = len(known_ids)
+    unknown = _unknown_ids(all_query_ids, known_ids, n)
+    ids = np.empty(2 * n, dtype=known_ids.dtype)
+    ids[0::2], ids[1::2] = known_ids, unknown
+    nan_vectors = np.full_like(vectors, np.nan)
+    mixed_vectors = np.empty((2 * n, vectors.shape[1]), np.float32)
+    mixed_vectors[0::2], mixed_vectors[1::2] = vectors, nan_vectors
+    checks = []
+    for fn, key, batch, rows, padding in ((by_id, "ids", ids, known_ids, not_found_row),
+                                          (by_vector, "vectors", mixed_vectors, vectors, None)):
+        out = {k: v.numpy() for k, v in fn(**{key: tf.constant(_encode(batch) if key == "ids" else batch)}).items()}
+        alone = [{k: v.numpy() for k, v in fn(**{key: tf.constant(_encode(rows[i:i + 1]) if key == "ids" else rows[i:i + 1])}).items()}
+                 for i in range(n)]
+        same = all(_decode(out["ids"][2 * i]).tolist() == _decode(a["ids"][0]).tolist()
+                   and np.allclose(out["scores"][2 * i], a["scores"][0], rtol=1e-5, atol=1e-6) and a["found"][0]
+                   for i, a in enumerate(alone))
+        expected_pad = padding if padding is not None else [-1 if out["ids"].dtype == np.int64 else ""] * out["ids"].shape[1]
+        unanswered = (not out["found"][1::2].any() and out["found"][0::2].all()
+                      and all(_decode(row).tolist() == expected_pad for row in out["ids"][1::2])
+                      and bool(np.isneginf(out["scores"][1::2]).all()))
+        checks.append(same and unanswered)
+    return {"rows": 2 * n, "unknown_ids_rows_ok": checks[0], "nan_vector_rows_ok": checks[1], "passed": all(checks)}
 
 
 def _decode(values: np.ndarray) -> np.ndarray:

@@ -4,6 +4,12 @@ A TFRecord of PredictionLog protos (tensorflow-serving-api's own messages,
 written with TF's own TFRecord writer). TF Serving replays it while loading a
 version, before marking it AVAILABLE, so the first real request does not pay
 for building the ScaNN searcher or tracing kernels; our local server does the same.
+
+With --enable_batching the records go through the batching session
+(servables/tensorflow/saved_model_warmup_util.cc) and any failing record fails
+the load, so every record has a batch input and at most max_batch_size rows
+(a bigger one is refused by the batcher: "Task size N is larger than maximum
+input batch size M", TF shared_batch_scheduler.h).
 """
 
 from __future__ import annotations
@@ -14,12 +20,20 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from model_builder.serving_module import EXAMPLES_SIGNATURE, IDS, SERVING_SIGNATURE, VECTOR_SIGNATURE, VECTORS
+from model_builder.serving_module import (
+    EXAMPLES_SIGNATURE,
+    IDS,
+    INDEX,
+    MAX_EXAMPLES,
+    SERVING_SIGNATURE,
+    VECTOR_SIGNATURE,
+    VECTORS,
+)
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 # Batch sizes worth tracing ahead: a single query, a small batch, a batching-merged batch.
 BATCH_SIZES = (1, 8, 64)
-# TF Serving reads at most this many records.
+# TF Serving reads at most this many records (saved_model_warmup_util.cc kMaxNumRecords).
 MAX_RECORDS = 1000
 
 
@@ -31,7 +45,10 @@ def _request(model_name: str, signature: str, inputs: dict[str, np.ndarray]) -> 
 
 
 def warmup_logs(model_name: str, query_ids: np.ndarray, query_vectors: np.ndarray, max_batch_size: int) -> list:
-    """One request per signature and batch size, built from known ids and vectors."""
+    """One request per search signature and batch size (known ids and vectors), plus one for examples.
+
+    Every record has at most `max_batch_size` rows, so TF Serving's batcher accepts it.
+    """
     logs = []
     for size in (s for s in BATCH_SIZES if s <= max_batch_size):
         picks = np.arange(size) % len(query_ids)
@@ -39,7 +56,8 @@ def warmup_logs(model_name: str, query_ids: np.ndarray, query_vectors: np.ndarra
         ids = ids.astype(np.int64) if ids.dtype == np.int64 else np.asarray([str(i).encode() for i in ids.tolist()], dtype=object)
         logs.append(_request(model_name, SERVING_SIGNATURE, {IDS: ids}))
         logs.append(_request(model_name, VECTOR_SIGNATURE, {VECTORS: query_vectors[picks].astype(np.float32)}))
-    logs.append(_request(model_name, EXAMPLES_SIGNATURE, {}))
+    # Every example index a caller may ask for (found or not), within the request size limit.
+    logs.append(_request(model_name, EXAMPLES_SIGNATURE, {INDEX: np.arange(min(MAX_EXAMPLES, max_batch_size), dtype=np.int64)}))
     return logs[:MAX_RECORDS]
 
 

@@ -71,6 +71,13 @@ def synthetic_model(models_root, string_id_csv):
 
 
 @pytest.fixture(scope="session")
+def fallback_model_dir(models_root, string_id_csv):
+    """Like synthetic_model, built with --unknown-ids fallback (unknown ids get the most popular items)."""
+    return support.build(models_root, "--dataset", str(string_id_csv), *support.FAST_TRAIN, "--unknown-ids", "fallback",
+                         model_name="synthetic_fallback")
+
+
+@pytest.fixture(scope="session")
 def items_model(tmp_path_factory):
     """2000 string-id items, item -> similar items, K=10, version 1 (tests/server, tests/reliability)."""
     return harness.items_model(tmp_path_factory)

@@ -22,8 +22,8 @@ import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
 _TSTRING_SIZE = 24  # sizeof(TF_TString)
-_DTYPES = {"float32": 1, "int32": 3, "string": 7, "int64": 9}
-_NUMPY = {1: np.float32, 3: np.int32, 9: np.int64}
+_DTYPES = {"float32": 1, "int32": 3, "string": 7, "int64": 9, "bool": 10}
+_NUMPY = {1: np.float32, 3: np.int32, 9: np.int64, 10: np.bool_}
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 

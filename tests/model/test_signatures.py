@@ -1,4 +1,10 @@
-"""The exported graph: both search signatures, examples, in-graph input errors, warmup, fresh-process reload."""
+"""The exported graph: batching-safe signatures (per-row `found`), examples by index, warmup, fresh-process reload.
+
+TF Serving with --enable_batching merges concurrent requests into one Session::Run and gives
+them one status (tensorflow_serving/batching/batching_session.cc ProcessBatch), so these tests
+hold the graph to: a batch input on every signature, one output row per input row, and no
+error that depends on a row's content.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,11 @@ import tensorflow as tf
 import model_builder.scann_import  # noqa: F401  (Scann ops before loading)
 import support
 from model_builder import warmup
+from model_builder.compat import ops
 from model_builder.export import read_build_info
+from model_builder.serving_module import MAX_EXAMPLES
+
+EXAMPLE_INDEX = tf.range(MAX_EXAMPLES, dtype=tf.int64)
 
 
 @pytest.fixture(scope="module")
@@ -26,38 +36,62 @@ def item_model(movielens_items_model):
     return tf.saved_model.load(str(movielens_items_model)), read_build_info(movielens_items_model)
 
 
+@pytest.fixture(scope="module")
+def fallback_model(fallback_model_dir):
+    return tf.saved_model.load(str(fallback_model_dir)), read_build_info(fallback_model_dir)
+
+
+def _examples(loaded) -> dict:
+    out = {k: v.numpy() for k, v in loaded.signatures["examples"](index=EXAMPLE_INDEX).items()}
+    return {k: v[out["found"]] for k, v in out.items()}
+
+
 def test_signatures_and_their_dtypes(user_model):
     loaded, info = user_model
     assert set(loaded.signatures) == {"serving_default", "search_by_vector", "examples"}
     ids_spec = loaded.signatures["serving_default"].structured_input_signature[1]["ids"]
     vec_spec = loaded.signatures["search_by_vector"].structured_input_signature[1]["vectors"]
+    index_spec = loaded.signatures["examples"].structured_input_signature[1]["index"]
     assert ids_spec.dtype == tf.string and ids_spec.shape.as_list() == [None]
     assert vec_spec.dtype == tf.float32 and vec_spec.shape.as_list() == [None, info["serving"]["dimensions"]]
-    outputs = loaded.signatures["serving_default"].structured_outputs
-    assert outputs["ids"].dtype == tf.string and outputs["ids"].shape.as_list() == [None, 10]
-    assert outputs["scores"].dtype == tf.float32
+    assert index_spec.dtype == tf.int64 and index_spec.shape.as_list() == [None]
+    for name in ("serving_default", "search_by_vector"):
+        outputs = loaded.signatures[name].structured_outputs
+        assert outputs["ids"].dtype == tf.string and outputs["ids"].shape.as_list() == [None, 10]
+        assert outputs["scores"].dtype == tf.float32 and outputs["found"].dtype == tf.bool
+        assert outputs["found"].shape.as_list() == [None]
+    examples = loaded.signatures["examples"].structured_outputs
+    assert set(examples) == {"query_ids", "candidate_ids", "candidate_vectors", "found"}
+    assert info["serving"]["unknown_ids"] == "error" and info["serving"]["fallback_ids"] is None
+
+
+def test_the_graph_holds_no_check_that_can_fail_a_merged_batch(synthetic_model, movielens_items_model):
+    """Assert/CheckNumerics would fail every request merged with one bad row (the bug of issue 10)."""
+    for version_dir in (synthetic_model, movielens_items_model):
+        used = set(ops.saved_model_ops(version_dir))
+        assert not used & {"Assert", "CheckNumerics", "PrintV2"}, (version_dir, sorted(used))
 
 
 def test_known_ids_return_k_distinct_ids_sorted_by_score(user_model):
     loaded, _ = user_model
-    examples = loaded.signatures["examples"]()
-    users = examples["query_ids"].numpy()
+    users = _examples(loaded)["query_ids"]
     out = loaded.signatures["serving_default"](ids=tf.constant(users))
     ids, scores = out["ids"].numpy(), out["scores"].numpy()
+    assert out["found"].numpy().all()
     assert ids.shape == (len(users), 10) and ids.dtype == object and ids[0, 0].decode().startswith("i")
     assert all(len(set(row)) == 10 for row in ids.tolist())
     assert (np.diff(scores, axis=1) <= 1e-6).all()
     # The same query through search_by_vector gives the same ids.
     vectors = loaded.query_vectors.numpy()[[np.flatnonzero(loaded.query_ids.numpy() == u)[0] for u in users]]
     by_vector = loaded.signatures["search_by_vector"](vectors=tf.constant(vectors))
-    assert (by_vector["ids"].numpy() == ids).all()
+    assert (by_vector["ids"].numpy() == ids).all() and by_vector["found"].numpy().all()
 
 
 def test_a_candidate_vector_finds_itself_first(user_model):
     loaded, _ = user_model
-    examples = loaded.signatures["examples"]()
-    out = loaded.signatures["search_by_vector"](vectors=examples["candidate_vectors"])
-    assert (out["ids"].numpy()[:, 0] == examples["candidate_ids"].numpy()).all()
+    examples = _examples(loaded)
+    out = loaded.signatures["search_by_vector"](vectors=tf.constant(examples["candidate_vectors"]))
+    assert (out["ids"].numpy()[:, 0] == examples["candidate_ids"]).all()
 
 
 def test_item_to_item_excludes_the_query_item(item_model):
@@ -69,57 +103,130 @@ def test_item_to_item_excludes_the_query_item(item_model):
     assert not (out["ids"].numpy() == items[:, None]).any()
 
 
-@pytest.mark.parametrize(
-    ("signature", "value", "message"),
-    [
-        ("serving_default", tf.constant(["i1", "definitely-unknown-id"]), "definitely-unknown-id"),
-        ("serving_default", tf.constant([], tf.string), "empty batch"),
-        ("serving_default", tf.constant(["u1"] * 1025), "batch too large: at most 1024"),
-        ("search_by_vector", tf.zeros([1, 15]), "must have shape [batch, 16]"),
-        ("search_by_vector", tf.constant([[np.nan] * 16]), "NaN or Inf"),
-    ],
-)
-def test_bad_inputs_fail_inside_the_graph_with_a_clear_message(user_model, signature, value, message):
-    loaded, _ = user_model
-    fn = loaded.signatures[signature]
-    key = next(iter(fn.structured_input_signature[1]))
-    if signature == "search_by_vector" and value.shape[-1] != 16:
-        fn = loaded.search_vectors  # the signature wrapper checks static shapes in Python; TF Serving does not
-        with pytest.raises((tf.errors.InvalidArgumentError, ValueError, TypeError)):
-            fn(value)
-        return
-    with pytest.raises(tf.errors.InvalidArgumentError) as err:
-        fn(**{key: value})
-    assert message in err.value.message
+def _alone(fn, key, rows) -> list[dict]:
+    return [{k: v.numpy() for k, v in fn(**{key: tf.constant(rows[i:i + 1])}).items()} for i in range(len(rows))]
 
 
-def test_warmup_file_holds_prediction_logs_that_replay(synthetic_model, user_model):
+@pytest.mark.parametrize("kind", ["string-ids", "int64-ids"])
+def test_unknown_ids_are_not_found_and_leave_the_other_rows_as_if_alone(user_model, item_model, kind):
+    loaded, _ = user_model if kind == "string-ids" else item_model
+    known = _examples(loaded)["query_ids"][:4]
+    unknown = np.array([b"no-such-user", b""], dtype=object) if kind == "string-ids" else np.array([10**12, -3], np.int64)
+    batch = np.concatenate([known[:2], unknown[:1], known[2:], unknown[1:]])
+    fn = loaded.signatures["serving_default"]
+    out = {k: v.numpy() for k, v in fn(ids=tf.constant(batch)).items()}
+    assert out["found"].tolist() == [True, True, False, True, True, False]
+    padding = b"" if kind == "string-ids" else -1
+    assert (out["ids"][[2, 5]] == padding).all() and np.isneginf(out["scores"][[2, 5]]).all()
+    for row, alone in zip([0, 1, 3, 4], _alone(fn, "ids", known)):
+        assert alone["found"][0] and (out["ids"][row] == alone["ids"][0]).all()
+        np.testing.assert_allclose(out["scores"][row], alone["scores"][0], rtol=1e-5, atol=1e-6)
+
+
+def test_non_finite_vectors_are_not_found_and_leave_the_other_rows_as_if_alone(user_model):
+    loaded, info = user_model
+    good = _examples(loaded)["candidate_vectors"][:3]
+    dim = info["serving"]["dimensions"]
+    bad = np.ones((3, dim), np.float32)
+    bad[0, 1], bad[1, :], bad[2, -1] = np.nan, np.inf, -np.inf
+    batch = np.stack([good[0], bad[0], good[1], bad[1], bad[2], good[2]])
+    fn = loaded.signatures["search_by_vector"]
+    out = {k: v.numpy() for k, v in fn(vectors=tf.constant(batch)).items()}
+    assert out["found"].tolist() == [True, False, True, False, False, True]
+    assert (out["ids"][[1, 3, 4]] == b"").all() and np.isneginf(out["scores"][[1, 3, 4]]).all()
+    for row, alone in zip([0, 2, 5], _alone(fn, "vectors", good)):
+        assert (out["ids"][row] == alone["ids"][0]).all()
+
+
+def test_fallback_model_answers_unknown_ids_with_the_most_popular_items(fallback_model, string_id_csv):
+    loaded, info = fallback_model
+    assert info["serving"]["unknown_ids"] == "fallback"
+    fallback = info["serving"]["fallback_ids"]
+    # The k items with the most positive interactions in the training data (ties in id order).
+    rows = [line.split(",") for line in string_id_csv.read_text().splitlines()[1:]]
+    counts: dict[str, int] = {}
+    for _, item, _, _ in rows:
+        counts[item] = counts.get(item, 0) + 1
+    assert fallback == sorted(counts, key=lambda item: (-counts[item], item))[:10]
+    known = _examples(loaded)["query_ids"][:1]
+    out = {k: v.numpy() for k, v in loaded.signatures["serving_default"](ids=tf.constant([known[0], b"new-user"])).items()}
+    assert out["found"].tolist() == [True, False]
+    assert [x.decode() for x in out["ids"][1]] == fallback and np.isneginf(out["scores"][1]).all()
+    assert out["ids"][0].tolist() != out["ids"][1].tolist()
+
+
+def test_examples_by_index_mark_indices_out_of_range_not_found(user_model):
+    loaded, info = user_model
+    out = {k: v.numpy() for k, v in loaded.signatures["examples"](index=tf.constant([0, 7, 8, -1, 63, 1000], tf.int64)).items()}
+    assert out["found"].tolist() == [True, True, False, False, False, False]  # 8 examples (the default)
+    assert (out["query_ids"][2:] == b"").all() and (out["candidate_ids"][2:] == b"").all()
+    assert out["candidate_vectors"].shape == (6, info["serving"]["dimensions"]) and not out["candidate_vectors"][2:].any()
+    assert out["query_ids"][0] != b"" and out["candidate_ids"][1] != b""
+
+
+def test_empty_batches_answer_empty(user_model):
+    """TF Serving runs a lone empty request through the graph; it must not fail."""
+    loaded, info = user_model
+    out = loaded.signatures["serving_default"](ids=tf.constant([], tf.string))
+    assert out["ids"].shape == (0, 10) and out["found"].shape == (0,)
+    out = loaded.signatures["search_by_vector"](vectors=tf.zeros([0, info["serving"]["dimensions"]]))
+    assert out["scores"].shape == (0, 10)
+    empty = loaded.signatures["examples"](index=tf.constant([], tf.int64))
+    assert empty["candidate_vectors"].shape == (0, info["serving"]["dimensions"])
+
+
+@pytest.mark.parametrize(("ids", "source"), [(np.array([3, -5, 7]), "negative"), (np.array(["a", "", "c"]), "empty")])
+def test_builder_rejects_candidate_ids_equal_to_the_padding(tmp_path, ids, source):
+    path = tmp_path / "items.npz"
+    np.savez(path, ids=ids, vectors=np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32))
+    proc = support.run_cli("build", "--out", str(tmp_path / "m"), "--candidates", str(path), "--query", "item", "-k", "1")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: {path}: ") and ("negative" in line if source == "negative" else "empty string" in line)
+
+
+def test_warmup_records_are_valid_batching_tasks_for_every_signature(synthetic_model, user_model):
+    """Each record: a batch input (TF Serving's batcher rejects a Run without one), <= max_batch_size rows."""
+    loaded, info = user_model
     logs = warmup.read(synthetic_model)
     signatures = {log.predict_log.request.model_spec.signature_name for log in logs}
     assert signatures == {"serving_default", "search_by_vector", "examples"}
     assert {log.predict_log.request.model_spec.name for log in logs} == {"synthetic"}
     assert 0 < len(logs) <= warmup.MAX_RECORDS
-    loaded, _ = user_model
     for log in logs:
         request = log.predict_log.request
-        out = loaded.signatures[request.model_spec.signature_name](**{k: tf.make_ndarray(v) for k, v in request.inputs.items()})
-        assert out
+        inputs = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+        assert inputs and {v.ndim >= 1 for v in inputs.values()} == {True}
+        assert len({v.shape[0] for v in inputs.values()}) == 1
+        assert next(iter(inputs.values())).shape[0] <= info["serving"]["max_batch_size"]
+        out = loaded.signatures[request.model_spec.signature_name](**inputs)
+        assert out["found"].numpy().any()
 
 
 def test_fresh_process_reload_gives_identical_results(synthetic_model, user_model):
     loaded, _ = user_model
-    users = loaded.signatures["examples"]()["query_ids"].numpy()
+    users = _examples(loaded)["query_ids"]
     here = loaded.signatures["serving_default"](ids=tf.constant(users))["ids"].numpy()
     code = (
         "import json, sys, scann, tensorflow as tf\n"
         "m = tf.saved_model.load(sys.argv[1])\n"
-        "ids = m.signatures['examples']()['query_ids']\n"
+        "ex = m.signatures['examples'](index=tf.range(64, dtype=tf.int64))\n"
+        "ids = tf.boolean_mask(ex['query_ids'], ex['found'])\n"
         "out = m.signatures['serving_default'](ids=ids)['ids'].numpy()\n"
         "print(json.dumps([[x.decode() for x in row] for row in out.tolist()]))\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(synthetic_model)], capture_output=True, text=True,
                           env=support.ENV, check=True, timeout=300)
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[x.decode() for x in row] for row in here.tolist()]
+
+
+def test_build_info_records_the_serving_contract_and_the_mixed_batch_check(synthetic_model):
+    info = read_build_info(synthetic_model)
+    serving = info["serving"]
+    assert {"k", "max_batch_size", "unknown_ids", "dimensions", "query_id_dtype", "candidate_id_dtype"} <= set(serving)
+    mixed = info["verification"]["mixed_batch"]
+    assert mixed == {"rows": 32, "unknown_ids_rows_ok": True, "nan_vector_rows_ok": True, "passed": True}
+    assert info["verification"]["known_rows_found"] is True
 
 
 @pytest.mark.slow
