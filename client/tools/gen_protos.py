@@ -47,7 +47,8 @@ def generator_venv() -> Path:
     print(f"creating the protobuf generator venv {venv} from {LOCK.relative_to(REPO)}", file=sys.stderr)
     steps = [
         [sys.executable, "-m", "venv", "--clear", str(venv)],
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(LOCK)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "-r", str(LOCK)],
     ]
     for step in steps:
         run = subprocess.run(step, capture_output=True, text=True)
@@ -66,8 +67,9 @@ def generate(out_dir: Path) -> list[Path]:
     if not protos:
         sys.exit(f"error: no .proto files in {PROTO_DIR}")
     python = generator_venv() / "bin" / "python"
+    find_protos = "import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), '_proto'))"
     well_known = subprocess.run(
-        [str(python), "-c", "import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), '_proto'))"],
+        [str(python), "-c", find_protos],
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     command = [

@@ -106,7 +106,9 @@ class _ClientBase:
         for interceptor in self._interceptors:
             if not isinstance(interceptor, self._INTERCEPTOR_TYPES):
                 names = " or ".join(f"{t.__module__}.{t.__qualname__}" for t in self._INTERCEPTOR_TYPES)
-                raise TypeError(f"{type(self).__name__} takes interceptors of type {names}, got {type(interceptor).__name__}")
+                raise TypeError(
+                    f"{type(self).__name__} takes interceptors of type {names}, got {type(interceptor).__name__}"
+                )
         self._options = _channel.channel_options(
             max_message_bytes=max_message_bytes,
             keepalive_time_ms=keepalive_time_ms,

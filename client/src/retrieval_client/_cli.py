@@ -3,7 +3,7 @@
 Exit codes: 0 success; 2 bad arguments, or a request the server rejected as
 INVALID_ARGUMENT / NOT_FOUND (one line on stderr naming the problem);
 1 any other failure (server unavailable, timeout, ...). With --json, errors
-are one JSON line on stdout instead: {"error": {"code": ..., "type": ...,
+are also one JSON line on stdout: {"error": {"code": ..., "type": ...,
 "details": ..., "hint": ..., "exit_code": ...}}.
 
 --version prints this program's version; the model version is --model-version
@@ -237,10 +237,10 @@ def _error_json(exc: BaseException, exit_code: int) -> str:
 
 
 def _fail(prog: str, exc: BaseException, exit_code: int, as_json: bool) -> int:
+    """One line on stderr, always; with --json also the JSON error line on stdout."""
+    print(f"{prog}: error: {exc}".replace("\n", " "), file=sys.stderr)
     if as_json:
         print(_error_json(exc, exit_code))
-    else:
-        print(f"{prog}: error: {exc}".replace("\n", " "), file=sys.stderr)
     return exit_code
 
 

@@ -39,7 +39,9 @@ class RetrievalClient(_ClientBase):
                         channel = grpc.insecure_channel(self._target, options=self._options)
                     else:
                         channel = grpc.secure_channel(self._target, self._credentials, options=self._options)
-                    intercepted = grpc.intercept_channel(channel, *self._interceptors) if self._interceptors else channel
+                    intercepted = channel
+                    if self._interceptors:
+                        intercepted = grpc.intercept_channel(channel, *self._interceptors)
                     self._calls = {
                         method: intercepted.unary_unary(
                             method,
@@ -73,7 +75,8 @@ class RetrievalClient(_ClientBase):
             return future.result(timeout=action.timeout_s)
         except concurrent.futures.TimeoutError:
             raise DeadlineExceededError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded (waiting for the metadata another call is fetching)"
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "Deadline Exceeded (waiting for the metadata another call is fetching)",
             ) from None
 
     def _attempt(self, calls: Dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:

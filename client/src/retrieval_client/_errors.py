@@ -148,12 +148,15 @@ _QUEUE_FULL = re.compile(r"batch scheduling queue .*is full", re.IGNORECASE)
 # gRPC's words when the TLS handshake fails on our side (BoringSSL via gRPC core).
 _TLS_FAILED = re.compile(r"(Ssl|Tls) handshake failed|CERTIFICATE_VERIFY_FAILED|ssl_transport_security", re.IGNORECASE)
 # grpcio < 1.6x: "Peer name X is not in peer certificate"; later: "Hostname Verification Check failed".
-_NAME_MISMATCH = re.compile(r"Peer name .* is not in peer certificate|Hostname Verification Check failed", re.IGNORECASE)
+_NAME_MISMATCH = re.compile(
+    r"Peer name .* is not in peer certificate|Hostname Verification Check failed", re.IGNORECASE
+)
 # The peer accepted TCP and closed it before any HTTP/2 frame: what a TLS server does to a
 # client that sends no (or an untrusted) certificate, or that speaks plaintext (measured
 # with grpcio 1.60 and 1.85; the server logs PEER_DID_NOT_RETURN_A_CERTIFICATE etc.).
 _CLOSED_IN_HANDSHAKE = re.compile(
-    r"(failed to connect to all addresses|connections to all backends failing).*Socket closed", re.IGNORECASE | re.DOTALL
+    r"(failed to connect to all addresses|connections to all backends failing).*Socket closed",
+    re.IGNORECASE | re.DOTALL,
 )
 
 #: How the channel is secured, for hints on connection failures.

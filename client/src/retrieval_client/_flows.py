@@ -17,6 +17,7 @@ from typing import Any, Generator, List, Optional
 import grpc
 
 from . import _requests as rq
+from . import _responses as rs
 from ._errors import (
     DeadlineExceededError,
     InvalidRequestError,
@@ -70,7 +71,7 @@ class ClientState:
         self.ref = ref
         self.timeout_s = float(timeout_s)
         self.retry = retry
-        self.contract: Optional[rq.Contract] = None
+        self.contract: Optional[rs.Contract] = None
         self.rng = random.Random()
 
     def deadline(self, timeout_s: Optional[float]) -> "Deadline":
@@ -144,15 +145,15 @@ def metadata(state: ClientState, deadline: Deadline, settings: CallSettings) -> 
     """GetModelMetadata -> ModelMetadata; also refreshes the cached contract."""
     rpc = Rpc(rq.GET_MODEL_METADATA, rq.metadata_request(state.ref), 0.0, settings, shared=True)
     response = yield from call(state, deadline, rpc)
-    result: ModelMetadata = rq.parse_metadata(response, state.ref)
-    state.contract = rq.Contract.from_metadata(result)
+    result: ModelMetadata = rs.parse_metadata(response, state.ref)
+    state.contract = rs.Contract.from_metadata(result)
     return result
 
 
 def _refresh(state: ClientState, deadline: Deadline, settings: CallSettings) -> Flow:
     """Fetch the metadata again and return the new contract."""
     metadata_ = yield from metadata(state, deadline, settings)
-    return rq.Contract.from_metadata(metadata_)
+    return rs.Contract.from_metadata(metadata_)
 
 
 def _contract(state: ClientState, deadline: Deadline, settings: CallSettings) -> Flow:
@@ -163,7 +164,7 @@ def _contract(state: ClientState, deadline: Deadline, settings: CallSettings) ->
     return contract, True
 
 
-def _check_k(state: ClientState, k: Optional[int], top_k: Optional[int], signature: str, contract: rq.Contract) -> None:
+def _check_k(state: ClientState, k: Optional[int], top_k: Optional[int], signature: str, contract: rs.Contract) -> None:
     if k is not None and top_k is not None and k > top_k:
         raise rq.k_too_large(k, top_k, f"{state.ref.describe(contract.version)} ({signature})")
 
@@ -179,7 +180,8 @@ def search(state: ClientState, ids: Any, k: Optional[int], timeout_s: Optional[f
     while True:
         id_dtype = contract.require_id_dtype(state.ref)
         what = state.ref.describe(contract.version)
-        stale = rq.impossible_ids(items, id_dtype, what) or (k is not None and contract.k is not None and k > contract.k)
+        k_above = k is not None and contract.k is not None and k > contract.k
+        stale = k_above or bool(rq.impossible_ids(items, id_dtype, what))
         if stale and not fresh:
             # e.g. "item-5" for a cached int64 model, or k above the cached K: a newer
             # version may take strings or return more neighbours. Ask once.
@@ -203,8 +205,8 @@ def search(state: ClientState, ids: Any, k: Optional[int], timeout_s: Optional[f
             if contract.id_dtype == id_dtype:
                 raise
             continue
-        what = state.ref.describe(rq.response_version(response.model_spec))
-        neighbours = rq.parse_neighbours(response, k, len(items), f"{what} ({rq.SEARCH_SIGNATURE})")
+        what = state.ref.describe(rs.response_version(response.model_spec))
+        neighbours = rs.parse_neighbours(response, k, len(items), f"{what} ({rq.SEARCH_SIGNATURE})")
         unknown = neighbours.unknown_rows(id_dtype)
         if unknown:
             raise rq.unknown_ids_error([items[i] for i in unknown], what)
@@ -240,8 +242,8 @@ def search_by_vector(
     _check_k(state, k, contract.vector_k, rq.VECTOR_SIGNATURE, contract)
     request = rq.predict_request(state.ref, rq.VECTOR_SIGNATURE, {"vectors": rq.to_tensor_proto(array)})
     response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
-    what = state.ref.describe(rq.response_version(response.model_spec))
-    neighbours = rq.parse_neighbours(response, k, array.shape[0], f"{what} ({rq.VECTOR_SIGNATURE})")
+    what = state.ref.describe(rs.response_version(response.model_spec))
+    neighbours = rs.parse_neighbours(response, k, array.shape[0], f"{what} ({rq.VECTOR_SIGNATURE})")
     result: List[SearchResult] = neighbours.results(k)
     return result
 
@@ -252,8 +254,8 @@ def examples(state: ClientState, timeout_s: Optional[float], settings: CallSetti
     contract, _ = yield from _contract(state, deadline, settings)
     request = rq.examples_request(state.ref, contract.examples_take_index)
     response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
-    what = state.ref.describe(rq.response_version(response.model_spec))
-    result: Examples = rq.parse_examples(response, f"{what} ({rq.EXAMPLES_SIGNATURE})")
+    what = state.ref.describe(rs.response_version(response.model_spec))
+    result: Examples = rs.parse_examples(response, f"{what} ({rq.EXAMPLES_SIGNATURE})")
     return result
 
 
@@ -261,7 +263,7 @@ def status(state: ClientState, timeout_s: Optional[float], settings: CallSetting
     """GetModelStatus -> one VersionStatus per version."""
     deadline = state.deadline(timeout_s)
     response = yield from call(state, deadline, Rpc(rq.GET_MODEL_STATUS, rq.status_request(state.ref), 0.0, settings))
-    result: List[VersionStatus] = rq.parse_status(response)
+    result: List[VersionStatus] = rs.parse_status(response)
     return result
 
 
@@ -308,7 +310,7 @@ def wait_until_available(state: ClientState, timeout_s: float, settings: CallSet
         except _STARTING_UP as exc:
             last_seen = f"last error {exc.code.name}: {exc.details}"
         else:
-            statuses = rq.parse_status(response)
+            statuses = rs.parse_status(response)
             available = [s for s in statuses if s.state == "AVAILABLE"]
             if available:
                 return max(available, key=lambda s: s.version)
