@@ -63,15 +63,17 @@ def tls_files(tmp_path_factory) -> Dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def local_live_servers(request, tmp_path_factory) -> Iterator[Dict[str, str]]:
-    """The real local server on a string-id model (synthetic CSV) and on the demo's int-id
-    MovieLens model: {"string": "MODEL@host:port", "int64": ...} for tests/client/portable
+    """The real local server on a string-id model (synthetic CSV), on the demo's int-id
+    MovieLens model and on the string-id model built with --unknown-ids fallback:
+    {"string": "MODEL@host:port", "int64": ..., "fallback": ...} for tests/client/portable
     (the format of its RETRIEVAL_CLIENT_LIVE_TARGETS, which the matrix runs pass). With that
     variable set, the servers it names are used instead (nothing is built or started)."""
     given = os.environ.get("RETRIEVAL_CLIENT_LIVE_TARGETS")
     if given:
         yield dict(part.split("=", 1) for part in given.split(","))
         return
-    models = {"string": request.getfixturevalue("synthetic_model"), "int64": request.getfixturevalue("movielens_model")}
+    models = {"string": request.getfixturevalue("synthetic_model"), "int64": request.getfixturevalue("movielens_model"),
+              "fallback": request.getfixturevalue("fallback_model_dir")}
     logs = tmp_path_factory.mktemp("client-live-servers")
     with contextlib.ExitStack() as stack:
         servers = {

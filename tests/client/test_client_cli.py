@@ -37,7 +37,7 @@ def test_int_model_takes_numeric_ids_from_the_command_line(make_server, capsys):
     code, out, _ = run(capsys, "search", "--target", server.target, "--id", "1005", "--json")
     assert code == 0 and json.loads(out)["results"][0]["ids"][0] == 1005
     code, _, err = run(capsys, "search", "--target", server.target, "--id", "abc")
-    assert code == 2 and err.count("\n") == 1 and "not in this model version: 'abc'" in err
+    assert code == 2 and err.count("\n") == 1 and "not in this model version: [abc]" in err
 
 
 def test_search_vector_status_metadata_examples_wait(server, capsys):

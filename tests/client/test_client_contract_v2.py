@@ -23,7 +23,7 @@ def test_unknown_ids_are_named_from_the_found_flag(make_server, id_dtype, known,
             client.search([known, unknown, known])
     assert ok.found and ok.ids[0] == known
     message = info.value.details
-    assert message.startswith(f"{UNKNOWN_WORDING} {unknown!r}" if id_dtype == "string" else f"{UNKNOWN_WORDING} {unknown} ")
+    assert message.startswith(f"{UNKNOWN_WORDING} [{unknown}] (model 'scann_model' version 3)"), message
     assert str(known) not in message.split("(model")[0]
     assert "--unknown-ids fallback" in info.value.hint
     assert server.calls["Predict"] == 2, "the search was answered (every row), the client raised"

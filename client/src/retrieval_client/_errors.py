@@ -25,6 +25,8 @@ class RetrievalError(Exception):
         super().__init__(code, details)
         self.code = code
         self.details = details
+        # Raised in place of gRPC's exception (or of nothing): never show a chained context.
+        self.__suppress_context__ = True
         if hint is not None:
             self.hint = hint
 

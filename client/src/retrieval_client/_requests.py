@@ -146,17 +146,23 @@ def _id_as_int(value: Any, model: str) -> Optional[int]:
 
 
 def show_id(value: Any) -> str:
-    """An id as error messages show it: strings quoted, numbers bare."""
+    """An id as error messages show it: as text, or as a bytes literal when it is not UTF-8."""
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return repr(bytes(value))
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         return str(int(value))
-    return repr(value)
+    return str(value)
 
 
 def unknown_ids_error(ids: Sequence[Any], what: str) -> InvalidRequestError:
-    """InvalidRequestError naming the caller's unknown ids (the wording the graph used to raise)."""
+    """InvalidRequestError naming the caller's unknown ids, worded as the graph's check used to
+    (TensorFlow's Assert printed them as "[a b]")."""
     return InvalidRequestError(
         grpc.StatusCode.INVALID_ARGUMENT,
-        f"{UNKNOWN_IDS} {', '.join(show_id(v) for v in ids)} ({what})",
+        f"{UNKNOWN_IDS} [{' '.join(show_id(v) for v in ids)}] ({what})",
         "the model was built without these ids; build a new version that has them, "
         "or build with --unknown-ids fallback to get the most popular items instead",
     )
@@ -176,7 +182,7 @@ def ids_tensor(ids: Sequence[Any], id_dtype: str, model: str) -> tensor_pb2.Tens
         numbers = [_id_as_int(v, model) for v in ids]
         impossible = [v for v, n in zip(ids, numbers) if n is None]
         if impossible:
-            raise ValueError(f"id(s) {', '.join(show_id(v) for v in impossible)} are not int64, which {model} takes")
+            raise ValueError(f"id(s) {', '.join(map(repr, impossible))} are not int64, which {model} takes")
         return to_tensor_proto(np.array(numbers, dtype=np.int64))
     raise IncompatibleModelError(f"{model} takes ids of dtype {id_dtype}; the client supports {ID_DTYPES}")
 

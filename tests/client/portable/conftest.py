@@ -4,7 +4,10 @@ These tests need only retrieval_client, grpcio, numpy and pytest, so the
 protobuf/grpcio matrix (tests/client/test_client_matrix.py) runs them in fresh
 venvs against local servers started from the main venv, passed in as
 
-    RETRIEVAL_CLIENT_LIVE_TARGETS="string=MODEL@host:port,int64=MODEL@host:port"
+    RETRIEVAL_CLIENT_LIVE_TARGETS="string=MODEL@host:port,int64=MODEL@host:port,fallback=MODEL@host:port"
+
+(string and int64: models built with the default --unknown-ids error; fallback: a string-id
+model built with --unknown-ids fallback.)
 
 Under the normal test run (main venv) the same fixture starts those servers
 itself (tests/client/conftest.py, `local_live_servers`).
@@ -48,7 +51,7 @@ def live_servers(request) -> Dict[str, Live]:
     try:
         local = request.getfixturevalue("local_live_servers")
     except pytest.FixtureLookupError:
-        pytest.fail(f"no local servers: set {LIVE_TARGETS}=string=MODEL@host:port,int64=MODEL@host:port "
+        pytest.fail(f"no local servers: set {LIVE_TARGETS}=string=MODEL@host:port,int64=...,fallback=... "
                     "(python -m model_builder serve ...), or run from the repository's tests/ with the main venv")
     return parse_live_targets(",".join(f"{dtype}={where}" for dtype, where in local.items()))
 

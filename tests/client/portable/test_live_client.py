@@ -55,8 +55,22 @@ def test_unknown_ids_raise_invalid_request_naming_only_them(live):
 
 def test_a_word_for_an_int_model_is_an_unknown_id_not_a_crash(live_servers):
     live = live_servers["int64"]
-    with client_for(live) as client, pytest.raises(InvalidRequestError, match="'no-such-user'"):
+    with client_for(live) as client, pytest.raises(InvalidRequestError, match=r"\[no-such-user\]"):
         client.search(["no-such-user"])
+
+
+def test_a_fallback_model_answers_unknown_ids_with_found_false(live_servers):
+    live = live_servers["fallback"]
+    with client_for(live) as client:
+        known = client.examples().query_ids[0]
+        metadata = client.metadata()
+        if "found" not in metadata.signatures["serving_default"].outputs:
+            pytest.fail(f"{live.model} was exported before the batching-safe contract: no fallback rows to test")
+        first, unknown, second = client.search([known, "someone-new", "someone-else"])
+    assert first.found and np.isfinite(first.scores).all()
+    assert not unknown.found and not second.found
+    assert unknown.ids.tolist() == second.ids.tolist() and len(set(unknown.ids.tolist())) == len(unknown.ids)
+    assert "" not in unknown.ids.tolist() and np.isneginf(unknown.scores).all()
 
 
 def test_k_truncates_and_a_larger_k_is_refused(live):
