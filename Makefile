@@ -21,12 +21,16 @@ PORT ?= $(GRPC_PORT)## gRPC port of the local server.
 TARGET ?= 127.0.0.1:$(GRPC_PORT)## gRPC target for `smoke` (host:port or dns:///svc:port).
 PYTEST_ARGS ?=## Extra pytest flags, e.g. PYTEST_ARGS='-k compat -x'.
 BUILDER_IMAGE ?= scann-serving-builder:$(TF_VERSION)## Local tag of the builder image.
-SERVING_IMAGE ?= scann-serving## Local repository of the serving image (tag: <model>-v<version>-<gitsha>).
+SERVING_IMAGE ?= scann-serving## Local repository of the serving image (tag: <model>-v<version>-<gitsha>-<model digest>).
 AWS_REGION ?=## ECR region for `push` (or set the AWS_REGION environment variable).
 AWS_ACCOUNT_ID ?=## ECR account for `push`.
 ECR_REPOSITORY ?= scann-serving## ECR repository for `push`.
 ECR_REGISTRY ?=## Registry host; default <account>.dkr.ecr.<region>.amazonaws.com.
 OVERLAY ?= prod## k8s overlay for `deploy`.
+COMPONENTS ?=## Extra per-model k8s components for `deploy`, e.g. scale-on-load.
+MEMORY ?=## `deploy` memory request = limit: measured (peak RSS + headroom) or a quantity; default: the overlay's, checked.
+MONITORING ?=## 1: `deploy` also applies the namespace-wide monitoring component.
+MODEL_DIR ?=## `image`: bake this existing version folder (BASE/NAME/VERSION) instead of building one.
 USE_STANDINS ?=## 1: build local stand-ins for the base images (no registry needed), as CI does.
 RENDER_ONLY ?=## 1: `deploy` prints the rendered manifests instead of applying them.
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist## Debian's dataset-fashion-mnist (benchmark tests read it).
@@ -126,23 +130,27 @@ compat-snapshot: compat-venv ## Regenerate the serving runtime's op-registry sna
 	$(COMPAT_VENV)/bin/python model_builder/compat/snapshot.py 2>/dev/null > $(COMPAT_SNAPSHOT)
 
 ##@ Deploy
-.PHONY: docker-engine lint image push deploy
+.PHONY: docker-engine lint image push deploy deploy-monitoring
 docker-engine: ## Make sure a Docker engine is reachable (installs docker.io/debootstrap if root).
-	docker/engine.sh ensure
+	scripts/engine.sh ensure
 
-lint: tools-venv ## hadolint, kustomize + kubernetes-validate --strict, checkov.
-	docker/lint.sh
+lint: tools-venv ## hadolint, kustomize + kubernetes-validate --strict, checkov, for every overlay and component.
+	scripts/lint.sh
 
-image: docker-engine ## Builder image -> verified model -> serving image <model>-v<version>-<gitsha>.
+image: venv compat-venv docker-engine ## Builder image -> verified model -> memory measured in the compat env -> serving image <model>-v<version>-<gitsha>-<digest>.
 	MODEL=$(MODEL) DATASET=$(DATASET) BUILD_ARGS="$(BUILD_ARGS)" BUILDER_IMAGE=$(BUILDER_IMAGE) \
-	  SERVING_IMAGE=$(SERVING_IMAGE) USE_STANDINS=$(USE_STANDINS) docker/build-images.sh
+	  SERVING_IMAGE=$(SERVING_IMAGE) USE_STANDINS=$(USE_STANDINS) MODEL_DIR=$(MODEL_DIR) docker/build-images.sh
 
-push: ## Push the last built serving image to ECR (AWS_REGION, AWS_ACCOUNT_ID).
-	AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \
-	  ECR_REGISTRY=$(ECR_REGISTRY) SERVING_IMAGE=$(SERVING_IMAGE) docker/push-ecr.sh
+push: ## Push MODEL's last built image to ECR; an existing tag is skipped (same files) or refused.
+	MODEL=$(MODEL) AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \
+	  ECR_REGISTRY=$(ECR_REGISTRY) SERVING_IMAGE=$(SERVING_IMAGE) scripts/push-ecr.sh
 
-deploy: ## Render k8s/overlays/OVERLAY with the pushed image and kubectl apply -k.
-	OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) docker/deploy.sh
+deploy: ## Deploy MODEL's pushed image with OVERLAY (its own objects, next to other models).
+	MODEL=$(MODEL) OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) COMPONENTS="$(COMPONENTS)" \
+	  MEMORY=$(MEMORY) MONITORING=$(MONITORING) scripts/deploy.sh
+
+deploy-monitoring: ## Apply OVERLAY's namespace with the PodMonitor and alert rules (Prometheus Operator).
+	OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) MONITORING=1 scripts/deploy.sh --namespace-only
 
 ##@ Benchmarks
 .PHONY: bench bench-quick

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from model_builder import embeddings, evaluate, export, index, settings, tune, verify, warmup
+from model_builder.compat import memory
 from model_builder.errors import ConfigError, DataError
 from model_builder.serving_module import (
     MAX_EXAMPLES,
@@ -283,6 +284,8 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
         full = export.read_build_info(tmp)
         full["verification"] = {**report, "version_dir": None}
         export.write_build_info(tmp, full)
+        # Deploy sizing: peak RSS of loading + warming in the serving-runtime stand-in (compat/memory.py).
+        memory.record(tmp, log)
 
     version_dir = export.publish(Path(cfg.out), cfg.model_name, cfg.version, write, check)
     info = export.read_build_info(version_dir)
