@@ -15,7 +15,7 @@ import pytest
 import support
 
 DOCS = [support.REPO / "README.md", support.REPO / "client" / "README.md"]
-HEADLESS = "dns:///scann-serving.scann-serving.svc.cluster.local:8500"
+HEADLESS = "dns:///scann-model-serving-headless.scann-serving.svc.cluster.local:8500"
 SNIPPET = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
 
 
