@@ -102,7 +102,7 @@ datasets: ## Install the Debian dataset packages the benchmarks read: Fashion-MN
 	         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null; }; }
 
 lock: ## Re-freeze requirements/*.txt from requirements/*.in.
-	requirements/lock.sh build dev compat tools
+	requirements/lock.sh build dev compat tools protoc
 
 ##@ Model
 .PHONY: build demo serve verify
