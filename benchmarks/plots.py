@@ -9,7 +9,8 @@ SERIES_STYLE = {"scann": ("ScaNN (TF ops, same index as 'tuned')", "tab:blue", "
                 "ivfpq": ("Faiss IVF-PQ + refine (nprobe x k_factor)", "tab:green", "^-")}
 SERVED_STYLE = {"exact": ("served: exact (matmul+top_k)", "black", "X"),
                 "rule_of_thumb": ("served: rule of thumb (--no-tune)", "tab:red", "D"),
-                "tuned": ("served: auto-tuned (default build)", "tab:purple", "*")}
+                "tuned": ("served: index search, --optimize latency (default build)", "tab:purple", "*"),
+                "tuned_throughput": ("served: index search, --optimize throughput", "tab:pink", "P")}
 
 
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -43,19 +44,30 @@ def recall_qps_png(result: dict, path: Path) -> Path:
             if name not in SERVED_STYLE or "recall_at_10" not in served:
                 continue
             label, colour, marker = SERVED_STYLE[name]
-            if name == "tuned" and served.get("flags"):
-                label = f"served: auto-tuned ({' '.join(served['flags'])})"
+            chosen = (served.get("index_search") or {}).get("chosen")
+            if chosen:
+                label += f": {chosen['family']}" + (f" {chosen['num_leaves']} leaves" if chosen.get("num_leaves") else "")
             qps = served[served_key]["qps"]
             ax.scatter([served["recall_at_10"]], [qps], marker=marker, s=140, color=colour, label=label, zorder=5,
                        edgecolors="white", linewidths=0.8)
             recalls.append(served["recall_at_10"])
+            graph = served.get("graph") or {}
+            graph_qps = (1e3 / graph["p50_ms_1"] if served_key == "latency_1" and graph.get("p50_ms_1")
+                         else graph.get("qps_64") if served_key == "throughput_64" else None)
+            if graph_qps:  # the same model through TF's C API: without the Python session harness
+                ax.scatter([served["recall_at_10"]], [graph_qps], marker=marker, s=140, facecolors="none",
+                           edgecolors=colour, linewidths=1.5, zorder=5,
+                           label=f"{SERVED_STYLE[name][0]}, via TF's C API (what TF Serving pays)")
         for name, peer in result.get("faiss", {}).items():
-            if "recall_at_10" in peer:
-                qps = peer[served_key]["qps"]
-                ax.scatter([peer["recall_at_10"]], [qps], marker="o", s=90, facecolors="none",
+            # Per query: the setting matched to the latency-tuned model; per batch: the one matched to the
+            # throughput-tuned model (runs before it kept one setting for both).
+            point = peer.get("batch_matched") if served_key == "throughput_64" and peer.get("batch_matched") else peer
+            if "recall_at_10" in point:
+                qps = point[served_key]["qps"]
+                ax.scatter([point["recall_at_10"]], [qps], marker="o", s=90, facecolors="none",
                            edgecolors=SERIES_STYLE[name][1], linewidths=2, zorder=5,
-                           label=f"Faiss {name} at matched recall ({peer['params_text']})")
-                recalls.append(peer["recall_at_10"])
+                           label=f"Faiss {name} at matched recall ({point['params_text']})")
+                recalls.append(point["recall_at_10"])
         ax.set_yscale("log")
         ax.set_xlabel("recall@10 (vs exact search, held-out queries)")
         ax.set_ylabel("queries per second (log)")

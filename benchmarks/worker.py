@@ -98,11 +98,32 @@ def run_savedmodel(args) -> dict:
 
     test, kth, _ = _load_test(args.test)
     out.update(_measure(search, [search], test, kth, args.candidates, args))
+    out["graph"] = _graph_figures(args.version_dir, test, args)
     if args.batch_sizes:
         out["batch_curve"] = timing.batch_curve(search, test, [int(b) for b in args.batch_sizes.split(",")], args.sweep_max_s)
     if args.sweep:
         out["scann_sweep"] = _scann_sweep(args, test, kth)
     return out
+
+
+def _graph_figures(version_dir: Path, test: np.ndarray, args) -> dict:
+    """The same signature without the Python session harness: TF's C-API loader and a TF_SessionRun loop
+    (model_builder/graph_timing.py), what TF Serving's C++ Session::Run pays. Measured after the RSS
+    figures: it loads a second copy of the version."""
+    from model_builder import graph_timing
+
+    session = graph_timing.GraphSession(version_dir)
+    try:
+        single_us, single_calls = graph_timing.time_calls(session, test, 1, max_calls=args.latency_queries,
+                                                          max_s=args.latency_max_s)
+        batch_us, batch_calls = graph_timing.time_calls(session, test, 64, max_calls=args.throughput_batches,
+                                                        max_s=args.throughput_s)
+    finally:
+        session.close()
+    return {"method": "TF_LoadSessionFromSavedModel + TF_SessionRun loop on pre-built inputs, median call, best of 3 "
+                      "rounds, intra-op 1 / inter-op 2 threads",
+            "p50_ms_1": round(single_us / 1e3, 4), "calls_1": single_calls,
+            "qps_64": round(64 / (batch_us / 1e6), 1), "calls_64": batch_calls}
 
 
 def _scann_sweep(args, test: np.ndarray, kth: np.ndarray) -> list[dict]:
@@ -156,14 +177,31 @@ def run_faiss_measure(args) -> dict:
         return search, batch_searches
 
     curve = _sweep(make, faiss_index.grid(args.kind, index), test, kth, base, args)
-    del base
-    reached = [p for p in curve if p["recall_at_10"] >= args.target_recall]
-    chosen = min(reached, key=lambda p: p["p50_ms"]) if reached else max(curve, key=lambda p: p["recall_at_10"])
+    chosen, reached = _matched(curve, args.target_recall, "p50_ms", lowest=True)
     faiss_index.apply(index, chosen["params"])
-    out.update({"sweep": curve, "target_recall": args.target_recall, "matched": bool(reached),
+    out.update({"sweep": curve, "target_recall": args.target_recall, "matched": reached,
                 "params": chosen["params"]})
     out.update(_measure(search, batch_searches, test, kth, args.candidates, args))
+    # Batches compare with the model served for batches, at its recall: the sweep point with the most
+    # batch-64 QPS among those reaching it (often another setting than the single-query pick).
+    batch_target = args.batch_target_recall if args.batch_target_recall is not None else args.target_recall
+    chosen, reached = _matched(curve, batch_target, "batch64_qps", lowest=False)
+    faiss_index.apply(index, chosen["params"])
+    out["batch_matched"] = {"target_recall": batch_target, "matched": reached, "params": chosen["params"],
+                            "params_text": faiss_index.describe(chosen["params"]),
+                            "recall_at_10": timing.recall(batch_searches[0], test, kth, base, "dot_product"),
+                            "throughput_64": _best_throughput(batch_searches, test, args.throughput_s,
+                                                              args.throughput_batches)}
     return out
+
+
+def _matched(curve: list[dict], target: float, key: str, lowest: bool) -> tuple[dict, bool]:
+    """The best sweep point by `key` among those reaching `target` (else the highest-recall point)."""
+    reached = [p for p in curve if p["recall_at_10"] >= target]
+    if not reached:
+        return max(curve, key=lambda p: p["recall_at_10"]), False
+    pick = min if lowest else max
+    return pick(reached, key=lambda p: p[key]), True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=Path)
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--target-recall", type=float, default=0.95)
+    p.add_argument("--batch-target-recall", type=float, default=None,
+                   help="faiss-measure: recall the batch-64 pick must reach (default: --target-recall)")
     p.add_argument("--latency-queries", type=int, default=1000)
     p.add_argument("--latency-max-s", type=float, default=20.0)
     p.add_argument("--throughput-s", type=float, default=5.0)

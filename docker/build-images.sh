@@ -1,25 +1,39 @@
 #!/usr/bin/env bash
-# `make image`: builder image -> verified model -> serving image.
+# `make image`: builder image -> verified model -> measured -> serving image.
 #   1. download the pinned wheels on the host into a cached wheelhouse
 #      (containers may not reach the package index, and the image build stays offline)
 #   2. build BUILDER_IMAGE from a minimal temporary context
 #   3. run it (non-root, read-only root FS, no network) to build MODEL into MODELS
-#   4. build SERVING_IMAGE:<model>-v<version>-<gitsha> with the newest version baked in
-#   5. record that reference in $BUILD_DIR/last-image for push-ecr.sh
+#   4. measure the version's peak RSS in the serving-runtime stand-in on the host
+#      (model_builder/compat/memory.py; stored in build_info.json) unless the build did
+#   5. build SERVING_IMAGE:<model>-v<version>-<gitsha>[-dirty]-<digest12> with the version
+#      baked in; <digest12> starts the sha256 of the version's files (scripts/lib.sh
+#      model_digest), so a retrained model never gets the tag of another one
+#   6. record the reference in $BUILD_DIR/last-image and, with the image's labels, in
+#      $BUILD_DIR/images/<model>.json for scripts/push-ecr.sh
 #
 # Env (defaults from versions.env / the Makefile):
 #   MODEL, DATASET, BUILD_ARGS, BUILDER_IMAGE, SERVING_IMAGE, PY (python for pip download)
 #   MODELS             model base path on the host (default $BUILD_DIR/models)
+#   MODEL_DIR          bake this existing version folder (BASE/NAME/VERSION, e.g. from
+#                      `make build`) instead of steps 1-3; MODEL is taken from its path
 #   BUILDER_BASE_IMAGE, SERVING_BASE_IMAGE   base images (build args)
 #   USE_STANDINS=1     build and use the local stand-ins for both base images
 #                      (no registry needed; see docker/README.md)
 #   BUILD_DIR          outputs and caches (default build/)
 #   WHEELHOUSE_DIR     wheel cache, one folder per lock hash (default $BUILD_DIR/wheelhouse)
+#   VENV, COMPAT_VENV  the build venv and the serving-runtime stand-in env (step 4)
 set -euo pipefail
-# shellcheck source=lib.sh
-source "$(dirname "$0")/lib.sh"
+# shellcheck source=../scripts/lib.sh
+source "$(dirname "$0")/../scripts/lib.sh"
 cd "$REPO"
 
+if [[ -n "${MODEL_DIR:-}" ]]; then
+  [[ -f "$MODEL_DIR/saved_model.pb" ]] || die_usage "MODEL_DIR '$MODEL_DIR' is not a model version folder (no saved_model.pb)"
+  MODEL_DIR="$(cd "$MODEL_DIR" && pwd)"
+  [[ "$(basename "$MODEL_DIR")" =~ ^[0-9]+$ ]] || die_usage "MODEL_DIR '$MODEL_DIR' must end in a numeric version folder"
+  MODEL="$(basename "$(dirname "$MODEL_DIR")")"
+fi
 MODEL="${MODEL:-$MODEL_NAME}"
 DATASET="${DATASET:-movielens-100k}"
 BUILD_ARGS="${BUILD_ARGS:-}"
@@ -33,7 +47,8 @@ STANDIN_SERVING_IMAGE="${STANDIN_SERVING_IMAGE:-scann-serving/tf-serving-standin
 IMAGE_UID=10001
 
 [[ "$MODEL" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] || die_usage "MODEL '$MODEL' is not usable in an image tag (letters, digits, _ . -)"
-docker info >/dev/null 2>&1 || die "no Docker engine answers (run docker/engine.sh ensure)"
+k8s_name "$MODEL" >/dev/null # fail now, not at deploy time, on a name Kubernetes cannot take
+docker info >/dev/null 2>&1 || die "no Docker engine answers (run scripts/engine.sh ensure)"
 
 if [[ "${USE_STANDINS:-0}" == 1 ]]; then
   BUILDER_BASE_IMAGE="$STANDIN_PYTHON_IMAGE"
@@ -151,13 +166,35 @@ build_serving_standin() {
     -t "$STANDIN_SERVING_IMAGE" "$REPO/docker/standin/serving"
 }
 
+# measure_memory DIR: peak RSS of loading + warming DIR in the serving-runtime stand-in, unless
+# the build measured it already (a host build with the compat env does; the builder image cannot).
+measure_memory() {
+  local dir="$1" py
+  py="$(build_python)"
+  if ! "$py" - "$dir/assets.extra/build_info.json" <<'PY'
+import json, sys
+sys.exit(0 if (json.load(open(sys.argv[1])).get("memory") or {}).get("peak_rss_bytes") else 1)
+PY
+  then
+    echo "$SCRIPT: measuring peak RSS of $dir in the serving-runtime stand-in (TF $COMPAT_TF_VERSION C API)" >&2
+    PYTHONPATH="$REPO" "$py" -m model_builder.compat.memory "$dir" --write >/dev/null \
+      || die "memory measurement of $dir failed (make compat-venv; the message above says why)"
+  fi
+  "$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["memory"]["peak_rss_bytes"])' \
+    "$dir/assets.extra/build_info.json"
+}
+
 build_serving() {
-  local version="$1" sha tag ctx
+  local dir="$1" version sha digest peak tag ctx dirty=false
+  version="$(basename "$dir")"
   sha="$(git_sha)"
-  tag="$SERVING_IMAGE:$MODEL-v$version-$sha"
+  [[ "$sha" == *-dirty ]] && dirty=true
+  digest="$(model_digest "$dir")"
+  peak="$(measure_memory "$dir")"
+  tag="$SERVING_IMAGE:$MODEL-v$version-$sha-${digest:7:12}"
   ctx="$(new_context serving)"
   mkdir -p "$ctx/models/$MODEL" "$ctx/config"
-  cp -a "$MODELS/$MODEL/$version" "$ctx/models/$MODEL/$version"
+  cp -a "$dir" "$ctx/models/$MODEL/$version"
   # One source for the server configs: the files the k8s ConfigMap mounts.
   cp k8s/base/config/batching_parameters.txt k8s/base/config/monitoring_config.txt "$ctx/config/"
   install -m 0755 docker/serving/model-ready "$ctx/model-ready"
@@ -167,19 +204,33 @@ build_serving() {
     --build-arg "SERVING_BASE_IMAGE=$SERVING_BASE_IMAGE" \
     --build-arg "MODEL=$MODEL" \
     --build-arg "MODEL_VERSION=$version" \
+    --build-arg "MODEL_DIGEST=$digest" \
+    --build-arg "PEAK_RSS_BYTES=$peak" \
     --build-arg "GIT_COMMIT=$sha" \
+    --build-arg "GIT_DIRTY=$dirty" \
     --build-arg "TF_VERSION=$TF_VERSION" \
     --build-arg "SCANN_VERSION=$SCANN_VERSION" \
     --build-arg "COMPAT_TF_VERSION=$COMPAT_TF_VERSION" \
     -t "$tag" "$ctx"
-  mkdir -p "$BUILD_DIR"
+  mkdir -p "$BUILD_DIR/images"
   echo "$tag" > "$BUILD_DIR/last-image"
+  # The labels as the engine reports them: what push and deploy read.
+  docker image inspect --format '{{json .Config.Labels}}' "$tag" | image_record "$tag" > "$BUILD_DIR/images/$MODEL.json"
   echo "$tag"
 }
 
-build_builder
-build_model
-version="$(newest_version)"
-check_layout "$MODELS/$MODEL/$version"
-[[ "${USE_STANDINS:-0}" == 1 ]] && build_serving_standin
-build_serving "$version"
+if [[ -n "${MODEL_DIR:-}" ]]; then
+  check_layout "$MODEL_DIR"
+  if [[ "${USE_STANDINS:-0}" == 1 ]] && ! docker image inspect "$SERVING_BASE_IMAGE" >/dev/null 2>&1; then
+    build_builder
+    build_serving_standin
+  fi
+  build_serving "$MODEL_DIR"
+else
+  build_builder
+  build_model
+  version="$(newest_version)"
+  check_layout "$MODELS/$MODEL/$version"
+  [[ "${USE_STANDINS:-0}" == 1 ]] && build_serving_standin
+  build_serving "$MODELS/$MODEL/$version"
+fi

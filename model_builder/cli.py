@@ -108,6 +108,8 @@ def _run_verify(args: argparse.Namespace) -> int:
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", formatter_class=_FORMATTER, help="print a version's build_info.json and signatures")
     p.add_argument("version_dir", type=Path)
+    p.add_argument("--frontier", action="store_true",
+                   help="print only the index search's frontier as a table (every structure tried: family, knobs, recall, cost)")
     p.set_defaults(run=_run_inspect)
 
 
@@ -119,7 +121,12 @@ def _run_inspect(args: argparse.Namespace) -> int:
         from model_builder.errors import DataError
 
         raise DataError(f"{args.version_dir}: no assets.extra/build_info.json (not a version built by model_builder)")
-    print(json.dumps(info, indent=2, sort_keys=True))
+    if args.frontier:
+        from model_builder.frontier_table import render
+
+        print(render(info.get("index_search")))
+    else:
+        print(json.dumps(info, indent=2, sort_keys=True))
     return 0
 
 

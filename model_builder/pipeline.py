@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model_builder import embeddings, evaluate, export, index, settings, tune, verify, warmup
+from model_builder import embeddings, evaluate, export, index, index_search, settings, verify, warmup
+from model_builder.compat import memory
 from model_builder.errors import ConfigError, DataError
 from model_builder.serving_module import (
     MAX_EXAMPLES,
@@ -56,7 +57,7 @@ class BuildConfig:
     num_examples: int = field(default=8, metadata={"help": f"known ids published by the 'examples' signature for smoke tests (0 disables, at most {MAX_EXAMPLES})"})
     unknown_ids: str = field(default="error", metadata={"help": "what an unknown query id's row gets (found=false either way): error = no ids (our client raises InvalidRequestError naming them), fallback = the k most popular training items"})
     target_recall: float = field(default=verify.DEFAULT_TARGET_RECALL, metadata={"help": "recall@k vs exact search the version must reach to be published"})
-    tune: bool = field(default=True, metadata={"help": "tune leaves-to-search and reorder count on held-out queries to the fastest setting reaching --target-recall"})
+    tune: bool = field(default=True, metadata={"help": "search index structures and their leaves-to-search/reorder on held-out queries for the fastest served setting reaching --target-recall (see --optimize, --index-search, --search-budget-factor); off: the rule of thumb as is"})
     verify_queries: int = field(default=verify.DEFAULT_QUERIES, metadata={"help": "held-out queries used by the recall gate"})
 
     def validate(self) -> None:
@@ -218,6 +219,20 @@ def _tuning_queries(catalogue: Catalogue, count: int = 1000) -> np.ndarray:
     return vectors[picks]
 
 
+def module_factory(cfg: BuildConfig, catalogue: Catalogue, fallback_ids: np.ndarray | None = None,
+                   query_tower=None) -> index_search.MakeModule:
+    """The serving module for an index and its search knobs: what gets exported, and what the index search times.
+
+    `query_tower` (feature builds, feature_tower.ServingTower) adds the search_by_features signature.
+    """
+    def make(resolved: index.ResolvedIndex, searcher, leaves_to_search: int | None, reorder: int | None) -> RetrievalModule:
+        options = ServingOptions(k=cfg.k, max_batch_size=cfg.max_batch_size, num_examples=cfg.num_examples,
+                                 leaves_to_search=leaves_to_search, pre_reorder_num_neighbors=reorder,
+                                 unknown_ids=cfg.unknown_ids, fallback_ids=fallback_ids)
+        return RetrievalModule(catalogue, resolved, searcher, options, query_tower)
+    return make
+
+
 def git_commit() -> str:
     """The source commit ($GIT_COMMIT in images, else git), or 'unknown'."""
     if os.environ.get("GIT_COMMIT"):
@@ -279,6 +294,7 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
     `prepared` skips data loading and training (the demo trains once and builds two models).
     """
     cfg.validate()
+    index_cfg.validate()
     started = time.perf_counter()
     if prepared is None:
         prepared = prepare_imported(cfg, log) if cfg.candidates else prepare_trained(cfg, train_cfg, log)
@@ -289,17 +305,18 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
     extra = 1 if catalogue.items_are_queries else 0  # the query item itself is dropped from its results
     resolved = index.resolve(index_cfg, len(vectors), vectors.shape[1], cfg.k + extra)
     log(f"index: {resolved.describe()}")
-    searcher, index_seconds = index.build_searcher(vectors, resolved, cfg.k + extra)
-    log(f"index: built in {index_seconds:.1f} s")
-    tuning = None
-    if cfg.tune and searcher is not None:
-        tuning = tune.tune(searcher, resolved, _tuning_queries(catalogue), vectors, cfg.k + extra, cfg.target_recall, log)
-    options = ServingOptions(k=cfg.k, max_batch_size=cfg.max_batch_size, num_examples=cfg.num_examples,
-                             leaves_to_search=tuning.leaves_to_search if tuning else None,
-                             pre_reorder_num_neighbors=tuning.reorder if tuning else None,
-                             unknown_ids=cfg.unknown_ids, fallback_ids=fallback_ids)
     exported = prepared.feature_towers
-    module = RetrievalModule(catalogue, resolved, searcher, options, exported.towers[cfg.query] if exported else None)
+    query_tower = exported.towers[cfg.query] if exported else None
+    tuning = searched = None
+    if cfg.tune and resolved.algorithm != "exact":
+        searched = index_search.search(index_cfg, resolved, vectors, _tuning_queries(catalogue), cfg.k + extra,
+                                       cfg.target_recall, module_factory(cfg, catalogue, fallback_ids, query_tower), log)
+        resolved, searcher, index_seconds, tuning = searched.index, searched.searcher, searched.build_seconds, searched.tuning
+    else:
+        searcher, index_seconds = index.build_searcher(vectors, resolved, cfg.k + extra)
+        log(f"index: built in {index_seconds:.1f} s")
+    module = module_factory(cfg, catalogue, fallback_ids, query_tower)(resolved, searcher, tuning.leaves_to_search if tuning else None,
+                                                                       tuning.reorder if tuning else None)
     info = {
         "model_name": cfg.model_name,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -309,6 +326,7 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
         "training": prepared.quality,
         "index": {**resolved.to_dict(), "build_seconds": round(index_seconds, 3)},
         "tuning": tuning.to_dict() if tuning else None,
+        "index_search": searched.record if searched else None,
         "serving": {"k": cfg.k, "query": cfg.query, "items_are_queries": catalogue.items_are_queries,
                     "max_batch_size": cfg.max_batch_size, "dimensions": int(vectors.shape[1]),
                     "unknown_ids": cfg.unknown_ids,
@@ -337,6 +355,8 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
         full = export.read_build_info(tmp)
         full["verification"] = {**report, "version_dir": None}
         export.write_build_info(tmp, full)
+        # Deploy sizing: peak RSS of loading + warming in the serving-runtime stand-in (compat/memory.py).
+        memory.record(tmp, log)
 
     version_dir = export.publish(Path(cfg.out), cfg.model_name, cfg.version, write, check)
     info = export.read_build_info(version_dir)

@@ -1,41 +1,61 @@
-"""Recall-targeted tuning of the search-time knobs, starting from the rule of thumb.
+"""Recall sweep of one index's search-time knobs: which (leaves, reorder) settings reach the target.
 
-The rule of thumb fixes the index structure (leaves, AH codes); how many leaves
-a query scans and how many candidates get exact re-scoring can still change
-per search. We measure recall@k against exact search on held-out queries over
-a small grid, keep for each reorder count the fewest leaves that reach the
-target, time those frontier points, and serve the fastest one. The whole curve
-goes into build_info.json.
+How many leaves a query scans and how many candidates get exact re-scoring can
+change per search without rebuilding the index. For one built index we measure
+recall@k against exact search on held-out queries and keep, for each reorder
+count, the fewest leaves that reach the goal (target + MARGIN): the knob
+frontier. Which frontier point is fastest is decided by timing it through the
+serving graph (model_builder/index_search.py, graph_timing.py), not here.
+
+Recall grows with both knobs, so each reorder count needs a binary search over
+the leaves grid only, and a smaller reorder count never needs fewer leaves than
+a larger one: reorder counts are visited from the largest down, each search
+starting where the previous one ended, and the sweep stops at the first count
+that no number of leaves rescues.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from model_builder.index import ResolvedIndex
-from model_builder.verify import exact_kth_scores, recall_against
+from model_builder.verify import recall_against
 
 # Tune a little above the gate so a different query sample at verification still passes.
 MARGIN = 0.01
-_TIMING_QUERIES = 256
 
 
 @dataclass(frozen=True)
 class Point:
-    """One measured search configuration."""
+    """One search setting of a built index (None = the index default) and its recall."""
 
     leaves_to_search: int | None
     reorder: int | None
     recall: float
-    us_per_query: float | None = None
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Every setting measured on one index, and the frontier of those reaching the goal."""
+
+    goal: float
+    measured: tuple[Point, ...]
+    frontier: tuple[Point, ...]
+    complete: bool  # False when the deadline cut the sweep short
+    seconds: float
+
+    def best_recall(self) -> Point:
+        """The highest-recall setting measured (what a failed search falls back to)."""
+        return max(self.measured, key=lambda p: p.recall)
 
 
 @dataclass(frozen=True)
 class TuningResult:
-    """The chosen knobs (None = index default) and everything measured on the way."""
+    """The served knobs (None = index default), their recall and every setting measured (build_info "tuning")."""
 
     target: float
     leaves_to_search: int | None
@@ -70,54 +90,62 @@ def reorder_grid(index: ResolvedIndex, count: int) -> list[int]:
     return _grid(steps, count + 1, index.num_candidates)
 
 
-def tune(searcher, index: ResolvedIndex, queries: np.ndarray, candidates: np.ndarray, count: int,
-         target: float, log=print) -> TuningResult | None:
-    """Finds the fastest (leaves_to_search, reorder) with recall@count >= target + MARGIN.
+def sweep(searcher, index: ResolvedIndex, queries: np.ndarray, kth: np.ndarray, candidates: np.ndarray,
+          count: int, goal: float, deadline: float | None = None) -> Sweep:
+    """Measures recall@count of `searcher` over its knob grid; returns the settings reaching `goal`.
 
-    Returns None for brute force (nothing to tune). If no grid point reaches the
-    target, returns the highest-recall point; the recall gate then decides.
+    `kth` holds each query's exact count-th best score (verify.exact_kth_scores).
+    `deadline` (time.monotonic()) stops the sweep between measurements.
+    Brute force has no knobs: one measurement.
     """
-    leaves, reorders = leaves_grid(index), reorder_grid(index, count)
-    if not leaves and not reorders:
-        return None
     started = time.perf_counter()
-    goal = min(1.0, target + MARGIN)
-    q = queries.astype(np.float32)
-    kth = exact_kth_scores(q, candidates, count, index.distance)
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    cache: dict[tuple, Point] = {}
+    cut = False
 
-    def measure(leaf: int | None, reorder: int | None) -> Point:
-        rows, _ = searcher.search_batched(q, final_num_neighbors=count, pre_reorder_num_neighbors=reorder,
-                                          leaves_to_search=leaf)
-        return Point(leaf, reorder, recall_against(kth, q, candidates, rows.numpy(), index.distance))
+    def measure(leaves: int | None, reorder: int | None) -> Point | None:
+        nonlocal cut
+        if (leaves, reorder) not in cache:
+            if deadline is not None and cache and time.monotonic() > deadline:
+                cut = True
+                return None
+            rows, _ = searcher.search_batched_parallel(q, final_num_neighbors=count, pre_reorder_num_neighbors=reorder,
+                                                       leaves_to_search=leaves)
+            recall = recall_against(kth, q, candidates, rows.numpy(), index.distance)
+            cache[(leaves, reorder)] = Point(leaves, reorder, recall)
+        return cache[(leaves, reorder)]
 
-    curve: list[Point] = []
+    leaves, reorders = leaves_grid(index), reorder_grid(index, count)
     frontier: list[Point] = []
-    for reorder in reorders or [None]:
-        for leaf in leaves or [None]:
-            point = measure(leaf, reorder)
-            curve.append(point)
-            if point.recall >= goal:
-                frontier.append(point)
-                break  # more leaves only cost time at this reorder count
-    if not frontier:
-        best = max(curve, key=lambda p: p.recall)
-        log(f"tune: no configuration reached recall {goal:.3f}; best {best.recall:.4f} at "
-            f"leaves_to_search={best.leaves_to_search}, reorder={best.reorder}")
-        return TuningResult(target, best.leaves_to_search, best.reorder, best.recall, curve, time.perf_counter() - started)
-    timed = [_timed(searcher, q[:_TIMING_QUERIES], count, p) for p in frontier]
-    chosen = min(timed, key=lambda p: p.us_per_query)
-    curve = [next((t for t in timed if (t.leaves_to_search, t.reorder) == (p.leaves_to_search, p.reorder)), p) for p in curve]
-    log(f"tune: {len(curve)} configurations measured; fastest reaching recall {goal:.3f}: "
-        f"leaves_to_search={chosen.leaves_to_search}, reorder={chosen.reorder} "
-        f"(recall {chosen.recall:.4f}, {chosen.us_per_query:.0f} us/query in a batch)")
-    return TuningResult(target, chosen.leaves_to_search, chosen.reorder, chosen.recall, curve, time.perf_counter() - started)
+    if not reorders:
+        point = measure(None, None)
+        frontier = [point] if point and point.recall >= goal else []
+    elif not leaves:
+        frontier = _smallest_reaching(lambda r: measure(None, r), reorders, goal)
+    else:
+        low = 0
+        for reorder in reversed(reorders):
+            found = _smallest_reaching(lambda lv, r=reorder: measure(lv, r), leaves[low:], goal)
+            if not found:
+                break
+            low = leaves.index(found[0].leaves_to_search)
+            if frontier and frontier[-1].leaves_to_search == found[0].leaves_to_search:
+                frontier.pop()  # same leaves with more reordering: only slower
+            frontier.append(found[0])
+    measured = tuple(sorted(cache.values(), key=lambda p: (p.reorder or 0, p.leaves_to_search or 0)))
+    return Sweep(goal, measured, tuple(frontier), not cut, time.perf_counter() - started)
 
 
-def _timed(searcher, queries: np.ndarray, count: int, point: Point, repeats: int = 5) -> Point:
-    best = float("inf")
-    for _ in range(repeats):  # best of N: the least disturbed run is the most repeatable
-        start = time.perf_counter()
-        searcher.search_batched(queries, final_num_neighbors=count, pre_reorder_num_neighbors=point.reorder,
-                                leaves_to_search=point.leaves_to_search)
-        best = min(best, time.perf_counter() - start)
-    return Point(point.leaves_to_search, point.reorder, point.recall, best / len(queries) * 1e6)
+def _smallest_reaching(measure: Callable[[int], Point | None], grid: list[int], goal: float) -> list[Point]:
+    """Binary search for the first grid value whose recall reaches goal (recall grows along the grid)."""
+    low, high, best = 0, len(grid) - 1, None
+    while low <= high:
+        mid = (low + high) // 2
+        point = measure(grid[mid])
+        if point is None:  # deadline
+            break
+        if point.recall >= goal:
+            best, high = point, mid - 1
+        else:
+            low = mid + 1
+    return [best] if best else []

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Freeze each *.in into a fully pinned *.txt by installing it into a throwaway
 # venv. Run through `make lock` after changing a top-level requirement.
-# Usage: requirements/lock.sh [build|dev|compat|tools|bench ...]
+# Usage: requirements/lock.sh [build|dev|compat|tools|bench|protoc ...]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=../versions.env
@@ -32,12 +32,12 @@ freeze() {
   fi
   echo "locked $name: $(grep -vc '^#' "$here/$name.txt") packages"
 }
-for name in "${@:-build dev compat tools}"; do
+for name in "${@:-build dev compat tools protoc}"; do
   for n in $name; do
     case "$n" in
-      build|compat|tools) freeze "$n" -r "$here/$n.in" ;;
+      build|compat|tools|protoc) freeze "$n" -r "$here/$n.in" ;;
       dev|bench) freeze "$n" -r "$here/build.txt" -r "$here/$n.in" ;;
-      *) echo "lock.sh: unknown lock '$n' (expected build, dev, compat, tools or bench)" >&2; exit 2 ;;
+      *) echo "lock.sh: unknown lock '$n' (expected build, dev, compat, tools, bench or protoc)" >&2; exit 2 ;;
     esac
   done
 done

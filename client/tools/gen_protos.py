@@ -9,14 +9,18 @@ other as "retrieval_client/protos/x.proto", with client/src as the only
 include root. protoc therefore emits `from retrieval_client.protos import
 x_pb2` on its own: nothing is patched after generation.
 
-The output depends on the grpcio-tools version (it embeds protoc's version and
-a runtime check that protobuf is at least that version), so --check is only
-meaningful with the pinned dev environment (`make check`).
+The generator is pinned (requirements/protoc.in -> protoc.txt, `make lock`)
+and runs in its own venv, build/protoc-venv (or $PROTOC_VENV), created here on
+first use: it needs protobuf < 5, the build env runs protobuf 7. Its protoc
+25.1 emits gencode without a runtime version check, which is what lets the
+client run on protobuf 4.25 through 7.x (tests/client/test_client_matrix.py).
 """
 from __future__ import annotations
 
 import argparse
 import difflib
+import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -27,17 +31,31 @@ CLIENT_DIR = Path(__file__).resolve().parents[1]
 SRC_DIR = CLIENT_DIR / "src"
 PROTO_DIR = SRC_DIR / "retrieval_client" / "protos"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi")
+REPO = CLIENT_DIR.parent
+LOCK = REPO / "requirements" / "protoc.txt"
 
 
-def _well_known_protos() -> Path:
-    try:
-        import grpc_tools
-    except ImportError:
-        sys.exit(
-            "error: grpcio-tools is not installed in this interpreter; "
-            "run `make venv` or `pip install grpcio-tools`"
-        )
-    return Path(grpc_tools.__file__).parent / "_proto"
+def generator_venv() -> Path:
+    """The venv holding the pinned grpcio-tools; (re)created when protoc.txt changed."""
+    venv = Path(os.environ.get("PROTOC_VENV") or REPO / "build" / "protoc-venv")
+    if not venv.is_absolute():
+        venv = REPO / venv
+    stamp = venv / ".lock-sha256"
+    want = hashlib.sha256(LOCK.read_bytes()).hexdigest()
+    if stamp.is_file() and stamp.read_text().strip() == want:
+        return venv
+    print(f"creating the protobuf generator venv {venv} from {LOCK.relative_to(REPO)}", file=sys.stderr)
+    steps = [
+        [sys.executable, "-m", "venv", "--clear", str(venv)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "-r", str(LOCK)],
+    ]
+    for step in steps:
+        run = subprocess.run(step, capture_output=True, text=True)
+        if run.returncode != 0:
+            sys.exit(f"error: {' '.join(step)} failed ({run.returncode}):\n{run.stderr[-2000:]}")
+    stamp.write_text(want + "\n")
+    return venv
 
 
 def generate(out_dir: Path) -> list[Path]:
@@ -48,14 +66,18 @@ def generate(out_dir: Path) -> list[Path]:
     protos = sorted(p.relative_to(SRC_DIR).as_posix() for p in PROTO_DIR.glob("*.proto"))
     if not protos:
         sys.exit(f"error: no .proto files in {PROTO_DIR}")
-    # A child process: grpc_tools' bundled protoc must not share a process
-    # with other native protobuf copies (TensorFlow's), which crashes.
+    python = generator_venv() / "bin" / "python"
+    find_protos = "import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), '_proto'))"
+    well_known = subprocess.run(
+        [str(python), "-c", find_protos],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
     command = [
-        sys.executable,
+        str(python),
         "-m",
         "grpc_tools.protoc",
         f"-I{SRC_DIR}",
-        f"-I{_well_known_protos()}",
+        f"-I{well_known}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         *protos,

@@ -7,8 +7,8 @@
 #
 # Env: STANDIN_PYTHON_IMAGE (tag), DEBIAN_MIRROR, DEBIAN_SUITE.
 set -euo pipefail
-# shellcheck source=../lib.sh
-source "$(dirname "$0")/../lib.sh"
+# shellcheck source=../../scripts/lib.sh
+source "$(dirname "$0")/../../scripts/lib.sh"
 
 IMAGE="${STANDIN_PYTHON_IMAGE:-scann-serving/python-standin:bookworm}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -19,7 +19,7 @@ if [[ "${FORCE:-0}" != 1 ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; th
   exit 0
 fi
 [[ "$(id -u)" == 0 ]] || die "debootstrap needs root to build $IMAGE"
-command -v debootstrap >/dev/null 2>&1 || die "debootstrap not found (docker/engine.sh ensure installs it)"
+command -v debootstrap >/dev/null 2>&1 || die "debootstrap not found (scripts/engine.sh ensure installs it)"
 
 rootfs="$(mktemp -d "${TMPDIR:-/tmp}/python-standin.XXXXXX")"
 trap 'rm -rf "$rootfs"' EXIT

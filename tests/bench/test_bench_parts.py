@@ -73,3 +73,43 @@ def test_targets_report_missed_ones():
     met = {name.split(" ")[0]: t["met"] for name, t in targets.items()}
     assert met == {"recall_at_10": True, "speedup_vs_exact": False, "e2e_p50_ms": True, "e2e_p99_ms": False,
                    "throughput_ratio_vs_fastapi_faiss": False, "first_request_ms": True}
+
+
+def _served(recall: float, p50_ms: float, qps: float, **extra) -> dict:
+    return {"recall_at_10": recall, "latency_1": {"p50_ms": p50_ms, "qps": 1000 / p50_ms},
+            "throughput_64": {"qps": qps}, **extra}
+
+
+def _peer(recall: float, p50_ms: float, batch_recall: float, batch_qps: float) -> dict:
+    return {**_served(recall, p50_ms, batch_qps / 2), "matched": True, "params_text": "efSearch=64",
+            "batch_matched": {"recall_at_10": batch_recall, "matched": True, "params_text": "efSearch=32",
+                              "throughput_64": {"qps": batch_qps}}}
+
+
+def test_side_by_side_compares_each_served_model_at_its_own_recall():
+    served = {"tuned": _served(0.96, 0.3, 1000.0, graph={"p50_ms_1": 0.1, "qps_64": 3000.0}),
+              "tuned_throughput": _served(0.97, 0.5, 5000.0, graph={"p50_ms_1": 0.2, "qps_64": 2000.0})}
+    rows = report.side_by_side(served, {"hnsw": _peer(0.97, 0.6, 0.975, 4000.0)})
+    by_mode = {row["mode"]: row for row in rows}
+    assert by_mode["per_query"]["served"] == "tuned" and by_mode["per_query"]["speedup"] == 2.0
+    assert by_mode["per_query"]["speedup_graph"] == 6.0 and by_mode["per_query"]["served_faster"]
+    assert by_mode["batch64"]["served"] == "tuned_throughput" and by_mode["batch64"]["speedup"] == 1.25
+    assert by_mode["batch64"]["peer_params"] == "efSearch=32"
+    # The verdict follows the C-API figure (what TF Serving pays), here slower than Faiss's batches.
+    assert by_mode["batch64"]["speedup_graph"] == 0.5 and not by_mode["batch64"]["served_faster"]
+    # Without a throughput build the default one stands in for batches too (runs before issue 15).
+    (batch,) = [r for r in report.side_by_side({"tuned": served["tuned"]}, {"hnsw": _peer(0.97, 0.6, 0.975, 4000.0)})
+                if r["mode"] == "batch64"]
+    assert batch["served"] == "tuned" and batch["speedup"] == 0.25 and not batch["served_faster"]
+
+
+def test_chart_shows_both_served_points(tmp_path):
+    search = {"chosen": {"family": "tree_ah", "num_leaves": 245}}
+    result = {"dataset": {"name": "tiny"}, "machine_cores": 2,
+              "served": {"tuned": _served(0.96, 0.3, 1000.0, index_search=search),
+                         "tuned_throughput": _served(0.97, 0.5, 5000.0, index_search=search)},
+              "faiss": {"hnsw": _peer(0.97, 0.6, 0.975, 4000.0)},
+              "curves": {"hnsw": [{"recall_at_10": 0.9, "single_qps": 900.0, "batch64_qps": 3000.0},
+                                  {"recall_at_10": 0.98, "single_qps": 500.0, "batch64_qps": 2000.0}]}}
+    path = plots.recall_qps_png(result, tmp_path / "chart.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000

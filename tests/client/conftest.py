@@ -1,12 +1,19 @@
-"""Fixtures for the client tests: a real gRPC TF Serving stand-in on 127.0.0.1."""
+"""Fixtures for the client tests: a real gRPC TF Serving stand-in on 127.0.0.1, and the
+real local servers (python -m model_builder serve) on the demo-like session models."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Dict, Iterator
 
 import pytest
+
+import support
+
+CLIENT_DIR = support.REPO / "client"
 
 # Before fake_tfs imports TensorFlow: keep its C++ start-up chatter out of the test logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -52,3 +59,45 @@ def tls_files(tmp_path_factory) -> Dict[str, Path]:
         _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
                  "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=tmp)
     return {p.stem + p.suffix.replace(".", "_"): p for p in tmp.iterdir()}
+
+
+@pytest.fixture(scope="session")
+def local_live_servers(request, tmp_path_factory) -> Iterator[Dict[str, str]]:
+    """The real local server on a string-id model (synthetic CSV), on the demo's int-id
+    MovieLens model and on the string-id model built with --unknown-ids fallback:
+    {"string": "MODEL@host:port", "int64": ..., "fallback": ...} for tests/client/portable
+    (the format of its RETRIEVAL_CLIENT_LIVE_TARGETS, which the matrix runs pass). With that
+    variable set, the servers it names are used instead (nothing is built or started)."""
+    given = os.environ.get("RETRIEVAL_CLIENT_LIVE_TARGETS")
+    if given:
+        yield dict(part.split("=", 1) for part in given.split(","))
+        return
+    models = {"string": request.getfixturevalue("synthetic_model"), "int64": request.getfixturevalue("movielens_model"),
+              "fallback": request.getfixturevalue("fallback_model_dir")}
+    logs = tmp_path_factory.mktemp("client-live-servers")
+    with contextlib.ExitStack() as stack:
+        servers = {
+            dtype: stack.enter_context(support.local_server(version_dir.parent.parent, version_dir.parent.name,
+                                                            log_dir=logs))
+            for dtype, version_dir in models.items()
+        }
+        for dtype, server in servers.items():
+            server.wait_available(int(models[dtype].name))
+        yield {dtype: f"{server.model_name}@{server.target}" for dtype, server in servers.items()}
+
+
+@pytest.fixture(scope="session")
+def client_dist(tmp_path_factory) -> Dict[str, Path]:
+    """The client's sdist and wheel, built once per session with `python -m build` (PEP 517,
+    isolated build env) from a copy of client/, so the checkout gets no build/ or egg-info."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("client-dist")
+    source = work / "client"
+    shutil.copytree(CLIENT_DIR, source, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"))
+    run = subprocess.run([sys.executable, "-m", "build", "--outdir", str(work / "dist"), str(source)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, f"python -m build failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    [sdist] = (work / "dist").glob("*.tar.gz")
+    [wheel] = (work / "dist").glob("*.whl")
+    return {"sdist": sdist, "wheel": wheel}

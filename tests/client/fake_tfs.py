@@ -6,6 +6,13 @@ TensorFlow's make_tensor_proto / make_ndarray), so every test is also a
 wire-compatibility test. It serves the retrieval contract (serving_default,
 search_by_vector, examples) over an exact dot-product index, and can be
 scripted to fail or stall the next N calls of a method.
+
+contract=1 answers like models exported before the batching-safe contract
+(unknown ids: INVALID_ARGUMENT from the graph; `examples` takes no input);
+contract=2 as client/README.md "Raw gRPC" describes it:
+a `found` output per row, padding ids ("" / -1) and -inf scores for unknown ids
+(or the most popular candidates with unknown_ids="fallback"), and `examples`
+taking `index` [B] with a `found` flag per row.
 """
 from __future__ import annotations
 
@@ -42,6 +49,8 @@ class FakeModel:
     k: int = 5
     seed: int = 0
     labels: Tuple[str, ...] = ("stable",)
+    contract: int = 1
+    unknown_ids: str = "error"  # contract 2: "error" (padding rows) or "fallback"
     ids: np.ndarray = field(init=False)
     vectors: np.ndarray = field(init=False)
 
@@ -59,6 +68,25 @@ class FakeModel:
         scores = queries @ self.vectors.T
         order = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
         return self.ids[order], np.take_along_axis(scores, order, axis=1).astype(np.float32)
+
+    @property
+    def padding(self):
+        return b"" if self.id_dtype == "string" else -1
+
+    def search_rows(self, keys: list) -> Dict[str, np.ndarray]:
+        """Contract 2: every row answered; unknown keys get padding or the fallback list."""
+        found = np.array([key in self.row for key in keys], dtype=bool)
+        queries = np.zeros((len(keys), self.dim), np.float32)
+        for i, key in enumerate(keys):
+            if found[i]:
+                queries[i] = self.vectors[self.row[key]]
+        ids, scores = self.nearest(queries)
+        ids = ids.copy()
+        fallback = self.ids[: self.k]  # "most popular": the first K candidates
+        for i in np.flatnonzero(~found):
+            ids[i] = fallback if self.unknown_ids == "fallback" else np.full(self.k, self.padding, dtype=ids.dtype)
+            scores[i] = -np.inf
+        return {"ids": ids, "scores": scores, "found": found}
 
 
 def _info(dtype: int, shape: List[int]) -> meta_graph_pb2.TensorInfo:
@@ -175,6 +203,9 @@ class FakeTfServing:
         elif array.dtype == np.int64:
             proto.dtype = types_pb2.DT_INT64
             proto.int64_val.extend(flat.tolist())
+        elif array.dtype == np.bool_:
+            proto.dtype = types_pb2.DT_BOOL
+            proto.bool_val.extend(flat.tolist())
         else:
             proto.dtype = types_pb2.DT_FLOAT
             proto.float_val.extend(flat.astype(np.float32).tolist())
@@ -190,7 +221,16 @@ class FakeTfServing:
         response.model_spec.version.value = model.version
         response.model_spec.signature_name = signature
         invalid = grpc.StatusCode.INVALID_ARGUMENT
-        if signature == "examples":
+        if signature == "examples" and model.contract == 2:
+            if list(request.inputs) != ["index"]:
+                context.abort(invalid, f"signature examples takes exactly one input 'index', got {list(request.inputs)}")
+            index = tf.make_ndarray(request.inputs["index"]).reshape(-1)
+            n = min(8, model.num_candidates)
+            found = (index >= 0) & (index < n)
+            rows = np.where(found, index, 0)
+            outputs = {"query_ids": model.ids[rows], "candidate_ids": model.ids[rows],
+                       "candidate_vectors": model.vectors[rows], "found": found}
+        elif signature == "examples":
             n = min(8, model.num_candidates)
             outputs = {"query_ids": model.ids[:n], "candidate_ids": model.ids[:n], "candidate_vectors": model.vectors[:n]}
         elif signature in ("serving_default", "search_by_vector"):
@@ -203,6 +243,11 @@ class FakeTfServing:
                     got = tf.dtypes.as_dtype(tensor.dtype).name
                     context.abort(invalid, f"Expects arg[0] to be {model.id_dtype} but {got} is provided")
                 keys = tf.make_ndarray(tensor).reshape(-1).tolist()
+                if model.contract == 2:
+                    outputs = model.search_rows(keys)
+                    for key, value in outputs.items():
+                        response.outputs[key].CopyFrom(self._tensor(np.asarray(value)))
+                    return response
                 unknown = [key for key in keys if key not in model.row]
                 if unknown:
                     shown = [u.decode() if isinstance(u, bytes) else u for u in unknown]
@@ -216,6 +261,8 @@ class FakeTfServing:
                     context.abort(invalid, f"'vectors' must have shape [batch, {model.dim}], got {list(queries.shape)}")
             ids, scores = model.nearest(queries)
             outputs = {"ids": ids, "scores": scores}
+            if model.contract == 2:
+                outputs["found"] = np.ones(len(ids), dtype=bool)
         else:
             context.abort(invalid, f'Serving signature name: "{signature}" not found in signature def')
         for key, value in outputs.items():
@@ -240,6 +287,11 @@ class FakeTfServing:
         sig.outputs["scores"].CopyFrom(_info(types_pb2.DT_FLOAT, [-1, k]))
         sig = signatures.signature_def["examples"]
         sig.method_name = method
+        if model.contract == 2:
+            sig.inputs["index"].CopyFrom(_info(types_pb2.DT_INT64, [-1]))
+            sig.outputs["found"].CopyFrom(_info(types_pb2.DT_BOOL, [-1]))
+            for name in ("serving_default", "search_by_vector"):
+                signatures.signature_def[name].outputs["found"].CopyFrom(_info(types_pb2.DT_BOOL, [-1]))
         sig.outputs["query_ids"].CopyFrom(_info(id_dt, [-1]))
         sig.outputs["candidate_ids"].CopyFrom(_info(id_dt, [-1]))
         sig.outputs["candidate_vectors"].CopyFrom(_info(types_pb2.DT_FLOAT, [-1, dim]))

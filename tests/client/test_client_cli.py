@@ -37,7 +37,7 @@ def test_int_model_takes_numeric_ids_from_the_command_line(make_server, capsys):
     code, out, _ = run(capsys, "search", "--target", server.target, "--id", "1005", "--json")
     assert code == 0 and json.loads(out)["results"][0]["ids"][0] == 1005
     code, _, err = run(capsys, "search", "--target", server.target, "--id", "abc")
-    assert code == 2 and err.count("\n") == 1 and "'abc' is not an integer" in err
+    assert code == 2 and err.count("\n") == 1 and "not in this model version: [abc]" in err
 
 
 def test_search_vector_status_metadata_examples_wait(server, capsys):
@@ -62,7 +62,8 @@ def test_search_vector_status_metadata_examples_wait(server, capsys):
         (["search", "--id", "item-1", "-k", "99"], "K=5"),  # k > K
         (["search-vector", "--vector", "1,x"], "not a comma-separated list"),  # argparse
         (["search"], "--id"),  # missing argument
-        (["search", "--id", "1", "--version", "1", "--version-label", "a"], "not allowed with"),
+        (["search", "--id", "1", "--model-version", "1", "--model-version-label", "a"], "not allowed with"),
+        (["search", "--id", "1", "--version", "x"], "--model-version"),
     ],
 )
 def test_usage_and_rejected_requests_exit_2_with_one_line(server, capsys, args, needle):
@@ -85,3 +86,45 @@ def test_help_shows_defaults_via_python_m():
     text = " ".join(run_.stdout.split())  # undo argparse's line wrapping
     assert "(default: 127.0.0.1:8500)" in text and "(default: scann_model)" in text
     assert "(default: 5.0)" in text
+
+
+def test_version_flags_are_unambiguous(server, capsys):
+    from retrieval_client import __version__
+
+    for args in (["--version"], ["status", "--version"], ["--version-info"]):
+        code, out, _ = run(capsys, *args)
+        assert code == 0 and out.strip() == f"retrieval-client {__version__}", args
+    code, _, err = run(capsys, "status", "--target", server.target, "--model-version", "9")
+    assert code == 2 and "Specific" in err  # the server was asked for model version 9
+    # Before 0.2 --version N meant the model version: still honoured, with a warning.
+    code, _, err = run(capsys, "status", "--target", server.target, "--version", "9")
+    assert code == 2 and "deprecated; use --model-version N" in err and "Specific" in err
+    code, out, _ = run(capsys, "status", "--target", server.target, "--version", "3")
+    assert code == 0 and "AVAILABLE" in out
+
+
+@pytest.mark.parametrize(
+    "args, code, status, kind",
+    [
+        (["search", "--id", "__nope__"], 2, "INVALID_ARGUMENT", "InvalidRequestError"),
+        (["search", "--model", "other", "--id", "x"], 2, "NOT_FOUND", "ModelNotFoundError"),
+        (["search", "--id", "item-1", "-k", "99"], 2, "INVALID_ARGUMENT", "ValueError"),
+        (["search"], 2, "INVALID_ARGUMENT", "UsageError"),
+    ],
+)
+def test_json_errors_are_one_json_line_with_the_code(server, capsys, args, code, status, kind):
+    exit_code, out, err = run(capsys, *args, "--target", server.target, "--json")
+    assert exit_code == code and err.count("\n") == 1, "the one-line message stays on stderr"
+    assert out.count("\n") == 1
+    error = json.loads(out)["error"]
+    assert (error["code"], error["type"], error["exit_code"]) == (status, kind, code)
+    assert error["details"]
+
+
+def test_json_error_for_an_unavailable_server_carries_the_hint(capsys):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    code, out, _ = run(capsys, "status", "--target", f"127.0.0.1:{port}", "--timeout-s", "0.5", "--json")
+    error = json.loads(out)["error"]
+    assert code == 1 and error["code"] == "UNAVAILABLE" and "check the target address" in error["hint"]

@@ -18,8 +18,11 @@ from retrieval_client import (
     ResourceExhaustedError,
     RetrievalClient,
     RetryPolicy,
+    ServerCancelledError,
+    ServerOverloadedError,
     ServerUnavailableError,
 )
+from retrieval_client._errors import error_for
 from retrieval_client._flows import backoff_s, retry_delay
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -62,18 +65,65 @@ def test_other_codes_are_never_retried(server, code, error):
     assert server.calls["Predict"] == 1
 
 
-def test_deadline_is_retried_only_before_any_server_answered(server):
+def test_deadline_is_the_calls_and_is_not_retried(server):
     with RetrievalClient(server.target, retry=FAST_RETRY, timeout_s=0.2) as client:
-        # Fresh client: no answer seen yet, so a deadline may be a connection
-        # that never came up: retried.
-        server.stall_next("GetModelStatus", 2, 0.5)
-        assert client.status()[0].state == "AVAILABLE"
-        assert server.calls["GetModelStatus"] == 3
-        # Now the server is known to answer: a deadline means a slow call.
         server.stall_next("GetModelStatus", 1, 0.5)
+        started = time.monotonic()
         with pytest.raises(DeadlineExceededError, match="DEADLINE_EXCEEDED"):
             client.status()
-        assert server.calls["GetModelStatus"] == 4
+        # One attempt used the whole deadline; nothing was left for another.
+        assert time.monotonic() - started < 0.45
+        assert server.calls["GetModelStatus"] == 1
+
+
+def test_retries_share_the_deadline_and_stop_before_a_backoff_that_does_not_fit(server):
+    server.fail_next("GetModelStatus", 50, UNAVAILABLE, "pod going away")
+    slow = RetryPolicy(max_attempts=50, initial_backoff_s=0.2, max_backoff_s=0.2)
+    with RetrievalClient(server.target, retry=slow, timeout_s=0.5) as client:
+        client.examples()  # connected, metadata cached
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailableError, match="pod going away"):
+            client.status()
+        elapsed = time.monotonic() - started
+    # Backoffs of 0.1-0.2 s in a 0.5 s deadline: 2 to 5 attempts, never past the deadline.
+    assert elapsed < 0.5
+    assert 2 <= server.calls["GetModelStatus"] <= 5
+
+
+def test_cancelled_by_the_server_is_its_own_error_and_retried(server):
+    server.fail_next("GetModelStatus", 2, grpc.StatusCode.CANCELLED, "server shutting down")
+    with RetrievalClient(server.target, retry=FAST_RETRY) as client:
+        assert client.status()[0].state == "AVAILABLE"
+        server.fail_next("GetModelStatus", 10, grpc.StatusCode.CANCELLED, "server shutting down")
+        with pytest.raises(ServerCancelledError, match="server shutting down") as info:
+            client.status()
+    assert isinstance(info.value, ServerUnavailableError)
+    assert server.calls["GetModelStatus"] == 3 + FAST_RETRY.max_attempts
+
+
+def test_tf_serving_batch_queue_full_is_overload_and_retried(server):
+    # TF's shared_batch_scheduler.h words it so when max_enqueued_batches are queued.
+    full = "The batch scheduling queue to which this task was submitted is full"
+    server.fail_next("Predict", 2, UNAVAILABLE, full)
+    with RetrievalClient(server.target, retry=FAST_RETRY) as client:
+        assert client.search("item-1")[0].ids[0] == "item-1"
+        server.fail_next("Predict", 10, UNAVAILABLE, full)
+        with pytest.raises(ServerOverloadedError, match="queue") as info:
+            client.search("item-1")
+    assert "replicas" in str(info.value)
+    assert server.calls["Predict"] == 3 + FAST_RETRY.max_attempts
+
+
+def test_a_batch_above_tf_servings_maximum_is_invalid_with_a_hint_and_not_retried(server):
+    # TF's shared_batch_scheduler.h (Queue::Schedule) for a task above max_batch_size.
+    server.fail_next("Predict", 1, grpc.StatusCode.INVALID_ARGUMENT,
+                     "Task size 1025 is larger than maximum input batch size 1024")
+    with RetrievalClient(server.target, retry=FAST_RETRY) as client:
+        client.metadata()
+        with pytest.raises(InvalidRequestError, match="Task size 1025") as info:
+            client.search([f"item-{i % 40}" for i in range(1025)])
+    assert info.value.hint == "split the request into batches of at most 1024 rows"
+    assert server.calls["Predict"] == 1
 
 
 def test_per_call_timeout_overrides_the_default(server):
@@ -95,7 +145,8 @@ def test_async_client_retries_the_same_way(server):
                 await client.status()
 
     asyncio.run(run())
-    assert server.calls == {"Predict": 3, "GetModelStatus": 1}
+    # examples() reads the metadata first (does the signature take `index`?).
+    assert server.calls == {"GetModelMetadata": 1, "Predict": 3, "GetModelStatus": 1}
 
 
 def test_nothing_listening_is_server_unavailable_after_backoff():
@@ -114,13 +165,17 @@ def test_nothing_listening_is_server_unavailable_after_backoff():
 def test_retry_delay_policy():
     policy = RetryPolicy(max_attempts=5, initial_backoff_s=0.1, max_backoff_s=0.3, backoff_multiplier=2)
     rng = random.Random(0)
-    delays = [retry_delay(policy, n, UNAVAILABLE, True, rng) for n in range(1, 5)]
+    unavailable = error_for(UNAVAILABLE, "connection refused")
+    delays = [retry_delay(policy, n, unavailable, rng) for n in range(1, 5)]
     for delay, step in zip(delays, (0.1, 0.2, 0.3, 0.3), strict=True):
         assert step * 0.5 <= delay <= step
-    assert retry_delay(policy, 5, UNAVAILABLE, True, rng) is None
-    assert retry_delay(policy, 1, grpc.StatusCode.DEADLINE_EXCEEDED, False, rng) is not None
-    assert retry_delay(policy, 1, grpc.StatusCode.DEADLINE_EXCEEDED, True, rng) is None
-    assert retry_delay(policy, 1, grpc.StatusCode.INVALID_ARGUMENT, False, rng) is None
+    assert retry_delay(policy, 5, unavailable, rng) is None
+    assert retry_delay(policy, 1, error_for(grpc.StatusCode.CANCELLED, "drain"), rng) is not None
+    for code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL):
+        assert retry_delay(policy, 1, error_for(code, "x"), rng) is None, code
+    tls = error_for(UNAVAILABLE, "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1.2.3.4:8500: "
+                    "Socket closed", "tls")
+    assert retry_delay(policy, 1, tls, rng) is None, "a refused TLS handshake is not retried"
     assert len({backoff_s(policy, 1, rng) for _ in range(20)}) > 1, "jitter must vary"
     with pytest.raises(ValueError):
         RetryPolicy(max_attempts=0)

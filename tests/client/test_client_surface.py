@@ -18,8 +18,11 @@ from retrieval_client import (
     ResourceExhaustedError,
     RetrievalClient,
     RetrievalError,
+    ServerCancelledError,
+    ServerOverloadedError,
     ServerUnavailableError,
     TlsConfig,
+    TlsHandshakeError,
     WaitTimeoutError,
 )
 from retrieval_client._errors import error_for
@@ -53,7 +56,24 @@ def test_constructor_defaults():
     assert params["model"].default == "scann_model"
     assert params["timeout_s"].default == 5.0
     assert params["version"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert (params["headers"].default, params["interceptors"].default) == (None, ())
+    assert (params["wait_for_ready"].default, params["compression"].default) == (False, None)
+    assert params["max_reconnect_backoff_ms"].default == 2000
     assert inspect.signature(RetrievalClient.search).parameters["k"].default is None
+
+
+RPC_METHODS = ("search", "search_by_vector", "examples", "status", "wait_until_available", "metadata")
+
+
+@pytest.mark.parametrize("name", RPC_METHODS)
+def test_every_call_takes_its_deadline_headers_wait_for_ready_and_compression(name):
+    params = inspect.signature(getattr(RetrievalClient, name)).parameters
+    for keyword in ("timeout_s", "headers", "wait_for_ready", "compression"):
+        assert keyword in params, (name, keyword)
+        if keyword != "timeout_s" or name != "wait_until_available":
+            assert params[keyword].default is None, (name, keyword)
+    for keyword in ("headers", "wait_for_ready", "compression"):
+        assert params[keyword].kind is inspect.Parameter.KEYWORD_ONLY
 
 
 def test_context_manager_protocols():
@@ -82,6 +102,9 @@ def test_all_is_complete_and_importable():
         (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", DeadlineExceededError),
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max", ResourceExhaustedError),
         (grpc.StatusCode.INTERNAL, "boom", RetrievalError),
+        (grpc.StatusCode.CANCELLED, "Cancelled", ServerCancelledError),
+        (grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full",
+         ServerOverloadedError),
     ],
 )
 def test_error_mapping(code, details, error):
@@ -90,13 +113,15 @@ def test_error_mapping(code, details, error):
     assert (converted.code, converted.details) == (code, details)
     assert str(converted).startswith(f"{code.name}: {details}")
     copy = pickle.loads(pickle.dumps(converted))
-    assert type(copy) is error and (copy.code, copy.details) == (code, details)
+    assert type(copy) is error and (copy.code, copy.details, copy.hint) == (code, details, converted.hint)
 
 
 def test_hierarchy():
     for cls in (InvalidRequestError, ModelNotFoundError, ModelNotReadyError, ServerUnavailableError,
                 DeadlineExceededError, ResourceExhaustedError, IncompatibleModelError):
         assert issubclass(cls, RetrievalError)
+    for cls in (ServerOverloadedError, ServerCancelledError, TlsHandshakeError):
+        assert issubclass(cls, ServerUnavailableError), "callers catching 'server unavailable' still catch it"
     assert issubclass(WaitTimeoutError, DeadlineExceededError)
     assert IncompatibleModelError("x").code == grpc.StatusCode.FAILED_PRECONDITION
 
@@ -124,3 +149,6 @@ def test_channel_options_for_kubernetes():
     assert options["grpc.max_send_message_length"] == 123
     assert options["grpc.max_receive_message_length"] == 999, "extra options override the defaults"
     assert options["grpc.ssl_target_name_override"] == "svc.test"
+    # Reconnect within ~2 s of the server's return (gRPC's default backs off to 120 s).
+    assert (options["grpc.initial_reconnect_backoff_ms"], options["grpc.max_reconnect_backoff_ms"]) == (250, 2000)
+    assert options["grpc.dns_min_time_between_resolutions_ms"] == 5000

@@ -23,6 +23,7 @@ from tensorflow_serving.apis import predict_pb2 as up_predict
 from tensorflow_serving.apis import status_pb2 as up_status_proto
 
 from retrieval_client import _requests as rq
+from retrieval_client import _responses as rs
 from retrieval_client._requests import ModelRef
 from retrieval_client._tensors import from_tensor_proto, to_tensor_proto
 from retrieval_client.protos import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2, tensor_pb2
@@ -159,8 +160,9 @@ def test_predict_response_from_upstream_parses(id_kind):
     response.outputs["ids"].CopyFrom(tf.make_tensor_proto(ids))
     response.outputs["scores"].CopyFrom(tf.make_tensor_proto(scores))
     ours = convert(response, predict_pb2.PredictResponse)
-    assert rq.response_version(ours.model_spec) == 12
-    results = rq.parse_neighbours(ours, None, 2, "m")
+    assert rs.response_version(ours.model_spec) == 12
+    results = rs.parse_neighbours(ours, None, 2, "m").results(None)
+    assert [r.found for r in results] == [True, True], "no `found` output: a model from before contract v2"
     want_ids = [["a", "b"], ["c", "d"]] if id_kind == "string" else [[5, 6], [7, 8]]
     assert [r.ids.tolist() for r in results] == want_ids
     np.testing.assert_array_equal(np.stack([r.scores for r in results]), scores)
@@ -191,7 +193,7 @@ def test_metadata_any_with_upstream_signature_def_map():
     response.metadata["signature_def"].Pack(_signature_def_map())
     assert response.metadata["signature_def"].type_url.endswith("/tensorflow.serving.SignatureDefMap")
     ours = convert(response, get_model_metadata_pb2.GetModelMetadataResponse)
-    metadata = rq.parse_metadata(ours, ModelRef("scann_model"))
+    metadata = rs.parse_metadata(ours, ModelRef("scann_model"))
     assert metadata.version == 5
     sig = metadata.signatures["serving_default"]
     assert sig.method_name == "tensorflow/serving/predict"
@@ -208,7 +210,7 @@ def test_metadata_with_a_foreign_any_type_is_rejected():
     response = get_model_metadata_pb2.GetModelMetadataResponse()
     response.metadata["signature_def"].CopyFrom(any_pb2.Any(type_url="type.googleapis.com/foo.Bar", value=b""))
     with pytest.raises(rq.IncompatibleModelError, match="foo.Bar"):
-        rq.parse_metadata(response, ModelRef("m"))
+        rs.parse_metadata(response, ModelRef("m"))
 
 
 def test_metadata_request_read_by_upstream():
@@ -223,7 +225,7 @@ def test_status_with_error_from_upstream():
     failed.status.error_code = up_codes.Code.NOT_FOUND
     failed.status.error_message = "Op type not registered 'Scann>TensorsToScann'"
     ours = convert(response, get_model_status_pb2.GetModelStatusResponse)
-    statuses = rq.parse_status(ours)
+    statuses = rs.parse_status(ours)
     assert [(s.version, s.state, s.error_code) for s in statuses] == [(2, "AVAILABLE", "OK"), (3, "END", "NOT_FOUND")]
     assert "Scann>TensorsToScann" in statuses[1].error_message
     assert convert(ours, up_status.GetModelStatusResponse) == response

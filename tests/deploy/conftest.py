@@ -1,7 +1,7 @@
 """Fixtures for the container / Kubernetes / ECR tests.
 
 Tools come from the pinned tools venv (`make tools-venv`, TOOLS_VENV); the
-Docker engine is made available by `docker/engine.sh ensure`. A missing tool or
+Docker engine is made available by `scripts/engine.sh ensure`. A missing tool or
 engine fails the tests that need it instead of skipping them: these checks are
 the only proof that the deploy files work.
 """
@@ -31,8 +31,8 @@ def rendered() -> Dict[str, List[dict]]:
 
 @pytest.fixture(scope="session")
 def docker_client():
-    """A docker SDK client for an engine that `docker/engine.sh ensure` made available."""
-    proc = subprocess.run([str(REPO / "docker" / "engine.sh"), "ensure"],
+    """A docker SDK client for an engine that `scripts/engine.sh ensure` made available."""
+    proc = subprocess.run([str(REPO / "scripts" / "engine.sh"), "ensure"],
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         pytest.fail(f"Docker engine unavailable: {proc.stderr.strip()}")

@@ -3,6 +3,7 @@ this folder on sys.path)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
@@ -107,3 +108,27 @@ def http_service(cmd: List[str], ready_url: str, log_path: Path, what: str) -> I
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+PUSHED_DIGEST = "sha256:" + "ab" * 32
+LABEL = "io.scann-serving."
+
+
+def write_push_record(build_dir: Path, model: str, *, version: str = "1", peak_bytes: int = 300 * 2**20,
+                      dirty: bool = False, registry: str = "127.0.0.1:5000/scann-serving",
+                      model_digest: str | None = None) -> str:
+    """A record as `make push MODEL=...` leaves it ($BUILD_DIR/pushed/<model>.json); returns the image."""
+    model_digest = model_digest or "sha256:" + hashlib.sha256(model.encode()).hexdigest()
+    image = f"{registry}:{model}-v{version}-0123456789ab-{model_digest[7:19]}@{PUSHED_DIGEST}"
+    labels = {f"{LABEL}model.name": model, f"{LABEL}model.version": version, f"{LABEL}model.digest": model_digest,
+              f"{LABEL}memory.peak-rss-bytes": str(peak_bytes), f"{LABEL}git.dirty": str(dirty).lower()}
+    (build_dir / "pushed").mkdir(parents=True, exist_ok=True)
+    (build_dir / "pushed" / f"{model}.json").write_text(json.dumps({"image": image, "labels": labels}))
+    return image
+
+
+def run_deploy(build_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """scripts/deploy.sh with the pinned tools and a private BUILD_DIR."""
+    return subprocess.run([str(REPO / "scripts" / "deploy.sh"), *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=300,
+                          env=dict(os.environ, TOOLS_VENV=str(tools_venv()), BUILD_DIR=str(build_dir), **env))

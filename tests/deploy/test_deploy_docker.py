@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from deploy_helpers import REPO, http_get, read_versions, wait_for
+from deploy_helpers import REPO, by_kind, http_get, load_yaml_documents, read_versions, run_deploy, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -127,7 +127,16 @@ def test_serving_image_metadata(docker_client, built):
     labels = image.labels
     assert labels["io.scann-serving.model.name"] == MODEL
     assert labels["io.scann-serving.model.version"] == built.version
-    assert labels["org.opencontainers.image.revision"] == built.tag.rsplit(f"-v{built.version}-", 1)[1]
+    # <model>-v<version>-<gitsha>[-dirty]-<first 12 hex of the model digest>
+    revision, digest12 = built.tag.rsplit(f"-v{built.version}-", 1)[1].rsplit("-", 1)
+    assert labels["org.opencontainers.image.revision"] == revision
+    assert labels["io.scann-serving.git.dirty"] == ("true" if revision.endswith("-dirty") else "false")
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", labels["io.scann-serving.model.digest"])
+    assert labels["io.scann-serving.model.digest"][7:19] == digest12
+    # Measured on the host before the bake (the builder image has no TF 2.11 env), stored in both places.
+    info = json.loads((built.models / MODEL / built.version / "assets.extra/build_info.json").read_text())
+    assert labels["io.scann-serving.memory.peak-rss-bytes"] == str(info["memory"]["peak_rss_bytes"])
+    assert info["memory"]["peak_rss_bytes"] > info["memory"]["baseline_rss_bytes"] > 50 * 2**20
     assert labels["io.scann-serving.build.tensorflow-version"] == VERSIONS["TF_VERSION"]
     assert labels["io.scann-serving.build.scann-version"] == VERSIONS["SCANN_VERSION"]
     assert labels["io.scann-serving.runtime.tensorflow-version"] == VERSIONS["COMPAT_TF_VERSION"]
@@ -139,6 +148,24 @@ def test_serving_image_metadata(docker_client, built):
     assert code == 0 and out.splitlines()[0] == built.version, out
     assert (REPO / "k8s/base/config/monitoring_config.txt").read_text() in out
     assert (REPO / "k8s/base/config/batching_parameters.txt").read_text() in out
+    # The image's build_info.json carries the measurement too.
+    info_path = f"/models/{MODEL}/{built.version}/assets.extra/build_info.json"
+    code, out = run_in(docker_client, built.tag, ["-c", f"cat {info_path}"],
+                       entrypoint=["bash"])
+    peak = int(labels["io.scann-serving.memory.peak-rss-bytes"])
+    assert code == 0 and json.loads(out)["memory"]["peak_rss_bytes"] == peak
+
+
+@pytest.mark.tools
+def test_deploy_renders_the_built_image_from_its_own_labels(built, tmp_path):
+    """`IMAGE=<tag> make deploy`: names, MODEL_NAME and memory come from the image's labels."""
+    proc = run_deploy(tmp_path, "--dry-run", OVERLAY="dev", IMAGE=built.tag)
+    assert proc.returncode == 0, proc.stderr
+    (deployment,) = by_kind(load_yaml_documents(proc.stdout), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == built.tag
+    assert {"name": "MODEL_NAME", "value": MODEL} in container["env"]
+    assert deployment["metadata"]["name"] == MODEL.replace("_", "-") + "-serving"
 
 
 @dataclass(frozen=True)
@@ -230,7 +257,7 @@ def test_smoke_suite_passes_against_the_container(serving):
 def test_entrypoint_ignores_sigterm_as_documented(docker_client, built):
     """The published entrypoint is bash without exec, so as PID 1 it ignores SIGTERM
     and only the SIGKILL after the grace period stops the pod (k8s/base/deployment.yaml
-    sizes terminationGracePeriodSeconds on this)."""
+    sizes terminationGracePeriodSeconds on this, and sets no preStop hook)."""
     container = docker_client.containers.run(built.tag, detach=True, read_only=True, tmpfs={"/tmp": ""})
     try:
         time.sleep(2)

@@ -33,7 +33,7 @@ def moto(tmp_path):
 @pytest.fixture
 def registry(tmp_path):
     if not Path(REGISTRY_BINARY).exists():
-        pytest.fail(f"{REGISTRY_BINARY} missing: docker/engine.sh ensure installs Debian's docker-registry")
+        pytest.fail(f"{REGISTRY_BINARY} missing: scripts/engine.sh ensure installs Debian's docker-registry")
     port = free_port()
     config = tmp_path / "registry.yml"
     config.write_text(
@@ -53,11 +53,15 @@ def aws_env(moto_url: str, **extra) -> dict:
 
 
 def test_make_push_creates_the_repository_and_pushes(docker_client, python_standin, moto, registry, tmp_path):
-    # A small local image stands in for a serving image: the push path is the same.
+    # A small local image with a serving image's labels stands in for one: the push path is the same.
     repository = f"scann-serving-test-{uuid.uuid4().hex[:6]}"
     local = f"scann-serving-test/serving:scann_model-v1-{uuid.uuid4().hex[:12]}"
-    docker_client.images.get(python_standin).tag(local)
-    (tmp_path / "last-image").write_text(local + "\n")
+    labels = {"io.scann-serving.model.name": "scann_model", "io.scann-serving.model.digest": "sha256:" + "0" * 64}
+    dockerfile = f"FROM {python_standin}\nLABEL " + " ".join(f'{k}="{v}"' for k, v in labels.items()) + "\n"
+    subprocess.run(["docker", "build", "-q", "-t", local, "-"], input=dockerfile, text=True, check=True,
+                   capture_output=True, env=dict(os.environ, DOCKER_BUILDKIT="0"))
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "scann_model.json").write_text(json.dumps({"image": local, "labels": labels}))
     env = aws_env(moto, AWS_REGION=REGION, AWS_ACCOUNT_ID=ACCOUNT, ECR_REPOSITORY=repository,
                   ECR_REGISTRY=registry, BUILD_DIR=str(tmp_path))
     try:
@@ -94,6 +98,6 @@ def test_make_push_creates_the_repository_and_pushes(docker_client, python_stand
 
 def test_push_without_region_fails_in_one_line(moto, tmp_path):
     env = aws_env(moto, ECR_REPOSITORY="x", AWS_ACCOUNT_ID=ACCOUNT, BUILD_DIR=str(tmp_path))
-    proc = subprocess.run([str(REPO / "docker/push-ecr.sh")], env=env, capture_output=True, text=True)
+    proc = subprocess.run([str(REPO / "scripts/push-ecr.sh")], env=env, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "AWS_REGION is not set" in proc.stderr

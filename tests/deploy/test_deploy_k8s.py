@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -59,6 +60,8 @@ def test_every_selector_matches_the_pod_template(rendered, overlay):
         # The version label changes with every deploy; a selector holding it would
         # orphan the running pods.
         assert "app.kubernetes.io/version" not in selector, what
+        # The instance label keeps each model's objects to its own pods (scripts/deploy.sh sets it).
+        assert "app.kubernetes.io/instance" in selector, what
     assert NAME.items() <= template_labels.items()
     assert "app.kubernetes.io/version" in template_labels
     hpa = only(objects, "HorizontalPodAutoscaler")
@@ -96,7 +99,9 @@ def test_ports_resources_and_model_name(rendered, overlay, versions):
     c = container(rendered[overlay])
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
         "grpc": int(versions["GRPC_PORT"]), "http": int(versions["REST_PORT"])}
-    assert {"name": "MODEL_NAME", "value": versions["MODEL_NAME"]} in c["env"]
+    # No fixed model name: the image's ENV names its model, and the generated per-model
+    # component sets the same value (test_deploy_render.py).
+    assert "MODEL_NAME" not in {e["name"] for e in c["env"]}
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(c["resources"][kind]), kind
     # Memory is never overcommitted: a version swap needs its full headroom.
@@ -170,13 +175,47 @@ def test_prometheus_annotations_and_network_policy(rendered, overlay, versions):
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_termination_grace_outlasts_connection_age(rendered, overlay):
-    """Pods must serve until every client connection has aged out (docker/serving/Dockerfile)."""
-    cmd = (REPO / "docker" / "serving" / "Dockerfile").read_text()
-    age = int(re.search(r"grpc\.max_connection_age_ms=(\d+)", cmd).group(1))
-    grace = int(re.search(r"grpc\.max_connection_age_grace_ms=(\d+)", cmd).group(1))
+    """The entrypoint ignores SIGTERM (docker/serving/Dockerfile), so a terminating pod serves until
+    SIGKILL: the grace period must outlast the longest connection (age + 10% gRPC jitter + grace)
+    and, to roll and drain quickly, not by more than a few seconds. No preStop: it could only
+    delay a SIGTERM that changes nothing."""
+    age_ms, grace_ms = connection_age_ms()
     pod = only(rendered[overlay], "Deployment")["spec"]["template"]["spec"]
-    pre_stop = int(container(rendered[overlay])["lifecycle"]["preStop"]["exec"]["command"][-1])
-    assert pod["terminationGracePeriodSeconds"] > (age + grace) / 1000 + pre_stop
+    longest_s = (1.1 * age_ms + grace_ms) / 1000
+    assert longest_s < pod["terminationGracePeriodSeconds"] <= longest_s + 5
+    assert "lifecycle" not in container(rendered[overlay])
+    # The client's default deadline fits in the grace, so an RPC caught by GOAWAY finishes.
+    client_base = (REPO / "client/src/retrieval_client/_base.py").read_text()
+    deadline_s = float(re.search(r"^DEFAULT_TIMEOUT_S = ([0-9.]+)", client_base, re.M).group(1))
+    assert deadline_s * 1000 <= grace_ms
+
+
+def connection_age_ms() -> tuple[int, int]:
+    cmd = " ".join(image_cmd())
+    return (int(re.search(r"grpc\.max_connection_age_ms=(\d+)", cmd).group(1)),
+            int(re.search(r"grpc\.max_connection_age_grace_ms=(\d+)", cmd).group(1)))
+
+
+# Worst image pull the rollout arithmetic assumes (k8s/base/deployment.yaml, k8s/README.md).
+PULL_BUDGET_S = 120
+READY_S = 10
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_20_pod_rollout_fits_the_documented_timeout(rendered, overlay):
+    deployment = only(rendered[overlay], "Deployment")
+    strategy = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert strategy["maxUnavailable"] == 0
+    surge = strategy["maxSurge"]
+    surge_pods = math.ceil(20 * int(surge[:-1]) / 100) if str(surge).endswith("%") else int(surge)
+    startup = container(rendered[overlay])["startupProbe"]
+    worst_pod_s = PULL_BUDGET_S + startup["periodSeconds"] * startup["failureThreshold"] + READY_S
+    # One slow but healthy wave must not count as a stalled rollout...
+    assert deployment["spec"]["progressDeadlineSeconds"] > worst_pod_s
+    # ... and the whole rollout must end within the timeout the README tells operators to wait.
+    readme = (REPO / "k8s/README.md").read_text()
+    timeout_min = int(re.search(r"rollout status \S+ --timeout=(\d+)m", readme).group(1))
+    assert math.ceil(20 / surge_pods) * worst_pod_s <= timeout_min * 60
 
 
 def image_cmd() -> list[str]:

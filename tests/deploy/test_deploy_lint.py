@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from deploy_helpers import REPO, tool, tools_venv
+from deploy_helpers import REPO, read_versions, tool, tools_venv
 
 pytestmark = pytest.mark.tools
 
@@ -47,14 +47,22 @@ def test_make_lint_passes():
         rel = dockerfile.relative_to(REPO)
         assert f"lint: ok   hadolint {rel}" in proc.stdout
         assert f"lint: ok   checkov {rel}" in proc.stdout
+    components = sorted(p.name for p in (REPO / "k8s/components").iterdir() if p.is_dir())
+    assert {"monitoring", "scale-on-load"} <= set(components)
     for overlay in ("dev", "prod"):
-        assert f"lint: ok   kubernetes-validate --strict -k 1.33.0 k8s/overlays/{overlay}" in proc.stdout
-        assert f"lint: ok   checkov kubernetes k8s/overlays/{overlay}" in proc.stdout
+        renderings = [f"k8s/overlays/{overlay}", f"k8s/overlays/{overlay}/namespace+monitoring",
+                      f"k8s/overlays/{overlay}+model {read_versions()['MODEL_NAME']}",
+                      *(f"k8s/overlays/{overlay}+{c}" for c in components if c != "monitoring")]
+        for name in renderings:
+            for check in ("kubernetes-validate --strict -k 1.33.0", "kubernetes-validate --strict -k 1.37.0",
+                          "checkov kubernetes"):
+                assert f"lint: ok   {check} {name}" in proc.stdout, (check, name)
+    assert "lint: ok   promtool check rules k8s/components/monitoring" in proc.stdout
 
 
 def test_lint_fails_when_a_check_fails():
     env = dict(os.environ, TOOLS_VENV=str(tools_venv()), KUBE_VERSIONS="0.1.0")
-    proc = run("docker/lint.sh", env=env, timeout=900)
+    proc = run("scripts/lint.sh", env=env, timeout=900)
     assert proc.returncode == 1
     assert "lint: FAIL kubernetes-validate --strict -k 0.1.0 k8s/overlays/prod" in proc.stderr
 
@@ -85,7 +93,7 @@ def test_checkov_rejects_a_privileged_container(tmp_path):
 
 def test_every_skip_is_justified():
     # lint.sh: each skipped checkov id has its reason in the comment lines above it.
-    lint = (REPO / "docker/lint.sh").read_text().splitlines()
+    lint = (REPO / "scripts/lint.sh").read_text().splitlines()
     start = lint.index("K8S_SKIPS=(")
     block = lint[start + 1: lint.index(")", start)]
     ids = [i for i, line in enumerate(block) if re.fullmatch(r"\s*CKV_[A-Z0-9_]+", line)]

@@ -84,14 +84,12 @@ def test_ports_in_images_and_scripts(versions):
 
 
 @pytest.mark.tools
-def test_k8s_ports_and_model_name(rendered, versions):
+def test_k8s_ports(rendered, versions):
     for overlay, objects in rendered.items():
         (deployment,) = by_kind(objects, "Deployment")
         (c,) = deployment["spec"]["template"]["spec"]["containers"]
         ports = {p["name"]: str(p["containerPort"]) for p in c["ports"]}
         assert ports == {"grpc": versions["GRPC_PORT"], "http": versions["REST_PORT"]}, overlay
-        env = {e["name"]: e.get("value") for e in c["env"]}
-        assert env["MODEL_NAME"] == versions["MODEL_NAME"], overlay
         for service in by_kind(objects, "Service"):
             for port in service["spec"]["ports"]:
                 assert str(port["port"]) == ports[port["name"]], (overlay, service["metadata"]["name"])
@@ -107,7 +105,7 @@ def test_makefile_takes_versions_from_versions_env(versions):
 
 
 def test_scripts_take_versions_from_versions_env(versions):
-    scripts = [p for p in (REPO / "docker").rglob("*.sh")]
+    scripts = [*(REPO / "docker").rglob("*.sh"), *(REPO / "scripts").glob("*.sh")]
     assert scripts
     for script in scripts:
         # Comments may name versions as examples; code may not.
@@ -133,3 +131,18 @@ def test_build_lock_pins_match_versions_env(versions):
         assert pins["tensorflow"] == versions["TF_VERSION"], lock
         assert pins["scann"] == versions["SCANN_VERSION"], lock
         assert pins["tensorflow-serving-api"] == versions["TF_SERVING_API_VERSION"], lock
+
+
+def test_source_build_has_a_serving_patch_for_its_tf_serving_version():
+    """docker/tf-serving-scann applies serving-<TF_SERVING_VERSION>.patch (verified against the tag by
+    `git apply --check`, docker/tf-serving-scann/README.md); it must exist and touch exactly the two
+    files, adding ScaNN's ops and its repository."""
+    folder = REPO / "docker/tf-serving-scann"
+    version = arg_defaults(folder / "Dockerfile")["TF_SERVING_VERSION"]
+    patch = (folder / f"serving-{version}.patch").read_text()
+    assert re.findall(r"^\+\+\+ b/(\S+)", patch, re.M) == ["tensorflow_serving/model_servers/BUILD",
+                                                            "tensorflow_serving/workspace.bzl"]
+    added = "\n".join(line for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++"))
+    assert '"@com_google_scann//scann/scann_ops/cc:scann_ops_static"' in added
+    assert 'name = "com_google_scann"' in added
+    assert version in (folder / "README.md").read_text()

@@ -2,10 +2,12 @@
 
     from retrieval_client import RetrievalClient
 
-    with RetrievalClient("dns:///scann.retrieval.svc.cluster.local:8500") as client:
+    with RetrievalClient("dns:///scann-serving.retrieval.svc.cluster.local:8500") as client:
         client.wait_until_available(timeout_s=60)
         for result in client.search(["42", "7"], k=10):
             print(result.ids, result.scores)
+
+See client/README.md for every argument, the errors and their fixes.
 
 Speaks TF Serving's PredictionService/ModelService over its own wire-compatible
 messages: no TensorFlow or tensorflow-serving-api needed.
@@ -20,7 +22,10 @@ from ._errors import (
     ModelNotReadyError,
     ResourceExhaustedError,
     RetrievalError,
+    ServerCancelledError,
+    ServerOverloadedError,
     ServerUnavailableError,
+    TlsHandshakeError,
     WaitTimeoutError,
 )
 from ._types import (
@@ -49,10 +54,13 @@ __all__ = [
     "RetrievalError",
     "RetryPolicy",
     "SearchResult",
+    "ServerCancelledError",
+    "ServerOverloadedError",
     "ServerUnavailableError",
     "SignatureInfo",
     "TensorSpec",
     "TlsConfig",
+    "TlsHandshakeError",
     "VersionStatus",
     "WaitTimeoutError",
     "__version__",

@@ -25,6 +25,16 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # server flags (--grpc_channel_arguments=grpc.keepalive_permit_without_calls=1,...).
 DEFAULT_KEEPALIVE_TIME_MS = 60_000
 DEFAULT_KEEPALIVE_TIMEOUT_MS = 20_000
+# Reconnection after an outage. gRPC's defaults back off from 1 s by x1.6 up to 120 s, so
+# a client that saw a 40 s outage kept failing for ~26 s after the server was back
+# (measured). Capped at 2 s, a channel tries again every <= 2 s (+-20 % jitter): it serves
+# within ~2 s of the server's return, at the cost of one TCP connect per 2 s per client
+# while the server is down. A lower start (250 ms) rides out quick pod restarts.
+DEFAULT_INITIAL_RECONNECT_BACKOFF_MS = 250
+DEFAULT_MAX_RECONNECT_BACKOFF_MS = 2_000
+# Kubernetes gives restarted pods new IPs: a dns:/// target must re-resolve to find them.
+# gRPC re-resolves on connection failures, at most once per this interval (default 30 s).
+DEFAULT_DNS_MIN_RESOLUTION_INTERVAL_MS = 5_000
 
 _SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
 
@@ -48,9 +58,13 @@ def channel_options(
     keepalive_timeout_ms: int,
     keepalive_permit_without_calls: bool,
     tls: Optional[TlsConfig],
+    max_reconnect_backoff_ms: int = DEFAULT_MAX_RECONNECT_BACKOFF_MS,
     extra: Sequence[Tuple[str, Any]] = (),
 ) -> List[Tuple[str, Any]]:
     """gRPC channel arguments; `extra` entries override the defaults."""
+    if max_reconnect_backoff_ms < 1:
+        raise ValueError(f"max_reconnect_backoff_ms must be >= 1, got {max_reconnect_backoff_ms!r}")
+    initial = min(DEFAULT_INITIAL_RECONNECT_BACKOFF_MS, int(max_reconnect_backoff_ms))
     options = {
         # Both spellings: the legacy argument wins over a resolver-provided
         # service config, the service config is the documented way.
@@ -62,6 +76,9 @@ def channel_options(
         "grpc.max_send_message_length": int(max_message_bytes),
         "grpc.max_receive_message_length": int(max_message_bytes),
         "grpc.primary_user_agent": f"retrieval-client/{__version__}",
+        "grpc.initial_reconnect_backoff_ms": initial,
+        "grpc.max_reconnect_backoff_ms": int(max_reconnect_backoff_ms),
+        "grpc.dns_min_time_between_resolutions_ms": DEFAULT_DNS_MIN_RESOLUTION_INTERVAL_MS,
     }
     if tls is not None and tls.server_name_override:
         options["grpc.ssl_target_name_override"] = tls.server_name_override

@@ -2,7 +2,12 @@
 
 Exit codes: 0 success; 2 bad arguments, or a request the server rejected as
 INVALID_ARGUMENT / NOT_FOUND (one line on stderr naming the problem);
-1 any other failure (server unavailable, timeout, ...).
+1 any other failure (server unavailable, timeout, ...). With --json, errors
+are also one JSON line on stdout: {"error": {"code": ..., "type": ...,
+"details": ..., "hint": ..., "exit_code": ...}}.
+
+--version prints this program's version; the model version is --model-version
+(`--version N` after a command still works, with a deprecation warning).
 """
 from __future__ import annotations
 
@@ -23,13 +28,22 @@ from ._version import __version__
 DEFAULT_TARGET = "127.0.0.1:8500"
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+_PROGRAM_VERSION = object()  # --version given without a value
+
+
+class UsageError(ValueError):
+    """A command line argparse refused; main() reports it like any bad argument."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(f"{message} (see --help)")
+        self.prog = prog
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (and still exit code 2)."""
+    """argparse, but a usage error is one line (and still exit code 2), as JSON with --json."""
 
     def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        raise UsageError(self.prog, message)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -48,8 +62,13 @@ def _common_options() -> "_Parser":
     group.add_argument("--target", default=DEFAULT_TARGET, help="host:port or dns:///name.namespace.svc.cluster.local:port")
     group.add_argument("--model", default=DEFAULT_MODEL, help="model name on the server")
     pin = group.add_mutually_exclusive_group()
-    pin.add_argument("--version", type=int, default=None, help="model version (default: the latest available)")
-    pin.add_argument("--version-label", default=None, help="model version label")
+    pin.add_argument("--model-version", type=int, default=None, help="model version (default: the latest available)")
+    pin.add_argument("--model-version-label", "--version-label", dest="model_version_label", default=None,
+                     help="model version label (TF Serving's version_labels)")
+    # Before 0.2 `--version N` meant the model version: still accepted, with a warning.
+    # Without a value it prints the program version, as at the top level.
+    pin.add_argument("--version", dest="legacy_version", metavar="N", nargs="?", const=_PROGRAM_VERSION,
+                     default=None, help="without N: print the program version; with N: deprecated, use --model-version")
     group.add_argument("--json", action="store_true", help="print JSON instead of a table")
     tls = common.add_argument_group("TLS (any of these flags turns TLS on)")
     tls.add_argument("--tls", action="store_true", help="use TLS with the system's CA roots")
@@ -78,7 +97,8 @@ def _vector(text: str) -> List[float]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public for the tests and --help)."""
     parser = _Parser(prog="retrieval-client", description=__doc__, formatter_class=_Formatter)
-    parser.add_argument("--version-info", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", "--version-info", action="version", version=f"%(prog)s {__version__}",
+                        help="print the program version and exit")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     common = [_common_options()]
 
@@ -191,25 +211,61 @@ def _execute(client: RetrievalClient, args: argparse.Namespace) -> tuple:
     return _plain(ex), _show_examples(ex)
 
 
+def _model_version(args: argparse.Namespace) -> Optional[int]:
+    """--model-version, or the deprecated --version N (checked and warned about)."""
+    legacy = args.legacy_version
+    if legacy is None:
+        return args.model_version
+    try:
+        number = int(legacy)
+    except ValueError:
+        raise ValueError(f"--version takes no value (program version) or an integer (deprecated model version), "
+                         f"got {legacy!r}; use --model-version N") from None
+    print("retrieval-client: warning: --version N for the model version is deprecated; use --model-version N",
+          file=sys.stderr)
+    return number
+
+
+def _error_json(exc: BaseException, exit_code: int) -> str:
+    """One JSON line describing a failure (--json)."""
+    if isinstance(exc, RetrievalError):
+        code, details, hint = exc.code.name, exc.details, exc.hint
+    else:  # refused before sending: the same category as the server's INVALID_ARGUMENT
+        code, details, hint = "INVALID_ARGUMENT", str(exc), None
+    error = {"code": code, "type": type(exc).__name__, "details": details, "hint": hint, "exit_code": exit_code}
+    return json.dumps({"error": error}, ensure_ascii=False)
+
+
+def _fail(prog: str, exc: BaseException, exit_code: int, as_json: bool) -> int:
+    """One line on stderr, always; with --json also the JSON error line on stdout."""
+    print(f"{prog}: error: {exc}".replace("\n", " "), file=sys.stderr)
+    if as_json:
+        print(_error_json(exc, exit_code))
+    return exit_code
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        return _fail(exc.prog, exc, EXIT_USAGE, "--json" in argv)
     prog = f"{parser.prog} {args.command}"
+    if args.legacy_version is _PROGRAM_VERSION:
+        print(f"{parser.prog} {__version__}")
+        return 0
     try:
         client = RetrievalClient(
-            args.target, args.model, version=args.version, version_label=args.version_label, tls=_tls(args)
+            args.target, args.model, version=_model_version(args), version_label=args.model_version_label,
+            tls=_tls(args),
         )
         with client:
             data, text = _execute(client, args)
-    except (ValueError, TypeError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (InvalidRequestError, ModelNotFoundError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except (ValueError, TypeError, InvalidRequestError, ModelNotFoundError) as exc:
+        return _fail(prog, exc, EXIT_USAGE, args.json)
     except RetrievalError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(prog, exc, EXIT_FAILURE, args.json)
     print(json.dumps(data, indent=2, ensure_ascii=False) if args.json else text)
     return 0

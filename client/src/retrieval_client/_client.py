@@ -1,16 +1,17 @@
 """The blocking client: runs the shared flows with blocking gRPC calls."""
 from __future__ import annotations
 
+import concurrent.futures
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import grpc
 
 from . import _flows
 from ._base import DEFAULT_WAIT_TIMEOUT_S, _ClientBase
-from ._errors import RetrievalError, from_rpc_error
+from ._errors import DeadlineExceededError, RetrievalError, from_rpc_error
 from ._requests import RESPONSE_TYPES
-from ._types import Examples, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
+from ._types import Examples, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 
 class RetrievalClient(_ClientBase):
@@ -20,7 +21,14 @@ class RetrievalClient(_ClientBase):
     manager or call close(). See _ClientBase.__init__ for the arguments.
     """
 
+    _INTERCEPTOR_TYPES = (
+        grpc.UnaryUnaryClientInterceptor,
+        grpc.UnaryStreamClientInterceptor,
+        grpc.StreamUnaryClientInterceptor,
+        grpc.StreamStreamClientInterceptor,
+    )
     _calls: Dict[str, Callable[..., Any]]
+    _inflight: Dict[Tuple[Any, ...], "concurrent.futures.Future[Any]"]
 
     def _callables(self) -> Dict[str, Callable[..., Any]]:
         self._check_open()
@@ -31,8 +39,11 @@ class RetrievalClient(_ClientBase):
                         channel = grpc.insecure_channel(self._target, options=self._options)
                     else:
                         channel = grpc.secure_channel(self._target, self._credentials, options=self._options)
+                    intercepted = channel
+                    if self._interceptors:
+                        intercepted = grpc.intercept_channel(channel, *self._interceptors)
                     self._calls = {
-                        method: channel.unary_unary(
+                        method: intercepted.unary_unary(
                             method,
                             request_serializer=lambda message: message.SerializeToString(),
                             response_deserializer=response_type.FromString,
@@ -41,6 +52,39 @@ class RetrievalClient(_ClientBase):
                     }
                     self._channel = channel
         return self._calls
+
+    def _invoke(self, calls: Dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
+        """One attempt; raises RetrievalError. Shared calls in flight are joined."""
+        if not action.shared:
+            return self._attempt(calls, action)
+        key = (action.method, action.request.SerializeToString(deterministic=True), action.settings)
+        with self._lock:
+            future = self._inflight.get(key)
+            leader = future is None
+            if leader:
+                future = self._inflight[key] = concurrent.futures.Future()
+        if leader:
+            try:
+                future.set_result(self._attempt(calls, action))
+            except BaseException as exc:  # noqa: BLE001 - handed to every waiter, re-raised below
+                future.set_exception(exc)
+            finally:
+                with self._lock:
+                    del self._inflight[key]
+        try:
+            return future.result(timeout=action.timeout_s)
+        except concurrent.futures.TimeoutError:
+            raise DeadlineExceededError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "Deadline Exceeded (waiting for the metadata another call is fetching)",
+            ) from None
+
+    def _attempt(self, calls: Dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
+        try:
+            return calls[action.method](action.request, **self._call_kwargs(action.settings, action.timeout_s))
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc, self._transport)  # the one conversion point
+        raise error
 
     def _run(self, flow: _flows.Flow) -> Any:
         calls = self._callables()
@@ -54,58 +98,112 @@ class RetrievalClient(_ClientBase):
                     time.sleep(action.seconds)
                     continue
                 try:
-                    reply = calls[action.method](action.request, timeout=action.timeout_s)
-                except grpc.RpcError as exc:
-                    # The one conversion point; thrown into the flow outside
-                    # this except block so the gRPC error is not chained.
-                    error = from_rpc_error(exc)
+                    reply = self._invoke(calls, action)
+                except RetrievalError as exc:
+                    # Thrown into the flow outside this except block so no gRPC error is chained.
+                    error = exc
         except StopIteration as stop:
             return stop.value
         finally:
             flow.close()
 
-    def search(self, ids: Ids, k: Optional[int] = None, *, timeout_s: Optional[float] = None) -> List[SearchResult]:
+    def search(
+        self,
+        ids: Ids,
+        k: Optional[int] = None,
+        *,
+        timeout_s: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        wait_for_ready: Optional[bool] = None,
+        compression: Optional[grpc.Compression] = None,
+    ) -> List[SearchResult]:
         """Nearest candidates for each query id (signature serving_default).
 
         ids: one id or a 1-D sequence/array of str, bytes or int ids; they
             are converted to the model's id dtype (ints to decimal strings,
-            decimal strings to int64), else ValueError/TypeError.
+            decimal strings to int64; TypeError for other types).
         k: None for all K neighbours the model returns, else 1..K
-            (ValueError naming K if larger).
-        Returns one SearchResult per id, in order. An id the model does not
-        know raises InvalidRequestError whose message names it.
+            (ValueError naming K if larger, before anything is sent).
+        timeout_s, headers, wait_for_ready, compression: this call's
+            deadline and gRPC settings (None: the client's).
+        Returns one SearchResult per id, in order. Ids the model does not know
+        raise InvalidRequestError naming them (only this call's ids), unless the
+        model was built with a fallback: then those results have found=False.
         """
-        return self._run(_flows.search(self._state, ids, k, timeout_s))
+        settings = self._settings(headers, wait_for_ready, compression)
+        return self._run(_flows.search(self._state, ids, k, timeout_s, settings))
 
     def search_by_vector(
-        self, vectors: Vectors, k: Optional[int] = None, *, timeout_s: Optional[float] = None
+        self,
+        vectors: Vectors,
+        k: Optional[int] = None,
+        *,
+        timeout_s: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        wait_for_ready: Optional[bool] = None,
+        compression: Optional[grpc.Compression] = None,
     ) -> List[SearchResult]:
         """Nearest candidates for query embeddings (signature search_by_vector).
 
         vectors: float [dim] (one query) or [batch, dim]; sent as float32.
-        k: as in search().
+            NaN/Inf or a dimension other than the model's raise ValueError
+            before anything is sent.
+        k and the keyword arguments: as in search().
         """
-        return self._run(_flows.search_by_vector(self._state, vectors, k, timeout_s))
+        settings = self._settings(headers, wait_for_ready, compression)
+        return self._run(_flows.search_by_vector(self._state, vectors, k, timeout_s, settings))
 
-    def examples(self, *, timeout_s: Optional[float] = None) -> Examples:
+    def examples(
+        self,
+        *,
+        timeout_s: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        wait_for_ready: Optional[bool] = None,
+        compression: Optional[grpc.Compression] = None,
+    ) -> Examples:
         """Known query ids, candidate ids and candidate vectors (signature examples)."""
-        return self._run(_flows.examples(self._state, timeout_s))
+        settings = self._settings(headers, wait_for_ready, compression)
+        return self._run(_flows.examples(self._state, timeout_s, settings))
 
-    def status(self, *, timeout_s: Optional[float] = None) -> List[VersionStatus]:
+    def status(
+        self,
+        *,
+        timeout_s: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        wait_for_ready: Optional[bool] = None,
+        compression: Optional[grpc.Compression] = None,
+    ) -> List[VersionStatus]:
         """Every version the server knows for the model, oldest first."""
-        return self._run(_flows.status(self._state, timeout_s))
+        settings = self._settings(headers, wait_for_ready, compression)
+        return self._run(_flows.status(self._state, timeout_s, settings))
 
-    def wait_until_available(self, timeout_s: float = DEFAULT_WAIT_TIMEOUT_S) -> VersionStatus:
+    def wait_until_available(
+        self,
+        timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
+        *,
+        headers: Optional[Headers] = None,
+        wait_for_ready: Optional[bool] = None,
+        compression: Optional[grpc.Compression] = None,
+    ) -> VersionStatus:
         """Poll status() with backoff until a version is AVAILABLE; return it.
 
         Raises WaitTimeoutError (a DeadlineExceededError) after timeout_s,
         saying which state or error it saw last.
         """
-        return self._run(_flows.wait_until_available(self._state, timeout_s))
+        settings = self._settings(headers, wait_for_ready, compression)
+        return self._run(_flows.wait_until_available(self._state, timeout_s, settings))
 
-    def metadata(self, *, timeout_s: Optional[float] = None) -> ModelMetadata:
+    def metadata(
+        self,
+        *,
+        timeout_s: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        wait_for_ready: Optional[bool] = None,
+        compression: Optional[grpc.Compression] = None,
+    ) -> ModelMetadata:
         """The answering version's signatures with their inputs and outputs."""
-        return self._run(_flows.metadata(self._state, timeout_s))
+        settings = self._settings(headers, wait_for_ready, compression)
+        return self._run(_flows.model_metadata(self._state, timeout_s, settings))
 
     def close(self) -> None:
         """Close the channel; further calls raise RuntimeError. Idempotent."""
@@ -118,3 +216,4 @@ class RetrievalClient(_ClientBase):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+

@@ -2,8 +2,9 @@
 
 A flow yields `Rpc(...)` or `Sleep(...)` and receives the response (or has a
 RetrievalError thrown in). The sync client runs flows with blocking calls,
-the async client with awaits; the logic (retries, lazy metadata, the one-time
-refresh when a new model version changed the id dtype, polling) exists once.
+the async client with awaits; the logic (one deadline per call, retries,
+lazy metadata, the one-time refresh when a new model version changed the id
+dtype, K or dimension, polling) exists once.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, Generator, List, Optional
 import grpc
 
 from . import _requests as rq
+from . import _responses as rs
 from ._errors import (
     DeadlineExceededError,
     InvalidRequestError,
@@ -23,18 +25,25 @@ from ._errors import (
     ModelNotReadyError,
     RetrievalError,
     ServerUnavailableError,
+    TlsHandshakeError,
     WaitTimeoutError,
 )
-from ._types import Examples, ModelMetadata, RetryPolicy, SearchResult, VersionStatus
+from ._types import CallSettings, Examples, ModelMetadata, RetryPolicy, SearchResult, VersionStatus
 
 
 @dataclass(frozen=True)
 class Rpc:
-    """Perform one attempt of a unary call with this deadline."""
+    """Perform one attempt of a unary call with this deadline.
+
+    shared: an identical call already in flight on this client may answer
+    this one too (single-flight; used for the metadata fetch).
+    """
 
     method: str
     request: Any
     timeout_s: float
+    settings: CallSettings = CallSettings()
+    shared: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,8 +55,8 @@ class Sleep:
 
 Flow = Generator[Any, Any, Any]
 
-# Codes that say nothing about whether a server ever answered.
-_TRANSPORT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+# Codes a retry can fix: no server yet or any more, a draining pod, a full batch queue.
+_RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
 # How TF Serving (and TensorFlow) word a dtype mismatch:
 # "Expects arg[0] to be string but int64 is provided".
 _DTYPE_MISMATCH = re.compile(r"dtype|data ?type|\btype\b|expects arg|is provided", re.IGNORECASE)
@@ -62,20 +71,34 @@ class ClientState:
         self.ref = ref
         self.timeout_s = float(timeout_s)
         self.retry = retry
-        self.contract: Optional[rq.Contract] = None
-        # True once any server answered on this channel: from then on a
-        # DEADLINE_EXCEEDED means a slow server, and retrying would only
-        # multiply the latency.
-        self.connected = False
+        self.contract: Optional[rs.Contract] = None
         self.rng = random.Random()
 
-    def timeout(self, timeout_s: Optional[float]) -> float:
-        """The per-call override, else the client's default deadline."""
+    def deadline(self, timeout_s: Optional[float]) -> "Deadline":
+        """The deadline of one call: the per-call override, else the client's default."""
         if timeout_s is None:
-            return self.timeout_s
+            return Deadline(self.timeout_s)
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-        return float(timeout_s)
+        return Deadline(float(timeout_s))
+
+
+class Deadline:
+    """One call's deadline, shared by its metadata fetch, attempts and backoff."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.at = time.monotonic() + timeout_s
+
+    def remaining(self) -> float:
+        """Seconds left (may be negative)."""
+        return self.at - time.monotonic()
+
+    def expired(self, before: str) -> DeadlineExceededError:
+        """The error for a deadline that passed between attempts."""
+        return DeadlineExceededError(
+            grpc.StatusCode.DEADLINE_EXCEEDED, f"the call's deadline of {self.timeout_s:g} s passed before {before}"
+        )
 
 
 def backoff_s(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
@@ -85,132 +108,168 @@ def backoff_s(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
     return step * (0.5 + 0.5 * rng.random())
 
 
-def retry_delay(
-    policy: RetryPolicy, attempt: int, code: grpc.StatusCode, connected: bool, rng: random.Random
-) -> Optional[float]:
+def retry_delay(policy: RetryPolicy, attempt: int, error: RetrievalError, rng: random.Random) -> Optional[float]:
     """Seconds to wait before retrying after `attempt` failed, or None to give up."""
-    if attempt >= policy.max_attempts:
+    if attempt >= policy.max_attempts or error.code not in _RETRYABLE or isinstance(error, TlsHandshakeError):
         return None
-    if code == grpc.StatusCode.UNAVAILABLE or (code == grpc.StatusCode.DEADLINE_EXCEEDED and not connected):
-        return backoff_s(policy, attempt, rng)
-    return None
+    return backoff_s(policy, attempt, rng)
 
 
-def call(state: ClientState, rpc: Rpc) -> Flow:
-    """One logical call: attempts plus backoff per the retry policy."""
+def call(state: ClientState, deadline: Deadline, rpc: Rpc) -> Flow:
+    """One logical call: attempts plus backoff, all within `deadline`.
+
+    Each attempt gets the time that remains; a retry starts only when more
+    remains than its backoff, so the call never outlives its deadline.
+    """
     attempt = 1
+    last_error: Optional[RetrievalError] = None
     while True:
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            # Overslept the backoff (a busy machine): the last real error says more than a timeout.
+            raise last_error or deadline.expired(rpc.method.rpartition("/")[2])
         try:
-            response = yield rpc
+            response = yield Rpc(rpc.method, rpc.request, remaining, rpc.settings, rpc.shared)
         except RetrievalError as exc:
-            if exc.code not in _TRANSPORT_CODES:
-                state.connected = True
-            delay = retry_delay(state.retry, attempt, exc.code, state.connected, state.rng)
-            if delay is None:
+            delay = retry_delay(state.retry, attempt, exc, state.rng)
+            if delay is None or delay >= deadline.remaining():
                 raise
+            last_error = exc
         else:
-            state.connected = True
             return response
         attempt += 1
         yield Sleep(delay)
 
 
-def metadata(state: ClientState, timeout_s: Optional[float]) -> Flow:
+def metadata(state: ClientState, deadline: Deadline, settings: CallSettings) -> Flow:
     """GetModelMetadata -> ModelMetadata; also refreshes the cached contract."""
-    response = yield from call(state, Rpc(rq.GET_MODEL_METADATA, rq.metadata_request(state.ref), state.timeout(timeout_s)))
-    result: ModelMetadata = rq.parse_metadata(response, state.ref)
-    state.contract = rq.Contract.from_metadata(result)
+    rpc = Rpc(rq.GET_MODEL_METADATA, rq.metadata_request(state.ref), 0.0, settings, shared=True)
+    response = yield from call(state, deadline, rpc)
+    result: ModelMetadata = rs.parse_metadata(response, state.ref)
+    state.contract = rs.Contract.from_metadata(result)
     return result
 
 
-def _refresh(state: ClientState, timeout: float) -> Flow:
+def _refresh(state: ClientState, deadline: Deadline, settings: CallSettings) -> Flow:
     """Fetch the metadata again and return the new contract."""
-    metadata_ = yield from metadata(state, timeout)
-    return rq.Contract.from_metadata(metadata_)
+    metadata_ = yield from metadata(state, deadline, settings)
+    return rs.Contract.from_metadata(metadata_)
 
 
-def _contract(state: ClientState, timeout: float) -> Flow:
+def _contract(state: ClientState, deadline: Deadline, settings: CallSettings) -> Flow:
     """(contract, fresh): the cached contract, fetching it on first use."""
     if state.contract is not None:
         return state.contract, False
-    contract = yield from _refresh(state, timeout)
+    contract = yield from _refresh(state, deadline, settings)
     return contract, True
 
 
-def search(state: ClientState, ids: Any, k: Optional[int], timeout_s: Optional[float]) -> Flow:
-    """serving_default: ids -> neighbours."""
-    timeout = state.timeout(timeout_s)
+def _check_k(state: ClientState, k: Optional[int], top_k: Optional[int], signature: str, contract: rs.Contract) -> None:
+    if k is not None and top_k is not None and k > top_k:
+        raise rq.k_too_large(k, top_k, f"{state.ref.describe(contract.version)} ({signature})")
+
+
+def search(state: ClientState, ids: Any, k: Optional[int], timeout_s: Optional[float], settings: CallSettings) -> Flow:
+    """serving_default: ids -> neighbours; unknown ids raise InvalidRequestError."""
+    deadline = state.deadline(timeout_s)
     rq.check_k(k)
     items = rq.as_id_list(ids)
     if not items:
         return []
-    contract, fresh = yield from _contract(state, timeout)
+    contract, fresh = yield from _contract(state, deadline, settings)
     while True:
         id_dtype = contract.require_id_dtype(state.ref)
         what = state.ref.describe(contract.version)
-        try:
-            ids_tensor = rq.ids_tensor(items, id_dtype, what)
-        except (TypeError, ValueError):
-            if fresh:
-                raise
-            # e.g. "item-5" for a cached int64 model: a newer version may take strings.
+        k_above = k is not None and contract.k is not None and k > contract.k
+        stale = k_above or bool(rq.impossible_ids(items, id_dtype, what))
+        if stale and not fresh:
+            # e.g. "item-5" for a cached int64 model, or k above the cached K: a newer
+            # version may take strings or return more neighbours. Ask once.
             fresh = True
-            contract = yield from _refresh(state, timeout)
+            contract = yield from _refresh(state, deadline, settings)
             continue
-        request = rq.predict_request(state.ref, rq.SEARCH_SIGNATURE, {"ids": ids_tensor})
+        impossible = rq.impossible_ids(items, id_dtype, what)
+        if impossible:
+            raise rq.unknown_ids_error(impossible, f"{what} takes int64 ids")
+        _check_k(state, k, contract.k, rq.SEARCH_SIGNATURE, contract)
+        request = rq.predict_request(state.ref, rq.SEARCH_SIGNATURE, {"ids": rq.ids_tensor(items, id_dtype, what)})
         try:
-            response = yield from call(state, Rpc(rq.PREDICT, request, timeout))
+            response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
         except InvalidRequestError as exc:
             # A new model version may take another id dtype than the cached
             # metadata says: refresh once, resend only if the dtype changed.
             if fresh or not _DTYPE_MISMATCH.search(exc.details):
                 raise
             fresh = True
-            contract = yield from _refresh(state, timeout)
+            contract = yield from _refresh(state, deadline, settings)
             if contract.id_dtype == id_dtype:
                 raise
             continue
-        what = state.ref.describe(rq.response_version(response.model_spec))
-        result: List[SearchResult] = rq.parse_neighbours(response, k, len(items), f"{what} ({rq.SEARCH_SIGNATURE})")
+        what = state.ref.describe(rs.response_version(response.model_spec))
+        neighbours = rs.parse_neighbours(response, k, len(items), f"{what} ({rq.SEARCH_SIGNATURE})")
+        unknown = neighbours.unknown_rows(id_dtype)
+        if unknown:
+            raise rq.unknown_ids_error([items[i] for i in unknown], what)
+        result: List[SearchResult] = neighbours.results(k)
         return result
 
 
-def search_by_vector(state: ClientState, vectors: Any, k: Optional[int], timeout_s: Optional[float]) -> Flow:
-    """search_by_vector: float32 [batch, dim] query embeddings -> neighbours."""
-    timeout = state.timeout(timeout_s)
+def search_by_vector(
+    state: ClientState, vectors: Any, k: Optional[int], timeout_s: Optional[float], settings: CallSettings
+) -> Flow:
+    """search_by_vector: float32 [batch, dim] query embeddings -> neighbours.
+
+    The dimension is checked before sending: TF Serving's batcher merges rows of
+    concurrent requests, and one request of the wrong dimension fails the whole
+    merged batch, other callers' requests included.
+    """
+    deadline = state.deadline(timeout_s)
     rq.check_k(k)
     array = rq.vectors_array(vectors)
     if array.shape[0] == 0:
         return []
-    contract, fresh = yield from _contract(state, timeout)
-    if contract.dim is not None and contract.dim != array.shape[1] and not fresh:
-        # The cached dimension may belong to an older version: ask again.
-        contract = yield from _refresh(state, timeout)
+    contract, fresh = yield from _contract(state, deadline, settings)
+    wrong_dim = contract.dim is not None and contract.dim != array.shape[1]
+    k_above = k is not None and contract.vector_k is not None and k > contract.vector_k
+    if (wrong_dim or k_above) and not fresh:
+        # The cached dimension or K may belong to an older version: ask again.
+        contract = yield from _refresh(state, deadline, settings)
     if contract.dim is not None and contract.dim != array.shape[1]:
         raise ValueError(
             f"vectors have dimension {array.shape[1]}, but {state.ref.describe(contract.version)} "
             f"takes {contract.dim}-dimensional query embeddings"
         )
+    _check_k(state, k, contract.vector_k, rq.VECTOR_SIGNATURE, contract)
     request = rq.predict_request(state.ref, rq.VECTOR_SIGNATURE, {"vectors": rq.to_tensor_proto(array)})
-    response = yield from call(state, Rpc(rq.PREDICT, request, timeout))
-    what = state.ref.describe(rq.response_version(response.model_spec))
-    result: List[SearchResult] = rq.parse_neighbours(response, k, array.shape[0], f"{what} ({rq.VECTOR_SIGNATURE})")
+    response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
+    what = state.ref.describe(rs.response_version(response.model_spec))
+    neighbours = rs.parse_neighbours(response, k, array.shape[0], f"{what} ({rq.VECTOR_SIGNATURE})")
+    result: List[SearchResult] = neighbours.results(k)
     return result
 
 
-def examples(state: ClientState, timeout_s: Optional[float]) -> Flow:
-    """The examples signature: no inputs, known ids and vectors out."""
-    request = rq.predict_request(state.ref, rq.EXAMPLES_SIGNATURE, {})
-    response = yield from call(state, Rpc(rq.PREDICT, request, state.timeout(timeout_s)))
-    what = state.ref.describe(rq.response_version(response.model_spec))
-    result: Examples = rq.parse_examples(response, f"{what} ({rq.EXAMPLES_SIGNATURE})")
+def examples(state: ClientState, timeout_s: Optional[float], settings: CallSettings) -> Flow:
+    """The examples signature: known ids and vectors (asks for 0..63, keeps the found rows)."""
+    deadline = state.deadline(timeout_s)
+    contract, _ = yield from _contract(state, deadline, settings)
+    request = rq.examples_request(state.ref, contract.examples_take_index)
+    response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
+    what = state.ref.describe(rs.response_version(response.model_spec))
+    result: Examples = rs.parse_examples(response, f"{what} ({rq.EXAMPLES_SIGNATURE})")
     return result
 
 
-def status(state: ClientState, timeout_s: Optional[float]) -> Flow:
+def status(state: ClientState, timeout_s: Optional[float], settings: CallSettings) -> Flow:
     """GetModelStatus -> one VersionStatus per version."""
-    response = yield from call(state, Rpc(rq.GET_MODEL_STATUS, rq.status_request(state.ref), state.timeout(timeout_s)))
-    result: List[VersionStatus] = rq.parse_status(response)
+    deadline = state.deadline(timeout_s)
+    response = yield from call(state, deadline, Rpc(rq.GET_MODEL_STATUS, rq.status_request(state.ref), 0.0, settings))
+    result: List[VersionStatus] = rs.parse_status(response)
+    return result
+
+
+def model_metadata(state: ClientState, timeout_s: Optional[float], settings: CallSettings) -> Flow:
+    """metadata(): GetModelMetadata within one call deadline."""
+    result = yield from metadata(state, state.deadline(timeout_s), settings)
     return result
 
 
@@ -230,34 +289,33 @@ def _describe_statuses(statuses: List[VersionStatus]) -> str:
 _STARTING_UP = (ServerUnavailableError, ModelNotFoundError, ModelNotReadyError, DeadlineExceededError)
 
 
-def wait_until_available(state: ClientState, timeout_s: float) -> Flow:
+def wait_until_available(state: ClientState, timeout_s: float, settings: CallSettings) -> Flow:
     """Poll GetModelStatus with backoff until a version is AVAILABLE.
 
     Returns the newest AVAILABLE version; raises WaitTimeoutError naming the
     last state or error seen. Errors that polling cannot fix (e.g.
-    INVALID_ARGUMENT, UNAUTHENTICATED) are raised at once.
+    INVALID_ARGUMENT, UNAUTHENTICATED, a failed TLS handshake) are raised at once.
     """
     if not timeout_s > 0:
         raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-    deadline = time.monotonic() + timeout_s
+    deadline = Deadline(timeout_s)
     last_seen = "no answer from the server"
     attempt = 0
     while True:
-        per_call = max(0.001, min(state.timeout_s, deadline - time.monotonic()))
+        per_call = max(0.001, min(state.timeout_s, deadline.remaining()))
         try:
-            response = yield Rpc(rq.GET_MODEL_STATUS, rq.status_request(state.ref), per_call)
+            response = yield Rpc(rq.GET_MODEL_STATUS, rq.status_request(state.ref), per_call, settings)
+        except TlsHandshakeError:
+            raise
         except _STARTING_UP as exc:
-            if exc.code not in _TRANSPORT_CODES:
-                state.connected = True
             last_seen = f"last error {exc.code.name}: {exc.details}"
         else:
-            state.connected = True
-            statuses = rq.parse_status(response)
+            statuses = rs.parse_status(response)
             available = [s for s in statuses if s.state == "AVAILABLE"]
             if available:
                 return max(available, key=lambda s: s.version)
             last_seen = _describe_statuses(statuses)
-        remaining = deadline - time.monotonic()
+        remaining = deadline.remaining()
         if remaining <= 0:
             raise WaitTimeoutError(
                 grpc.StatusCode.DEADLINE_EXCEEDED,

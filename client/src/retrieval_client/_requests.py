@@ -1,7 +1,7 @@
-"""Pure functions: Python values -> request messages -> results.
+"""Pure functions: Python values -> request messages (responses: _responses.py).
 
-No I/O here; both clients build every request and parse every response with
-these functions, so they cannot drift apart.
+No I/O here; both clients build every request with these functions, so they
+cannot drift apart.
 """
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
+import grpc
 import numpy as np
-from google.protobuf.message import DecodeError
 
-from ._errors import IncompatibleModelError
-from ._tensors import decode_strings, dtype_name, from_tensor_proto, to_tensor_proto
-from ._types import Examples, ModelMetadata, SearchResult, SignatureInfo, TensorSpec, VersionStatus
+from ._errors import IncompatibleModelError, InvalidRequestError
+from ._tensors import to_tensor_proto
 from .protos import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2, tensor_pb2
 
 # TF Serving's exact method paths. The messages are ours but wire-identical.
@@ -31,6 +30,16 @@ SEARCH_SIGNATURE = "serving_default"
 VECTOR_SIGNATURE = "search_by_vector"
 EXAMPLES_SIGNATURE = "examples"
 ID_DTYPES = ("string", "int64")
+# Serving contract v2 (batching-safe): one `found` flag per row; a row of an unknown id holds
+# padding ids ("" / -1). Models exported before it have no `found` output and reject unknown
+# ids with INVALID_ARGUMENT themselves.
+FOUND = "found"
+PADDING = {"string": "", "int64": -1}
+# `examples` takes example numbers 0..n-1 with n <= MAX_EXAMPLES; asking for all of them and
+# keeping the found rows works without knowing n.
+EXAMPLES_INDEX = "index"
+MAX_EXAMPLES = 64
+UNKNOWN_IDS = "unknown query id(s), not in this model version:"
 # The server packs the upstream message, so the Any names upstream's type.
 SIGNATURE_DEF_MAP_TYPE = "tensorflow.serving.SignatureDefMap"
 
@@ -120,7 +129,8 @@ def _id_as_bytes(value: Any) -> bytes:
     raise TypeError(f"id {value!r} ({type(value).__name__}) cannot be sent as a string id; pass str, bytes or int")
 
 
-def _id_as_int(value: Any, model: str) -> int:
+def _id_as_int(value: Any, model: str) -> Optional[int]:
+    """The int64 id, or None for a str/bytes/int that no int64 model can hold."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"id {value!r} is a bool; {model} takes int64 ids")
     if isinstance(value, (int, np.integer)):
@@ -128,23 +138,60 @@ def _id_as_int(value: Any, model: str) -> int:
     elif isinstance(value, (str, bytes)):
         text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
         if not _DECIMAL.fullmatch(text):
-            raise ValueError(f"id {value!r} is not an integer, but {model} takes int64 ids")
+            return None
         number = int(text)
     else:
         raise TypeError(f"id {value!r} ({type(value).__name__}) cannot be sent as an int64 id; {model} takes int64 ids")
-    if not _INT64_MIN <= number <= _INT64_MAX:
-        raise ValueError(f"id {value!r} does not fit in int64, which {model} takes")
-    return number
+    return number if _INT64_MIN <= number <= _INT64_MAX else None
+
+
+def show_id(value: Any) -> str:
+    """An id as error messages show it: as text, or as a bytes literal when it is not UTF-8."""
+    if isinstance(value, (bytes, np.bytes_)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return repr(bytes(value))
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return str(int(value))
+    return str(value)
+
+
+def unknown_ids_error(ids: Sequence[Any], what: str) -> InvalidRequestError:
+    """InvalidRequestError naming the caller's unknown ids, worded as the graph's check used to
+    (TensorFlow's Assert printed them as "[a b]")."""
+    return InvalidRequestError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"{UNKNOWN_IDS} [{' '.join(show_id(v) for v in ids)}] ({what})",
+        "the model was built without these ids; build a new version that has them, "
+        "or build with --unknown-ids fallback to get the most popular items instead",
+    )
 
 
 def ids_tensor(ids: Sequence[Any], id_dtype: str, model: str) -> tensor_pb2.TensorProto:
     """Convert ids to the model's id dtype: ints become decimal strings for
-    string-id models, decimal strings become int64 for int64-id models."""
+    string-id models, decimal strings become int64 for int64-id models.
+
+    A str that is not a decimal integer (or an int outside int64) cannot be an
+    id of an int64 model: ValueError, which search() turns into the unknown-id
+    InvalidRequestError after checking the metadata is current.
+    """
     if id_dtype == "string":
         return to_tensor_proto([_id_as_bytes(v) for v in ids], "string")
     if id_dtype == "int64":
-        return to_tensor_proto(np.array([_id_as_int(v, model) for v in ids], dtype=np.int64))
+        numbers = [_id_as_int(v, model) for v in ids]
+        impossible = [v for v, n in zip(ids, numbers) if n is None]
+        if impossible:
+            raise ValueError(f"id(s) {', '.join(map(repr, impossible))} are not int64, which {model} takes")
+        return to_tensor_proto(np.array(numbers, dtype=np.int64))
     raise IncompatibleModelError(f"{model} takes ids of dtype {id_dtype}; the client supports {ID_DTYPES}")
+
+
+def impossible_ids(ids: Sequence[Any], id_dtype: str, model: str) -> List[Any]:
+    """The ids that cannot exist in a model with this id dtype (see ids_tensor)."""
+    if id_dtype != "int64":
+        return []
+    return [v for v in ids if _id_as_int(v, model) is None]
 
 
 def vectors_array(vectors: Any) -> np.ndarray:
@@ -168,153 +215,15 @@ def check_k(k: Optional[int]) -> None:
         raise ValueError(f"k must be a positive integer or None (all K), got {k!r}")
 
 
-# --- responses --------------------------------------------------------------
-
-
-def response_version(spec: model_pb2.ModelSpec) -> Optional[int]:
-    """The version a response says it came from, if it says."""
-    return spec.version.value if spec.HasField("version") else None
-
-
-def _output(response: predict_pb2.PredictResponse, name: str, what: str) -> np.ndarray:
-    if name not in response.outputs:
-        raise IncompatibleModelError(
-            f"{what} returned no output {name!r}; outputs: {sorted(response.outputs)}"
-        )
-    return from_tensor_proto(response.outputs[name], f"output {name!r} of {what}")
-
-
-def _ids_out(array: np.ndarray) -> np.ndarray:
-    return decode_strings(array) if array.dtype == object else array.astype(np.int64)
-
-
-def parse_neighbours(
-    response: predict_pb2.PredictResponse, k: Optional[int], batch: int, what: str
-) -> List[SearchResult]:
-    """ids/scores [batch, K] -> one SearchResult per query, truncated to k."""
-    ids = _output(response, "ids", what)
-    scores = _output(response, "scores", what)
-    if ids.ndim != 2 or ids.shape != scores.shape or ids.shape[0] != batch:
-        raise IncompatibleModelError(
-            f"{what} returned ids {list(ids.shape)} and scores {list(scores.shape)}; "
-            f"expected both [{batch}, K]"
-        )
-    top_k = ids.shape[1]
-    if k is not None and k > top_k:
-        version = response_version(response.model_spec)
-        raise ValueError(
-            f"k={k} is more than K={top_k}, the number of neighbours "
-            f"{what} returns (fixed when the model was built); use k <= {top_k}"
-            + ("" if version is None else f" (version {version})")
-        )
-    ids = _ids_out(ids[:, :k])
-    scores = scores[:, :k].astype(np.float32)
-    return [SearchResult(ids=ids[i].copy(), scores=scores[i].copy()) for i in range(batch)]
-
-
-def parse_examples(response: predict_pb2.PredictResponse, what: str) -> Examples:
-    """The examples signature's three outputs."""
-    query_ids = _output(response, "query_ids", what)
-    candidate_ids = _output(response, "candidate_ids", what)
-    vectors = _output(response, "candidate_vectors", what).astype(np.float32)
-    if vectors.ndim != 2 or candidate_ids.shape != (vectors.shape[0],) or query_ids.ndim != 1:
-        raise IncompatibleModelError(
-            f"{what} returned query_ids {list(query_ids.shape)}, candidate_ids "
-            f"{list(candidate_ids.shape)}, candidate_vectors {list(vectors.shape)}; "
-            "expected [n], [m] and [m, dim]"
-        )
-    return Examples(_ids_out(query_ids), _ids_out(candidate_ids), vectors)
-
-
-def _tensor_spec(info: Any) -> TensorSpec:
-    if not info.HasField("tensor_shape") or info.tensor_shape.unknown_rank:
-        return TensorSpec(dtype_name(info.dtype), None)
-    return TensorSpec(dtype_name(info.dtype), [d.size for d in info.tensor_shape.dim])
-
-
-def parse_metadata(response: Any, ref: ModelRef) -> ModelMetadata:
-    """Unpack the Any under "signature_def" (checking its type) into ModelMetadata."""
-    what = ref.describe(response_version(response.model_spec))
-    if "signature_def" not in response.metadata:
-        raise IncompatibleModelError(f"metadata of {what} has no 'signature_def'; keys: {sorted(response.metadata)}")
-    packed = response.metadata["signature_def"]
-    type_name = packed.type_url.rpartition("/")[2]
-    if type_name != SIGNATURE_DEF_MAP_TYPE:
-        raise IncompatibleModelError(
-            f"metadata 'signature_def' of {what} holds {type_name!r}, expected {SIGNATURE_DEF_MAP_TYPE!r}"
-        )
-    try:
-        signature_map = get_model_metadata_pb2.SignatureDefMap.FromString(packed.value)
-    except DecodeError as exc:
-        raise IncompatibleModelError(f"metadata 'signature_def' of {what} is not a valid SignatureDefMap: {exc}") from None
-    signatures = {
-        name: SignatureInfo(
-            inputs={k: _tensor_spec(v) for k, v in sorted(sig.inputs.items())},
-            outputs={k: _tensor_spec(v) for k, v in sorted(sig.outputs.items())},
-            method_name=sig.method_name,
-        )
-        for name, sig in sorted(signature_map.signature_def.items())
-    }
-    return ModelMetadata(
-        model=response.model_spec.name or ref.name,
-        version=response_version(response.model_spec),
-        signatures=signatures,
+def k_too_large(k: int, top_k: int, what: str) -> ValueError:
+    """The error for k above the model's K."""
+    return ValueError(
+        f"k={k} is more than K={top_k}, the number of neighbours {what} returns "
+        f"(fixed when the model was built); use k <= {top_k}"
     )
 
 
-def _enum_name(enum_type: Any, number: int, prefix: str) -> str:
-    try:
-        return enum_type.Name(number)
-    except ValueError:
-        return f"{prefix}{number}"
-
-
-def parse_status(response: get_model_status_pb2.GetModelStatusResponse) -> List[VersionStatus]:
-    """Every version the server reports, oldest first."""
-    state_enum = get_model_status_pb2.ModelVersionStatus.State
-    return sorted(
-        (
-            VersionStatus(
-                version=s.version,
-                state=_enum_name(state_enum, s.state, "STATE_"),
-                error_code=_enum_name(get_model_status_pb2.ErrorCode, s.status.error_code, "CODE_"),
-                error_message=s.status.error_message,
-            )
-            for s in response.model_version_status
-        ),
-        key=lambda s: s.version,
-    )
-
-
-# --- what the client needs from the metadata ---------------------------------
-
-
-@dataclass(frozen=True)
-class Contract:
-    """The facts the client caches from ModelMetadata (refreshed on mismatch)."""
-
-    version: Optional[int]
-    id_dtype: Optional[str]  # serving_default input "ids", if present
-    dim: Optional[int]  # search_by_vector input "vectors" [-1, dim], if known
-
-    @classmethod
-    def from_metadata(cls, metadata: ModelMetadata) -> "Contract":
-        """Read the id dtype and vector dimension out of the signatures."""
-        ids = metadata.signatures.get(SEARCH_SIGNATURE, SignatureInfo()).inputs.get("ids")
-        vectors = metadata.signatures.get(VECTOR_SIGNATURE, SignatureInfo()).inputs.get("vectors")
-        dim = None
-        if vectors is not None and vectors.shape is not None and len(vectors.shape) == 2 and vectors.shape[1] > 0:
-            dim = vectors.shape[1]
-        return cls(metadata.version, ids.dtype if ids is not None else None, dim)
-
-    def require_id_dtype(self, ref: ModelRef) -> str:
-        """The id dtype, or an error saying the model has no usable ids input."""
-        if self.id_dtype is None:
-            raise IncompatibleModelError(
-                f"{ref.describe(self.version)} has no signature {SEARCH_SIGNATURE!r} with an input 'ids'"
-            )
-        if self.id_dtype not in ID_DTYPES:
-            raise IncompatibleModelError(
-                f"{ref.describe(self.version)} takes ids of dtype {self.id_dtype}; the client supports {ID_DTYPES}"
-            )
-        return self.id_dtype
+def examples_request(ref: ModelRef, takes_index: bool) -> predict_pb2.PredictRequest:
+    """`examples` with index 0..MAX_EXAMPLES-1 (contract v2), or no input (older models)."""
+    inputs = {EXAMPLES_INDEX: to_tensor_proto(np.arange(MAX_EXAMPLES, dtype=np.int64))} if takes_index else {}
+    return predict_request(ref, EXAMPLES_SIGNATURE, inputs)

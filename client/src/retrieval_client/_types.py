@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import grpc
 import numpy as np
 
 #: One query id: str, bytes or int (numpy scalars included).
@@ -12,6 +13,9 @@ Id = Union[str, bytes, int, np.integer]
 Ids = Union[Id, Sequence[Id], np.ndarray]
 #: One embedding [dim] or a batch [batch, dim] of numbers.
 Vectors = Union[Sequence[float], Sequence[Sequence[float]], np.ndarray]
+#: gRPC metadata to send: a mapping or (key, value) pairs; keys lowercase ASCII,
+#: values str (bytes for keys ending in "-bin").
+Headers = Union[Mapping[str, Union[str, bytes]], Sequence[Tuple[str, Union[str, bytes]]]]
 
 
 @dataclass(frozen=True)
@@ -38,12 +42,16 @@ class TlsConfig:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries with exponential backoff and full jitter.
+    """Retries with exponential backoff, each delay jittered to 50-100 % of its step.
 
-    Only UNAVAILABLE is retried, plus DEADLINE_EXCEEDED while no server has
-    answered on this channel yet (the connection never came up). Each attempt
-    gets the call's full timeout_s, so a call can take up to
-    max_attempts * timeout_s plus the backoff. max_attempts=1 disables retries.
+    Retried: UNAVAILABLE (no server, a pod going away, a model loading, TF
+    Serving's batch queue full) and CANCELLED by the server (a pod draining);
+    every client call is a read, so resending is safe. Not retried: a failed
+    TLS handshake and every other code.
+
+    All attempts and the waits between them share the call's one deadline
+    (timeout_s): each attempt gets what remains, and no retry starts when less
+    remains than the next backoff. max_attempts=1 disables retries.
     """
 
     max_attempts: int = 4
@@ -58,6 +66,15 @@ class RetryPolicy:
             raise ValueError("RetryPolicy needs 0 <= initial_backoff_s <= max_backoff_s")
         if self.backoff_multiplier < 1:
             raise ValueError("RetryPolicy.backoff_multiplier must be >= 1")
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """Per-RPC gRPC settings (internal): the client's defaults merged with a call's overrides."""
+
+    headers: Tuple[Tuple[str, Union[str, bytes]], ...] = ()
+    wait_for_ready: Optional[bool] = None
+    compression: Optional[grpc.Compression] = None
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -77,10 +94,15 @@ class SearchResult:
         int64 for integer-id models.
     scores: float32 [k], sorted descending (dot product of the normalized
         query and candidate embeddings).
+    found: False when the model did not know the query and answered with the
+        fallback list it was built with (`build --unknown-ids fallback`: the
+        most popular items; their scores are -inf). Models built with the
+        default policy make search() raise InvalidRequestError instead.
     """
 
     ids: np.ndarray
     scores: np.ndarray
+    found: bool = True
 
     def __post_init__(self) -> None:
         _frozen(self.ids)
@@ -89,7 +111,11 @@ class SearchResult:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SearchResult):
             return NotImplemented
-        return _arrays_equal(self.ids, other.ids) and _arrays_equal(self.scores, other.scores)
+        return (
+            self.found == other.found
+            and _arrays_equal(self.ids, other.ids)
+            and _arrays_equal(self.scores, other.scores)
+        )
 
     __hash__ = None  # type: ignore[assignment]  # arrays are not hashable
 

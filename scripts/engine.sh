@@ -2,7 +2,7 @@
 # Make sure a Docker engine answers, or fail loudly. Never skips: the docker
 # tests and `make image` are worthless without one.
 #
-# Usage: docker/engine.sh ensure
+# Usage: scripts/engine.sh ensure
 #   - `docker info` works already            -> nothing to do
 #   - packages missing (docker.io, debootstrap, docker-registry) and we are
 #     root                                   -> apt-get install them
@@ -66,5 +66,5 @@ ensure() {
 
 case "${1:-}" in
   ensure) ensure ;;
-  *) echo "usage: docker/engine.sh ensure" >&2; exit 2 ;;
+  *) echo "usage: scripts/engine.sh ensure" >&2; exit 2 ;;
 esac

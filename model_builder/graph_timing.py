@@ -1,0 +1,243 @@
+"""What one call of the serving graph costs, measured the way TF Serving runs it.
+
+The candidate's serving module (the same tf.Module the build exports) is saved
+into a temporary folder, loaded with TF_LoadSessionFromSavedModel (TF's C API,
+i.e. tensorflow/cc/saved_model/loader.cc: the loader tensorflow_model_server
+uses) and its `search_by_vector` signature is run with TF_SessionRun in a tight
+loop on pre-built input tensors.
+
+Why a C-API loop and not step stats: TF Serving's cost per request is
+Session::Run on the signature's tensor names, including the session's own
+feed/fetch and executor start-up, which step stats leave out; FULL_TRACE also
+adds its own per-node bookkeeping (on a 70-node graph the traced span was
+~150 us against ~65-110 us for the untraced C-API call here). The Python
+session harness (numpy feed and fetch conversion, ~0.2 ms a call, FACTS.md)
+is what TF Serving does not pay, and what this loop leaves out: one ctypes call
+(~0.2 us) remains. The session gets TF Serving's thread flags as shipped
+(docker/serving/Dockerfile CMD: intra-op 1, inter-op 2).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# tensorflow_model_server --tensorflow_intra_op_parallelism=1 --tensorflow_inter_op_parallelism=2
+# (docker/serving/Dockerfile; k8s sets inter-op to the pod's CPUs).
+INTRA_OP_THREADS = 1
+INTER_OP_THREADS = 2
+VECTOR_SIGNATURE = "search_by_vector"
+_FLOAT = 1  # TF_FLOAT
+
+
+@dataclass(frozen=True)
+class GraphCost:
+    """One configuration's measured cost: microseconds per query of the serving graph."""
+
+    us_per_query: float
+    us_per_call: float
+    batch: int
+    calls: int
+    load_s: float
+
+    def to_dict(self) -> dict:
+        """JSON-ready form for the frontier in build_info.json."""
+        return {"us_per_query": round(self.us_per_query, 2), "us_per_call": round(self.us_per_call, 2),
+                "batch": self.batch, "calls": self.calls, "load_s": round(self.load_s, 2)}
+
+
+class _Api:
+    """The C API functions the loop needs (the library TF's own Python package ships)."""
+
+    def __init__(self) -> None:
+        import tensorflow as tf
+
+        from model_builder.compat.c_api_runner import CApi
+
+        base = CApi()  # load, run, tensors: one typed definition shared with the compat runner
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(tf.__file__), "python", "_pywrap_tensorflow_internal.so"),
+                          mode=ctypes.RTLD_GLOBAL)
+        v, s = ctypes.c_void_p, ctypes.c_size_t
+        for name in ("new_status", "code", "message", "new_options", "new_graph", "new_buffer", "load", "operation",
+                     "run", "allocate", "data", "delete_tensor"):
+            setattr(self, name, getattr(base, name))
+
+        def fn(name, restype, argtypes):
+            f = getattr(lib, name)
+            f.restype, f.argtypes = restype, argtypes
+            return f
+
+        self.set_config = fn("TF_SetConfig", None, [v, v, s, v])
+        self.close_session = fn("TF_CloseSession", None, [v, v])
+        self.delete_session = fn("TF_DeleteSession", None, [v, v])
+        self.delete_graph = fn("TF_DeleteGraph", None, [v])
+        self.delete_options = fn("TF_DeleteSessionOptions", None, [v])
+        self.delete_status = fn("TF_DeleteStatus", None, [v])
+
+
+_API: _Api | None = None
+
+
+def _api() -> _Api:
+    global _API
+    if _API is None:
+        _API = _Api()
+    return _API
+
+
+class GraphSession:
+    """A version folder loaded through the C API; runs one signature on float32 input rows."""
+
+    def __init__(self, export_dir: Path, signature: str = VECTOR_SIGNATURE) -> None:
+        import tensorflow as tf
+        from tensorflow.core.protobuf import meta_graph_pb2
+
+        import model_builder.scann_import  # noqa: F401  (Scann ops registered before the graph is imported)
+        from model_builder.compat.c_api_runner import _Output
+
+        api = self.api = _api()
+        self._output = _Output
+        self.status = api.new_status()
+        self.options = api.new_options()
+        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=INTRA_OP_THREADS,
+                                          inter_op_parallelism_threads=INTER_OP_THREADS).SerializeToString()
+        api.set_config(self.options, config, len(config), self.status)
+        self._check("session options")
+        self.graph = api.new_graph()
+        meta = api.new_buffer()
+        tags = (ctypes.c_char_p * 1)(b"serve")
+        started = time.perf_counter()
+        self.session = api.load(self.options, None, str(export_dir).encode(), tags, 1, self.graph, meta, self.status)
+        self._check(f"loading {export_dir}")
+        self.load_s = time.perf_counter() - started
+        meta_graph = meta_graph_pb2.MetaGraphDef.FromString(ctypes.string_at(meta.contents.data, meta.contents.length))
+        sig = meta_graph.signature_def[signature]
+        if len(sig.inputs) != 1:
+            raise ValueError(f"{signature}: expected one input, found {sorted(sig.inputs)}")
+        (self.input_name,) = sig.inputs
+        names = self.output_names = sorted(sig.outputs)  # every output, as a Predict without output_filter fetches
+        self._feeds = (_Output * 1)(self._endpoint(sig.inputs[self.input_name].name))
+        self._fetches = (_Output * len(names))(*[self._endpoint(sig.outputs[n].name) for n in names])
+        self._results = (ctypes.c_void_p * len(names))()
+
+    def _check(self, what: str) -> None:
+        if self.api.code(self.status) != 0:
+            raise RuntimeError(f"{what}: {self.api.message(self.status).decode()}")
+
+    def _endpoint(self, tensor_name: str):
+        op, index = tensor_name.rsplit(":", 1)
+        handle = self.api.operation(self.graph, op.encode())
+        if not handle:
+            raise RuntimeError(f"operation {op} not in the loaded graph")
+        return self._output(handle, int(index))
+
+    def tensor(self, rows: np.ndarray) -> int:
+        """A TF_Tensor holding float32 rows (the caller frees it with free())."""
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        dims = (ctypes.c_int64 * rows.ndim)(*rows.shape)
+        handle = self.api.allocate(_FLOAT, dims, rows.ndim, rows.nbytes)
+        ctypes.memmove(self.api.data(handle), rows.ctypes.data, rows.nbytes)
+        return handle
+
+    def free(self, handle: int) -> None:
+        """Deletes a tensor made by tensor()."""
+        self.api.delete_tensor(handle)
+
+    def run(self, handle: int) -> None:
+        """One TF_SessionRun of the signature (outputs fetched, then freed)."""
+        api = self.api
+        api.run(self.session, None, self._feeds, (ctypes.c_void_p * 1)(handle), 1, self._fetches, self._results,
+                len(self._results), None, 0, None, self.status)
+        self._check("TF_SessionRun")
+        for out in self._results:
+            api.delete_tensor(out)
+
+    def close(self) -> None:
+        """Closes the session: frees the searcher and the restored variables."""
+        api = self.api
+        api.close_session(self.session, self.status)
+        api.delete_session(self.session, self.status)
+        api.delete_graph(self.graph)
+        api.delete_options(self.options)
+        api.delete_status(self.status)
+
+
+def time_calls(session: GraphSession, queries: np.ndarray, batch: int, max_calls: int = 300,
+               max_s: float = 2.0, rounds: int = 3) -> tuple[float, int]:
+    """Median microseconds of one call on `batch` query rows; best of `rounds` rounds.
+
+    Rounds are bounded in calls and time. The best round's median is the least
+    disturbed by other work on a shared machine, and the most repeatable.
+    """
+    if len(queries) < batch:  # a small query set still fills every call
+        queries = np.resize(queries, (batch, queries.shape[1]))
+    starts = range(0, len(queries) - batch + 1, batch)
+    inputs = [session.tensor(queries[s:s + batch]) for s in list(starts)[:max_calls]]
+    try:
+        session.run(inputs[0])  # first call builds the ScaNN searcher from its variables
+        best, calls = float("inf"), 0
+        for _ in range(rounds):
+            samples = []
+            deadline = time.perf_counter() + max_s / rounds
+            for n in range(max_calls // rounds):
+                handle = inputs[n % len(inputs)]
+                start = time.perf_counter()
+                session.run(handle)
+                samples.append(time.perf_counter() - start)
+                if start > deadline:
+                    break
+            calls += len(samples)
+            best = min(best, float(np.median(samples)))
+        return best * 1e6, calls
+    finally:
+        for handle in inputs:
+            session.free(handle)
+
+
+def export(module, folder: Path) -> Path:
+    """Saves `module` with its signatures() into `folder` (what the build would publish, minus warmup)."""
+    from model_builder.export import save_module
+
+    save_module(module, module.signatures(), folder)
+    return folder
+
+
+def measure(folder: Path, queries: np.ndarray, batch: int, max_s: float = 2.0) -> GraphCost:
+    """Loads an exported folder through the C API and times calls of `batch` query rows."""
+    session = GraphSession(folder)
+    try:
+        per_call, calls = time_calls(session, queries, batch, max_s=max_s)
+    finally:
+        session.close()
+    return GraphCost(per_call / batch, per_call, batch, calls, session.load_s)
+
+
+def compare(folders: list[Path], queries: np.ndarray, batch: int, rounds: int = 5,
+            max_s: float = 4.0) -> list[GraphCost]:
+    """Times several exports side by side: all loaded at once, taking turns round by round.
+
+    Measured one after the other, a configuration timed while the machine was
+    busier looks slower than it is; taking turns lets drifting load hit every
+    configuration alike, so the final choice compares like with like.
+    """
+    sessions: list[GraphSession] = []
+    try:
+        for folder in folders:
+            sessions.append(GraphSession(folder))
+        medians: list[list[float]] = [[] for _ in sessions]
+        counts = [0] * len(sessions)
+        for _ in range(rounds):
+            for n, session in enumerate(sessions):
+                per_call, calls = time_calls(session, queries, batch, max_calls=60,
+                                             max_s=max_s / rounds / len(sessions), rounds=1)
+                medians[n].append(per_call)
+                counts[n] += calls
+        return [GraphCost(min(m) / batch, min(m), batch, c, s.load_s) for m, c, s in zip(medians, counts, sessions)]
+    finally:
+        for session in sessions:
+            session.close()

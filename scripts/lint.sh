@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# `make lint`: every static check on the container and Kubernetes files, with
+# the pinned tools from the tools venv (make tools-venv). Runs all checks,
+# reports each, and exits 1 if any failed.
+#   1. hadolint on every Dockerfile under docker/
+#   2. kubectl kustomize of every rendering deploy can produce: each overlay alone, each
+#      overlay with the per-model component scripts/deploy.sh generates, each overlay with
+#      each optional per-model component of k8s/components (all but monitoring), and each
+#      overlay's namespace with the namespace-wide monitoring component; then
+#      kubernetes-validate --strict of the rendered objects against each version in
+#      KUBE_VERSIONS (custom resources -- PodMonitor, PrometheusRule -- have no schema there:
+#      it reports them as unvalidated; their rules go through promtool, see 4)
+#   3. checkov on the rendered objects (kubernetes) and on every Dockerfile
+#   4. promtool check rules on the PrometheusRule's groups (Prometheus' own parser), when
+#      scripts/promtool.sh can provide promtool
+# Rendered objects are kept in $BUILD_DIR/lint/<name with / as _>.yaml for inspection.
+set -euo pipefail
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$REPO"
+
+# Oldest Kubernetes minor we support (EKS standard support) and the newest
+# schema kubernetes-validate bundles.
+KUBE_VERSIONS="${KUBE_VERSIONS:-1.33.0 1.37.0}"
+
+# checkov skips for the rendered Kubernetes objects, each with its reason.
+# (Dockerfile skips are inline `# checkov:skip=` comments next to the FROM lines.)
+K8S_SKIPS=(
+  # "Image should use digest": the tracked overlays cannot know a digest before
+  # the push; scripts/deploy.sh renders the pushed tag@digest at deploy time.
+  CKV_K8S_43
+  # "Image Pull Policy should be Always": tags are immutable (one per model
+  # build, ECR repository created IMMUTABLE) and deploys pin the digest, so
+  # IfNotPresent pulls the same bytes while sparing a multi-GB pull per pod start.
+  CKV_K8S_15
+)
+
+HADOLINT="$(tool hadolint)"
+KUBECTL="$(tool kubectl)"
+KVALIDATE="$(tool kubernetes-validate)"
+CHECKOV="$(tool checkov)"
+export BC_SKIP_MAPPING=TRUE # checkov: no network lookups of check metadata
+
+failed=()
+step() {
+  local name="$1"; shift
+  if "$@"; then
+    echo "lint: ok   $name"
+  else
+    echo "lint: FAIL $name" >&2
+    failed+=("$name")
+  fi
+}
+
+mapfile -t dockerfiles < <(find docker -name Dockerfile -type f | sort)
+((${#dockerfiles[@]})) || die "no Dockerfiles found under docker/"
+for f in "${dockerfiles[@]}"; do
+  step "hadolint $f" "$HADOLINT" "$f"
+  step "checkov $f" "$CHECKOV" --quiet --compact --skip-download --framework dockerfile -f "$f"
+done
+
+mkdir -p "$BUILD_DIR/lint"
+mapfile -t overlays < <(find k8s/overlays -mindepth 1 -maxdepth 1 -type d | sort)
+((${#overlays[@]})) || die "no overlays found under k8s/overlays/"
+mapfile -t model_components < <(find k8s/components -mindepth 1 -maxdepth 1 -type d ! -name monitoring -printf '%f\n' | sort)
+skip_csv="$(IFS=,; echo "${K8S_SKIPS[*]}")"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# kustomization NAME RESOURCE [COMPONENT] [NAMESPACE]: a throwaway kustomization to render.
+kustomization() {
+  local dir="$work/$1"
+  mkdir -p "$dir"
+  {
+    echo "apiVersion: kustomize.config.k8s.io/v1beta1"
+    echo "kind: Kustomization"
+    [[ -n "${4:-}" ]] && echo "namespace: $4"
+    echo "resources: [$(realpath --relative-to="$dir" "$2")]"
+    [[ -n "${3:-}" ]] && echo "components: [$(realpath --relative-to="$dir" "$3")]"
+  } > "$dir/kustomization.yaml"
+  echo "$dir"
+}
+
+declare -A rendered_name=() # rendered file -> display name, for the one checkov run below
+check_rendering() { # NAME KUSTOMIZATION_DIR
+  local name="$1" dir="$2" file="${1//\//_}" v rendered
+  rendered="$BUILD_DIR/lint/${file// /-}.yaml"
+  if ! "$KUBECTL" kustomize "$dir" > "$rendered"; then
+    echo "lint: FAIL kubectl kustomize $name" >&2
+    failed+=("kustomize $name")
+    return
+  fi
+  echo "lint: ok   kubectl kustomize $name"
+  for v in $KUBE_VERSIONS; do
+    step "kubernetes-validate --strict -k $v $name" "$KVALIDATE" --strict --quiet -k "$v" "$rendered"
+  done
+  rendered_name["$rendered"]="$name"
+}
+
+# checkov starts slowly: one run over every rendering, reported per rendering.
+checkov_renderings() {
+  local args=() f report="$BUILD_DIR/lint/checkov-kubernetes.json"
+  for f in "${!rendered_name[@]}"; do args+=(-f "$f"); done
+  "$CHECKOV" --quiet --compact --skip-download --framework kubernetes --skip-check "$skip_csv" \
+    -o json "${args[@]}" > "$report" 2>/dev/null || true
+  for f in "${!rendered_name[@]}"; do
+    if "$(tool python)" - "$report" "$f" <<'PY'
+import json, os, sys
+reports = json.load(open(sys.argv[1]))
+reports = reports if isinstance(reports, list) else [reports]
+failed = [c for r in reports for c in r.get("results", {}).get("failed_checks", [])
+          if os.path.basename(c.get("file_path", "")) == os.path.basename(sys.argv[2])]
+for c in failed:
+    print(f"  {c['check_id']} {c['check_name']}: {c.get('resource')}", file=sys.stderr)
+sys.exit(1 if failed or not reports or "summary" not in reports[0] else 0)
+PY
+    then
+      echo "lint: ok   checkov kubernetes ${rendered_name[$f]}"
+    else
+      echo "lint: FAIL checkov kubernetes ${rendered_name[$f]}" >&2
+      failed+=("checkov ${rendered_name[$f]}")
+    fi
+  done
+}
+
+# The per-model component scripts/deploy.sh generates, from a push record like `make push`
+# writes (labels of a small model; the digests are placeholders).
+model_build="$work/model-build"
+mkdir -p "$model_build/pushed"
+zeros="0000000000000000000000000000000000000000000000000000000000000000"
+cat > "$model_build/pushed/$MODEL_NAME.json" <<JSON
+{"image": "registry.example/scann-serving:$MODEL_NAME-v1-000000000000-000000000000@sha256:$zeros",
+ "labels": {"io.scann-serving.model.name": "$MODEL_NAME", "io.scann-serving.model.version": "1",
+            "io.scann-serving.model.digest": "sha256:$zeros", "io.scann-serving.memory.peak-rss-bytes": "268435456",
+            "io.scann-serving.git.dirty": "false"}}
+JSON
+
+for overlay in "${overlays[@]}"; do
+  name="$(basename "$overlay")"
+  check_rendering "$overlay" "$overlay"
+  if BUILD_DIR="$model_build" OVERLAY="$name" MODEL="$MODEL_NAME" "$REPO/scripts/deploy.sh" --dry-run >/dev/null; then
+    check_rendering "$overlay+model $MODEL_NAME" "$model_build/deploy/$name/$MODEL_NAME"
+  else
+    echo "lint: FAIL scripts/deploy.sh --dry-run OVERLAY=$name MODEL=$MODEL_NAME" >&2
+    failed+=("deploy $name")
+  fi
+  for component in "${model_components[@]}"; do
+    check_rendering "$overlay+$component" "$(kustomization "$name+$component" "$overlay" "k8s/components/$component")"
+  done
+  namespace="$("$KUBECTL" kustomize "$overlay" | sed -n 's/^  namespace: //p' | sort -u | head -n 1)"
+  check_rendering "$overlay/namespace+monitoring" \
+    "$(kustomization "$name-namespace" k8s/namespace k8s/components/monitoring "$namespace")"
+done
+
+checkov_renderings
+
+# Prometheus' own parser on the alert rules (PromQL, templates, durations).
+rules="$BUILD_DIR/lint/prometheus-rules.yaml"
+"$(tool python)" -c '
+import sys, yaml
+rules = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "PrometheusRule"]
+yaml.safe_dump({"groups": [g for r in rules for g in r["spec"]["groups"]]}, open(sys.argv[2], "w"))
+' "$BUILD_DIR/lint/${overlays[0]//\//_}_namespace+monitoring.yaml" "$rules"
+if PROMTOOL="$("$REPO/scripts/promtool.sh")"; then
+  step "promtool check rules k8s/components/monitoring" "$PROMTOOL" check rules "$rules"
+else
+  echo "lint: FAIL promtool unavailable (scripts/promtool.sh says why)" >&2
+  failed+=("promtool")
+fi
+
+if ((${#failed[@]})); then
+  echo "lint: ${#failed[@]} check(s) failed: ${failed[*]}" >&2
+  exit 1
+fi
+echo "lint: all checks passed"
