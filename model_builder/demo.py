@@ -1,9 +1,11 @@
 """`make demo`: MovieLens 100K -> two verified models -> local gRPC servers -> queries through the client CLI.
 
-Trains the towers once, publishes a user -> movies model and a movie -> similar
-movies model, starts one local server per model (the same gRPC API as TF
-Serving), waits until AVAILABLE, asks for recommendations with the
-`retrieval-client` CLI and prints them with their titles, then stops the servers.
+Trains the feature towers once, publishes a user -> movies model and a movie ->
+similar movies model, starts one local server per model (the same gRPC API as
+TF Serving), waits until AVAILABLE, asks for recommendations with the
+`retrieval-client` CLI (a known user, a movie, and a brand-new user described
+only by features) and prints them with their titles, then the cold-start
+quality table, then stops the servers.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from model_builder.errors import BuilderError, ConfigError
 
 SAMPLE_USER = 1
 SAMPLE_MOVIE = 50  # Star Wars (1977): a title most readers can judge similar movies for
-# A user who is not in MovieLens, described only by the features a sign-up form would ask for.
-NEW_USER = {"age": 25.0, "gender": "F", "occupation": "writer", "zip_code": "10025"}
-NEW_USER_ID = 0  # MovieLens user ids start at 1: an unknown id, answered from the features
+# A user who is not in MovieLens, described only by the features a sign-up form would ask for
+# (no id: the client sends the padding id, which no feature model knows).
+NEW_USER = {"age": 25, "gender": "F", "occupation": "writer", "zip_code": "10025"}
 
 
 def _banner(text: str) -> None:
@@ -57,23 +59,6 @@ def _show(title: str, ids: list, scores: list, titles: dict) -> None:
     print(title)
     for rank, (item, score) in enumerate(zip(ids, scores), 1):
         print(f"  {rank:2}. {titles.get(int(item), item)}  (score {score:.3f})")
-
-
-def _search_by_features(target: str, model: str, row: dict) -> dict:
-    """One search_by_features request over TF Serving's gRPC API (one [1] tensor per feature)."""
-    import grpc
-    import numpy as np
-    import tensorflow as tf
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name, request.model_spec.signature_name = model, "search_by_features"
-    for name, value in row.items():
-        array = np.asarray([value], np.int64 if isinstance(value, int) else np.float32 if isinstance(value, float) else object)
-        request.inputs[name].CopyFrom(tf.make_tensor_proto(array))
-    with grpc.insecure_channel(target) as channel:
-        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
-    return {name: tf.make_ndarray(response.outputs[name])[0].tolist() for name in ("ids", "scores")}
 
 
 def _build_models(args: argparse.Namespace):
@@ -122,9 +107,10 @@ def run(args: argparse.Namespace) -> int:
         _show(f"\nTop-10 similar to '{titles.get(SAMPLE_MOVIE)}' ({args.model_name}_items, version {items.info['version']}):",
               sim["results"][0]["ids"], sim["results"][0]["scores"], titles)
         if users.info["serving"].get("features"):
-            new = _search_by_features(f"127.0.0.1:{args.port}", args.model_name, {"user_id": NEW_USER_ID, **NEW_USER})
-            _show(f"\nTop-10 for a brand-new user, described only by features {json.dumps(NEW_USER)} "
-                  "(signature search_by_features):", new["ids"], new["scores"], titles)
+            features = [arg for name, value in NEW_USER.items() for arg in ("--feature", f"{name}={value}")]
+            new = _cli("search", "--target", f"127.0.0.1:{args.port}", "--model", args.model_name, *features, "-k", "10")
+            _show(f"\nTop-10 for a brand-new user (no id), described only by features {json.dumps(NEW_USER)} "
+                  "(signature search_by_features):", new["results"][0]["ids"], new["results"][0]["scores"], titles)
     finally:
         for proc in servers.values():
             proc.send_signal(signal.SIGTERM)

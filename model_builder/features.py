@@ -199,7 +199,10 @@ def fit_schema(side: str, id_name: str, ids: np.ndarray, counts: np.ndarray, tab
     the unknown row, which so learns what a rarely seen (or new) entity looks like.
     """
     trained = counts > 0
-    id_encoder = Encoder(id_name, "id", tuple(ids[counts >= id_min_count].tolist()))
+    # Negative and empty ids never get an id row: clients send them (the serving padding values)
+    # for a new user who has no id yet, and they must mean "unknown".
+    usable = (ids >= 0) if ids.dtype == np.int64 else np.asarray([str(i) != "" for i in ids.tolist()], bool)
+    id_encoder = Encoder(id_name, "id", tuple(ids[(counts >= id_min_count) & usable].tolist()))
     encoders = [id_encoder]
     if table is not None:
         aligned = table.align(ids)

@@ -83,6 +83,15 @@ def test_an_unknown_id_is_embedded_from_its_features(trained):
     assert abs(np.linalg.norm(new_a) - 1) < 1e-5
 
 
+@pytest.mark.parametrize("ids", [np.array([-1, 3, 5], np.int64), np.array(["", "a", "b"], dtype=object)])
+def test_padding_ids_never_get_an_id_row(ids):
+    """Clients send -1 / "" for a new user without an id: it must mean "unknown" in every model."""
+    from model_builder.features import fit_schema
+
+    schema = fit_schema("user", "user_id", ids, np.array([9, 9, 9]), None)
+    assert list(schema.encoders[0].vocab) == ids[1:].tolist()
+
+
 def test_feature_tower_inputs_are_batch_vectors_with_wire_dtypes(trained):
     specs = trained["towers"][1].input_specs()
     assert {k: (v.shape.as_list(), v.dtype.name) for k, v in specs.items()} == {
