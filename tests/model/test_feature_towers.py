@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import support
-from model_builder import evaluate, feature_build, towers
+from model_builder import feature_build, towers
 from model_builder.compat import ops
 from model_builder.data import synthetic
 from model_builder.feature_tower import ServingTower, TowerModule, embed
