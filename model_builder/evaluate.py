@@ -3,6 +3,16 @@
 Protocol: each user's latest positive interaction(s) are held out; both the
 model and the baseline rank every item the user did not interact with in
 training, and we report hit-rate@K and recall@K over all items.
+
+Cold start (feature towers): a share of users and of items is held out
+entirely (no training interaction at all). A held-out user is asked the warm
+users' question -- their latest positive(s) -- answered from features alone,
+with none of their history trained on. (Their *whole* history is a poor
+target: its earliest ratings are the sign-up page's popular titles, which the
+most-popular list hits for ~94% of users whatever the model.) For held-out
+items we report how often warm users' positives on them reach the top K, and
+the share of them that any warm user gets in a top K (`coverage@K`,
+reachability).
 """
 
 from __future__ import annotations
@@ -68,12 +78,23 @@ def _sampled_test_users(split: Split, seed: int) -> np.ndarray:
     return test_users
 
 
-def _metrics_from_scores(score_rows, split: Split, num_items: int, seed: int) -> dict[str, float]:
+def split_metrics(score_rows, split: Split, num_items: int, seed: int) -> dict[str, float]:
     """score_rows(user_rows) -> [len(user_rows), num_items] scores; higher is better."""
     users = _sampled_test_users(split, seed)
     seen = _group(split.train_users, split.train_items)
     held = _group(split.test_users, split.test_items)
+    return ranking_metrics(score_rows, users, seen, held, num_items)
+
+
+def ranking_metrics(score_rows, users: np.ndarray, seen: dict[int, np.ndarray], held: dict[int, np.ndarray],
+                    num_items: int, reach: np.ndarray | None = None) -> dict[str, float]:
+    """Hit-rate and recall@K of `users` against their `held` items, `seen` items excluded.
+
+    With `reach` (item rows), also the share of those items that appear in at least
+    one user's top K (`coverage@K`): whether they can be recommended at all.
+    """
     kmax = min(max(KS), num_items)
+    covered = {k: set() for k in KS}
     hits = {k: [] for k in KS}
     recalls = {k: [] for k in KS}
     for start in range(0, len(users), 512):
@@ -85,15 +106,22 @@ def _metrics_from_scores(score_rows, split: Split, num_items: int, seed: int) ->
         top_scores = np.take_along_axis(scores, top, axis=1)
         top = np.take_along_axis(top, np.argsort(-top_scores, axis=1, kind="stable"), axis=1)
         for r, u in enumerate(chunk):
-            truth = held[int(u)]
+            if reach is not None:
+                for k in KS:
+                    covered[k].update(top[r, :k].tolist())
+            truth = held.get(int(u))
+            if truth is None:  # coverage-only user
+                continue
             for k in KS:
                 found = np.isin(truth, top[r, :k]).sum()
                 hits[k].append(float(found > 0))
                 recalls[k].append(found / len(truth))
-    out: dict[str, float] = {"eval_users": float(len(users))}
+    out: dict[str, float] = {"eval_users": float(len(hits[KS[0]]))}
     for k in KS:
-        out[f"hit_rate@{k}"] = float(np.mean(hits[k]))
-        out[f"recall@{k}"] = float(np.mean(recalls[k]))
+        out[f"hit_rate@{k}"] = float(np.mean(hits[k])) if hits[k] else 0.0
+        out[f"recall@{k}"] = float(np.mean(recalls[k])) if recalls[k] else 0.0
+        if reach is not None:
+            out[f"coverage@{k}"] = float(np.isin(reach, list(covered[k])).mean()) if len(reach) else 0.0
     return out
 
 
@@ -106,12 +134,101 @@ def _group(users: np.ndarray, items: np.ndarray) -> dict[int, np.ndarray]:
 
 def model_metrics(user_vectors: np.ndarray, item_vectors: np.ndarray, split: Split, seed: int = 0) -> dict[str, float]:
     """Hit-rate/recall@K of ranking all items by the towers' dot product."""
-    return _metrics_from_scores(lambda rows: user_vectors[rows] @ item_vectors.T, split, len(item_vectors), seed)
+    return split_metrics(lambda rows: user_vectors[rows] @ item_vectors.T, split, len(item_vectors), seed)
 
 
 def popularity_metrics(split: Split, num_items: int, seed: int = 0) -> dict[str, float]:
     """The same metrics for recommending the most-interacted items to everyone."""
-    counts = np.bincount(split.train_items, minlength=num_items).astype(np.float32)
-    # Tiny decreasing tie-break keeps the ranking deterministic.
-    counts -= np.arange(num_items, dtype=np.float32) * 1e-6
-    return _metrics_from_scores(lambda rows: np.broadcast_to(counts, (len(rows), num_items)), split, num_items, seed)
+    counts = popularity_scores(split.train_items, num_items)
+    return split_metrics(lambda rows: np.broadcast_to(counts, (len(rows), num_items)), split, num_items, seed)
+
+
+@dataclass(frozen=True)
+class ColdStartSplit:
+    """Warm leave-last-out split plus users and items held out of training entirely."""
+
+    warm: Split
+    cold_users: np.ndarray
+    cold_items: np.ndarray
+    cold_user_truth: dict[int, np.ndarray]  # held-out user -> its latest positive(s)
+    cold_item_truth: dict[int, np.ndarray]  # warm user -> its positives among held-out items
+
+
+def _pick(values: np.ndarray, share: float, rng: np.random.Generator) -> np.ndarray:
+    unique = np.unique(values)
+    count = int(round(share * len(unique)))
+    return np.sort(rng.choice(unique, size=count, replace=False)) if count else unique[:0]
+
+
+def cold_start_split(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None, holdout_per_user: int,
+                     cold_user_share: float, cold_item_share: float, seed: int = 0) -> ColdStartSplit:
+    """Holds out `cold_user_share` of users and `cold_item_share` of items entirely, then leave-last-out."""
+    rng = np.random.default_rng(seed)
+    cold_users, cold_items = _pick(users, cold_user_share, rng), _pick(items, cold_item_share, rng)
+    user_cold, item_cold = np.isin(users, cold_users), np.isin(items, cold_items)
+    warm = ~user_cold & ~item_cold
+    if not warm.any():
+        raise DataError("no interactions left for training after holding out cold users/items; lower --cold-users/--cold-items")
+    split = leave_last_out(users[warm], items[warm], timestamps[warm] if timestamps is not None else None, holdout_per_user)
+    latest = _latest(users, timestamps, max(holdout_per_user, 1)) & user_cold
+    on_cold_items = ~user_cold & item_cold
+    return ColdStartSplit(split, cold_users, cold_items, _group(users[latest], items[latest]),
+                          _group(users[on_cold_items], items[on_cold_items]))
+
+
+def _latest(users: np.ndarray, timestamps: np.ndarray | None, count: int) -> np.ndarray:
+    """Marks each user's latest `count` interactions (row order stands in for time without timestamps)."""
+    order_key = timestamps if timestamps is not None else np.arange(len(users), dtype=np.float64)
+    order = np.lexsort((np.arange(len(users)), order_key, users))
+    sorted_users = users[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_users)) + 1]
+    counts = np.diff(np.r_[starts, len(users)])
+    from_end = np.repeat(starts + counts, counts) - np.arange(len(users)) - 1
+    out = np.zeros(len(users), bool)
+    out[order] = from_end < count
+    return out
+
+
+def popularity_scores(train_items: np.ndarray, num_items: int) -> np.ndarray:
+    """Training counts with a tiny decreasing tie-break (deterministic ranking)."""
+    counts = np.bincount(train_items, minlength=num_items).astype(np.float32)
+    return counts - np.arange(num_items, dtype=np.float32) * 1e-6
+
+
+def popularity_score_rows(train_items: np.ndarray, num_items: int):
+    """score_rows for the most-popular baseline (the same list for everyone)."""
+    counts = popularity_scores(train_items, num_items)
+    return lambda rows: np.broadcast_to(counts, (len(rows), num_items))
+
+
+def vector_score_rows(user_vectors: np.ndarray, item_vectors: np.ndarray, servable_items: np.ndarray | None = None):
+    """score_rows for a model: dot products; items outside `servable_items` (a mask) never appear."""
+    blocked = None if servable_items is None else np.where(servable_items, 0.0, -np.inf).astype(np.float32)
+    if blocked is None:
+        return lambda rows: user_vectors[rows] @ item_vectors.T
+    return lambda rows: user_vectors[rows] @ item_vectors.T + blocked
+
+
+def cold_start_metrics(split: ColdStartSplit, score_rows, num_items: int, seed: int = 0,
+                       cold_users: bool = True) -> dict:
+    """Quality for held-out users (`cold_users`) and held-out items (`cold_items`).
+
+    `cold_users=False` skips the held-out users (a model that cannot embed unknown ids).
+    """
+    warm = split.warm
+    cold_users_out = None
+    if cold_users:
+        cold_users_out = ranking_metrics(score_rows, _cold_user_sample(split, seed), {}, split.cold_user_truth, num_items)
+    warm_users = _sampled_test_users(Split(warm.train_users, warm.train_items, warm.train_users, warm.train_items), seed)
+    seen = _group(warm.train_users, warm.train_items)
+    return {
+        "cold_users": cold_users_out,
+        "cold_items": ranking_metrics(score_rows, warm_users, seen, split.cold_item_truth, num_items, reach=split.cold_items),
+    }
+
+
+def _cold_user_sample(split: ColdStartSplit, seed: int) -> np.ndarray:
+    cold_users = np.asarray(sorted(split.cold_user_truth), dtype=np.int64)
+    if len(cold_users) > MAX_EVAL_USERS:
+        cold_users = np.sort(np.random.default_rng(seed).choice(cold_users, MAX_EVAL_USERS, replace=False))
+    return cold_users

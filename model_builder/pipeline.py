@@ -35,6 +35,12 @@ class BuildConfig:
 
     dataset: str = field(default="movielens-100k", metadata={"help": "movielens-100k, synthetic, a GroupLens ml-100k folder, or an interactions .csv/.parquet"})
     items: str | None = field(default=None, metadata={"help": "optional item metadata file (item_id,title,...)"})
+    user_features: str | None = field(default=None, metadata={"help": "user features file (user_id + typed columns, README 'Data format'); replaces a built-in dataset's"})
+    item_features: str | None = field(default=None, metadata={"help": "item features file (item_id + typed columns); items without interactions enter the index from their features"})
+    features: bool = field(default=True, metadata={"help": "train feature towers when the data has user/item features (MovieLens 100K has); --no-features trains id-only towers"})
+    cold_users: float = field(default=0.2, metadata={"help": "feature towers: share of users held out of training entirely to measure cold-start quality (0 = none); the export is refit on everyone"})
+    cold_items: float = field(default=0.1, metadata={"help": "feature towers: share of items held out of training entirely to measure cold-start quality (0 = none)"})
+    compare_id_only: bool = field(default=True, metadata={"help": "feature towers: also train id-only towers on the same split and report them next to the feature towers (one more training run)"})
     min_weight: float | None = field(default=None, metadata={"help": "interactions with weight >= this are positives (default: 4 for MovieLens ratings, else every row)"})
     holdout_per_user: int = field(default=1, metadata={"help": "latest positives per user held out to measure hit-rate/recall"})
     refit: bool = field(default=True, metadata={"help": "retrain on all positives after evaluation so held-out items get trained embeddings"})
@@ -81,6 +87,10 @@ class BuildConfig:
             raise ConfigError("--query user with imported --candidates needs --query-embeddings or --query-tower (or use --query item)")
         if self.candidates and self.query == "item" and (self.query_tower or self.query_embeddings):
             raise ConfigError("--query item serves candidates as queries: drop --query-embeddings/--query-tower")
+        if (self.user_features or self.item_features) and (self.candidates or not self.features):
+            raise ConfigError("--user-features/--item-features train feature towers: drop --candidates and --no-features")
+        if not (0 <= self.cold_users < 1 and 0 <= self.cold_items < 1):
+            raise ConfigError("--cold-users and --cold-items are shares: use values in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -93,6 +103,8 @@ class Prepared:
     titles: dict
     # Candidate ids, most positives in the training data first (None for imported embeddings).
     popular_ids: np.ndarray | None = None
+    # Feature builds: the plain-TF towers for search_by_features (feature_build.ExportedTowers).
+    feature_towers: object | None = None
 
     def as_item_to_item(self) -> Prepared:
         """The same towers served item -> similar items (queries are the candidates)."""
@@ -115,9 +127,13 @@ def prepare_trained(cfg: BuildConfig, train_cfg: TrainConfig, log: Log) -> Prepa
     from model_builder.data import load_dataset
 
     train_cfg.validate()
-    dataset = load_dataset(cfg.dataset, Path(cfg.items) if cfg.items else None)
+    dataset = load_dataset(cfg.dataset, Path(cfg.items) if cfg.items else None,
+                           Path(cfg.user_features) if cfg.user_features else None,
+                           Path(cfg.item_features) if cfg.item_features else None)
     inter = dataset.interactions
     keep, threshold = _positives(cfg, dataset)
+    if cfg.features and dataset.has_features:
+        return _prepare_features(cfg, train_cfg, dataset, keep, threshold, log)
     users, items = evaluate.Vocab.build(inter.user_ids[keep]), evaluate.Vocab.build(inter.item_ids[keep])
     stamps = inter.timestamps[keep] if inter.timestamps is not None else None
     log(f"data: {len(inter)} interactions, {int(keep.sum())} positives (weight >= {threshold}), "
@@ -147,6 +163,29 @@ def prepare_trained(cfg: BuildConfig, train_cfg: TrainConfig, log: Log) -> Prepa
     # Stable sort: equally popular items keep id order, so the fallback list is reproducible.
     popular_ids = items.ids[np.argsort(-popularity, kind="stable")]
     return Prepared(catalogue, data_info, quality, dataset.titles, popular_ids)
+
+
+def _prepare_features(cfg: BuildConfig, train_cfg: TrainConfig, dataset, keep: np.ndarray, threshold, log: Log) -> Prepared:
+    """Feature towers (feature_build.py): cold-start quality, items without interactions indexed too."""
+    from model_builder import feature_build
+
+    inter = dataset.interactions
+    stamps = inter.timestamps[keep] if inter.timestamps is not None else None
+    log(f"data: {len(inter)} interactions, {int(keep.sum())} positives (weight >= {threshold}) from {inter.source}")
+    opts = feature_build.FeatureSettings(cfg.holdout_per_user, cfg.cold_users, cfg.cold_items, cfg.refit, cfg.compare_id_only)
+    model = feature_build.train_and_evaluate(dataset, keep, stamps, opts, train_cfg, log)
+    if cfg.query == "user":
+        catalogue = Catalogue(model.users.ids, model.user_vectors, model.items.ids, model.item_vectors)
+    else:
+        catalogue = Catalogue(model.items.ids, None, model.items.ids, model.item_vectors)
+    data_info = {"dataset": dataset.name, "source": inter.source, "interactions": len(inter),
+                 "positives": int(keep.sum()), "min_weight": threshold,
+                 "users": int(len(np.unique(model.users.rows))), "items": int(len(np.unique(model.items.rows))),
+                 **model.counts}
+    popularity = np.bincount(model.items.rows, minlength=len(model.items.ids))
+    # Stable sort, as in prepare_trained: the fallback list is reproducible.
+    popular_ids = model.items.ids[np.argsort(-popularity, kind="stable")]
+    return Prepared(catalogue, data_info, model.quality, dataset.titles, popular_ids, model.exported)
 
 
 def prepare_imported(cfg: BuildConfig, log: Log) -> Prepared:
@@ -180,13 +219,17 @@ def _tuning_queries(catalogue: Catalogue, count: int = 1000) -> np.ndarray:
     return vectors[picks]
 
 
-def module_factory(cfg: BuildConfig, catalogue: Catalogue, fallback_ids: np.ndarray | None = None) -> index_search.MakeModule:
-    """The serving module for an index and its search knobs: what gets exported, and what the index search times."""
+def module_factory(cfg: BuildConfig, catalogue: Catalogue, fallback_ids: np.ndarray | None = None,
+                   query_tower=None) -> index_search.MakeModule:
+    """The serving module for an index and its search knobs: what gets exported, and what the index search times.
+
+    `query_tower` (feature builds, feature_tower.ServingTower) adds the search_by_features signature.
+    """
     def make(resolved: index.ResolvedIndex, searcher, leaves_to_search: int | None, reorder: int | None) -> RetrievalModule:
         options = ServingOptions(k=cfg.k, max_batch_size=cfg.max_batch_size, num_examples=cfg.num_examples,
                                  leaves_to_search=leaves_to_search, pre_reorder_num_neighbors=reorder,
                                  unknown_ids=cfg.unknown_ids, fallback_ids=fallback_ids)
-        return RetrievalModule(catalogue, resolved, searcher, options)
+        return RetrievalModule(catalogue, resolved, searcher, options, query_tower)
     return make
 
 
@@ -225,6 +268,16 @@ def _fallback_ids(cfg: BuildConfig, prepared: Prepared) -> np.ndarray | None:
     return prepared.popular_ids[:cfg.k]
 
 
+def _features_info(cfg: BuildConfig, exported) -> dict | None:
+    """build_info.json["serving"]["features"]: the feature signature's inputs (clients check against it)."""
+    if exported is None:
+        return None
+    from model_builder.serving_module import FEATURES_SIGNATURE
+
+    return {"signature": FEATURES_SIGNATURE, "tower": cfg.query, "inputs": exported.signature_inputs(cfg.query),
+            "multi_separator": "|"}
+
+
 @dataclass(frozen=True)
 class BuildResult:
     """Where the verified version went and what it contains."""
@@ -252,16 +305,18 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
     extra = 1 if catalogue.items_are_queries else 0  # the query item itself is dropped from its results
     resolved = index.resolve(index_cfg, len(vectors), vectors.shape[1], cfg.k + extra)
     log(f"index: {resolved.describe()}")
+    exported = prepared.feature_towers
+    query_tower = exported.towers[cfg.query] if exported else None
     tuning = searched = None
     if cfg.tune and resolved.algorithm != "exact":
         searched = index_search.search(index_cfg, resolved, vectors, _tuning_queries(catalogue), cfg.k + extra,
-                                       cfg.target_recall, module_factory(cfg, catalogue, fallback_ids), log)
+                                       cfg.target_recall, module_factory(cfg, catalogue, fallback_ids, query_tower), log)
         resolved, searcher, index_seconds, tuning = searched.index, searched.searcher, searched.build_seconds, searched.tuning
     else:
         searcher, index_seconds = index.build_searcher(vectors, resolved, cfg.k + extra)
         log(f"index: built in {index_seconds:.1f} s")
-    module = module_factory(cfg, catalogue, fallback_ids)(resolved, searcher, tuning.leaves_to_search if tuning else None,
-                                             tuning.reorder if tuning else None)
+    module = module_factory(cfg, catalogue, fallback_ids, query_tower)(resolved, searcher, tuning.leaves_to_search if tuning else None,
+                                                                       tuning.reorder if tuning else None)
     info = {
         "model_name": cfg.model_name,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -275,6 +330,7 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
         "serving": {"k": cfg.k, "query": cfg.query, "items_are_queries": catalogue.items_are_queries,
                     "max_batch_size": cfg.max_batch_size, "dimensions": int(vectors.shape[1]),
                     "unknown_ids": cfg.unknown_ids,
+                    "features": _features_info(cfg, exported),
                     "fallback_ids": None if fallback_ids is None else fallback_ids.tolist(),
                     "query_id_dtype": "int64" if catalogue.query_ids.dtype == np.int64 else "string",
                     "candidate_id_dtype": "int64" if catalogue.candidate_ids.dtype == np.int64 else "string"},
@@ -284,7 +340,10 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
     def write(tmp: Path, version: int) -> None:
         log(f"export: writing version {version} into {tmp.parent}")
         export.save_module(module, module.signatures(), tmp)
-        warmup.write(tmp, warmup.warmup_logs(cfg.model_name, catalogue.query_ids, catalogue.vectors_of_queries(), cfg.max_batch_size))
+        logs = warmup.warmup_logs(cfg.model_name, catalogue.query_ids, catalogue.vectors_of_queries(), cfg.max_batch_size)
+        if exported:
+            logs += warmup.feature_logs(cfg.model_name, exported.examples[cfg.query], cfg.max_batch_size)
+        warmup.write(tmp, logs[:warmup.MAX_RECORDS])
         export.write_build_info(tmp, {**info, "version": version})
 
     def check(tmp: Path) -> None:

@@ -1,8 +1,9 @@
 """The serving graph: a plain tf.Module whose signatures TF Serving runs.
 
 No Keras in here: the query tower is exported as its materialized output table
-(the signature takes ids only, so each id's tower output is fixed at build
-time), the candidates as a ScaNN searcher serialized with
+for `serving_default` (ids only, so each id's tower output is fixed at build
+time) and, for feature models, also as the tower itself (plain variables and
+hash tables, feature_tower.py) behind `search_by_features`; the candidates as a ScaNN searcher serialized with
 `serialize_to_module()` and rebuilt with `searcher_from_module()` inside the
 functions (the searcher resource is built once per load, then reused).
 
@@ -37,6 +38,9 @@ SERVING_SIGNATURE = "serving_default"
 VECTOR_SIGNATURE = "search_by_vector"
 EXAMPLES_SIGNATURE = "examples"
 SIGNATURES = (SERVING_SIGNATURE, VECTOR_SIGNATURE, EXAMPLES_SIGNATURE)
+# Models with feature towers also take the query's features (one [B] input per feature, see
+# feature_tower.py): a user never seen in training is answered from them.
+FEATURES_SIGNATURE = "search_by_features"
 IDS = "ids"
 VECTORS = "vectors"
 SCORES = "scores"
@@ -133,7 +137,8 @@ def _with_padding_row(values: np.ndarray, pad) -> np.ndarray:
 class RetrievalModule(tf.Module):
     """Query id(s) or vectors -> top-k candidate ids, scores (descending) and a per-row `found`."""
 
-    def __init__(self, catalogue: Catalogue, index: ResolvedIndex, searcher, options: ServingOptions) -> None:
+    def __init__(self, catalogue: Catalogue, index: ResolvedIndex, searcher, options: ServingOptions,
+                 query_tower: tf.Module | None = None) -> None:
         super().__init__(name="retrieval")
         if options.unknown_ids not in UNKNOWN_ID_POLICIES:
             raise ValueError(f"unknown_ids must be one of {UNKNOWN_ID_POLICIES}, got {options.unknown_ids!r}")
@@ -171,14 +176,23 @@ class RetrievalModule(tf.Module):
         self.search_ids = tf.function(self._search_ids, input_signature=[tf.TensorSpec([None], query_dtype, name=IDS)])
         self.search_vectors = tf.function(self._search_vectors, input_signature=[tf.TensorSpec([None, self._dim], tf.float32, name=VECTORS)])
         self.examples = tf.function(self._examples_fn, input_signature=[tf.TensorSpec([None], tf.int64, name=INDEX)])
+        # The query tower itself (feature_tower.ServingTower: plain variables + hash tables, loads under
+        # TF 2.11), run at request time. serving_default keeps the table above: a known id's row is
+        # this tower's output on the id's stored features, computed at build time.
+        self.query_tower = query_tower
+        if query_tower is not None:
+            self.search_features = tf.function(self._search_features, input_signature=[query_tower.input_specs()])
 
     def signatures(self) -> dict:
         """The signature map for tf.saved_model.save."""
-        return {
+        out = {
             SERVING_SIGNATURE: self.search_ids.get_concrete_function(),
             VECTOR_SIGNATURE: self.search_vectors.get_concrete_function(),
             EXAMPLES_SIGNATURE: self.examples.get_concrete_function(),
         }
+        if self.query_tower is not None:
+            out[FEATURES_SIGNATURE] = self.search_features.get_concrete_function()
+        return out
 
     # -- build-time tables ----------------------------------------------------
     def _not_found_row(self, catalogue: Catalogue, options: ServingOptions) -> np.ndarray:
@@ -220,6 +234,18 @@ class RetrievalModule(tf.Module):
         vectors = tf.where(found[:, None], vectors, tf.zeros_like(vectors))
         # The unknown-id fallback does not apply: a non-finite vector is the caller's bug, not a new user.
         return self._answer(vectors, found, exclude_rows=None, not_found_ids=self._padding_ids)
+
+    def _search_features(self, features):
+        # Every row is answerable: unknown ids and values, missing or non-finite numbers and empty
+        # token lists map to the tower's unknown rows (no row-dependent error under batching).
+        features = {name: tf.ensure_shape(value, [None]) for name, value in features.items()}
+        queries = self.query_tower(features)
+        found = tf.ones_like(queries[:, 0], dtype=tf.bool)
+        exclude = None
+        if self._exclude_query:
+            # item -> similar items: a known item is not its own result; -1 (unknown) matches no row.
+            exclude = self.query_table.lookup(features[self.query_tower.schema.id_name])
+        return self._answer(queries, found, exclude_rows=exclude, not_found_ids=self._padding_ids)
 
     def _examples_fn(self, index):
         index = tf.ensure_shape(index, [None])

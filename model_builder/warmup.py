@@ -22,6 +22,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
 from model_builder.serving_module import (
     EXAMPLES_SIGNATURE,
+    FEATURES_SIGNATURE,
     IDS,
     INDEX,
     MAX_EXAMPLES,
@@ -59,6 +60,21 @@ def warmup_logs(model_name: str, query_ids: np.ndarray, query_vectors: np.ndarra
     # Every example index a caller may ask for (found or not), within the request size limit.
     logs.append(_request(model_name, EXAMPLES_SIGNATURE, {INDEX: np.arange(min(MAX_EXAMPLES, max_batch_size), dtype=np.int64)}))
     return logs[:MAX_RECORDS]
+
+
+def feature_logs(model_name: str, raw_inputs: dict[str, np.ndarray], max_batch_size: int) -> list:
+    """search_by_features records: stored features of known ids, one per batch size (same limits as above)."""
+    count = len(next(iter(raw_inputs.values())))
+    logs = []
+    for size in (s for s in BATCH_SIZES if s <= max_batch_size):
+        picks = np.arange(size) % count
+        inputs = {name: _wire(values[picks]) for name, values in raw_inputs.items()}
+        logs.append(_request(model_name, FEATURES_SIGNATURE, inputs))
+    return logs
+
+
+def _wire(values: np.ndarray) -> np.ndarray:
+    return values if values.dtype != object else np.asarray([str(v).encode() for v in values.tolist()], dtype=object)
 
 
 def write(version_dir: Path, logs: list) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +20,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from model_builder.errors import DataError
+
+if TYPE_CHECKING:
+    from model_builder.data.features import FeatureTable
 
 REQUIRED_COLUMNS = ("user_id", "item_id")
 OPTIONAL_COLUMNS = ("weight", "timestamp")
@@ -46,12 +50,19 @@ class Interactions:
 
 @dataclass(frozen=True)
 class Dataset:
-    """Interactions plus optional item titles (for readable demo output)."""
+    """Interactions plus optional item titles (for readable demo output) and side features."""
 
     name: str
     interactions: Interactions
     titles: dict[object, str]
     default_min_weight: float | None = None
+    user_features: FeatureTable | None = None
+    item_features: FeatureTable | None = None
+
+    @property
+    def has_features(self) -> bool:
+        """True when users or items come with a features table."""
+        return self.user_features is not None or self.item_features is not None
 
 
 def read_table(path: Path) -> tuple[pa.Table, int]:

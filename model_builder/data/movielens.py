@@ -8,16 +8,24 @@ installed and never copied into this repository.
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from model_builder.data.features import FeatureColumn, FeatureTable
 from model_builder.data.interactions import Dataset, Interactions
 from model_builder.errors import DataError
 
 NAME = "movielens-100k"
 # Ratings of 4 and 5 count as positives (the usual implicit-feedback reading of ML-100K).
 POSITIVE_RATING = 4.0
+# GroupLens u.item genre flags, in file order (columns 6-24).
+GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+          "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
+# Two zip-code characters: a US region of ~10 users on average here (one character lumps whole
+# states together; three leave most values with a single user, i.e. nothing to learn from).
+ZIP_PREFIX = 2
 
 
 def recbole_folder() -> Path:
@@ -48,6 +56,37 @@ def _read_tab_file(path: Path, columns: list[str], sep: str, encoding: str) -> l
     return rows
 
 
+def _year(text: str) -> float:
+    # The recbole copy has two broken years ('unkonwn', 'V'): missing values, not errors.
+    text = text.strip()[-4:]
+    return float(text) if text.isdigit() else np.nan
+
+
+def _user_features(rows: list[list[str]], source: str) -> FeatureTable:
+    """(user id, age, gender, occupation, zip code) rows -> the users' features."""
+    return FeatureTable(
+        np.asarray([int(r[0]) for r in rows], dtype=np.int64),
+        (
+            FeatureColumn("age", "numeric", np.asarray([float(r[1]) for r in rows]), buckets=10),
+            FeatureColumn("gender", "categorical", np.asarray([r[2].strip() for r in rows], dtype=object)),
+            FeatureColumn("occupation", "categorical", np.asarray([r[3].strip() for r in rows], dtype=object)),
+            FeatureColumn("zip_code", "categorical", np.asarray([r[4].strip() for r in rows], dtype=object), prefix=ZIP_PREFIX),
+        ),
+        source,
+    )
+
+
+def _item_features(ids: list[int], years: list[float], genres: list[tuple[str, ...]], source: str) -> FeatureTable:
+    values = np.empty(len(genres), dtype=object)
+    values[:] = genres
+    return FeatureTable(
+        np.asarray(ids, dtype=np.int64),
+        (FeatureColumn("release_year", "numeric", np.asarray(years, dtype=np.float64), buckets=10),
+         FeatureColumn("genres", "multi", values)),
+        source,
+    )
+
+
 def _build(inter_rows: list[list[str]], titles: dict[object, str], source: str) -> Dataset:
     try:
         arr = np.asarray([r[:4] for r in inter_rows], dtype=np.float64)
@@ -64,14 +103,19 @@ def _build(inter_rows: list[list[str]], titles: dict[object, str], source: str) 
 
 
 def load_recbole() -> Dataset:
-    """Loads ml-100k.inter / ml-100k.item (tab-separated, `name:type` headers)."""
+    """Loads ml-100k.inter / .item / .user (tab-separated, `name:type` headers), features included."""
     folder = recbole_folder()
     inter = _read_tab_file(folder / "ml-100k.inter", ["user", "item", "rating", "ts"], "\t", "utf-8")[1:]
     titles: dict[object, str] = {}
-    for row in _read_tab_file(folder / "ml-100k.item", ["item", "title"], "\t", "utf-8")[1:]:
-        year = row[2] if len(row) > 2 and row[2] else ""
+    item_rows = _read_tab_file(folder / "ml-100k.item", ["item", "title", "year", "class"], "\t", "utf-8")[1:]
+    for row in item_rows:
+        year = row[2] if row[2] and row[2][-4:].isdigit() else ""
         titles[int(row[0])] = f"{row[1]} ({year})" if year else row[1]
-    return _build(inter, titles, str(folder))
+    users = _read_tab_file(folder / "ml-100k.user", ["user", "age", "gender", "occupation", "zip"], "\t", "utf-8")[1:]
+    items = _item_features([int(r[0]) for r in item_rows], [_year(r[2]) for r in item_rows],
+                           [tuple(r[3].split()) for r in item_rows], str(folder / "ml-100k.item"))
+    dataset = _build(inter, titles, str(folder))
+    return replace(dataset, user_features=_user_features(users, str(folder / "ml-100k.user")), item_features=items)
 
 
 def load_grouplens(folder: Path) -> Dataset:
@@ -82,7 +126,15 @@ def load_grouplens(folder: Path) -> Dataset:
     inter = _read_tab_file(data, ["user", "item", "rating", "ts"], "\t", "latin-1")
     titles: dict[object, str] = {}
     item_file = folder / "u.item"
+    items = None
     if item_file.is_file():
-        for row in _read_tab_file(item_file, ["item", "title"], "|", "latin-1"):
+        rows = _read_tab_file(item_file, ["item", "title"], "|", "latin-1")
+        for row in rows:
             titles[int(row[0])] = row[1]
-    return _build(inter, titles, str(folder))
+        genres = [tuple(g for g, flag in zip(GENRES, r[5:]) if flag.strip() == "1") for r in rows]
+        items = _item_features([int(r[0]) for r in rows], [_year(r[2]) if len(r) > 2 else np.nan for r in rows],
+                               genres, str(item_file))
+    user_file = folder / "u.user"
+    users = _user_features(_read_tab_file(user_file, ["user", "age", "gender", "occupation", "zip"], "|", "latin-1"),
+                           str(user_file)) if user_file.is_file() else None
+    return replace(_build(inter, titles, str(folder)), user_features=users, item_features=items)

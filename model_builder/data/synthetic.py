@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from model_builder.data.features import FeatureColumn, FeatureTable
 from model_builder.data.interactions import Dataset, Interactions
 
 NAME = "synthetic"
@@ -17,11 +18,15 @@ def interactions(
     in_cluster: float = 0.9,
     string_ids: bool = False,
     seed: int = 0,
+    with_features: bool = False,
 ) -> Dataset:
     """Users and items each belong to a cluster; users mostly pick items of their own.
 
     Within a cluster item popularity is Zipf-like, so a popularity baseline is
-    decent but a model that learns the clusters beats it clearly.
+    decent but a model that learns the clusters beats it clearly. With
+    `with_features`, users get a noisy `segment` (their cluster 80% of the time)
+    and an `age`, items `tags` (their cluster's tag plus a random one) and a
+    `year`: enough to place a user or item never seen in training.
     """
     rng = np.random.default_rng(seed)
     user_cluster = rng.integers(num_clusters, size=num_users)
@@ -50,7 +55,30 @@ def interactions(
         source=f"synthetic(users={num_users}, items={num_items}, seed={seed})",
     )
     titles = {key: f"item {key} (cluster {item_cluster[n - 1]})" for n, key in item_key.items()}
-    return Dataset(NAME, inter, titles)
+    if not with_features:
+        return Dataset(NAME, inter, titles)
+    all_users = np.arange(1, num_users + 1, dtype=np.int64)
+    all_items = np.asarray(list(item_key.values()), dtype=object if string_ids else np.int64)
+    if string_ids:
+        all_users = np.asarray([f"u{u}" for u in all_users], dtype=object)
+    return Dataset(NAME, inter, titles, user_features=_user_features(all_users, user_cluster, num_clusters, rng),
+                   item_features=_item_features(all_items, item_cluster, num_clusters, rng))
+
+
+def _user_features(ids: np.ndarray, cluster: np.ndarray, num_clusters: int, rng) -> FeatureTable:
+    noisy = np.where(rng.random(len(ids)) < 0.8, cluster, rng.integers(num_clusters, size=len(ids)))
+    segment = np.asarray([f"s{c}" for c in noisy], dtype=object)
+    age = 20 + 5 * cluster + rng.normal(scale=3, size=len(ids))
+    return FeatureTable(ids, (FeatureColumn("segment", "categorical", segment),
+                              FeatureColumn("age", "numeric", age, buckets=5)), "synthetic")
+
+
+def _item_features(ids: np.ndarray, cluster: np.ndarray, num_clusters: int, rng) -> FeatureTable:
+    tags = np.empty(len(ids), dtype=object)
+    tags[:] = [(f"t{c}", f"t{rng.integers(num_clusters)}") for c in cluster]
+    year = 1990 + rng.integers(30, size=len(ids)).astype(np.float64)
+    return FeatureTable(ids, (FeatureColumn("tags", "multi", tags),
+                              FeatureColumn("year", "numeric", year, buckets=4)), "synthetic")
 
 
 def clustered_embeddings(

@@ -19,6 +19,7 @@ import model_builder.scann_import  # noqa: F401
 import support
 from model_builder.compat import ops
 from model_builder.data.synthetic import clustered_embeddings
+from model_builder.export import read_build_info
 
 pytestmark = pytest.mark.compat
 RUNNER = support.REPO / "model_builder" / "compat" / "c_api_runner.py"
@@ -155,6 +156,41 @@ def test_wrong_shapes_under_tf_2_11_fail_on_shape_alone(movielens_model):
     assert vector_error["code"] == 3 and "[1,7] is not compatible with expected shape [?,32]" in vector_error["message"]  # INVALID_ARGUMENT
     assert rank_error["code"] == 3 and "[1,2] is not compatible with expected shape [?]" in rank_error["message"]
     assert got["results"][2]["outputs"]["ids"]["shape"] == [0, 10]
+
+
+def _feature_spec(values: np.ndarray) -> dict:
+    if values.dtype == np.float32:
+        return {"dtype": "float32", "value": values.tolist()}  # json carries NaN
+    return _spec(values)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["movielens_model", "movielens_items_model"])
+def test_feature_signature_serves_the_same_under_tf_2_11(model, request):
+    """search_by_features (the query tower in the graph) through TF 2.11's C-API loader: same ids and scores,
+    for stored ids, unknown ids, missing and unknown values; and the op snapshot check passes."""
+    version_dir = request.getfixturevalue(model)
+    proc = support.run_cli("check-compat", str(version_dir))  # the op snapshot gate, as `make` runs it
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("compatible"), proc.stdout[-2000:]
+    loaded = tf.saved_model.load(str(version_dir))
+    inputs = read_build_info(version_dir)["serving"]["features"]["inputs"]
+    known = _examples(loaded)["query_ids"][:4]
+    rows = {"user_id": [int(known[0]), int(known[1]), 10**12, 10**12, int(known[2]), int(known[3])],
+            "item_id": [int(known[0]), int(known[1]), 10**12, 10**12, int(known[2]), int(known[3])],
+            "age": [24, 53, 24, np.nan, 31, np.inf], "gender": ["M", "F", "M", "", "X", "F"],
+            "occupation": ["technician", "other", "technician", "retired", "astronaut", "writer"],
+            "zip_code": ["85711", "94043", "85711", "", "K7L5J", "00000"],
+            "release_year": [1995, 1977, np.nan, 1999, 2030, -np.inf],
+            "genres": ["Animation|Children's|Comedy", "", "Drama", "Sci-Fi|Unknown-genre", "|", "Film-Noir|Drama"]}
+    dtypes = {"int64": np.int64, "float32": np.float32, "string": object}
+    feed = {i["name"]: np.asarray(rows[i["name"]], dtype=dtypes[i["dtype"]]) for i in inputs}
+    want = {k: v.numpy() for k, v in loaded.signatures["search_by_features"](**{k: tf.constant(v) for k, v in feed.items()}).items()}
+    got = run_in_tf211(version_dir, [{"signature": "search_by_features", "inputs": {k: _feature_spec(v) for k, v in feed.items()}}])
+    result = got["results"][0]
+    assert "outputs" in result, result
+    assert result["outputs"]["found"]["value"] == want["found"].tolist() == [True] * 6
+    assert result["outputs"]["ids"]["value"] == want["ids"].tolist()
+    np.testing.assert_allclose(result["outputs"]["scores"]["value"], want["scores"], rtol=1e-5, atol=1e-6)
 
 
 def test_check_compat_lists_ops_and_passes_for_our_models(synthetic_model):

@@ -15,7 +15,7 @@ from . import _flows
 from ._base import DEFAULT_WAIT_TIMEOUT_S, _ClientBase
 from ._errors import DeadlineExceededError, RetrievalError, from_rpc_error
 from ._requests import RESPONSE_TYPES
-from ._types import Examples, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
+from ._types import Examples, FeatureRows, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 
 class AsyncRetrievalClient(_ClientBase):
@@ -138,6 +138,20 @@ class AsyncRetrievalClient(_ClientBase):
         """See RetrievalClient.search_by_vector."""
         settings = self._settings(headers, wait_for_ready, compression)
         return await self._run(_flows.search_by_vector(self._state, vectors, k, timeout_s, settings))
+
+    async def search_by_features(
+        self,
+        rows: FeatureRows,
+        k: Optional[int] = None,
+        *,
+        timeout_s: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        wait_for_ready: Optional[bool] = None,
+        compression: Optional[grpc.Compression] = None,
+    ) -> List[SearchResult]:
+        """See RetrievalClient.search_by_features."""
+        settings = self._settings(headers, wait_for_ready, compression)
+        return await self._run(_flows.search_by_features(self._state, rows, k, timeout_s, settings))
 
     async def examples(
         self,

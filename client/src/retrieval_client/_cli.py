@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import json
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -94,6 +94,22 @@ def _vector(text: str) -> List[float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
+def _feature(text: str) -> Tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name.strip(), value
+
+
+def _feature_row(pairs: Sequence[Tuple[str, str]]) -> Dict[str, str]:
+    row: Dict[str, str] = {}
+    for name, value in pairs:
+        if name in row:
+            raise ValueError(f"--feature {name} given twice; join the values of a multi-valued feature with '|'")
+        row[name] = value
+    return row
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public for the tests and --help)."""
     parser = _Parser(prog="retrieval-client", description=__doc__, formatter_class=_Formatter)
@@ -107,8 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
             name, parents=common, help=help_text, description=help_text, formatter_class=_Formatter
         )
 
-    search = command("search", "nearest candidates for query ids (signature serving_default)")
-    search.add_argument("--id", dest="ids", metavar="ID", action="append", required=True, help="query id; repeat for a batch")
+    search = command("search", "nearest candidates for query ids (signature serving_default), or for one query "
+                               "described by its features (--feature; signature search_by_features)")
+    query = search.add_mutually_exclusive_group(required=True)
+    query.add_argument("--id", dest="ids", metavar="ID", action="append", help="query id; repeat for a batch")
+    query.add_argument("--feature", dest="features", metavar="NAME=VALUE", action="append", type=_feature,
+                       help="one feature of the query, e.g. --feature age=24 --feature occupation=technician; "
+                            "multi-valued: --feature 'genres=Action|Comedy'; features left out are sent as missing "
+                            "(leave out the id for a new user); `metadata` lists the names")
     _k(search)
     _deadline(search)
 
@@ -187,6 +209,11 @@ def _show_status(statuses: List[VersionStatus]) -> str:
 
 def _execute(client: RetrievalClient, args: argparse.Namespace) -> tuple:
     """(value for --json, human-readable text)."""
+    if args.command == "search" and args.features:
+        row = _feature_row(args.features)
+        results = client.search_by_features([row], k=args.k, timeout_s=args.timeout_s)
+        shown = [" ".join(f"{name}={value}" for name, value in row.items())]
+        return {"model": client.model, "results": [{"query": row, **_plain(r)} for r in results]}, _show_results(shown, results)
     if args.command == "search":
         results = client.search(args.ids, k=args.k, timeout_s=args.timeout_s)
         data: Dict[str, Any] = {

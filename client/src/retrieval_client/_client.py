@@ -11,7 +11,7 @@ from . import _flows
 from ._base import DEFAULT_WAIT_TIMEOUT_S, _ClientBase
 from ._errors import DeadlineExceededError, RetrievalError, from_rpc_error
 from ._requests import RESPONSE_TYPES
-from ._types import Examples, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
+from ._types import Examples, FeatureRows, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 
 class RetrievalClient(_ClientBase):
@@ -152,6 +152,30 @@ class RetrievalClient(_ClientBase):
         """
         settings = self._settings(headers, wait_for_ready, compression)
         return self._run(_flows.search_by_vector(self._state, vectors, k, timeout_s, settings))
+
+    def search_by_features(
+        self,
+        rows: FeatureRows,
+        k: Optional[int] = None,
+        *,
+        timeout_s: Optional[float] = None,
+        headers: Optional[Headers] = None,
+        wait_for_ready: Optional[bool] = None,
+        compression: Optional[grpc.Compression] = None,
+    ) -> List[SearchResult]:
+        """Nearest candidates for queries described by their features (signature search_by_features).
+
+        rows: a list of dicts, one per query ({"age": 24, "occupation": "technician"}),
+            or a dict of columns ({"age": [24, 61], ...}). Names and dtypes come from
+            the model's metadata: numbers for float32 features, text for string ones
+            (a list of values for a multi-valued feature, sent joined by "|"), ints
+            for an int64 id. A feature left out, or None, is sent as missing; leave
+            out the id for a user the model has never seen. Unknown names, values of
+            the wrong type and models without the signature raise before sending.
+        k and the keyword arguments: as in search().
+        """
+        settings = self._settings(headers, wait_for_ready, compression)
+        return self._run(_flows.search_by_features(self._state, rows, k, timeout_s, settings))
 
     def examples(
         self,

@@ -16,10 +16,12 @@ from typing import Any, Generator, List, Optional
 
 import grpc
 
+from . import _features as ft
 from . import _requests as rq
 from . import _responses as rs
 from ._errors import (
     DeadlineExceededError,
+    IncompatibleModelError,
     InvalidRequestError,
     ModelNotFoundError,
     ModelNotReadyError,
@@ -244,6 +246,41 @@ def search_by_vector(
     response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
     what = state.ref.describe(rs.response_version(response.model_spec))
     neighbours = rs.parse_neighbours(response, k, array.shape[0], f"{what} ({rq.VECTOR_SIGNATURE})")
+    result: List[SearchResult] = neighbours.results(k)
+    return result
+
+
+def search_by_features(
+    state: ClientState, rows: Any, k: Optional[int], timeout_s: Optional[float], settings: CallSettings
+) -> Flow:
+    """search_by_features: one dict of features per query -> neighbours (users the model never saw too).
+
+    Names and dtypes are checked against the signature before sending (one
+    refresh first if the cached metadata does not know a name: a newer version
+    may have other features).
+    """
+    deadline = state.deadline(timeout_s)
+    rq.check_k(k)
+    columns, batch = ft.feature_columns(rows)
+    if batch == 0:
+        return []
+    contract, fresh = yield from _contract(state, deadline, settings)
+    known = dict(contract.features or ())
+    k_above = k is not None and contract.features_k is not None and k > contract.features_k
+    if (contract.features is None or set(columns) - set(known) or k_above) and not fresh:
+        contract = yield from _refresh(state, deadline, settings)
+        known = dict(contract.features or ())
+    what = state.ref.describe(contract.version)
+    if contract.features is None:
+        raise IncompatibleModelError(
+            f"{what} has no signature {ft.FEATURES_SIGNATURE!r}: it was built without user/item features "
+            "(build with features, e.g. `python -m model_builder build --dataset movielens-100k`)"
+        )
+    _check_k(state, k, contract.features_k, ft.FEATURES_SIGNATURE, contract)
+    request = rq.predict_request(state.ref, ft.FEATURES_SIGNATURE, ft.feature_tensors(columns, batch, known, what))
+    response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
+    what = state.ref.describe(rs.response_version(response.model_spec))
+    neighbours = rs.parse_neighbours(response, k, batch, f"{what} ({ft.FEATURES_SIGNATURE})")
     result: List[SearchResult] = neighbours.results(k)
     return result
 

@@ -5,12 +5,13 @@ No I/O here; both clients parse every response with these functions.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 from google.protobuf.message import DecodeError
 
 from ._errors import IncompatibleModelError
+from ._features import FEATURES_SIGNATURE
 from ._requests import (
     EXAMPLES_INDEX,
     EXAMPLES_SIGNATURE,
@@ -187,6 +188,9 @@ class Contract:
     k: Optional[int] = None  # serving_default output "scores" [-1, K], if known
     vector_k: Optional[int] = None  # the same for search_by_vector
     examples_take_index: bool = False  # examples has the contract-v2 input "index"
+    # search_by_features inputs (name, spec), sorted by name; None when the model has no such signature.
+    features: Optional[Tuple[Tuple[str, TensorSpec], ...]] = None
+    features_k: Optional[int] = None  # search_by_features output "scores" [-1, K], if known
 
     @classmethod
     def from_metadata(cls, metadata: ModelMetadata) -> "Contract":
@@ -194,6 +198,7 @@ class Contract:
         search = metadata.signatures.get(SEARCH_SIGNATURE, SignatureInfo())
         by_vector = metadata.signatures.get(VECTOR_SIGNATURE, SignatureInfo())
         examples = metadata.signatures.get(EXAMPLES_SIGNATURE, SignatureInfo())
+        by_features = metadata.signatures.get(FEATURES_SIGNATURE)
         ids = search.inputs.get("ids")
         return cls(
             version=metadata.version,
@@ -202,6 +207,8 @@ class Contract:
             k=_known_dim(search.outputs.get("scores")),
             vector_k=_known_dim(by_vector.outputs.get("scores")),
             examples_take_index=EXAMPLES_INDEX in examples.inputs,
+            features=tuple(sorted(by_features.inputs.items())) if by_features is not None else None,
+            features_k=_known_dim(by_features.outputs.get("scores")) if by_features is not None else None,
         )
 
     def require_id_dtype(self, ref: ModelRef) -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
@@ -13,6 +13,9 @@ Id = Union[str, bytes, int, np.integer]
 Ids = Union[Id, Sequence[Id], np.ndarray]
 #: One embedding [dim] or a batch [batch, dim] of numbers.
 Vectors = Union[Sequence[float], Sequence[Sequence[float]], np.ndarray]
+#: Query features for search_by_features: a list of dicts (one per query) or a dict of
+#: columns (feature name -> one value per query).
+FeatureRows = Union[Sequence[Mapping[str, Any]], Mapping[str, Any]]
 #: gRPC metadata to send: a mapping or (key, value) pairs; keys lowercase ASCII,
 #: values str (bytes for keys ending in "-bin").
 Headers = Union[Mapping[str, Union[str, bytes]], Sequence[Tuple[str, Union[str, bytes]]]]

@@ -122,3 +122,14 @@ def test_async_client_answers_the_same(live):
     for a, b in zip(got, want, strict=True):
         assert a.ids.tolist() == b.ids.tolist()
         np.testing.assert_allclose(a.scores, b.scores, rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_user_described_by_features_gets_neighbours(live_servers):
+    live = live_servers["int64"]  # the demo's MovieLens 100K model, built with user/item features
+    rows = [{"age": 24, "gender": "M", "occupation": "technician", "zip_code": "85711"},
+            {"age": 61, "gender": "F", "occupation": "retired", "zip_code": None}]
+    with client_for(live) as client:
+        assert "search_by_features" in client.metadata().signatures
+        young, retired = client.search_by_features(rows, k=5)
+    assert young.found and retired.found and len(young.ids) == len(retired.ids) == 5
+    assert young.ids.tolist() != retired.ids.tolist() and np.all(np.diff(young.scores) <= 0)
