@@ -100,9 +100,10 @@ def pip_install(python: Path, requirements: List[str]) -> None:
     offline = pip(python, "install", "--quiet", "--no-index", "--find-links", str(WHEELS), *requirements)
     if _run(offline).returncode == 0:
         return
-    downloadable = [r for r in requirements if not r.endswith(".whl")]
+    # A local wheel (the client) is passed too: pip then fetches the dependencies it declares
+    # (e.g. numpy for a Python version no earlier run needed).
     _must(pip(python, "download", "--quiet", "--only-binary=:all:", "--dest", str(WHEELS), "--find-links",
-              str(WHEELS), *downloadable))
+              str(WHEELS), *requirements))
     _must(offline)
 
 
