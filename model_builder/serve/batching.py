@@ -13,20 +13,20 @@ Read from tensorflow_serving (tag 2.11.0):
   task of a batch gets the batch's status; a split task fails if any of its pieces failed;
 - batching/batching_util.{h,cc} ComputeTensorBatchSize (a Run without inputs, a scalar input or
   inputs of unequal 0th dimension are refused), AddPadding, RoundToLowestAllowedBatchSize.
-The queue itself (capacity, splitting, timeout) is model_builder/serve/scheduler.py.
+The queue itself (capacity, splitting, timeout) is model_builder/serve/scheduler.py; the parameters
+and their arithmetic are model_builder/compat/tfs_batching.py (shared with the serving-rules gate).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from model_builder.compat.tfs_batching import BatchingParameters, round_to_allowed_batch_size
 from model_builder.serve.errors import (
     FailedPreconditionError,
     InternalError,
@@ -34,80 +34,10 @@ from model_builder.serve.errors import (
     ResourceExhaustedError,
     ServingError,
 )
-from model_builder.serve.scheduler import Batch, QueueOptions, SharedBatchScheduler
+from model_builder.serve.scheduler import Batch, SharedBatchScheduler
 
-# What tensorflow_model_server uses without --batching_parameters_file (model_servers/server.cc).
-DEFAULT_THREAD_POOL_NAME = "model_server_batch_threads"
 Feeds = list[tuple[str, np.ndarray]]
 SessionRun = Callable[[Feeds, list[str]], list[np.ndarray]]
-
-
-def max_parallelism() -> int:
-    """port::MaxParallelism(): the CPUs this process may run on (SharedBatchScheduler's default thread count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-@dataclass(frozen=True)
-class BatchingParameters:
-    """session_bundle_config.proto BatchingParameters; None = the field is not set in the file."""
-
-    max_batch_size: int | None = None
-    batch_timeout_micros: int | None = None
-    max_enqueued_batches: int | None = None
-    num_batch_threads: int | None = None
-    thread_pool_name: str | None = None
-    allowed_batch_sizes: tuple[int, ...] = ()
-    pad_variable_length_inputs: bool = False
-    enable_large_batch_splitting: bool | None = None
-    max_execution_batch_size: int | None = None
-
-    @classmethod
-    def from_file(cls, path: Path | None) -> BatchingParameters:
-        """Parses a --batching_parameters_file (None: TF Serving's built-in defaults)."""
-        if path is None:
-            return cls(thread_pool_name=DEFAULT_THREAD_POOL_NAME)
-        from model_builder.serve import tfs_config
-
-        proto = tfs_config.parse("BatchingParameters", path, "--batching_parameters_file")
-        values = {}
-        for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
-                     "thread_pool_name", "enable_large_batch_splitting", "max_execution_batch_size"):
-            if proto.HasField(name):
-                values[name] = getattr(proto, name).value
-        return cls(**values, allowed_batch_sizes=tuple(proto.allowed_batch_sizes),
-                   pad_variable_length_inputs=proto.pad_variable_length_inputs)
-
-    def queue_options(self) -> QueueOptions:
-        """GetQueueOptions (bundle_factory_util.h): unset fields keep QueueOptions' defaults."""
-        defaults = QueueOptions()
-        splitting = bool(self.enable_large_batch_splitting)
-        return QueueOptions(
-            input_batch_size_limit=defaults.input_batch_size_limit if self.max_batch_size is None else self.max_batch_size,
-            batch_timeout_micros=defaults.batch_timeout_micros if self.batch_timeout_micros is None else self.batch_timeout_micros,
-            max_enqueued_batches=defaults.max_enqueued_batches if self.max_enqueued_batches is None else self.max_enqueued_batches,
-            enable_large_batch_splitting=splitting,
-            # Unset with splitting on, TF takes max_batch_size().value(): 0 when that is unset too.
-            max_execution_batch_size=(self.max_execution_batch_size if self.max_execution_batch_size is not None
-                                      else (self.max_batch_size or 0)) if splitting else defaults.max_execution_batch_size,
-        )
-
-    def threads(self) -> int:
-        """num_batch_threads, or port::MaxParallelism() when unset."""
-        return max_parallelism() if self.num_batch_threads is None else self.num_batch_threads
-
-    def check_allowed_batch_sizes(self) -> None:
-        """WrapSessionForBatching's only allowed_batch_sizes rule (a failure fails the model load)."""
-        if self.allowed_batch_sizes:
-            last = self.allowed_batch_sizes[-1]
-            limit = self.queue_options().input_batch_size_limit
-            if last != limit:
-                raise InvalidInputError(f"Last entry in allowed_batch_sizes must match max_batch_size; last entry was {last}; "
-                                        f"expected {limit}")
-
-
-def round_to_allowed_batch_size(allowed: tuple[int, ...], size: int) -> int:
-    """RoundToLowestAllowedBatchSize: the smallest allowed size >= size (size itself if none or above all)."""
-    return next((a for a in allowed if a >= size), size)
 
 
 def input_batch_size(inputs: Feeds) -> int:
@@ -219,7 +149,9 @@ class BatchingSession:
 
     def __init__(self, params: BatchingParameters, scheduler: SharedBatchScheduler, wrapped: SessionRun,
                  signatures: list[TensorSignature], run_count: RunCounter | None = None) -> None:
-        params.check_allowed_batch_sizes()
+        problem = params.allowed_batch_sizes_problem()
+        if problem:
+            raise InvalidInputError(problem)
         self._run_count = run_count or RunCounter()
         self._params = params
         self._options = params.queue_options()

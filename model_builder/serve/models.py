@@ -24,7 +24,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from model_builder.serve.batching import BatchingParameters, BatchingSession, Feeds, RunCounter, TensorSignature
+from model_builder.compat.tfs_batching import BatchingParameters
+from model_builder.serve.batching import BatchingSession, Feeds, RunCounter, TensorSignature
 from model_builder.serve.errors import InvalidInputError, NotFoundError, clean_message
 from model_builder.serve.scheduler import SharedBatchScheduler
 from model_builder.serve.session import SessionRunner

@@ -26,47 +26,12 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
+from model_builder.compat.tfs_batching import QueueOptions
 from model_builder.serve.errors import InvalidInputError, UnavailableError
 
 # ThreadLogic: "Wait until a new batch becomes schedulable, or some time has elapsed" -- 1 ms.
 _IDLE_POLL_SECONDS = 0.001
-
-
-@dataclass(frozen=True)
-class QueueOptions:
-    """SharedBatchScheduler::QueueOptions, as TF Serving fills them (bundle_factory_util.h GetQueueOptions)."""
-
-    input_batch_size_limit: int = 1000
-    batch_timeout_micros: int = 0
-    max_enqueued_batches: int = 10
-    enable_large_batch_splitting: bool = False
-    max_execution_batch_size: int = 1000
-
-    @property
-    def execution_batch_size(self) -> int:
-        """Queue::GetMaxExecutionBatchSize: the split size, or the input limit when not splitting."""
-        return self.max_execution_batch_size if self.enable_large_batch_splitting else self.input_batch_size_limit
-
-    def validate(self) -> None:
-        """SharedBatchScheduler::AddQueueAfterRewritingOptions' checks (a failure fails the model load)."""
-        if self.input_batch_size_limit <= 0:
-            raise InvalidInputError(f"input_batch_size_limit must be positive; was {self.input_batch_size_limit}")
-        if self.batch_timeout_micros < 0:
-            raise InvalidInputError(f"batch_timeout_micros must be non-negative; was {self.batch_timeout_micros}")
-        if self.max_enqueued_batches <= 0:
-            raise InvalidInputError(f"max_enqueued_batches must be positive; was {self.max_enqueued_batches}")
-        if self.enable_large_batch_splitting and self.input_batch_size_limit < self.max_execution_batch_size:
-            raise InvalidInputError("When enable_large_batch_splitting is true, input_batch_size_limit must be greater "
-                                    "than or equal to max_execution_batch_size.")
-
-    def idle_capacity(self) -> int:
-        """Rows an idle queue accepts in one task (SchedulingCapacityInternal with one empty open batch)."""
-        size = self.execution_batch_size
-        if not self.enable_large_batch_splitting:
-            return self.input_batch_size_limit  # the loose check: any task up to the limit fits
-        return (self.max_enqueued_batches - 1) * size + size
 
 
 def split_sizes(task_size: int, open_batch_remaining_slot: int, batch_size_limit: int) -> list[int]:
@@ -100,7 +65,9 @@ class Queue:
     """One queue (one tensor signature): a deque of batches whose last one is open."""
 
     def __init__(self, options: QueueOptions, process: Callable[[Batch], None], split: Callable, notify: Callable[[], None]) -> None:
-        options.validate()
+        problem = options.invalid_reason()
+        if problem:
+            raise InvalidInputError(problem)
         self.options = options
         self._process = process
         self._split = split

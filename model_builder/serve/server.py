@@ -12,11 +12,13 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import model_pb2
 
 from model_builder.errors import ConfigError
-from model_builder.serve import rest, tfs_config
+from model_builder.compat import tfs_config
+from model_builder.serve import rest
 from model_builder.serve.config import ServerConfig
 from model_builder.serve.errors import ServingError
 from model_builder.serve.metrics import Metrics
-from model_builder.serve.batching import BatchingParameters, RunCounter
+from model_builder.compat.tfs_batching import BatchingParameters
+from model_builder.serve.batching import RunCounter
 from model_builder.serve.models import Batching, LoadRetries, ModelManager
 from model_builder.serve.scheduler import SharedBatchScheduler
 from model_builder.serve.servicer import ModelServicer, PredictionServicer, add_to_server, status_response

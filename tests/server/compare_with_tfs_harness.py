@@ -36,7 +36,7 @@ _HARNESS_KEYS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches
 
 
 def _harness_params(batching_file: Path) -> list[str]:
-    from model_builder.serve.batching import BatchingParameters
+    from model_builder.compat.tfs_batching import BatchingParameters
 
     params = BatchingParameters.from_file(batching_file)
     out = []

@@ -25,7 +25,8 @@ import tensorflow as tf
 
 import model_builder.scann_import  # noqa: F401  (Scann ops before loading)
 import support
-from model_builder.serve.batching import BatchingParameters, RunCounter
+from model_builder.compat.tfs_batching import BatchingParameters
+from model_builder.serve.batching import RunCounter
 from server import harness
 
 LOCKED = """
@@ -202,16 +203,30 @@ def test_concurrent_unknown_and_valid_ids_on_the_image_batching_file(items_serve
     assert runs < len(requests), "no request was merged with another: batching did not happen"
 
 
-def test_the_image_batching_file_queue_holds_what_its_formula_says(items_server):
-    """Idle capacity from the shipped file: that many rows are accepted, one more is refused (or above max_batch_size)."""
+def test_1024_rows_succeed_on_an_idle_image_batching_server_and_1025_are_refused_for_good(items_server):
+    """The image's file: an idle queue holds 128 x 8 = 1024 rows (at 100 x 8, 801-1024 rows were always UNAVAILABLE)."""
+    from retrieval_client import InvalidRequestError, RetrievalClient, RetryPolicy
+
     options = BatchingParameters.from_file(support.IMAGE_BATCHING_FILE).queue_options()
-    capacity = min(options.idle_capacity(), options.input_batch_size_limit)
+    assert (options.input_batch_size_limit, options.idle_capacity()) == (1024, 1024)
     raw = harness.Raw(items_server.target)
-    ids = [f"sku-{i % harness.NUM_ITEMS}" for i in range(capacity + 1)]
-    assert harness.outputs(raw.predict(harness.ids_request(ids[:capacity]), timeout=120))["found"].all()
+    ids = [f"sku-{i % harness.NUM_ITEMS}" for i in range(1025)]
+    out = harness.outputs(raw.predict(harness.ids_request(ids[:1024]), timeout=120))
+    assert out["ids"].shape == (1024, 10) and out["found"].all()
     refused = harness.rpc_error(raw.predict, harness.ids_request(ids), timeout=120)
-    if capacity < options.input_batch_size_limit:
-        assert refused.code() == grpc.StatusCode.UNAVAILABLE and "is full" in refused.details()
-    else:
-        assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT and "larger than maximum input batch size" in refused.details()
+    assert (refused.code(), refused.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                                   "Task size 1025 is larger than maximum input batch size 1024")
     raw.close()
+    # Through the client: a clear error, sent once and never retried (it can never succeed).
+    before = _invalid_argument_count(items_server)
+    with RetrievalClient(items_server.target, harness.MODEL, retry=RetryPolicy(max_attempts=5)) as client:
+        with pytest.raises(InvalidRequestError, match="larger than maximum input batch size 1024"):
+            client.search(ids)
+    assert _invalid_argument_count(items_server) == before + 1, "the client retried a request that can never succeed"
+
+
+def _invalid_argument_count(server: support.RunningServer) -> int:
+    with urllib.request.urlopen(f"{server.rest}/monitoring/prometheus/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    prefix = f':tensorflow:serving:request_count{{API="Predict",model_name="{harness.MODEL}",status="INVALID_ARGUMENT"}} '
+    return next((int(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), 0)
