@@ -112,8 +112,9 @@ build: venv ## Train, index, export and verify a model version into MODELS/MODEL
 demo: venv ## One command: build MovieLens 100K, serve it locally, query it over gRPC.
 	$(PY) -m model_builder demo --out $(MODELS) --model-name $(MODEL) --port $(PORT)
 
-serve: venv ## Serve MODELS/MODEL with the local TF-Serving-API server (development stand-in).
-	$(PY) -m model_builder serve --model-base-path $(MODELS) --model-name $(MODEL) --port $(PORT)
+serve: venv ## Serve MODELS/MODEL with the local TF-Serving-API server, batching like the image (development stand-in).
+	$(PY) -m model_builder serve --model-base-path $(MODELS) --model-name $(MODEL) --port $(PORT) \
+	  --enable_batching --batching_parameters_file k8s/base/config/batching_parameters.txt
 
 ##@ Test
 .PHONY: test test-fast smoke check protos compat-snapshot

@@ -2,10 +2,10 @@
 
 Trains the feature towers once, publishes a user -> movies model and a movie ->
 similar movies model, starts one local server per model (the same gRPC API as
-TF Serving), waits until AVAILABLE, asks for recommendations with the
-`retrieval-client` CLI (a known user, a movie, and a brand-new user described
-only by features) and prints them with their titles, then the cold-start
-quality table, then stops the servers.
+TF Serving, batching with the image's batching file as production does), waits
+until AVAILABLE, asks for recommendations with the `retrieval-client` CLI (a
+known user, a movie, and a brand-new user described only by features) and prints
+them with their titles, then the cold-start quality table, then stops the servers.
 """
 
 from __future__ import annotations
@@ -46,11 +46,18 @@ def _cli(*args: str) -> dict | list:
     return json.loads(proc.stdout)
 
 
+# The serving image's batching file: the demo serves as production does (TF Serving --enable_batching).
+BATCHING_FILE = Path(__file__).resolve().parent.parent / "k8s" / "base" / "config" / "batching_parameters.txt"
+
+
 def _start_server(out: Path, name: str, port: int, rest_port: int, log_dir: Path) -> subprocess.Popen:
+    if not BATCHING_FILE.is_file():
+        raise ConfigError(f"{BATCHING_FILE} not found: run the demo from a checkout of the repository")
     log = open(log_dir / f"{name}.server.log", "w")
     return subprocess.Popen(
         [sys.executable, "-m", "model_builder", "serve", "--model-base-path", str(out), "--model-name", name,
-         "--port", str(port), "--rest_api_port", str(rest_port)],
+         "--port", str(port), "--rest_api_port", str(rest_port),
+         "--enable_batching", "--batching_parameters_file", str(BATCHING_FILE)],
         stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from model_builder import embeddings, evaluate, export, index, index_search, settings, verify, warmup
-from model_builder.compat import memory
+from model_builder.compat import memory, serving_rules
 from model_builder.errors import ConfigError, DataError
 from model_builder.serving_module import (
     MAX_EXAMPLES,
@@ -56,6 +56,7 @@ class BuildConfig:
     max_batch_size: int = field(default=1024, metadata={"help": "largest batch one request may carry (warmup records stay within it; TF Serving's batching file must accept it)"})
     num_examples: int = field(default=8, metadata={"help": f"known ids published by the 'examples' signature for smoke tests (0 disables, at most {MAX_EXAMPLES})"})
     unknown_ids: str = field(default="error", metadata={"help": "what an unknown query id's row gets (found=false either way): error = no ids (our client raises InvalidRequestError naming them), fallback = the k most popular training items"})
+    batching_parameters: str | None = field(default=None, metadata={"help": "TF Serving batching file the version must suit (serving rules checked before publishing); default: the image's k8s/base/config/batching_parameters.txt when building from a checkout, else the model alone"})
     target_recall: float = field(default=verify.DEFAULT_TARGET_RECALL, metadata={"help": "recall@k vs exact search the version must reach to be published"})
     tune: bool = field(default=True, metadata={"help": "search index structures and their leaves-to-search/reorder on held-out queries for the fastest served setting reaching --target-recall (see --optimize, --index-search, --search-budget-factor); off: the rule of thumb as is"})
     verify_queries: int = field(default=verify.DEFAULT_QUERIES, metadata={"help": "held-out queries used by the recall gate"})
@@ -347,6 +348,9 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
         export.write_build_info(tmp, {**info, "version": version})
 
     def check(tmp: Path) -> None:
+        batching_file = Path(cfg.batching_parameters) if cfg.batching_parameters else serving_rules.default_batching_file()
+        serving_rules.enforce(serving_rules.check_all(tmp, batching_file))
+        log(f"serving rules of TF Serving 2.11 --enable_batching: ok ({batching_file or 'no batching file: model checked alone'})")
         log(f"verify: loading the export in a fresh process; recall@{cfg.k} must be >= {cfg.target_recall}")
         report = verify.verify_in_fresh_process(tmp, cfg.target_recall, cfg.verify_queries)
         info["verification"] = report

@@ -78,6 +78,26 @@ def fallback_model_dir(models_root, string_id_csv):
 
 
 @pytest.fixture(scope="session")
+def model_kinds(movielens_model, movielens_items_model, synthetic_model, fallback_model_dir, tmp_path_factory):
+    """One version of every kind: int/string ids, user/item queries, brute force / AH / tree+AH / exact, both
+    unknown-id policies (tests/compat under TF 2.11, tests/server through a batching server)."""
+    import numpy as np
+
+    from model_builder.data.synthetic import clustered_embeddings
+
+    root = tmp_path_factory.mktemp("model_kinds")
+    kinds = {"movielens-user-int-bruteforce": movielens_model, "movielens-item-int": movielens_items_model,
+             "synthetic-user-string": synthetic_model, "synthetic-user-string-fallback": fallback_model_dir}
+    for name, n, extra in (("ah-string", 25_000, []), ("tree-ah-int", 110_000, []), ("exact-int", 2_000, ["--algorithm", "exact"])):
+        path = root / f"{name}.npz"
+        ids = np.array([f"c{i}" for i in range(n)]) if "string" in name else np.arange(n, dtype=np.int64) * 3
+        np.savez(path, ids=ids, vectors=clustered_embeddings(n, 24, seed=n))
+        kinds[name] = support.build(root, "--candidates", str(path), "--query", "item", "--verify-queries", "200", *extra,
+                                    model_name=name)
+    return kinds
+
+
+@pytest.fixture(scope="session")
 def items_model(tmp_path_factory):
     """2000 string-id items, item -> similar items, K=10, version 1 (tests/server, tests/reliability)."""
     return harness.items_model(tmp_path_factory)

@@ -99,17 +99,27 @@ class RunningServer:
         return self.proc.returncode
 
 
+# The serving image's batching file: the image runs TF Serving with --enable_batching and it.
+IMAGE_BATCHING_FILE = REPO / "k8s" / "base" / "config" / "batching_parameters.txt"
+BATCHING_FLAGS = ("--enable_batching", "--batching_parameters_file", str(IMAGE_BATCHING_FILE))
+# TF Serving retries a failed load 5 times, a minute apart; tests keep the 5 tries, 0.1 s apart.
+FAST_RETRIES = ("--load_retry_interval_micros", "100000")
+
+
 @contextlib.contextmanager
 def local_server(base_path: Path, model_name: str = "scann_model", *extra: str,
-                 log_dir: Path | None = None) -> Iterator[RunningServer]:
-    """Starts the local server on free ports for MODEL_NAME under base_path; stops it after."""
+                 log_dir: Path | None = None, batching: bool = True) -> Iterator[RunningServer]:
+    """Starts the local server on free ports for MODEL_NAME under base_path; stops it after.
+
+    Batching is on with the image's batching file, as in production (batching=False: plain runs).
+    """
     port, rest = free_port(), free_port()
     log_path = (log_dir or base_path) / f"server-{port}.log"
     handle = open(log_path, "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "model_builder", "serve", "--model-base-path", str(base_path),
          "--model-name", model_name, "--port", str(port), "--rest_api_port", str(rest),
-         "--file_system_poll_wait_seconds", "0.2", *extra],
+         "--file_system_poll_wait_seconds", "0.2", *FAST_RETRIES, *(BATCHING_FLAGS if batching else ()), *extra],
         stdout=handle, stderr=subprocess.STDOUT, env=ENV, cwd=REPO,
     )
     server = RunningServer(proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{rest}", model_name, log_path)

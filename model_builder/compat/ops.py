@@ -53,14 +53,25 @@ def load_registry(runtime: str) -> dict[str, list[str]]:
     return json.loads(path.read_text())["ops"]
 
 
-def saved_model_ops(version_dir: Path) -> dict[str, dict[str, set[str]]]:
-    """Op type -> {"count", "attrs"} over the graph and all library functions."""
+def _saved_model(version_dir: Path):
     from tensorflow.core.protobuf import saved_model_pb2
 
     pb = version_dir / "saved_model.pb"
     if not pb.is_file():
         raise DataError(f"{version_dir}: no saved_model.pb (expected a version folder BASE/NAME/VERSION)")
-    model = saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+    return saved_model_pb2.SavedModel.FromString(pb.read_bytes())
+
+
+def saved_model_signatures(version_dir: Path) -> dict:
+    """The SignatureDefs of the 'serve' MetaGraph, as TF Serving reads them."""
+    model = _saved_model(version_dir)
+    meta = next((m for m in model.meta_graphs if "serve" in m.meta_info_def.tags), model.meta_graphs[0])
+    return dict(meta.signature_def)
+
+
+def saved_model_ops(version_dir: Path) -> dict[str, dict[str, set[str]]]:
+    """Op type -> {"count", "attrs"} over the graph and all library functions."""
+    model = _saved_model(version_dir)
     used: dict[str, dict] = {}
     for meta in model.meta_graphs:
         nodes = list(meta.graph_def.node)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from model_builder import settings
@@ -43,8 +44,16 @@ def add_serve(sub) -> None:
     p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0, help="threads inside one op (0 = TF default)")
     p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, help="ops run in parallel (0 = TF default)")
     p.add_argument("--enable_batching", type=_flag_bool, nargs="?", const=True, default=False,
-                   help="accepted for TF Serving parity; the local server runs requests concurrently without merging them")
-    p.add_argument("--batching_parameters_file", type=Path, help="validated like TF Serving's BatchingParameters text proto")
+                   help="merge concurrent requests per signature like TF Serving 2.11's BatchingSession (queues, "
+                        "splitting, capacity, one status per merged batch)")
+    p.add_argument("--batching_parameters_file", type=Path,
+                   help="TF Serving's BatchingParameters text proto (needs --enable_batching); the image ships "
+                        "k8s/base/config/batching_parameters.txt")
+    p.add_argument("--max_num_load_retries", type=int, default=5, help="retries of a failed load (TF Serving's default)")
+    p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
+                   help="wait between load retries (TF Serving's default: one minute; negative: no wait)")
+    p.add_argument("--num_request_iterations_for_warmup", type=int, default=0,
+                   help="times each warmup record is replayed (0: once)")
     p.add_argument("--monitoring_config_file", type=Path, help="MonitoringConfig text proto; enables Prometheus metrics on the REST port")
     p.add_argument("--ssl_config_file", type=Path, help="SSLConfig text proto (server_key, server_cert, custom_ca, client_verify): TLS on gRPC")
     p.add_argument("--grpc_channel_arguments", default="", help="k=v,... gRPC server arguments, e.g. grpc.max_connection_age_ms=60000")
@@ -69,6 +78,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
         enable_batching=args.enable_batching, batching_parameters_file=args.batching_parameters_file,
+        max_num_load_retries=args.max_num_load_retries, load_retry_interval_micros=args.load_retry_interval_micros,
+        num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
         monitoring_config_file=args.monitoring_config_file, ssl_config_file=args.ssl_config_file,
         grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
         version_labels=parse_version_labels(args.version_labels), max_message_bytes=args.max_message_bytes,
@@ -79,8 +90,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def _run(args: argparse.Namespace) -> int:
     from model_builder.serve.server import LocalServer
 
+    from model_builder.serve.models import StartupError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = LocalServer(config_from_args(args))
-    server.start()
+    try:
+        server.start()
+    except StartupError as err:
+        # tensorflow_model_server prints this line and exits non-zero (model_servers/main.cc).
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
     server.wait()
     return 0

@@ -26,12 +26,18 @@ class ServerConfig:
     tensorflow_inter_op_parallelism: int = 0
     enable_batching: bool = False
     batching_parameters_file: Path | None = None
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
+    num_request_iterations_for_warmup: int = 0
     monitoring_config_file: Path | None = None
     ssl_config_file: Path | None = None
     grpc_channel_arguments: tuple[tuple[str, object], ...] = ()
     version_labels: tuple[tuple[str, int], ...] = ()
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_workers: int = 16
+    # Request threads. With batching each waits for its batch, so this bounds how many requests can
+    # be queued at once; TF Serving's C++ server has no such small bound (its queue answers
+    # UNAVAILABLE when full), so keep it well above the clients a test or benchmark runs.
+    max_workers: int = 64
     shutdown_grace_seconds: float = 10.0
 
 

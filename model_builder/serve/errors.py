@@ -27,16 +27,40 @@ class InvalidInputError(ServingError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-class SignatureNotFoundError(ServingError):
-    """TF Serving answers an unknown signature key with FAILED_PRECONDITION."""
+class FailedPreconditionError(ServingError):
+    """The request cannot run in the current state (e.g. tensors that cannot be merged into one batch)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class SignatureNotFoundError(FailedPreconditionError):
+    """TF Serving answers an unknown signature key with FAILED_PRECONDITION."""
+
+
 class ResourceExhaustedError(ServingError):
-    """The server is out of a resource (e.g. memory) for this request."""
+    """The server is out of a resource (memory, time in the batching queue) for this request."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class UnavailableError(ServingError):
+    """Transient: the batching queue is full (TF's shared_batch_scheduler.h); a retry later may succeed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class InternalError(ServingError):
+    """A server-side failure with a message worth showing (e.g. TF Serving's "Tensor concat operation failed")."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class _TensorFlowError(ServingError):
+    """A graph error with TensorFlow's own status code (TF's codes are gRPC's)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def from_tensorflow(err: Exception) -> ServingError:
@@ -46,12 +70,8 @@ def from_tensorflow(err: Exception) -> ServingError:
     message = clean_message(getattr(err, "message", str(err)))
     if isinstance(err, tf.errors.InvalidArgumentError):
         return InvalidInputError(message)
-    if isinstance(err, tf.errors.ResourceExhaustedError):
-        return ResourceExhaustedError(message)
-    if isinstance(err, tf.errors.NotFoundError):
-        return NotFoundError(message)
-    error = ServingError(message)
-    return error
+    codes = {c.value[0]: c for c in grpc.StatusCode}
+    return _TensorFlowError(codes.get(getattr(err, "error_code", 13), grpc.StatusCode.INTERNAL), message)
 
 
 def clean_message(message: str) -> str:

@@ -18,6 +18,11 @@ class Metrics:
         self._counts: dict[tuple, int] = defaultdict(int)
         self._hist: dict[tuple, list[int]] = {}
         self._sums: dict[tuple, float] = defaultdict(float)
+        self._counters: dict[str, object] = {}
+
+    def add_counter(self, name: str, read) -> None:
+        """Exports a label-free counter read from `read()` (e.g. the batching session's run count)."""
+        self._counters[name] = read
 
     def observe(self, model: str, api: str, status: str, seconds: float) -> None:
         """Records one request."""
@@ -42,4 +47,6 @@ class Metrics:
                     lines.append(f':tensorflow:serving:request_latency_bucket{{API="{api}",model_name="{model}",le="{bound}"}} {total}')
                 lines.append(f':tensorflow:serving:request_latency_sum{{API="{api}",model_name="{model}"}} {self._sums[(model, api)]:.0f}')
                 lines.append(f':tensorflow:serving:request_latency_count{{API="{api}",model_name="{model}"}} {total}')
+        for name, read in sorted(self._counters.items()):
+            lines += [f"# TYPE {name} counter", f"{name} {read()}"]
         return "\n".join(lines) + "\n"

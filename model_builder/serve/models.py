@@ -2,8 +2,12 @@
 
 Mirrors TF Serving's defaults: the "latest" version policy (serve the highest
 numbered folder), availability-preserving swaps (load and warm the new version,
-then unload the old one), warmup replay before AVAILABLE, and a failed load
-leaves the previous version serving with the error reported in the status.
+then unload the old one), warmup replay before AVAILABLE, a failed load retried
+--max_num_load_retries times every --load_retry_interval_micros
+(core/loader_harness.cc, util/retrier.cc), and a failed load of a later version
+leaves the previous version serving with the error reported in the status. The
+first load is awaited before the server opens its ports, and if it fails the
+server does not start (model_servers/server_core.cc WaitUntilModelsAvailable).
 A request leases one version for its whole run, so it is answered by exactly
 one complete version even while a swap happens.
 """
@@ -20,7 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model_builder.compat.tfs_batching import BatchingParameters
+from model_builder.serve.batching import BatchingSession, Feeds, RunCounter, TensorSignature
 from model_builder.serve.errors import InvalidInputError, NotFoundError, clean_message
+from model_builder.serve.scheduler import SharedBatchScheduler
+from model_builder.serve.session import SessionRunner
 
 log = logging.getLogger("model_builder.serve")
 # An unloading version waits at most this long for its in-flight requests.
@@ -50,59 +58,114 @@ class VersionStatus:
 
 @dataclass
 class LoadedVersion:
-    """A loaded SavedModel: a TF1 Session over its MetaGraph and its SignatureDefs (for metadata).
+    """A loaded SavedModel: a TF1 Session over its MetaGraph, its SignatureDefs, and how runs reach it.
 
     Requests run as TF Serving runs them (predict_util.cc): Session::Run fed and
-    fetched by the signature's tensor names. Not tf.saved_model.load + eager
-    signature calls: every call that fails inside the graph (an unknown id, an
-    empty batch, NaN) leaks ~1 KiB in TF's eager runtime, the Session path does not.
+    fetched by the signature's tensor names -- through the batching session when
+    batching is on. Not tf.saved_model.load + eager signature calls: every call that
+    fails inside the graph leaks ~1 KiB in TF's eager runtime, the Session path does not.
     """
 
     version: int
     path: Path
     session: object
     signature_defs: dict
+    runner: SessionRunner
+    batching: BatchingSession | None = None
     in_flight: int = 0
     lock: threading.Condition = field(default_factory=threading.Condition)
 
+    def session_run(self, feeds: Feeds, fetches: list[str], deadline: float | None = None) -> list:
+        """Session::Run by tensor names (batched with concurrent runs when batching is on)."""
+        if self.batching is not None:
+            return self.batching.run(feeds, fetches, deadline)
+        return self.runner(feeds, fetches)
+
     def run(self, signature: str, inputs: dict, outputs: list[str]) -> dict:
-        """Runs `signature` on numpy inputs; returns the requested outputs as numpy arrays."""
+        """Runs `signature` on numpy inputs keyed by alias; returns the requested outputs by alias."""
         sig = self.signature_defs[signature]
-        values = self.session.run([sig.outputs[alias].name for alias in outputs],
-                                  feed_dict={sig.inputs[name].name: value for name, value in inputs.items()})
+        values = self.session_run([(sig.inputs[name].name, value) for name, value in inputs.items()],
+                                  [sig.outputs[alias].name for alias in outputs])
         return dict(zip(outputs, values))
 
     def close(self) -> None:
-        """Releases the session (and with it the ScaNN searcher and variables)."""
+        """Drains the batching queues, then releases the session (and with it the ScaNN searcher and variables)."""
+        if self.batching is not None:
+            self.batching.close(timeout=_DRAIN_SECONDS)
+        self.runner.close()
         self.session.close()
 
 
-def load_version(path: Path, version: int, warmup: bool) -> LoadedVersion:
-    """Loads a version folder (after registering ScaNN's ops) and replays its warmup file."""
+@dataclass(frozen=True)
+class Batching:
+    """--enable_batching: the parsed parameters and the server's one batch scheduler (shared by all versions)."""
+
+    params: BatchingParameters
+    scheduler: SharedBatchScheduler
+    run_count: RunCounter = field(default_factory=RunCounter)
+
+
+def load_version(path: Path, version: int, warmup: bool, batching: Batching | None = None,
+                 warmup_iterations: int = 1) -> LoadedVersion:
+    """Loads a version folder (after registering ScaNN's ops), wraps it for batching, replays its warmup file."""
     import tensorflow as tf
 
     import model_builder.scann_import  # noqa: F401  (Scann ops must be registered before loading)
-    from model_builder import warmup as warmup_file
+    from model_builder.serve.predictor import replay_warmup
 
     # The thread counts set from --tensorflow_{intra,inter}_op_parallelism (server._configure_threads).
     config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=tf.config.threading.get_intra_op_parallelism_threads(),
                                       inter_op_parallelism_threads=tf.config.threading.get_inter_op_parallelism_threads())
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config)
+    loaded = None
     try:
         with graph.as_default():
             meta = tf.compat.v1.saved_model.loader.load(session, [tf.saved_model.SERVING], str(path))
         defs = {k: v for k, v in meta.signature_def.items() if not k.startswith("__")}
-        loaded = LoadedVersion(version, path, session, defs)
+        runner = SessionRunner(session, graph)
+        wrapped = None
+        if batching is not None:
+            # WrapSessionForBatching: one queue per signature of the MetaGraph (bundle_factory_util.cc).
+            signatures = [TensorSignature.of([t.name for t in d.inputs.values()], [t.name for t in d.outputs.values()])
+                          for d in meta.signature_def.values()]
+            wrapped = BatchingSession(batching.params, batching.scheduler, runner, signatures, batching.run_count)
+        loaded = LoadedVersion(version, path, session, defs, runner, wrapped)
         if warmup:
-            for record in warmup_file.read(path):
-                request = record.predict_log.request
-                name = request.model_spec.signature_name or "serving_default"
-                loaded.run(name, {k: tf.make_ndarray(v) for k, v in request.inputs.items()}, list(defs[name].outputs))
+            replay_warmup(loaded, path, warmup_iterations)
     except BaseException:
-        session.close()
+        if loaded is not None:
+            loaded.close()
+        else:
+            session.close()
         raise
     return loaded
+
+
+class StartupError(Exception):
+    """The first load failed: TF Serving exits instead of serving nothing."""
+
+
+@dataclass(frozen=True)
+class LoadRetries:
+    """--max_num_load_retries / --load_retry_interval_micros (TF Serving's defaults: 5, one minute)."""
+
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
+
+    def run(self, description: str, load, stop: threading.Event):
+        """util/retrier.cc Retry: one try plus up to max_num_load_retries more, waiting between tries."""
+        for attempt in range(max(0, self.max_num_load_retries) + 1):
+            if attempt and (stop.wait(max(0, self.load_retry_interval_micros) / 1e6) or stop.is_set()):
+                break
+            try:
+                return load()
+            except Exception as err:  # noqa: BLE001 - every failure is retried; the last one is raised
+                log.error("%s failed: %s", description, clean_message(str(err))[:500])
+                if attempt == max(0, self.max_num_load_retries):
+                    raise
+                log.info("Retrying of %s retry: %d", description, attempt + 1)
+        raise RuntimeError(f"{description} was cancelled")
 
 
 def _fingerprint(path: Path) -> tuple:
@@ -116,10 +179,14 @@ class ModelManager:
     """Owns the versions of one model under its base path."""
 
     def __init__(self, name: str, base_path: Path, *, warmup: bool = True,
-                 labels: dict[str, int] | None = None) -> None:
+                 labels: dict[str, int] | None = None, batching: Batching | None = None,
+                 load_retries: LoadRetries | None = None, warmup_iterations: int = 1) -> None:
         self.name = name
         self.base_path = base_path
         self._warmup = warmup
+        self._batching = batching
+        self._retries = load_retries or LoadRetries()
+        self._warmup_iterations = warmup_iterations
         self._labels = dict(labels or {})
         self._lock = threading.Lock()
         self._serving: dict[int, LoadedVersion] = {}
@@ -130,8 +197,25 @@ class ModelManager:
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------
+    def load_first(self, poll_seconds: float) -> None:
+        """Blocks until a version is on disk and the highest one loaded; raises StartupError if it failed.
+
+        TF Serving's ServerCore::Create waits for the aspired version (the highest) to become
+        AVAILABLE or fail; there is no falling back to an older version at startup.
+        """
+        while not self.disk_versions():
+            if self._stop.wait(max(poll_seconds, 1.0)):
+                return
+        version = max(self.disk_versions())
+        if self._load(version) is None:
+            status = self._status[version]
+            raise StartupError(f"Failed to start server. Error: UNKNOWN: 1 model(s) did not become available: "
+                               f"{{{{name: {self.name} version: {version}}} due to error: {status.error_message}}}, }}")
+
     def start(self, poll_seconds: float) -> None:
-        """Loads the current version now (in the background) and keeps polling for new ones."""
+        """Keeps polling for new versions (a poll wait <= 0 reads the base path once: nothing more to do)."""
+        if poll_seconds <= 0:
+            return
         self._thread = threading.Thread(target=self._poll_loop, args=(poll_seconds,), name="version-poller", daemon=True)
         self._thread.start()
 
@@ -142,25 +226,11 @@ class ModelManager:
             self._thread.join(timeout=60)
 
     def _poll_loop(self, poll_seconds: float) -> None:
-        # TF Serving: a poll wait of 0 means "read the base path once" (images with a baked-in model).
-        if poll_seconds <= 0:
-            self._poll_until_loaded()
-            return
-        while not self._stop.is_set():
+        while not self._stop.wait(max(poll_seconds, 0.05)):
             try:
                 self.poll_once()
             except Exception:  # noqa: BLE001 - the poller must survive anything the disk throws at it
                 log.exception("polling %s failed; retrying", self.base_path)
-            self._stop.wait(max(poll_seconds, 0.05))
-
-    def _poll_until_loaded(self) -> None:
-        while not self._stop.is_set() and not self.is_available():
-            try:
-                self.poll_once()
-            except Exception:  # noqa: BLE001
-                log.exception("loading from %s failed; retrying", self.base_path)
-            if not self.is_available():
-                self._stop.wait(1.0)
 
     def disk_versions(self) -> list[int]:
         """Numeric version folders present on disk (others, like build temp folders, are ignored)."""
@@ -193,7 +263,9 @@ class ModelManager:
         log.info("loading %s version %d from %s", self.name, version, path)
         started = time.perf_counter()
         try:
-            loaded = load_version(path, version, self._warmup)
+            loaded = self._retries.run(f"Loading servable: {{name: {self.name} version: {version}}}",
+                                       lambda: load_version(path, version, self._warmup, self._batching, self._warmup_iterations),
+                                       self._stop)
         except Exception as err:  # noqa: BLE001 - a broken version must not take the server down
             message = clean_message(str(err))[:500] or type(err).__name__
             log.error("version %d of %s failed to load; previous version keeps serving: %s", version, self.name, message)

@@ -12,11 +12,15 @@ from google.protobuf import json_format
 from tensorflow_serving.apis import model_pb2
 
 from model_builder.errors import ConfigError
-from model_builder.serve import rest, tfs_config
+from model_builder.compat import tfs_config
+from model_builder.serve import rest
 from model_builder.serve.config import ServerConfig
 from model_builder.serve.errors import ServingError
 from model_builder.serve.metrics import Metrics
-from model_builder.serve.models import ModelManager
+from model_builder.compat.tfs_batching import BatchingParameters
+from model_builder.serve.batching import RunCounter
+from model_builder.serve.models import Batching, LoadRetries, ModelManager
+from model_builder.serve.scheduler import SharedBatchScheduler
 from model_builder.serve.servicer import ModelServicer, PredictionServicer, add_to_server, status_response
 
 log = logging.getLogger("model_builder.serve")
@@ -43,24 +47,56 @@ def _credentials(cfg: ServerConfig):
     )
 
 
+def _batching(cfg: ServerConfig) -> Batching | None:
+    """--enable_batching: parse the file and start the one shared scheduler, or refuse to start like server.cc."""
+    if not cfg.enable_batching:
+        if cfg.batching_parameters_file is not None:
+            raise ConfigError("--batching_parameters_file is set without --enable_batching (TF Serving refuses to start: "
+                              "\"batching_parameters_file is set without setting enable_batching to true\")")
+        return None
+    params = BatchingParameters.from_file(cfg.batching_parameters_file)
+    for name in ("max_batch_size", "max_enqueued_batches", "max_execution_batch_size"):
+        if (getattr(params, name) or 0) < 0:
+            # TF would read a negative into a size_t (a limit of 2^64); no real server runs with that.
+            raise ConfigError(f"--batching_parameters_file {cfg.batching_parameters_file}: {name} is negative")
+    try:
+        scheduler = SharedBatchScheduler(params.threads(), params.thread_pool_name or "batch_threads")
+    except ServingError as err:
+        raise ConfigError(f"--batching_parameters_file {cfg.batching_parameters_file}: {err}") from None
+    return Batching(params, scheduler)
+
+
 class LocalServer:
     """The running server; `wait()` blocks until SIGTERM/SIGINT, then drains and stops."""
 
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
         self.metrics = Metrics()
+        self.batching = _batching(cfg)
+        if self.batching is not None:
+            self.metrics.add_counter(RunCounter.NAME, lambda: self.batching.run_count.value)
         self.manager = ModelManager(cfg.model_name, cfg.model_base_path, warmup=cfg.enable_model_warmup,
-                                    labels=dict(cfg.version_labels))
+                                    labels=dict(cfg.version_labels), batching=self.batching,
+                                    load_retries=LoadRetries(cfg.max_num_load_retries, cfg.load_retry_interval_micros),
+                                    warmup_iterations=max(1, cfg.num_request_iterations_for_warmup))
         self._stopped = threading.Event()
         self._grpc: grpc.Server | None = None
         self._rest = None
 
     def start(self) -> None:
-        """Binds the ports, then loads the model in the background (status shows LOADING meanwhile)."""
+        """Loads the first version (blocking, with retries), then binds the ports -- TF Serving's order.
+
+        model_servers/server.cc BuildAndStart: the gRPC and REST servers start only after
+        ServerCore::Create returned, i.e. after the first load; if it failed the server exits
+        (StartupError), so a client never sees a port that answers nothing but NOT_FOUND.
+        """
         cfg = self.cfg
-        tfs_config.parse("BatchingParameters", cfg.batching_parameters_file, "--batching_parameters_file") if cfg.batching_parameters_file else None
         metrics_path = tfs_config.metrics_path(cfg.monitoring_config_file)
+        credentials = _credentials(cfg)
         _configure_threads(cfg)
+        log.info("loading %s from %s before opening ports%s", cfg.model_name, cfg.model_base_path,
+                 f" (batching: {self.batching.params})" if self.batching else "")
+        self.manager.load_first(cfg.file_system_poll_wait_seconds)
         options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
                    ("grpc.max_send_message_length", cfg.max_message_bytes), *cfg.grpc_channel_arguments]
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
@@ -68,7 +104,6 @@ class LocalServer:
         add_to_server(self._grpc, PredictionServicer(self.manager, self.metrics, max_tensor_elements=cfg.max_message_bytes // 4),
                       ModelServicer(self.manager, self.metrics))
         address = f"{cfg.host}:{cfg.port}"
-        credentials = _credentials(cfg)
         bound = self._grpc.add_secure_port(address, credentials) if credentials else self._grpc.add_insecure_port(address)
         if not bound:
             raise ConfigError(f"cannot bind gRPC {address}: port in use or address not available; choose another --port")
@@ -101,6 +136,8 @@ class LocalServer:
         log.info("shutting down: draining in-flight requests (up to %.0f s)", self.cfg.shutdown_grace_seconds)
         if self._grpc:
             self._grpc.stop(self.cfg.shutdown_grace_seconds).wait()
+        if self.batching:
+            self.batching.scheduler.stop()  # past the grace period: nothing queued may keep a request thread waiting
         if self._rest:
             self._rest.shutdown()
         self.manager.stop()

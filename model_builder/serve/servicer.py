@@ -105,17 +105,19 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_parsed
     def Predict(self, request, context):  # noqa: N802 (gRPC method name)
         model = _model_label(self._manager, request.model_spec.name)
-        return _call(context, self._metrics, model, "Predict", lambda: self._predict(request))
+        deadline = predictor.deadline_of(context.time_remaining())
+        return _call(context, self._metrics, model, "Predict", lambda: self._predict(request, deadline))
 
-    def _predict(self, request):
+    def _predict(self, request, deadline: float | None):
         import tensorflow as tf
         from tensorflow_serving.apis import predict_pb2
 
         spec = request.model_spec
         version, label = _version_of(spec)
-        inputs = predictor.parse_inputs(request.inputs, self._max_tensor_elements)
+        # TF Serving finds the servable first (NOT_FOUND), then validates the request (predict_util.cc).
         with self._manager.lease(spec.name, version, label) as loaded:
-            outputs = predictor.predict(loaded, spec.signature_name, inputs, list(request.output_filter))
+            outputs = predictor.predict(loaded, spec.signature_name, request.inputs, list(request.output_filter),
+                                        deadline, self._max_tensor_elements)
             response = predict_pb2.PredictResponse()
             response.model_spec.name = spec.name
             response.model_spec.signature_name = spec.signature_name or predictor.DEFAULT_SIGNATURE

@@ -48,25 +48,11 @@ def _decoded(values: np.ndarray) -> list:
     return [[v.decode() if isinstance(v, bytes) else v for v in row] for row in values.tolist()]
 
 
-@pytest.fixture(scope="module")
-def model_kinds(movielens_model, movielens_items_model, synthetic_model, tmp_path_factory):
-    """One version of every kind: int/string ids, user/item queries, brute force / AH / tree+AH / exact."""
-    root = tmp_path_factory.mktemp("compat_models")
-    kinds = {"movielens-user-int-bruteforce": movielens_model, "movielens-item-int": movielens_items_model,
-             "synthetic-user-string": synthetic_model}
-    for name, n, extra in (("ah-string", 25_000, []), ("tree-ah-int", 110_000, []), ("exact-int", 2_000, ["--algorithm", "exact"])):
-        path = root / f"{name}.npz"
-        ids = np.array([f"c{i}" for i in range(n)]) if "string" in name else np.arange(n, dtype=np.int64) * 3
-        np.savez(path, ids=ids, vectors=clustered_embeddings(n, 24, seed=n))
-        kinds[name] = support.build(root, "--candidates", str(path), "--query", "item", "--verify-queries", "200", *extra,
-                                    model_name=name)
-    return kinds
-
-
 # ANN stages (AH scoring) of scann 1.2.9 and 1.4.2 are not bit-identical: when two candidates
 # tie at the approximate stage, the one that reaches exact re-scoring can differ. Exact kinds
 # must match id for id; approximate kinds must keep their recall and nearly every list.
-EXACT_KINDS = {"movielens-user-int-bruteforce", "movielens-item-int", "synthetic-user-string", "exact-int"}
+EXACT_KINDS = {"movielens-user-int-bruteforce", "movielens-item-int", "synthetic-user-string", "synthetic-user-string-fallback",
+               "exact-int"}
 MIN_IDENTICAL_ROWS = 0.97
 MAX_RECALL_DROP = 0.01
 
@@ -197,7 +183,7 @@ def test_check_compat_lists_ops_and_passes_for_our_models(synthetic_model):
     report = ops.check(synthetic_model)
     assert report.ok and "Scann>ScannSearchBatched" in report.ops_used and "Scann>TensorsToScann" in report.ops_used
     proc = support.run_cli("check-compat", str(synthetic_model))
-    assert proc.returncode == 0 and proc.stdout.strip().endswith("compatible")
+    assert proc.returncode == 0 and "compatible" in proc.stdout.splitlines(), proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
 def test_check_compat_fails_on_an_op_the_runtime_lacks(tmp_path):

@@ -1,9 +1,11 @@
 """Every bad input gets the right status and an actionable message, over raw gRPC and through the client;
 the same server process keeps serving after each one.
 
-Messages from the serving graph (unknown id, empty/oversized batch, NaN) are
-the graph's own, so TF Serving returns the same; the local server adds TF
-Serving's request-level checks (signature, dtype, shape, model spec).
+The server runs with batching on and the image's batching file, as production does. What is
+checked where follows TF Serving 2.11 (predict_util.cc): the request level (signature, input
+aliases, tensor parsing, output filter), then the batcher (no input / scalar / unequal batch
+sizes, task above max_batch_size, full queue), then the session (dtype) and the graph (shape).
+A row that cannot be answered (unknown id, NaN/Inf) is not an error at all: found = false.
 """
 
 from __future__ import annotations
@@ -47,29 +49,27 @@ def _filtered(request, alias: str):
 
 # (case id, request, code, fragment of the message the user sees)
 RAW_CASES = [
-    ("unknown-id", req(inputs={"ids": np.array([b"sku-1", b"no-such-sku"], dtype=object)}), IA,
-     "unknown query id(s), not in this model version:] [no-such-sku]"),
-    ("unknown-id-not-utf8", req(inputs={"ids": np.array([b"\xff\xfe-sku"], dtype=object)}), IA,
-     "unknown query id(s), not in this model version: b'\\xff\\xfe-sku'"),
-    ("empty-batch-ids", req(inputs={"ids": np.array([], dtype=object)}), IA, "empty batch: send at least one id"),
-    ("empty-batch-vectors", req("search_by_vector", {"vectors": np.zeros((0, harness.DIM), np.float32)}), IA,
-     "empty batch: send at least one vector"),
-    ("batch-above-max-ids", req(inputs=_ids(1025)), IA, "batch too large: at most 1024 ids per request, got] [1025]"),
+    ("batch-above-max-ids", req(inputs=_ids(1025)), IA, "Task size 1025 is larger than maximum input batch size 1024"),
     ("batch-above-max-vectors", req("search_by_vector", {"vectors": np.ones((1025, harness.DIM), np.float32)}), IA,
-     "batch too large: at most 1024 vectors per request"),
-    ("wrong-dtype-ids", req(inputs={"ids": np.array([1], np.int64)}), IA, "to be string but int64 is provided"),
-    ("wrong-dtype-vectors", req("search_by_vector", {"vectors": VEC.astype(np.float64)}), IA, "to be float32 but float64"),
-    ("wrong-rank-ids", req(inputs={"ids": np.array([[b"sku-1"]], dtype=object)}), IA, "must have shape [-1]"),
+     "Task size 1025 is larger than maximum input batch size 1024"),
+    ("wrong-dtype-ids", req(inputs={"ids": np.array([1], np.int64)}), IA, "Expects arg[0] to be string but int64 is provided"),
+    ("wrong-dtype-vectors", req("search_by_vector", {"vectors": VEC.astype(np.float64)}), IA,
+     "Expects arg[0] to be float but double is provided"),
+    ("wrong-rank-ids", req(inputs={"ids": np.array([[b"sku-1"]], dtype=object)}), IA,
+     "[1,1] is not compatible with expected shape [?]"),
+    ("scalar-ids", req(inputs={"ids": np.array(b"sku-1", dtype=object)}), IA,
+     "Batching Run() input tensors must have at least one dimension"),
+    # A [16] vector is 16 rows to the batcher: split into execution batches of 8 (as TF Serving's harness showed).
     ("wrong-rank-vectors", req("search_by_vector", {"vectors": np.ones(harness.DIM, np.float32)}), IA,
-     "must have shape [-1, 16] (-1: any size), got [16]"),
-    ("wrong-dim", req("search_by_vector", {"vectors": np.ones((2, 8), np.float32)}), IA, "got [2, 8]"),
-    ("nan", req("search_by_vector", {"vectors": np.full((1, harness.DIM), np.nan, np.float32)}), IA,
-     "'vectors' contain NaN or Inf"),
-    ("inf", req("search_by_vector", {"vectors": np.concatenate([VEC, np.full((1, harness.DIM), np.inf, np.float32)])}), IA,
-     "'vectors' contain NaN or Inf"),
+     "[8] is not compatible with expected shape [?,16]"),
+    ("wrong-dim", req("search_by_vector", {"vectors": np.ones((2, 8), np.float32)}), IA,
+     "[2,8] is not compatible with expected shape [?,16]"),
     ("missing-input", req(), IA, "Missing but required: {ids}"),
     ("extra-input", req(inputs={**ONE_ID, "x": np.ones(1, np.float32)}), IA, "Sent extra: {x}"),
+    ("wrong-input-name", req(inputs={"x": np.ones(1, np.float32)}), IA,
+     "input tensor alias not found in signature: x. Inputs expected to be in the set {ids}."),
     ("unknown-output-filter", _filtered(req(inputs=ONE_ID), "nope"), IA, "output tensor alias not found in signature: nope"),
+    ("duplicate-output-filter", _filtered(_filtered(req(inputs=ONE_ID), "ids"), "ids"), IA, "duplicate output tensor alias: ids"),
     ("declared-shape-too-large", req(inputs={"ids": _declared(types_pb2.DT_STRING, [2**40], string_val=[b"sku-1"])}), IA,
      "tensor parsing error: ids: shape [1099511627776] declares"),
     ("negative-dim", req(inputs={"ids": _declared(types_pb2.DT_STRING, [-3])}), IA, "tensor parsing error: ids: negative"),
@@ -81,6 +81,29 @@ RAW_CASES = [
     ("unknown-version", req(inputs=ONE_ID, version=42), NF, "Servable not found for request: Specific(scann_model, 42)"),
     ("unknown-label", req(inputs=ONE_ID, label="canary"), IA, "Unrecognized servable version label: canary"),
 ]
+
+NAN_ROW = np.full((1, harness.DIM), np.nan, np.float32)
+# Requests that are answered, with rows that could not be: (case id, request, expected `found`).
+UNANSWERED_ROW_CASES = [
+    ("unknown-id", req(inputs={"ids": np.array([b"sku-1", b"no-such-sku"], dtype=object)}), [True, False]),
+    ("unknown-id-not-utf8", req(inputs={"ids": np.array([b"\xff\xfe-sku"], dtype=object)}), [False]),
+    ("empty-batch-ids", req(inputs={"ids": np.array([], dtype=object)}), []),
+    ("empty-batch-vectors", req("search_by_vector", {"vectors": np.zeros((0, harness.DIM), np.float32)}), []),
+    ("nan", req("search_by_vector", {"vectors": np.concatenate([NAN_ROW, VEC])}), [False, True]),
+    ("inf", req("search_by_vector", {"vectors": np.concatenate([VEC, np.full((1, harness.DIM), -np.inf, np.float32)])}),
+     [True, False]),
+]
+
+
+@pytest.mark.parametrize(("request_", "found"), [c[1:] for c in UNANSWERED_ROW_CASES], ids=[c[0] for c in UNANSWERED_ROW_CASES])
+def test_rows_that_cannot_be_answered_are_found_false_not_errors(bad_input_server, raw, request_, found):
+    out = harness.outputs(raw.predict(request_))
+    assert out["found"].tolist() == found
+    assert out["ids"].shape == (len(found), 10) and out["scores"].shape == (len(found), 10)
+    missing = ~out["found"]
+    assert (out["ids"][missing] == b"").all() and np.isneginf(out["scores"][missing]).all()
+    assert (out["ids"][~missing] != b"").all() and np.isfinite(out["scores"][~missing]).all()
+    assert_still_serving(bad_input_server, raw)
 
 
 @pytest.mark.parametrize(("request_", "code", "message"), [c[1:] for c in RAW_CASES], ids=[c[0] for c in RAW_CASES])
@@ -121,12 +144,13 @@ FAST = RetryPolicy(max_attempts=2, initial_backoff_s=0.01, max_backoff_s=0.05)
 # Through the client: (case id, client kwargs, call, exception, message fragment). Errors of the
 # client's own checks (ValueError/TypeError) are raised before anything is sent.
 CLIENT_CASES = [
-    ("unknown-id", {}, lambda c: c.search(["sku-1", "no-such-sku"]), InvalidRequestError, "[no-such-sku]"),
-    ("unknown-id-not-utf8", {}, lambda c: c.search([b"\xff-sku"]), InvalidRequestError, "b'\\xff-sku'"),
+    ("unknown-id", {}, lambda c: c.search(["sku-1", "no-such-sku"]), InvalidRequestError,
+     "unknown query id(s), not in this model version"),
+    ("unknown-id-not-utf8", {}, lambda c: c.search([b"\xff-sku"]), InvalidRequestError, "unknown query id(s)"),
     ("batch-above-max", {}, lambda c: c.search([f"sku-{i}" for i in range(1025)]), InvalidRequestError,
-     "at most 1024 ids per request"),
+     "larger than maximum input batch size 1024"),
     ("batch-above-max-vectors", {}, lambda c: c.search_by_vector(np.ones((1025, harness.DIM))), InvalidRequestError,
-     "at most 1024 vectors per request"),
+     "larger than maximum input batch size 1024"),
     ("wrong-dtype", {}, lambda c: c.search([True]), TypeError, "is a bool"),
     ("wrong-rank", {}, lambda c: c.search_by_vector(np.ones((1, 2, harness.DIM))), ValueError, "[batch, dim]"),
     ("wrong-dim", {}, lambda c: c.search_by_vector(np.ones((1, 8))), ValueError, "takes 16-dimensional"),
@@ -148,6 +172,14 @@ def test_bad_request_through_the_client(bad_input_server, raw, kwargs, call, exc
             call(client)
     assert message in str(info.value), str(info.value)
     assert_still_serving(bad_input_server, raw)
+
+
+def test_the_client_names_only_its_own_unknown_ids(bad_input_server):
+    with RetrievalClient(bad_input_server.target, harness.MODEL, retry=FAST) as client:
+        with pytest.raises(InvalidRequestError) as info:
+            client.search(["sku-3", "no-such-sku-a", "sku-4", "no-such-sku-b"])
+    assert "no-such-sku-a" in str(info.value) and "no-such-sku-b" in str(info.value)
+    assert "sku-3" not in str(info.value).replace("no-such-sku", "")
 
 
 def test_empty_batch_through_the_client_sends_nothing(bad_input_server):

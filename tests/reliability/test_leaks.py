@@ -1,5 +1,11 @@
 """Nothing leaks on the error paths: the server's RSS stays flat over 10,000 bad requests.
 
+The server batches like production (the image's batching file), so every request also goes
+through the batching queues; unknown ids, empty batches and NaN rows are answered
+(found = false), every other kind is an error status. Sent concurrently, a request of the
+wrong dtype or shape also fails the requests merged with it (TF Serving's batcher cannot
+concatenate them: INTERNAL / FAILED_PRECONDITION), so answered kinds may fail too.
+
 Method: a dedicated server; a warm-up of 2,000 requests of the same mix (so
 every error path has run, gRPC's worker threads and their malloc arenas exist,
 TF's kernel caches are filled); then VmRSS from /proc before and after 10,000
@@ -23,6 +29,10 @@ from server.harness import predict_request as req
 
 WARMUP, MEASURED, THREADS = 2_000, 10_000, 4
 BOUND_KIB = 4 * 1024
+
+
+# Kinds answered with found = false rows (or an empty answer) instead of an error.
+ANSWERED_KINDS = {0, 1, 6, 10}
 
 
 def bad_request(i: int) -> bytes:
@@ -55,7 +65,7 @@ def bad_request(i: int) -> bytes:
 
 
 def _send_all(target: str, payloads: list[bytes]) -> dict[str, int]:
-    """Sends the payloads over THREADS channels; returns the count of each status code (all must be errors)."""
+    """Sends the payloads over THREADS channels; returns the count of each status code."""
     counts: dict[str, int] = {}
     lock = threading.Lock()
 
@@ -97,9 +107,10 @@ def test_rss_is_steady_over_10k_bad_requests(tmp_path, items_model):
     growth = after - before
     print(f"RSS before {before} KiB, after {MEASURED} bad requests {after} KiB, growth {growth} KiB "
           f"(bound {BOUND_KIB} KiB); statuses {counts}")
-    assert "OK" not in counts and "OK" not in warm, counts
+    answered = sum(1 for i in range(WARMUP, WARMUP + MEASURED) if i % 12 in ANSWERED_KINDS)
+    assert 0 < counts.get("OK", 0) <= answered and warm.get("OK", 0) > 0, counts
     assert sum(counts.values()) == MEASURED
-    assert set(counts) == {"INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL"}, counts
+    assert set(counts) <= {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "INTERNAL"}, counts
     unparseable = sum(1 for i in range(WARMUP, WARMUP + MEASURED) if i % 12 == 11)
-    assert counts["INTERNAL"] == unparseable, "only the unparseable payloads may be INTERNAL"
+    assert counts["INTERNAL"] >= unparseable, "every unparseable payload is INTERNAL"
     assert growth < BOUND_KIB, f"RSS grew {growth} KiB over {MEASURED} bad requests"

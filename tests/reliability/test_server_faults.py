@@ -29,6 +29,16 @@ from retrieval_client import RetrievalClient, RetryPolicy, ServerUnavailableErro
 from server import harness
 
 SKUS = [f"sku-{i}" for i in range(0, harness.NUM_ITEMS, 131)]
+ROWS = 1024
+# The image's numbers with a queue deep enough for 4 requests of 1024 rows at once (the image's
+# queue holds one: TF Serving would refuse the others with UNAVAILABLE, which is not under test here).
+DEEP_QUEUE = """max_batch_size { value: 1024 }
+batch_timeout_micros { value: 400 }
+max_enqueued_batches { value: 600 }
+num_batch_threads { value: 2 }
+enable_large_batch_splitting { value: true }
+max_execution_batch_size { value: 8 }
+"""
 
 
 class Loop(threading.Thread):
@@ -160,7 +170,7 @@ def _refused(raw: harness.Raw):
 def _slow_requests(target: str, n: int) -> tuple[list, list[threading.Thread]]:
     client = RetrievalClient(target, harness.MODEL, timeout_s=300, retry=RetryPolicy(max_attempts=1))
     client.metadata()
-    ids = [f"sku-{i}" for i in range(1024)]
+    ids = [f"sku-{i}" for i in range(ROWS)]
     outcomes: list = [None] * n
 
     def send(i: int) -> None:
@@ -177,8 +187,9 @@ def _slow_requests(target: str, n: int) -> tuple[list, list[threading.Thread]]:
 @pytest.mark.parametrize(("grace_s", "expect"), [(60.0, "finish"), (1.0, "cancelled")], ids=["drain", "grace-expires"])
 def test_sigterm_with_requests_in_flight(tmp_path, slow_model, grace_s, expect):
     harness.publish_copy(slow_model, tmp_path / "models" / harness.MODEL, 1)
+    (tmp_path / "batching.txt").write_text(DEEP_QUEUE)
     with support.local_server(tmp_path / "models", harness.MODEL, "--shutdown_grace_seconds", str(grace_s),
-                              log_dir=tmp_path) as server:
+                              "--batching_parameters_file", str(tmp_path / "batching.txt"), log_dir=tmp_path) as server:
         server.wait_available(1)
         pid = server.proc.pid
         outcomes, threads = _slow_requests(server.target, 4)
@@ -197,13 +208,13 @@ def test_sigterm_with_requests_in_flight(tmp_path, slow_model, grace_s, expect):
         code = server.proc.wait(grace_s + 120)
         exit_s = time.monotonic() - sigterm_at
     done_s = [round(at - sigterm_at, 2) for _, _, at in outcomes]
-    print(f"grace {grace_s} s: requests ended {done_s} s after SIGTERM, process exited after {exit_s:.1f} s, code {code}")
+    print(f"grace {grace_s} s: requests ended {done_s} s after SIGTERM, process exited after {exit_s:.1f} s, code {code}; {[o[0] for o in outcomes]}")
     assert code == 0
     assert refused == grpc.StatusCode.UNAVAILABLE, "a new RPC after SIGTERM must be refused"
     assert all(at > sigterm_at for _, _, at in outcomes), "every request was still in flight at SIGTERM"
     if expect == "finish":
-        assert [(status, sizes) for status, sizes, _ in outcomes] == [("ok", [1500] * 1024)] * 4
+        assert [(status, sizes) for status, sizes, _ in outcomes] == [("ok", [1500] * ROWS)] * 4
     else:
         for status, sizes, _ in outcomes:
-            assert status == "ok" and sizes == [1500] * 1024 or isinstance(status, ServerUnavailableError), status
+            assert status == "ok" and sizes == [1500] * ROWS or isinstance(status, ServerUnavailableError), status
         assert any(isinstance(status, ServerUnavailableError) for status, _, _ in outcomes), "the grace bound was not applied"

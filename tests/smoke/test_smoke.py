@@ -41,7 +41,13 @@ def test_metadata_lists_the_retrieval_signatures(metadata):
         assert scores_shape is not None and scores_shape[0] == -1 and scores_shape[1] > 0, (name, scores_shape)
         shapes.add(tuple(scores_shape))
     assert len(shapes) == 1, f"both searches must return the same K: {shapes}"
-    assert {"query_ids", "candidate_ids", "candidate_vectors"} <= set(metadata.signatures["examples"].outputs)
+    # Serving contract v2 (batching-safe): a per-row `found`, and examples taken by index.
+    for name in ("serving_default", "search_by_vector"):
+        found = metadata.signatures[name].outputs["found"]
+        assert found.dtype == "bool" and found.shape == [-1], (name, found)
+    examples = metadata.signatures["examples"]
+    assert {"query_ids", "candidate_ids", "candidate_vectors", "found"} <= set(examples.outputs)
+    assert examples.inputs["index"].dtype == "int64" and examples.inputs["index"].shape == [-1], examples.inputs
 
 
 def test_examples_publish_known_ids(examples, metadata, id_dtype):
@@ -74,11 +80,14 @@ def test_candidate_vector_finds_its_candidate_first(smoke_client, examples):
         assert np.isclose(float(np.dot(vector, vector)), own, atol=1e-3)
 
 
-def test_unknown_id_is_rejected_naming_it(smoke_client, id_dtype):
+def test_unknown_id_is_reported_not_found(smoke_client, examples, id_dtype):
     unknown = f"__smoke_unknown__-{uuid.uuid4().hex}" if id_dtype == "string" else -(2**62) - uuid.uuid4().int % 10**9
-    with pytest.raises(InvalidRequestError) as info:
-        smoke_client.search([unknown])
-    assert str(unknown) in info.value.details, info.value.details
+    try:
+        results = smoke_client.search([examples.query_ids[0], unknown])
+    except InvalidRequestError as err:  # a model built with --unknown-ids error (the default)
+        assert str(unknown) in err.details, err.details
+    else:  # --unknown-ids fallback: the fallback list, marked not found
+        assert [r.found for r in results] == [True, False], results
 
 
 def test_batch_of_64(smoke_client, examples, top_k):

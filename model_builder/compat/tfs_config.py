@@ -20,12 +20,14 @@ _F = descriptor_pb2.FieldDescriptorProto
 _SCHEMA = {
     "PrometheusConfig": [("enable", 1, _F.TYPE_BOOL, None), ("path", 2, _F.TYPE_STRING, None)],
     "MonitoringConfig": [("prometheus_config", 1, _F.TYPE_MESSAGE, ".scann_serving.tfs.PrometheusConfig")],
+    # Every field of TF Serving 2.11's BatchingParameters (servables/tensorflow/session_bundle_config.proto),
+    # with its numbers: a field 2.11 does not know fails to parse here as it fails there.
     "BatchingParameters": [
         ("max_batch_size", 1, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value"),
         ("batch_timeout_micros", 2, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value"),
-        ("thread_pool_name", 3, _F.TYPE_MESSAGE, ".google.protobuf.StringValue"),
+        ("max_enqueued_batches", 3, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value"),
         ("num_batch_threads", 4, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value"),
-        ("max_enqueued_batches", 5, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value"),
+        ("thread_pool_name", 5, _F.TYPE_MESSAGE, ".google.protobuf.StringValue"),
         ("allowed_batch_sizes", 6, _F.TYPE_INT64, "repeated"),
         ("pad_variable_length_inputs", 7, _F.TYPE_BOOL, None),
         ("enable_large_batch_splitting", 8, _F.TYPE_MESSAGE, ".google.protobuf.BoolValue"),
