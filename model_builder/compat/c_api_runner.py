@@ -6,9 +6,12 @@ dependencies. `TF_LoadSessionFromSavedModel` reaches tensorflow/cc/saved_model/
 loader.cc (restore + init ops, exactly as tensorflow_model_server does); then
 `TF_SessionRun` feeds the signature's tensor names from the returned MetaGraphDef.
 
-Usage: python c_api_runner.py VERSION_DIR < requests.json > results.json
+Usage: python c_api_runner.py VERSION_DIR [--time CALLS] < requests.json > results.json
 requests.json: [{"signature": "serving_default", "inputs": {"ids": {"dtype": "string", "value": ["1"]}}}, ...]
 Each result: {"outputs": {name: {"dtype", "shape", "value"}}} or {"error": {"code", "message"}}.
+With --time CALLS each request is instead run CALLS times in a tight loop (inputs built once:
+what TF Serving's Session::Run costs, without Python's session harness) and then traced with
+RunOptions FULL_TRACE: {"timing": {"median_us", "p10_us", "p90_us"}, "trace": {"step_us", "ops_us"}}.
 """
 
 import ctypes
@@ -126,6 +129,54 @@ class Session:
             array = np.frombuffer(ctypes.string_at(base, count * dtype.itemsize), dtype=dtype).reshape(shape)
         return {"dtype": _NAMES[kind], "shape": shape, "value": array.tolist()}
 
+    def time(self, signature, inputs, calls):
+        """Median/p10/p90 of `calls` TF_SessionRun calls, then a FULL_TRACE breakdown by op type (medians)."""
+        import time as clock
+
+        from tensorflow.core.protobuf import config_pb2
+
+        sig = self.signatures[signature]
+        in_names, out_names = sorted(inputs), sorted(sig.outputs)
+        feeds = (_Output * len(in_names))(*[self._endpoint(sig.inputs[n].name) for n in in_names])
+        values = (ctypes.c_void_p * len(in_names))(*[self._tensor(inputs[n]) for n in in_names])
+        fetches = (_Output * len(out_names))(*[self._endpoint(sig.outputs[n].name) for n in out_names])
+        results = (ctypes.c_void_p * len(out_names))()
+
+        def once(options=None, metadata=None):
+            self.api.run(self.session, options, feeds, values, len(in_names), fetches, results, len(out_names),
+                         None, 0, metadata, self.status)
+            if self.api.code(self.status) != 0:
+                raise RuntimeError(self.api.message(self.status).decode())
+            for tensor in results:
+                self.api.delete_tensor(tensor)
+
+        for _ in range(min(200, calls)):
+            once()
+        elapsed = []
+        for _ in range(calls):
+            start = clock.perf_counter_ns()
+            once()
+            elapsed.append((clock.perf_counter_ns() - start) / 1000)
+        trace = config_pb2.RunOptions(trace_level=config_pb2.RunOptions.FULL_TRACE).SerializeToString()
+        options = self.api.new_buffer()
+        options.contents.data = ctypes.cast(ctypes.c_char_p(trace), ctypes.c_void_p)
+        options.contents.length = len(trace)
+        steps, ops = [], {}
+        for _ in range(max(50, calls // 10)):
+            metadata = self.api.new_buffer()
+            once(options, metadata)
+            meta = config_pb2.RunMetadata.FromString(ctypes.string_at(metadata.contents.data, metadata.contents.length))
+            step, per_op = _step_breakdown(meta.step_stats)
+            steps.append(step)
+            for op, us in per_op.items():
+                ops.setdefault(op, []).append(us)
+        for tensor in values:
+            self.api.delete_tensor(tensor)
+        q = np.percentile(elapsed, [10, 50, 90])
+        return {"timing": {"calls": calls, "p10_us": q[0], "median_us": q[1], "p90_us": q[2]},
+                "trace": {"step_us": float(np.median(steps)),
+                          "ops_us": {op: float(np.median(v + [0.0] * (len(steps) - len(v)))) for op, v in sorted(ops.items())}}}
+
     def run(self, signature, inputs):
         """Runs one signature; returns outputs or the TF error (code + message)."""
         sig = self.signatures[signature]
@@ -147,12 +198,31 @@ class Session:
         return {"outputs": outputs}
 
 
+def _step_breakdown(step_stats):
+    """Wall time of one traced step and the summed node time per op type (from "name = Op(...)" labels), in us."""
+    starts, ends, per_op = [], [], {}
+    for device in step_stats.dev_stats:
+        for node in device.node_stats:
+            start = node.all_start_nanos or node.all_start_micros * 1000
+            duration = node.all_end_rel_nanos or node.all_end_rel_micros * 1000
+            starts.append(start)
+            ends.append(start + duration)
+            label = node.timeline_label
+            op = label.split(" = ", 1)[1].split("(", 1)[0] if " = " in label else node.node_name
+            per_op[op] = per_op.get(op, 0.0) + duration / 1000
+    return ((max(ends) - min(starts)) / 1000 if starts else 0.0), per_op
+
+
 def main():
     """Reads requests from stdin, prints results (one JSON document) to stdout."""
     export_dir = sys.argv[1]
+    calls = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[2] == "--time" else 0
     requests = json.load(sys.stdin)
     session = Session(CApi(), export_dir)
-    results = [session.run(r["signature"], r["inputs"]) for r in requests]
+    if calls:
+        results = [session.time(r["signature"], r["inputs"], calls) for r in requests]
+    else:
+        results = [session.run(r["signature"], r["inputs"]) for r in requests]
     json.dump({"runtime": {"tensorflow": tf.__version__, "python": sys.version.split()[0]},
                "signatures": sorted(session.signatures), "results": results}, sys.stdout)
 
