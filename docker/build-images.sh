@@ -112,6 +112,10 @@ build_builder() {
   mkdir -p "$ctx/requirements"
   cp requirements/build.txt "$ctx/requirements/"
   cp versions.env docker/builder/Dockerfile "$ctx/"
+  # The serving image's batching file: the build checks the version against it (serving rules)
+  # and times --optimize throughput at its execution batch, as a build from a checkout does.
+  mkdir -p "$ctx/config"
+  cp k8s/base/config/batching_parameters.txt "$ctx/config/"
   [[ -f model_builder/__main__.py ]] || die "model_builder/__main__.py missing: the builder image runs python -m model_builder"
   # The package only: no caches, tests or data.
   tar -C "$REPO" --exclude='__pycache__' --exclude='*.pyc' -cf - model_builder | tar -C "$ctx" -xf -

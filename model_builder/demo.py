@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from model_builder import settings
 from model_builder.errors import BuilderError, ConfigError
 
 SAMPLE_USER = 1
@@ -47,7 +48,7 @@ def _cli(*args: str) -> dict | list:
 
 
 # The serving image's batching file: the demo serves as production does (TF Serving --enable_batching).
-BATCHING_FILE = Path(__file__).resolve().parent.parent / "k8s" / "base" / "config" / "batching_parameters.txt"
+BATCHING_FILE = settings.IMAGE_BATCHING_FILE
 
 
 def _start_server(out: Path, name: str, port: int, rest_port: int, log_dir: Path) -> subprocess.Popen:

@@ -259,10 +259,7 @@ class RetrievalModule(tf.Module):
 
     def _answer(self, queries, found, exclude_rows, not_found_ids: np.ndarray) -> dict:
         extra = 1 if exclude_rows is not None else 0
-        rows, scores = self._nearest(queries, self._k + extra)
-        # ScaNN answers an empty batch with [0, 0]; TF Serving hands the graph one when an empty
-        # request is not merged with others. Reshaping keeps [0, k] (a no-op for B > 0).
-        rows, scores = tf.reshape(rows, [-1, self._k + extra]), tf.reshape(scores, [-1, self._k + extra])
+        rows, scores = self._full_width(*self._nearest(queries, self._k + extra), self._k + extra)
         if exclude_rows is not None:
             # item -> similar items: drop the query item itself, keep the best k others.
             is_self = tf.equal(rows, tf.cast(exclude_rows, rows.dtype)[:, None])
@@ -271,11 +268,31 @@ class RetrievalModule(tf.Module):
             rows = tf.gather(rows, order, batch_dims=1)
         ids = tf.gather(self.candidate_ids, rows)
         keep = found[:, None]
+        # A found row may end in padding entries (score -inf) when the index yielded fewer than k
+        # candidates for that query; our client drops them.
+        hit = tf.logical_and(keep, scores > -np.inf)
         return {
-            IDS: tf.where(keep, ids, tf.constant(not_found_ids)[None, :]),
-            SCORES: tf.where(keep, scores, tf.constant(-np.inf, tf.float32)),
+            IDS: tf.where(keep, tf.where(hit, ids, tf.constant(self._padding_ids)[None, :]),
+                          tf.constant(not_found_ids)[None, :]),
+            SCORES: tf.where(hit, scores, tf.constant(-np.inf, tf.float32)),
             FOUND: found,
         }
+
+    @staticmethod
+    def _full_width(rows, scores, width: int):
+        """[B, <=width] search results -> [B, width], short tails as (row 0, -inf).
+
+        ScaNN returns fewer columns when no query of the batch reached `width` candidates (a tree
+        searching few, small leaves) and pads a short row within the batch with index 0 and a NaN
+        score. Under TF Serving's batching the width would then depend on which requests were merged,
+        and a padded index 0 would pass for a real result: pad to `width` and mark every non-finite
+        score -inf so both read as "no candidate". An empty batch stays [0, width].
+        """
+        missing = width - tf.shape(rows)[1]
+        rows = tf.pad(rows, [[0, 0], [0, missing]])
+        scores = tf.pad(scores, [[0, 0], [0, missing]], constant_values=-np.inf)
+        scores = tf.where(tf.math.is_nan(scores), tf.constant(-np.inf, scores.dtype), scores)
+        return tf.reshape(rows, [-1, width]), tf.reshape(scores, [-1, width])
 
     def _nearest(self, queries, count: int):
         if self.scann is None:

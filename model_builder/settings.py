@@ -8,7 +8,11 @@ from pathlib import Path
 
 from model_builder.errors import ConfigError
 
-_DEFAULT_FILE = Path(__file__).resolve().parent.parent / "versions.env"
+_ROOT = Path(__file__).resolve().parent.parent
+_DEFAULT_FILE = _ROOT / "versions.env"
+# The serving image's batching file (docker/serving copies it to /etc/tfserving/; the builder
+# image keeps it at the same place relative to the package).
+IMAGE_BATCHING_FILE = _ROOT / "k8s" / "base" / "config" / "batching_parameters.txt"
 
 
 @functools.lru_cache(maxsize=1)

@@ -54,13 +54,17 @@ def exact_kth_scores(queries: np.ndarray, candidates: np.ndarray, k: int, distan
 
 def recall_against(kth: np.ndarray, queries: np.ndarray, candidates: np.ndarray, returned_rows: np.ndarray,
                    distance: str) -> float:
-    """Mean fraction of returned rows whose exact score reaches the exact k-th best score."""
-    picked = candidates[returned_rows]  # [n, k, dim]
+    """Mean fraction of returned rows whose exact score reaches the exact k-th best score.
+
+    A row of -1 (a padding entry: the index yielded fewer than k candidates) counts as a miss.
+    """
+    returned = returned_rows >= 0
+    picked = candidates[np.where(returned, returned_rows, 0)]  # [n, k, dim]
     got = np.einsum("nd,nkd->nk", queries, picked)
     if distance == "squared_l2":
         got = 2 * got - (queries**2).sum(1)[:, None] - (picked**2).sum(2)
     tolerance = 1e-4 * np.maximum(1.0, np.abs(kth))
-    return float((got >= (kth - tolerance)[:, None]).mean())
+    return float(((got >= (kth - tolerance)[:, None]) & returned).mean())
 
 
 def recall_at_k(queries: np.ndarray, candidates: np.ndarray, returned_rows: np.ndarray, distance: str,
@@ -71,8 +75,9 @@ def recall_at_k(queries: np.ndarray, candidates: np.ndarray, returned_rows: np.n
 
 
 def _rows_of(returned_ids: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
+    """Candidate rows of returned ids; -1 for padding entries ("" / -1: fewer than k candidates found)."""
     lookup = {v: i for i, v in enumerate(candidate_ids.tolist())}
-    return np.vectorize(lookup.__getitem__, otypes=[np.int64])(returned_ids)
+    return np.vectorize(lambda v: lookup.get(v, -1), otypes=[np.int64])(returned_ids)
 
 
 def _replay_warmup(loaded, version_dir: Path) -> int:

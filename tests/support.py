@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from model_builder import settings
+
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO)}
 
@@ -100,7 +102,7 @@ class RunningServer:
 
 
 # The serving image's batching file: the image runs TF Serving with --enable_batching and it.
-IMAGE_BATCHING_FILE = REPO / "k8s" / "base" / "config" / "batching_parameters.txt"
+IMAGE_BATCHING_FILE = settings.IMAGE_BATCHING_FILE
 BATCHING_FLAGS = ("--enable_batching", "--batching_parameters_file", str(IMAGE_BATCHING_FILE))
 # TF Serving retries a failed load 5 times, a minute apart; tests keep the 5 tries, 0.1 s apart.
 FAST_RETRIES = ("--load_retry_interval_micros", "100000")

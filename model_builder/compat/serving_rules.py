@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from model_builder import settings
 from model_builder.compat.tfs_batching import BatchingParameters, QueueOptions, round_to_allowed_batch_size
 from model_builder.errors import BuilderError
 
 MAX_WARMUP_RECORDS = 1000
 # Where the image's batching file lives in a checkout (docker/serving copies it to /etc/tfserving/).
-IMAGE_BATCHING_FILE = Path(__file__).resolve().parent.parent.parent / "k8s" / "base" / "config" / "batching_parameters.txt"
+IMAGE_BATCHING_FILE = settings.IMAGE_BATCHING_FILE
 
 
 @dataclass(frozen=True)

@@ -95,8 +95,10 @@ def client_dist(tmp_path_factory) -> Dict[str, Path]:
     work = tmp_path_factory.mktemp("client-dist")
     source = work / "client"
     shutil.copytree(CLIENT_DIR, source, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"))
+    # cwd=work: `python -m build` run from the repo root would import the checkout's build/ output
+    # folder as the `build` package.
     run = subprocess.run([sys.executable, "-m", "build", "--outdir", str(work / "dist"), str(source)],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, cwd=work)
     assert run.returncode == 0, f"python -m build failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     [sdist] = (work / "dist").glob("*.tar.gz")
     [wheel] = (work / "dist").glob("*.whl")

@@ -51,6 +51,9 @@ class FakeModel:
     labels: Tuple[str, ...] = ("stable",)
     contract: int = 1
     unknown_ids: str = "error"  # contract 2: "error" (padding rows) or "fallback"
+    # Contract 2: the last `short_tail` entries of every found row are padding with -inf scores,
+    # as the graph answers when the index yielded fewer than K candidates for a query.
+    short_tail: int = 0
     ids: np.ndarray = field(init=False)
     vectors: np.ndarray = field(init=False)
 
@@ -67,7 +70,11 @@ class FakeModel:
     def nearest(self, queries: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         scores = queries @ self.vectors.T
         order = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
-        return self.ids[order], np.take_along_axis(scores, order, axis=1).astype(np.float32)
+        ids, scores = self.ids[order], np.take_along_axis(scores, order, axis=1).astype(np.float32)
+        if self.short_tail:
+            ids[:, self.k - self.short_tail:] = self.padding
+            scores[:, self.k - self.short_tail:] = -np.inf
+        return ids, scores
 
     @property
     def padding(self):

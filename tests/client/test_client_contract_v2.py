@@ -70,3 +70,15 @@ def test_async_client_reads_found_the_same_way(make_server):
 
     results, examples = asyncio.run(run())
     assert [r.found for r in results] == [True, False] and len(examples.query_ids) == 8
+
+
+@pytest.mark.parametrize("id_dtype", ["string", "int64"])
+def test_padding_at_the_end_of_a_found_row_is_dropped(make_server, id_dtype):
+    # The index yielded fewer than K candidates: the graph pads the row's tail ("" / -1, -inf).
+    server = make_server(FakeModel(id_dtype=id_dtype, contract=2, short_tail=2))
+    with RetrievalClient(server.target, retry=FAST_RETRY) as client:
+        [result] = client.search_by_vector(server.model.vectors[3])
+        [by_id] = client.search([server.model.ids[3].decode() if id_dtype == "string" else int(server.model.ids[3])])
+    for row in (result, by_id):
+        assert row.found and len(row.ids) == len(row.scores) == server.model.k - 2
+        assert np.isfinite(row.scores).all()

@@ -24,7 +24,8 @@ def run_smoke(target: str, *extra: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("id_dtype", ["string", "int64"])
 @pytest.mark.parametrize("typed_values", [False, True], ids=["tensor_content", "typed_vals"])
 def test_smoke_suite_passes_against_a_conforming_server(make_server, id_dtype, typed_values):
-    server = make_server(FakeModel(id_dtype=id_dtype), typed_values=typed_values)
+    # A conforming server serves the current (batching-safe, v2) contract.
+    server = make_server(FakeModel(id_dtype=id_dtype, contract=2), typed_values=typed_values)
     run = run_smoke(server.target)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "9 passed" in run.stdout
@@ -32,7 +33,7 @@ def test_smoke_suite_passes_against_a_conforming_server(make_server, id_dtype, t
 
 
 def test_smoke_suite_fails_when_results_are_not_best_first(make_server):
-    server = make_server()
+    server = make_server(FakeModel(contract=2))
     nearest = server.model.nearest
     server.model.nearest = lambda queries: tuple(a[:, ::-1] for a in nearest(queries))
     run = run_smoke(server.target)

@@ -93,6 +93,23 @@ def test_builder_image_is_non_root_without_build_tools(docker_client, built):
     assert code == 0, out
 
 
+def test_builder_checks_versions_against_the_images_batching_file(docker_client, built):
+    # The build's serving-rules gate and --optimize throughput read the serving image's batching
+    # file; the builder image carries the same file where a checkout has it.
+    script = ("from model_builder import serving_batch, settings; "
+              "print(settings.IMAGE_BATCHING_FILE.read_text() == open('/dev/stdin').read(), serving_batch.execution_batch_size())")
+    code, out = run_in(docker_client, built.builder, ["-c", f"/opt/venv/bin/python -c \"{script}\" < "
+                       "/opt/scann-serving/k8s/base/config/batching_parameters.txt"], entrypoint=["sh"])
+    assert code == 0, out
+    shipped = (REPO / "k8s/base/config/batching_parameters.txt").read_text()
+    code, copy = run_in(docker_client, built.builder, ["/opt/scann-serving/k8s/base/config/batching_parameters.txt"],
+                        entrypoint=["cat"])
+    assert code == 0 and copy == shipped
+    from model_builder import serving_batch
+
+    assert out.split()[-2:] == ["True", str(serving_batch.read_execution_batch_size(serving_batch.BATCHING_FILE))], out
+
+
 def test_builder_cli_runs_read_only_without_network(docker_client, built):
     code, out = run_in(docker_client, built.builder, ["build", "--help"], read_only=True,
                        network_disabled=True, tmpfs={"/tmp": ""})

@@ -243,3 +243,35 @@ def test_recall_gate_rejects_a_deliberately_bad_index(tmp_path):
     assert last.startswith("error: recall@10 below target 0.95") and "was not published" in last
     assert not (tmp_path / "m" / "scann_model").exists() or not [
         p for p in (tmp_path / "m" / "scann_model").iterdir() if p.name.isdigit() or p.name.startswith(".tmp-")]
+
+
+def test_short_index_results_keep_the_contract_width(tmp_path):
+    # A tree searching 1 of 400 leaves over 2,000 items: some queries reach fewer than k candidates.
+    # ScaNN then pads a row with index 0 / NaN, or narrows the whole batch (a lone short query came
+    # back [1, 0]); under TF Serving's batching the width would then depend on the merged
+    # neighbours, and a padded index 0 would pass for a result. Every row must stay [k] wide, short
+    # tails "" / -inf, found true. (Built in-process: the build's gates would refuse such an index.)
+    from model_builder import export, index
+    from model_builder.data.synthetic import clustered_embeddings
+    from model_builder.serving_module import Catalogue, RetrievalModule, ServingOptions
+
+    vectors = clustered_embeddings(2_000, 16, num_clusters=40, seed=3)
+    ids = np.asarray([f"sku-{i}" for i in range(2_000)], dtype=object)
+    cfg = index.IndexConfig(algorithm="tree_ah", num_leaves=400, num_leaves_to_search=1, reorder_num_neighbors=12)
+    resolved = index.resolve(cfg, len(vectors), 16, 10)
+    searcher, _ = index.build_searcher(vectors, resolved, 10)
+    module = RetrievalModule(Catalogue(ids, vectors, ids, vectors), resolved, searcher, ServingOptions(k=10))
+    export.save_module(module, module.signatures(), tmp_path / "1")
+    search = tf.saved_model.load(str(tmp_path / "1")).signatures["search_by_vector"]
+    out = search(vectors=tf.constant(vectors[:300]))
+    got, scores, found = out["ids"].numpy(), out["scores"].numpy(), out["found"].numpy()
+    assert got.shape == scores.shape == (300, 10) and found.all()
+    short = ~np.isfinite(scores)
+    assert short.any(), "no query came back short: the test no longer exercises ScaNN's padding"
+    assert (got[short] == b"").all() and np.isneginf(scores[short]).all()
+    assert not (got[~short] == b"").any() and not np.isnan(scores).any()
+    # A lone short query (ScaNN narrows its answer) still gets a [1, k] row.
+    for row in np.flatnonzero(short.sum(axis=1) >= 5)[:5]:
+        alone = search(vectors=tf.constant(vectors[row:row + 1]))
+        assert alone["ids"].numpy().shape == alone["scores"].numpy().shape == (1, 10)
+        assert np.isneginf(alone["scores"].numpy()[0, -1]) or (alone["ids"].numpy() != b"").all()

@@ -63,13 +63,20 @@ class Neighbours:
         return [int(i) for i in np.flatnonzero(~self.found) if all(v == pad for v in self.ids[i].tolist())]
 
     def results(self, k: Optional[int]) -> List[SearchResult]:
-        """One SearchResult per row, truncated to k."""
-        ids = self.ids[:, :k]
-        scores = self.scores[:, :k]
-        return [
-            SearchResult(ids=ids[i].copy(), scores=scores[i].copy(), found=bool(self.found[i]))
-            for i in range(ids.shape[0])
-        ]
+        """One SearchResult per row, truncated to k.
+
+        A found row's trailing padding entries (score -inf: the index yielded fewer than K
+        candidates for that query) are dropped, so such a result holds fewer than k ids. Fallback
+        rows (found=False) keep their ids: all their scores are -inf by the contract.
+        """
+        results = []
+        for i in range(self.ids.shape[0]):
+            ids, scores = self.ids[i, :k], self.scores[i, :k]
+            if self.found[i]:
+                real = scores > -np.inf
+                ids, scores = ids[real], scores[real]
+            results.append(SearchResult(ids=ids.copy(), scores=scores.copy(), found=bool(self.found[i])))
+        return results
 
 
 def parse_neighbours(response: predict_pb2.PredictResponse, k: Optional[int], batch: int, what: str) -> Neighbours:

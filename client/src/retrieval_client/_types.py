@@ -93,7 +93,8 @@ def _arrays_equal(a: np.ndarray, b: np.ndarray) -> bool:
 class SearchResult:
     """Neighbours of one query, best first.
 
-    ids: shape [k]; Python `str` in an object array for string-id models,
+    ids: shape [k] (fewer when the index yielded fewer than k candidates for
+        this query); Python `str` in an object array for string-id models,
         int64 for integer-id models.
     scores: float32 [k], sorted descending (dot product of the normalized
         query and candidate embeddings).
