@@ -79,14 +79,18 @@ def _reserve(model_dir: Path, version: int | None) -> tuple[int, Path]:
     return version, tmp
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(root: Path) -> None:
     # Durable before visible: a crash right after the rename must not leave empty files.
     for path in sorted(root.rglob("*"), reverse=True) + [root]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path)
 
 
 def _disk_error(err: OSError, where: Path) -> ExportError:
@@ -120,7 +124,8 @@ def publish(base_path: Path, model_name: str, version: int | None,
             if final.exists():
                 raise ExportError(f"{final} appeared while this build ran: versions are immutable; rebuild to get a new number")
             os.rename(tmp, final)
-        _fsync_tree(model_dir)
+        # Only the directory entry: walking model_dir would race other builds renaming their temp folders.
+        _fsync(model_dir)
         return final
     except OSError as err:
         raise _disk_error(err, tmp) from None

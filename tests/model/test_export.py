@@ -71,6 +71,21 @@ def test_publish_removes_the_temp_folder_when_the_check_fails(tmp_path):
     assert [p.name for p in (tmp_path / "m").iterdir() if not p.name.startswith(".build")] == []
 
 
+def test_publish_never_reads_another_builds_temp_folder(tmp_path):
+    # Another live build's temp folder whose files vanish mid-walk (here: a dangling link, as
+    # when that build renames its folder into place) must not fail this build's publication.
+    other = tmp_path / "m" / f".tmp-v7-pid{os.getppid()}"
+    other.mkdir(parents=True)
+    (other / "saved_model.pb").symlink_to(tmp_path / "renamed-away")
+
+    def write(tmp: Path, version: int) -> None:
+        (tmp / "saved_model.pb").write_bytes(b"x")
+
+    final = export.publish(tmp_path, "m", None, write, lambda tmp: None)
+    assert final.name == "8" and (final / "saved_model.pb").read_bytes() == b"x"
+    assert other.is_dir(), "a live build's temp folder was swept"
+
+
 def _running_build(out: Path, candidates_file: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "model_builder", "build", "--out", str(out), *_build_args(candidates_file)],
                             env=support.ENV, cwd=support.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
