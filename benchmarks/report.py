@@ -75,6 +75,31 @@ def side_by_side(served: dict, peers: dict) -> list[dict]:
     return rows
 
 
+def _batching_on_off(on: dict, off: dict) -> dict:
+    """1- and 8-client figures of the same model through the local server with and without batching."""
+    def figures(m: dict) -> dict:
+        single, many = m.get("single_client", {}), m.get("concurrent", {})
+        return {"p50_ms_1_client": single.get("p50_ms"), "p99_ms_1_client": single.get("p99_ms"),
+                "qps_1_client": single.get("qps"), "qps_8_clients": many.get("qps"),
+                "p50_ms_8_clients": many.get("latency", {}).get("p50_ms"),
+                "p99_ms_8_clients": many.get("latency", {}).get("p99_ms")}
+    return {"batching_on": figures(on), "batching_off": figures(off)} if on and off else {}
+
+
+def _graph_costs(served: dict) -> dict:
+    """Per-call and per-query cost of search_by_vector through TF's C API at batch 1 and 8, tuned vs exact."""
+    out = {}
+    for name in ("tuned", "exact"):
+        graph = served.get(name, {}).get("graph", {})
+        if graph.get("p50_ms_8") is not None:
+            out[name] = {"p50_ms_batch_1": graph["p50_ms_1"], "p50_ms_batch_8": graph["p50_ms_8"],
+                         "us_per_query_batch_8": graph["us_per_query_8"]}
+    if len(out) == 2:
+        out["speedup_vs_exact_batch_1"] = _ratio(out["exact"]["p50_ms_batch_1"], out["tuned"]["p50_ms_batch_1"])
+        out["speedup_vs_exact_batch_8"] = _ratio(out["exact"]["p50_ms_batch_8"], out["tuned"]["p50_ms_batch_8"])
+    return out
+
+
 def summary(results: dict, serving: dict, meta: dict) -> dict:
     """The headline dataset's figures under the keys the issue asks for, plus targets met or missed."""
     head = next((r for r in results.values() if r["headline"]), next(iter(results.values()), {}))
@@ -95,6 +120,9 @@ def summary(results: dict, serving: dict, meta: dict) -> dict:
         "e2e_p99_ms": ours.get("single_client", {}).get("p99_ms"),
         "e2e_recall_at_10": ours.get("recall_at_10"),
         "e2e_qps_8_clients": ours.get("concurrent", {}).get("qps"),
+        "e2e_server": "local server with TF Serving's batching and the image's batching file (as production)",
+        "e2e_batching_on_vs_off": _batching_on_off(ours, e2e.get("ours_unbatched", {})),
+        "graph_cost_batch_1_and_8": _graph_costs(head.get("served", {})),
         "throughput_ratio_vs_fastapi_faiss": _ratio(ours.get("concurrent", {}).get("qps"),
                                                     theirs[best_kind]["concurrent"]["qps"]) if best_kind else None,
         "fastapi_faiss_best": {"index": best_kind, **{k: theirs[best_kind][k] for k in ("params", "recall_at_10")},
@@ -230,7 +258,9 @@ def markdown(results: dict, serving: dict, s: dict) -> str:
         lines += ["## End to end over loopback (headline dataset)", "",
                   "| server | recall@10 | 1 client p50 ms | p99 ms | 8 clients QPS | 8 clients p99 ms | server RSS MB |",
                   "|---|---|---|---|---|---|---|"]
-        rows = [("ours: retrieval_client -> model_builder serve (gRPC)", e["ours"])]
+        rows = [("ours: retrieval_client -> model_builder serve (gRPC), batching on (as the image)", e["ours"])]
+        if e.get("ours_unbatched"):
+            rows.append(("ours, batching off", e["ours_unbatched"]))
         rows += [(f"FastAPI + Faiss {k} ({m['params']}), JSON", m) for k, m in e["fastapi_faiss"].items()]
         for label, m in rows:
             lines.append(f"| {label} | {m['recall_at_10']:.4f} | {_fmt(m['single_client']['p50_ms'], 3)} | "
@@ -238,6 +268,16 @@ def markdown(results: dict, serving: dict, s: dict) -> str:
                          f"{_fmt(m['concurrent']['latency']['p99_ms'], 2)} | {_fmt(m['rss_after_load_mb'], 0)} |")
         lines += ["", f"Exact model through the same server: p50 {_fmt(e['exact_single_client']['p50_ms'], 2)} ms, "
                       f"p99 {_fmt(e['exact_single_client']['p99_ms'], 2)} ms.", ""]
+        costs = s.get("graph_cost_batch_1_and_8") or {}
+        if costs.get("tuned") and costs.get("exact"):
+            lines += ["## Signature call through TF's C API, batch 1 and 8 (headline dataset)", "",
+                      "| model | batch 1 ms | batch 8 ms | us per query at batch 8 |", "|---|---|---|---|"]
+            for name in ("tuned", "exact"):
+                c = costs[name]
+                lines.append(f"| {name} | {_fmt(c['p50_ms_batch_1'], 3)} | {_fmt(c['p50_ms_batch_8'], 3)} | "
+                             f"{_fmt(c['us_per_query_batch_8'], 1)} |")
+            lines += ["", f"Tuned vs exact: {_fmt(costs.get('speedup_vs_exact_batch_1'), 1)}x at batch 1, "
+                          f"{_fmt(costs.get('speedup_vs_exact_batch_8'), 1)}x at batch 8.", ""]
         lines += ["## Thread settings (local server, tuned model)", "",
                   "| intra | inter | 1 client p50 ms | p99 ms | batch-64 QPS | 8 clients QPS | 8 clients p99 ms |",
                   "|---|---|---|---|---|---|---|"]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from model_builder import settings
+
 from benchmarks import builds, datasets, e2e, faiss_index, knobs, plots, report, timing
 from benchmarks.common import load_average, log, machine, run_worker, versions, write_json
 from benchmarks.profiles import DatasetSpec, Profile
@@ -115,25 +117,32 @@ def run_serving(result: dict, profile: Profile, work: Path) -> dict:
     curve = result["served"]["tuned"].get("batch_curve")
     batching = knobs.batching_advice(curve, machine()["cores"], report.TARGET_E2E_P99_MS) if curve else None
     cfg = profile.e2e_config()
-    log("e2e: exact model through the local server (single client)")
-    with e2e.local_server(models, "exact", logs / "server-exact.log", chosen) as server:
+    # As the image runs it: TF Serving's batching with the shipped batching file (issue 10); the
+    # same server without batching is measured beside it.
+    batching = ("--enable_batching", "--batching_parameters_file", str(settings.IMAGE_BATCHING_FILE))
+    log("e2e: exact model through the local server (single client, batching on)")
+    with e2e.local_server(models, "exact", logs / "server-exact.log", (*chosen, *batching)) as server:
         exact = timing.latency(e2e.make_search(server.spec), test, profile.exact_e2e_requests, profile.e2e_max_s)
-    log(f"e2e: our client -> local server ({' '.join(chosen)}) vs JSON client -> FastAPI + Faiss, taking turns")
+    log(f"e2e: our client -> local server ({' '.join(chosen)}, batching on and off) vs JSON client -> FastAPI + Faiss, "
+        "taking turns")
     with contextlib.ExitStack() as stack:
-        servers = {"ours": stack.enter_context(e2e.local_server(models, "tuned", logs / "server-e2e.log", chosen))}
+        servers = {"ours": stack.enter_context(e2e.local_server(models, "tuned", logs / "server-e2e.log", (*chosen, *batching))),
+                   "ours_unbatched": stack.enter_context(e2e.local_server(models, "tuned", logs / "server-e2e-unbatched.log",
+                                                                           chosen))}
         for kind, peer in result["faiss"].items():
             servers[kind] = stack.enter_context(
                 e2e.faiss_service(Path(peer["index_path"]), peer["params_text"], logs / f"faiss-service-{kind}.log"))
         measured = e2e.measure_servers(servers, test, kth, base, cfg)
     ours = measured.pop("ours")
+    unbatched = measured.pop("ours_unbatched")
     theirs = {kind: {**m, "params": result["faiss"][kind]["params_text"]} for kind, m in measured.items()}
     log("cold start: first request after AVAILABLE, with and without the warmup file")
     cold = {"warmup_on": knobs.cold_start(models, "tuned", test, profile.coldstart_requests, logs, True, chosen,
                                           repeats=profile.coldstart_repeats),
             "warmup_off": knobs.cold_start(models, "tuned", test, profile.coldstart_requests, logs, False, chosen)}
     return {"dataset": result["dataset"]["name"], "threads": threads, "batching": batching,
-            "e2e": {"ours": ours, "exact_single_client": exact, "fastapi_faiss": theirs, "config": cfg,
-                    "server_flags": list(chosen)},
+            "e2e": {"ours": ours, "ours_unbatched": unbatched, "exact_single_client": exact, "fastapi_faiss": theirs,
+                    "config": cfg, "server_flags": [*chosen, *batching]},
             "cold_start": cold, "load_average": load_average()}
 
 
