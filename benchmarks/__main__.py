@@ -12,8 +12,14 @@ from pathlib import Path
 from benchmarks.common import REPO
 
 # What the benchmarks import on top of requirements/build.txt (requirements/bench.txt pins them).
-NEEDED = {"faiss": "faiss-cpu", "fastapi": "fastapi", "uvicorn": "uvicorn", "matplotlib": "matplotlib",
-          "psutil": "psutil", "retrieval_client": "./client"}
+NEEDED = {
+    "faiss": "faiss-cpu",
+    "fastapi": "fastapi",
+    "uvicorn": "uvicorn",
+    "matplotlib": "matplotlib",
+    "psutil": "psutil",
+    "retrieval_client": "./client",
+}
 
 
 def missing_packages() -> list[str]:
@@ -30,11 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run a benchmark profile")
     r.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    r.add_argument("--out", type=Path, help="results folder (default: benchmarks/results for full, build/bench-quick for quick)")
+    r.add_argument(
+        "--out", type=Path, help="results folder (default: benchmarks/results for full, build/bench-quick for quick)"
+    )
     r.add_argument("--work", type=Path, help="models, indexes, data and logs (default: build/bench-work/<profile>)")
-    r.add_argument("--only", default="", help="comma-separated dataset kinds of the profile to run "
-                                             "(synthetic, fashion-mnist, movielens, movielens-noisy); default all")
-    g = sub.add_parser("report", help="re-render summary.json, report.md and the charts from a run's JSON (no measuring)")
+    r.add_argument(
+        "--only",
+        default="",
+        help="comma-separated dataset kinds of the profile to run "
+        "(synthetic, fashion-mnist, movielens, movielens-noisy); default all",
+    )
+    g = sub.add_parser(
+        "report", help="re-render summary.json, report.md and the charts from a run's JSON (no measuring)"
+    )
     g.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="results folder of a run")
     args = p.parse_args(argv)
     if args.command == "report":
@@ -44,9 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     missing = missing_packages()
     if missing:
-        print(f"error: missing benchmark packages: {', '.join(missing)}; install them with "
-              f"`{sys.executable} -m pip install -r requirements/build.txt -r requirements/bench.txt` "
-              "(and `pip install -e ./client`)", file=sys.stderr)
+        print(
+            f"error: missing benchmark packages: {', '.join(missing)}; install them with "
+            f"`{sys.executable} -m pip install -r requirements/build.txt -r requirements/bench.txt` "
+            "(and `pip install -e ./client`)",
+            file=sys.stderr,
+        )
         return 2
     profile = PROFILES[args.profile]
     if args.only:

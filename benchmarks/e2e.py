@@ -66,15 +66,34 @@ def _died(proc: subprocess.Popen, log_path: Path) -> RuntimeError:
 
 
 @contextlib.contextmanager
-def local_server(base_path: Path, model_name: str, log_path: Path, extra: tuple[str, ...] = (),
-                 timeout_s: float = 600) -> Iterator[Server]:
+def local_server(
+    base_path: Path, model_name: str, log_path: Path, extra: tuple[str, ...] = (), timeout_s: float = 600
+) -> Iterator[Server]:
     """Our local TF-Serving-API server on free ports; yields once the model is AVAILABLE."""
     from retrieval_client import RetrievalClient, RetrievalError
 
     port, rest = free_port(), free_port()
     started = time.perf_counter()
-    proc = _spawn([PYTHON, "-m", "model_builder", "serve", "--model-base-path", str(base_path), "--model-name", model_name,
-                   "--port", str(port), "--rest_api_port", str(rest), "--file_system_poll_wait_seconds", "0", *extra], log_path)
+    proc = _spawn(
+        [
+            PYTHON,
+            "-m",
+            "model_builder",
+            "serve",
+            "--model-base-path",
+            str(base_path),
+            "--model-name",
+            model_name,
+            "--port",
+            str(port),
+            "--rest_api_port",
+            str(rest),
+            "--file_system_poll_wait_seconds",
+            "0",
+            *extra,
+        ],
+        log_path,
+    )
     try:
         target = f"127.0.0.1:{port}"
         with RetrievalClient(target, model_name) as client:
@@ -96,8 +115,10 @@ def faiss_service(index_path: Path, params: str, log_path: Path, timeout_s: floa
     """The FastAPI + Faiss service on a free port; yields once /healthz answers."""
     port = free_port()
     started = time.perf_counter()
-    proc = _spawn([PYTHON, "-m", "benchmarks.faiss_service", "--index", str(index_path), "--params", params,
-                   "--port", str(port)], log_path)
+    proc = _spawn(
+        [PYTHON, "-m", "benchmarks.faiss_service", "--index", str(index_path), "--params", params, "--port", str(port)],
+        log_path,
+    )
     try:
         while True:
             if proc.poll() is not None:
@@ -156,11 +177,12 @@ def make_search(spec: tuple):
     return GrpcSearch(spec[1], spec[2]) if spec[0] == "grpc" else HttpSearch(spec[1], spec[2])
 
 
-def _client_process(spec: tuple, queries: np.ndarray, offset: int, batch: int, ready, start, results,
-                    seconds: float, max_requests: int) -> None:
+def _client_process(
+    spec: tuple, queries: np.ndarray, offset: int, batch: int, ready, start, results, seconds: float, max_requests: int
+) -> None:
     search = make_search(spec)
     for i in range(3):
-        search(queries[i:i + batch])
+        search(queries[i : i + batch])
     ready.put(True)
     start.wait()
     deadline = time.perf_counter() + seconds
@@ -168,20 +190,27 @@ def _client_process(spec: tuple, queries: np.ndarray, offset: int, batch: int, r
     for n in range(max_requests):
         i = (offset + n * batch) % max(1, len(queries) - batch)
         began = time.perf_counter()
-        search(queries[i:i + batch])
+        search(queries[i : i + batch])
         samples.append(time.perf_counter() - began)
         if began > deadline:
             break
     results.put(samples)
 
 
-def concurrent(spec: tuple, queries: np.ndarray, clients: int, seconds: float, max_requests: int, batch: int = 1) -> dict:
+def concurrent(
+    spec: tuple, queries: np.ndarray, clients: int, seconds: float, max_requests: int, batch: int = 1
+) -> dict:
     """`clients` client processes sending back-to-back requests for ~`seconds`: total QPS and latency."""
     ctx = mp.get_context("spawn")
     ready, results, start = ctx.Queue(), ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_client_process, daemon=True,
-                         args=(spec, queries, c * 97, batch, ready, start, results, seconds, max_requests))
-             for c in range(clients)]
+    procs = [
+        ctx.Process(
+            target=_client_process,
+            daemon=True,
+            args=(spec, queries, c * 97, batch, ready, start, results, seconds, max_requests),
+        )
+        for c in range(clients)
+    ]
     for p in procs:
         p.start()
     try:
@@ -197,12 +226,19 @@ def concurrent(spec: tuple, queries: np.ndarray, clients: int, seconds: float, m
             if p.is_alive():
                 p.kill()
     flat = [s for per in samples for s in per]
-    return {"clients": clients, "batch": batch, "requests": len(flat), "seconds": round(wall, 2),
-            "qps": round(len(flat) * batch / wall, 1), "latency": percentiles(flat)}
+    return {
+        "clients": clients,
+        "batch": batch,
+        "requests": len(flat),
+        "seconds": round(wall, 2),
+        "qps": round(len(flat) * batch / wall, 1),
+        "latency": percentiles(flat),
+    }
 
 
-def measure_servers(servers: dict[str, Server], test: np.ndarray, kth: np.ndarray, base: np.ndarray,
-                    cfg: dict) -> dict[str, dict]:
+def measure_servers(
+    servers: dict[str, Server], test: np.ndarray, kth: np.ndarray, base: np.ndarray, cfg: dict
+) -> dict[str, dict]:
     """Recall through the wire, 1-client latency, N-client throughput and RSS of every running server.
 
     The servers take turns in `rounds` rounds (A B C A B C ...), so drifting
@@ -215,25 +251,41 @@ def measure_servers(servers: dict[str, Server], test: np.ndarray, kth: np.ndarra
     clients = {name: make_search(server.spec) for name, server in servers.items()}
     out: dict[str, dict] = {}
     for name, server in servers.items():
-        out[name] = {"kind": server.kind, "ready_s": round(server.ready_s, 2), "rss_idle_mb": server.rss_mb(),
-                     "recall_at_10": timing.recall(clients[name], test, kth, base, "dot_product")}
+        out[name] = {
+            "kind": server.kind,
+            "ready_s": round(server.ready_s, 2),
+            "rss_idle_mb": server.rss_mb(),
+            "recall_at_10": timing.recall(clients[name], test, kth, base, "dot_product"),
+        }
     samples: dict[str, list[float]] = {name: [] for name in servers}
     runs: dict[str, list[dict]] = {name: [] for name in servers}
     for r in range(rounds):
         for name, server in servers.items():
-            lat = timing.latency(clients[name], test, cfg["e2e_requests"] // rounds, cfg["e2e_max_s"] / rounds, raw=True)
+            lat = timing.latency(
+                clients[name], test, cfg["e2e_requests"] // rounds, cfg["e2e_max_s"] / rounds, raw=True
+            )
             samples[name] += lat
-            runs[name].append(concurrent(server.spec, test, cfg["e2e_clients"], cfg["e2e_concurrent_s"] / rounds,
-                                         cfg["e2e_requests"]))
-            log(f"  round {r + 1}/{rounds} {name}: 1 client p50 {np.median(lat) * 1e3:.3f} ms, "
-                f"{cfg['e2e_clients']} clients {runs[name][-1]['qps']} QPS")
+            runs[name].append(
+                concurrent(server.spec, test, cfg["e2e_clients"], cfg["e2e_concurrent_s"] / rounds, cfg["e2e_requests"])
+            )
+            log(
+                f"  round {r + 1}/{rounds} {name}: 1 client p50 {np.median(lat) * 1e3:.3f} ms, "
+                f"{cfg['e2e_clients']} clients {runs[name][-1]['qps']} QPS"
+            )
     for name, server in servers.items():
         single = percentiles(samples[name])
         single["qps"] = round(1e3 / single["p50_ms"], 1)
         qps = sorted(run["qps"] for run in runs[name])
         median_run = sorted(runs[name], key=lambda run: run["qps"])[len(qps) // 2]
-        out[name].update({"single_client": single, "concurrent": {**median_run, "rounds_qps": qps},
-                          "rss_after_load_mb": server.rss_mb()})
-        log(f"  {name}: recall {out[name]['recall_at_10']}, 1 client p50 {single['p50_ms']} ms / p99 {single['p99_ms']} ms, "
-            f"{cfg['e2e_clients']} clients {median_run['qps']} QPS (median of {qps}), RSS {out[name]['rss_after_load_mb']} MB")
+        out[name].update(
+            {
+                "single_client": single,
+                "concurrent": {**median_run, "rounds_qps": qps},
+                "rss_after_load_mb": server.rss_mb(),
+            }
+        )
+        log(
+            f"  {name}: recall {out[name]['recall_at_10']}, 1 client p50 {single['p50_ms']} ms / p99 {single['p99_ms']} ms, "
+            f"{cfg['e2e_clients']} clients {median_run['qps']} QPS (median of {qps}), RSS {out[name]['rss_after_load_mb']} MB"
+        )
     return out

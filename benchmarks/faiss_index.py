@@ -46,8 +46,13 @@ def build(kind: str, base: np.ndarray, path: Path, hnsw_m: int = 32) -> dict:
     index.add(base)
     seconds = time.perf_counter() - start
     faiss.write_index(index, str(path))
-    return {"kind": kind, "factory": description, "build_s": round(seconds, 2), "threads": faiss.omp_get_max_threads(),
-            "index_mb": round(path.stat().st_size / 1e6, 2)}
+    return {
+        "kind": kind,
+        "factory": description,
+        "build_s": round(seconds, 2),
+        "threads": faiss.omp_get_max_threads(),
+        "index_mb": round(path.stat().st_size / 1e6, 2),
+    }
 
 
 def grid(kind: str, index) -> list[dict]:
@@ -88,6 +93,7 @@ def searcher(index, k: int, threads: int):
         faiss.omp_set_num_threads(threads)
         _, rows = index.search(np.ascontiguousarray(vectors, dtype=np.float32), k)
         return rows
+
     return search
 
 

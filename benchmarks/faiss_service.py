@@ -78,8 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     faiss_index.apply(index, faiss_index.parse(args.params))
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     # Keep-alive 75 s (uvicorn's 5 s default closes connections a benchmark round leaves idle).
-    uvicorn.run(create_app(index), host=args.host, port=args.port, log_level="warning", access_log=False,
-                loop="uvloop", http="httptools", timeout_keep_alive=75)
+    uvicorn.run(
+        create_app(index),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        timeout_keep_alive=75,
+    )
     return 0
 
 

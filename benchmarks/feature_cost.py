@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import PYTHON, REPO, ENV, dir_size_mb, log, machine, percentiles, versions, write_json
+from benchmarks.common import ENV, PYTHON, REPO, dir_size_mb, log, machine, percentiles, versions, write_json
 
 ROUNDS = 20
 CALLS_PER_ROUND = 50
@@ -35,12 +35,22 @@ def build(work: Path, name: str, *flags: str) -> Path:
     import subprocess
 
     model_dir = work / name
-    done = sorted((p for p in model_dir.glob("[0-9]*") if p.is_dir()), key=lambda p: int(p.name)) if model_dir.is_dir() else []
+    done = (
+        sorted((p for p in model_dir.glob("[0-9]*") if p.is_dir()), key=lambda p: int(p.name))
+        if model_dir.is_dir()
+        else []
+    )
     if done:
         return done[-1]
     log(f"building {name} ({' '.join(flags) or 'default flags'})")
-    proc = subprocess.run([PYTHON, "-m", "model_builder", "build", "--out", str(work), "--model-name", name, *flags],
-                          capture_output=True, text=True, env=ENV, cwd=REPO, check=False)
+    proc = subprocess.run(
+        [PYTHON, "-m", "model_builder", "build", "--out", str(work), "--model-name", name, *flags],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+        check=False,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"build {name} failed:\n{proc.stderr[-3000:]}")
     return Path(json.loads(proc.stdout.strip().splitlines()[-1])["version_dir"])
@@ -89,10 +99,16 @@ class Signatures:
 def feature_rows(batch: int) -> dict[str, np.ndarray]:
     """`batch` new users (unknown id) with varied features, as a caller sends them."""
     rng = np.random.default_rng(batch)
-    occupations = np.array(["student", "engineer", "writer", "retired", "artist", "doctor", "other", "educator"], dtype=object)
-    return {"user_id": np.full(batch, 10**9, np.int64), "age": rng.integers(15, 70, batch).astype(np.float32),
-            "gender": rng.choice(np.array(["M", "F"], dtype=object), batch), "occupation": rng.choice(occupations, batch),
-            "zip_code": np.array([f"{z:05d}" for z in rng.integers(0, 99999, batch)], dtype=object)}
+    occupations = np.array(
+        ["student", "engineer", "writer", "retired", "artist", "doctor", "other", "educator"], dtype=object
+    )
+    return {
+        "user_id": np.full(batch, 10**9, np.int64),
+        "age": rng.integers(15, 70, batch).astype(np.float32),
+        "gender": rng.choice(np.array(["M", "F"], dtype=object), batch),
+        "occupation": rng.choice(occupations, batch),
+        "zip_code": np.array([f"{z:05d}" for z in rng.integers(0, 99999, batch)], dtype=object),
+    }
 
 
 def measure(version_dir: Path) -> dict:
@@ -100,10 +116,12 @@ def measure(version_dir: Path) -> dict:
     sigs = Signatures(version_dir)
     cases = {}
     for batch in BATCHES:
-        cases[f"serving_default@{batch}"] = sigs.feeds("serving_default", {"ids": np.arange(1, batch + 1, dtype=np.int64)})
+        cases[f"serving_default@{batch}"] = sigs.feeds(
+            "serving_default", {"ids": np.arange(1, batch + 1, dtype=np.int64)}
+        )
         cases[f"search_by_features@{batch}"] = sigs.feeds("search_by_features", feature_rows(batch))
     samples = {name: {"session": [], "graph": []} for name in cases}
-    for name, (feed, fetches) in cases.items():  # warm: the ScaNN searcher and kernels are built on first use
+    for feed, fetches in cases.values():  # warm: the ScaNN searcher and kernels are built on first use
         sigs.session_seconds(feed, fetches, 5)
     for round_no in range(ROUNDS):
         for name, (feed, fetches) in cases.items():
@@ -126,9 +144,12 @@ def sizes(feature_dir: Path, id_dir: Path) -> dict:
     reader = tf.train.load_checkpoint(str(feature_dir / "variables" / "variables"))
     shapes, dtypes = reader.get_variable_to_shape_map(), reader.get_variable_to_dtype_map()
     tower = sum(int(np.prod(shape)) * dtypes[name].size for name, shape in shapes.items() if "query_tower" in name)
-    return {"feature_model_mb": dir_size_mb(feature_dir), "id_only_model_mb": dir_size_mb(id_dir),
-            "tower_variables_mb": round(tower / 1e6, 3),
-            "note": "the feature model also indexes the 235 MovieLens items without a positive rating (1682 vs 1447 candidates)"}
+    return {
+        "feature_model_mb": dir_size_mb(feature_dir),
+        "id_only_model_mb": dir_size_mb(id_dir),
+        "tower_variables_mb": round(tower / 1e6, 3),
+        "note": "the feature model also indexes the 235 MovieLens items without a positive rating (1682 vs 1447 candidates)",
+    }
 
 
 def plot(result: dict, path: Path) -> None:
@@ -139,7 +160,9 @@ def plot(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     labels, width = [f"batch {b}" for b in BATCHES], 0.2
-    for i, (sig, kind) in enumerate([(s, k) for s in ("serving_default", "search_by_features") for k in ("session", "graph")]):
+    for i, (sig, kind) in enumerate(
+        [(s, k) for s in ("serving_default", "search_by_features") for k in ("session", "graph")]
+    ):
         values = [result["per_call"][f"{sig}@{b}"][kind]["p50_ms"] for b in BATCHES]
         ax.bar(np.arange(len(BATCHES)) + (i - 1.5) * width, values, width, label=f"{sig} ({kind})")
     ax.set_xticks(np.arange(len(BATCHES)), labels)
@@ -154,7 +177,12 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Builds (or reuses) both models, measures, writes JSON + PNG."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.feature_cost", description=(__doc__ or "").splitlines()[0])
-    p.add_argument("--work", type=Path, default=REPO / "build" / "bench-work" / "feature-cost", help="models are built (and reused) here")
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=REPO / "build" / "bench-work" / "feature-cost",
+        help="models are built (and reused) here",
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results", help="results folder")
     args = p.parse_args(argv)
     feature_dir = build(args.work, "movielens_features")
@@ -162,10 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     log("measuring (alternating rounds)")
     started = machine()
     per_call = measure(feature_dir)
-    result = {"what": (__doc__ or "").strip().splitlines()[0], "model": str(feature_dir.relative_to(args.work)),
-              "per_call": {k: v for k, v in per_call.items() if k != "ratios"}, "ratios": per_call["ratios"],
-              "size": sizes(feature_dir, id_dir), "machine": started, "load_average_end": machine()["load_average"],
-              "versions": versions(), "rounds": ROUNDS, "calls_per_round": CALLS_PER_ROUND}
+    result = {
+        "what": (__doc__ or "").strip().splitlines()[0],
+        "model": str(feature_dir.relative_to(args.work)),
+        "per_call": {k: v for k, v in per_call.items() if k != "ratios"},
+        "ratios": per_call["ratios"],
+        "size": sizes(feature_dir, id_dir),
+        "machine": started,
+        "load_average_end": machine()["load_average"],
+        "versions": versions(),
+        "rounds": ROUNDS,
+        "calls_per_round": CALLS_PER_ROUND,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "feature_cost.json", result)
     plot(result, args.out / "feature_cost.png")

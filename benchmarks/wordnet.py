@@ -35,7 +35,7 @@ def parse_line(line: str) -> tuple[str, list[str]] | None:
     fields, gloss = line.split(" | ", 1)
     parts = fields.split()
     count = int(parts[3], 16)  # w_cnt is two hexadecimal digits
-    lemmas = [re.sub(r"\(.*\)$", "", w).replace("_", " ") for w in parts[4:4 + 2 * count:2]]
+    lemmas = [re.sub(r"\(.*\)$", "", w).replace("_", " ") for w in parts[4 : 4 + 2 * count : 2]]
     definition, _, rest = gloss.strip().partition('; "')
     examples = _EXAMPLE.findall('"' + rest) if rest else []
     return f"{', '.join(lemmas)}: {definition.strip()}", [e.strip() for e in examples if e.strip()]

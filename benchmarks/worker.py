@@ -21,8 +21,8 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import faiss_index, timing  # noqa: E402
-from benchmarks.common import rss_mb  # noqa: E402
+from benchmarks import faiss_index, timing
+from benchmarks.common import rss_mb
 
 
 def _load_test(path: Path) -> tuple[np.ndarray, np.ndarray, int]:
@@ -43,8 +43,10 @@ def _best_throughput(batch_searches: list, test, seconds: float, batches: int) -
 
 
 def _measure(search, batch_searches: list, test, kth, base_path: Path, args) -> dict:
-    out = {"latency_1": timing.latency(search, test, args.latency_queries, args.latency_max_s),
-           "throughput_64": _best_throughput(batch_searches, test, args.throughput_s, args.throughput_batches)}
+    out = {
+        "latency_1": timing.latency(search, test, args.latency_queries, args.latency_max_s),
+        "throughput_64": _best_throughput(batch_searches, test, args.throughput_s, args.throughput_batches),
+    }
     out["rss_serving_mb"] = rss_mb()
     out["recall_at_10"] = timing.recall(batch_searches[0], test, kth, _load_base(base_path), "dot_product")
     return out
@@ -69,10 +71,20 @@ def _sweep(make_search, points: list[dict], test, kth, base, args) -> list[dict]
         rec = timing.recall(batch_searches[0], test, kth, base, "dot_product")
         lat = timing.latency(search, test, args.sweep_latency_queries, args.sweep_max_s, warm=2)
         thr = _best_throughput(batch_searches, test, args.sweep_max_s, args.throughput_batches)
-        curve.append({"params": params, "recall_at_10": rec, "single_qps": lat["qps"], "p50_ms": lat["p50_ms"],
-                      "batch64_qps": thr["qps"]})
-        print(f"sweep {params}: recall {rec:.4f}, {lat['qps']:.0f} QPS single, {thr['qps']:.0f} QPS in batches "
-              f"({time.perf_counter() - started:.1f} s)", flush=True)
+        curve.append(
+            {
+                "params": params,
+                "recall_at_10": rec,
+                "single_qps": lat["qps"],
+                "p50_ms": lat["p50_ms"],
+                "batch64_qps": thr["qps"],
+            }
+        )
+        print(
+            f"sweep {params}: recall {rec:.4f}, {lat['qps']:.0f} QPS single, {thr['qps']:.0f} QPS in batches "
+            f"({time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
     return curve
 
 
@@ -85,9 +97,13 @@ def run_savedmodel(args) -> dict:
     rss_start = rss_mb()
     started = time.perf_counter()
     loaded = load_version(args.version_dir, int(args.version_dir.name), warmup=True)
-    out: dict = {"load_and_warmup_s": round(time.perf_counter() - started, 2), "rss_runtime_mb": rss_start,
-                 "rss_after_load_mb": rss_mb()}
+    out: dict = {
+        "load_and_warmup_s": round(time.perf_counter() - started, 2),
+        "rss_runtime_mb": rss_start,
+        "rss_after_load_mb": rss_mb(),
+    }
     if hasattr(loaded, "run"):  # the server's TF1 Session path: Session.run by the SignatureDef's tensor names
+
         def search(vectors: np.ndarray) -> np.ndarray:
             return loaded.run("search_by_vector", {"vectors": vectors}, ["ids"])["ids"]
     else:  # older servers: eager calls of the loaded signature functions
@@ -100,7 +116,9 @@ def run_savedmodel(args) -> dict:
     out.update(_measure(search, [search], test, kth, args.candidates, args))
     out["graph"] = _graph_figures(args.version_dir, test, args)
     if args.batch_sizes:
-        out["batch_curve"] = timing.batch_curve(search, test, [int(b) for b in args.batch_sizes.split(",")], args.sweep_max_s)
+        out["batch_curve"] = timing.batch_curve(
+            search, test, [int(b) for b in args.batch_sizes.split(",")], args.sweep_max_s
+        )
     if args.sweep:
         out["scann_sweep"] = _scann_sweep(args, test, kth)
     return out
@@ -114,21 +132,30 @@ def _graph_figures(version_dir: Path, test: np.ndarray, args) -> dict:
 
     session = graph_timing.GraphSession(version_dir)
     try:
-        single_us, single_calls = graph_timing.time_calls(session, test, 1, max_calls=args.latency_queries,
-                                                          max_s=args.latency_max_s)
+        single_us, single_calls = graph_timing.time_calls(
+            session, test, 1, max_calls=args.latency_queries, max_s=args.latency_max_s
+        )
         # TF Serving's batcher executes batches of up to max_execution_batch_size (8) rows: the
         # per-query cost of such a call is what a busy pod pays.
-        eight_us, eight_calls = graph_timing.time_calls(session, test, 8, max_calls=args.latency_queries,
-                                                        max_s=args.latency_max_s)
-        batch_us, batch_calls = graph_timing.time_calls(session, test, 64, max_calls=args.throughput_batches,
-                                                        max_s=args.throughput_s)
+        eight_us, eight_calls = graph_timing.time_calls(
+            session, test, 8, max_calls=args.latency_queries, max_s=args.latency_max_s
+        )
+        batch_us, batch_calls = graph_timing.time_calls(
+            session, test, 64, max_calls=args.throughput_batches, max_s=args.throughput_s
+        )
     finally:
         session.close()
-    return {"method": "TF_LoadSessionFromSavedModel + TF_SessionRun loop on pre-built inputs, median call, best of 3 "
-                      "rounds, intra-op 1 / inter-op 2 threads",
-            "p50_ms_1": round(single_us / 1e3, 4), "calls_1": single_calls,
-            "p50_ms_8": round(eight_us / 1e3, 4), "us_per_query_8": round(eight_us / 8, 1), "calls_8": eight_calls,
-            "qps_64": round(64 / (batch_us / 1e6), 1), "calls_64": batch_calls}
+    return {
+        "method": "TF_LoadSessionFromSavedModel + TF_SessionRun loop on pre-built inputs, median call, best of 3 "
+        "rounds, intra-op 1 / inter-op 2 threads",
+        "p50_ms_1": round(single_us / 1e3, 4),
+        "calls_1": single_calls,
+        "p50_ms_8": round(eight_us / 1e3, 4),
+        "us_per_query_8": round(eight_us / 8, 1),
+        "calls_8": eight_calls,
+        "qps_64": round(64 / (batch_us / 1e6), 1),
+        "calls_64": batch_calls,
+    }
 
 
 def _scann_sweep(args, test: np.ndarray, kth: np.ndarray) -> list[dict]:
@@ -145,10 +172,15 @@ def _scann_sweep(args, test: np.ndarray, kth: np.ndarray) -> list[dict]:
     index = read_build_info(args.version_dir)["index"]
 
     def make(params: dict):
-        kw = {"final_num_neighbors": 10, "leaves_to_search": params.get("leaves_to_search"),
-              "pre_reorder_num_neighbors": params.get("reorder")}
-        return (lambda v: scann.search_batched(v, **kw)[0].numpy(),
-                [lambda v: scann.search_batched_parallel(v, **kw)[0].numpy()])
+        kw = {
+            "final_num_neighbors": 10,
+            "leaves_to_search": params.get("leaves_to_search"),
+            "pre_reorder_num_neighbors": params.get("reorder"),
+        }
+        return (
+            lambda v: scann.search_batched(v, **kw)[0].numpy(),
+            [lambda v: scann.search_batched_parallel(v, **kw)[0].numpy()],
+        )
 
     return _sweep(make, scann_grid(index), test, kth, _load_base(args.candidates), args)
 
@@ -168,8 +200,11 @@ def run_faiss_measure(args) -> dict:
     rss_start = rss_mb()
     started = time.perf_counter()
     index = faiss.read_index(str(args.index))
-    out: dict = {"load_s": round(time.perf_counter() - started, 2), "rss_runtime_mb": rss_start,
-                 "rss_after_load_mb": rss_mb()}
+    out: dict = {
+        "load_s": round(time.perf_counter() - started, 2),
+        "rss_runtime_mb": rss_start,
+        "rss_after_load_mb": rss_mb(),
+    }
     test, kth, k = _load_test(args.test)
     base = _load_base(args.candidates)
     # One OpenMP thread for single queries (Faiss's advice for serving; with 2 threads on 2 cores we saw
@@ -184,19 +219,21 @@ def run_faiss_measure(args) -> dict:
     curve = _sweep(make, faiss_index.grid(args.kind, index), test, kth, base, args)
     chosen, reached = _matched(curve, args.target_recall, "p50_ms", lowest=True)
     faiss_index.apply(index, chosen["params"])
-    out.update({"sweep": curve, "target_recall": args.target_recall, "matched": reached,
-                "params": chosen["params"]})
+    out.update({"sweep": curve, "target_recall": args.target_recall, "matched": reached, "params": chosen["params"]})
     out.update(_measure(search, batch_searches, test, kth, args.candidates, args))
     # Batches compare with the model served for batches, at its recall: the sweep point with the most
     # batch-64 QPS among those reaching it (often another setting than the single-query pick).
     batch_target = args.batch_target_recall if args.batch_target_recall is not None else args.target_recall
     chosen, reached = _matched(curve, batch_target, "batch64_qps", lowest=False)
     faiss_index.apply(index, chosen["params"])
-    out["batch_matched"] = {"target_recall": batch_target, "matched": reached, "params": chosen["params"],
-                            "params_text": faiss_index.describe(chosen["params"]),
-                            "recall_at_10": timing.recall(batch_searches[0], test, kth, base, "dot_product"),
-                            "throughput_64": _best_throughput(batch_searches, test, args.throughput_s,
-                                                              args.throughput_batches)}
+    out["batch_matched"] = {
+        "target_recall": batch_target,
+        "matched": reached,
+        "params": chosen["params"],
+        "params_text": faiss_index.describe(chosen["params"]),
+        "recall_at_10": timing.recall(batch_searches[0], test, kth, base, "dot_product"),
+        "throughput_64": _best_throughput(batch_searches, test, args.throughput_s, args.throughput_batches),
+    }
     return out
 
 
@@ -220,8 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--index", type=Path)
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--target-recall", type=float, default=0.95)
-    p.add_argument("--batch-target-recall", type=float, default=None,
-                   help="faiss-measure: recall the batch-64 pick must reach (default: --target-recall)")
+    p.add_argument(
+        "--batch-target-recall",
+        type=float,
+        default=None,
+        help="faiss-measure: recall the batch-64 pick must reach (default: --target-recall)",
+    )
     p.add_argument("--latency-queries", type=int, default=1000)
     p.add_argument("--latency-max-s", type=float, default=20.0)
     p.add_argument("--throughput-s", type=float, default=5.0)

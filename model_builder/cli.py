@@ -14,9 +14,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from model_builder import settings  # noqa: E402
-from model_builder.cli_args import add_config_arguments, config_from_args  # noqa: E402
-from model_builder.errors import BuilderError  # noqa: E402
+from model_builder import settings
+from model_builder.cli_args import add_config_arguments, config_from_args
+from model_builder.errors import BuilderError
 
 _FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
@@ -26,8 +26,12 @@ def _add_build(sub) -> None:
     from model_builder.pipeline import BuildConfig
     from model_builder.towers import TrainConfig
 
-    p = sub.add_parser("build", formatter_class=_FORMATTER, help="train (or import), index, export and verify a model version",
-                       description="Builds a verified, versioned ScaNN retrieval SavedModel in TF Serving's layout.")
+    p = sub.add_parser(
+        "build",
+        formatter_class=_FORMATTER,
+        help="train (or import), index, export and verify a model version",
+        description="Builds a verified, versioned ScaNN retrieval SavedModel in TF Serving's layout.",
+    )
     add_config_arguments(p, BuildConfig, "build")
     add_config_arguments(p, TrainConfig, "training")
     add_config_arguments(p, IndexConfig, "index")
@@ -39,8 +43,12 @@ def _run_build(args: argparse.Namespace) -> int:
     from model_builder.pipeline import BuildConfig, build
     from model_builder.towers import TrainConfig
 
-    result = build(config_from_args(BuildConfig, args), config_from_args(TrainConfig, args),
-                   config_from_args(IndexConfig, args), log=_log)
+    result = build(
+        config_from_args(BuildConfig, args),
+        config_from_args(TrainConfig, args),
+        config_from_args(IndexConfig, args),
+        log=_log,
+    )
     print(json.dumps({"version_dir": str(result.version_dir), "version": result.info.get("version")}))
     return 0
 
@@ -49,8 +57,12 @@ def _add_train(sub) -> None:
     from model_builder.pipeline import BuildConfig
     from model_builder.towers import TrainConfig
 
-    p = sub.add_parser("train", formatter_class=_FORMATTER, help="train and evaluate the towers; write user/item embeddings (.npz)",
-                       description="Trains the two towers and writes users.npz and items.npz (ids + vectors) for `build --candidates`.")
+    p = sub.add_parser(
+        "train",
+        formatter_class=_FORMATTER,
+        help="train and evaluate the towers; write user/item embeddings (.npz)",
+        description="Trains the two towers and writes users.npz and items.npz (ids + vectors) for `build --candidates`.",
+    )
     p.add_argument("--embeddings-out", default="build/embeddings", help="folder for users.npz and items.npz")
     add_config_arguments(p, BuildConfig, "data")
     add_config_arguments(p, TrainConfig, "training")
@@ -68,10 +80,16 @@ def _run_train(args: argparse.Namespace) -> int:
     out = Path(args.embeddings_out)
     out.mkdir(parents=True, exist_ok=True)
     cat = prepared.catalogue
-    np.savez(out / "items.npz", ids=cat.candidate_ids.astype(str) if cat.candidate_ids.dtype == object else cat.candidate_ids,
-             vectors=cat.candidate_vectors)
-    np.savez(out / "users.npz", ids=cat.query_ids.astype(str) if cat.query_ids.dtype == object else cat.query_ids,
-             vectors=cat.vectors_of_queries())
+    np.savez(
+        out / "items.npz",
+        ids=cat.candidate_ids.astype(str) if cat.candidate_ids.dtype == object else cat.candidate_ids,
+        vectors=cat.candidate_vectors,
+    )
+    np.savez(
+        out / "users.npz",
+        ids=cat.query_ids.astype(str) if cat.query_ids.dtype == object else cat.query_ids,
+        vectors=cat.vectors_of_queries(),
+    )
     (out / "quality.json").write_text(json.dumps(prepared.quality, indent=2, default=str) + "\n")
     _log(f"wrote {out}/items.npz, users.npz, quality.json")
     return 0
@@ -80,8 +98,12 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_verify(sub) -> None:
     from model_builder import verify
 
-    p = sub.add_parser("verify", formatter_class=_FORMATTER, help="recall gate: compare a version's signatures with exact search",
-                       description="Loads a version folder and checks recall@k of both search signatures against exact search.")
+    p = sub.add_parser(
+        "verify",
+        formatter_class=_FORMATTER,
+        help="recall gate: compare a version's signatures with exact search",
+        description="Loads a version folder and checks recall@k of both search signatures against exact search.",
+    )
     p.add_argument("version_dir", type=Path, help="a version folder: BASE/NAME/VERSION")
     p.add_argument("--target-recall", type=float, default=verify.DEFAULT_TARGET_RECALL, help="minimum recall@k")
     p.add_argument("--queries", type=int, default=verify.DEFAULT_QUERIES, help="number of held-out queries")
@@ -108,8 +130,11 @@ def _run_verify(args: argparse.Namespace) -> int:
 def _add_inspect(sub) -> None:
     p = sub.add_parser("inspect", formatter_class=_FORMATTER, help="print a version's build_info.json and signatures")
     p.add_argument("version_dir", type=Path)
-    p.add_argument("--frontier", action="store_true",
-                   help="print only the index search's frontier as a table (every structure tried: family, knobs, recall, cost)")
+    p.add_argument(
+        "--frontier",
+        action="store_true",
+        help="print only the index search's frontier as a table (every structure tried: family, knobs, recall, cost)",
+    )
     p.set_defaults(run=_run_inspect)
 
 
@@ -139,8 +164,9 @@ def parser() -> argparse.ArgumentParser:
     from model_builder.compat.cli import add_check_compat
     from model_builder.serve.cli import add_serve
 
-    p = argparse.ArgumentParser(prog="python -m model_builder", description=__doc__.splitlines()[0],
-                                formatter_class=_FORMATTER)
+    p = argparse.ArgumentParser(
+        prog="python -m model_builder", description=__doc__.splitlines()[0], formatter_class=_FORMATTER
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_build, _add_train, _add_verify, _add_inspect, add_check_compat, add_serve, _add_demo):
         add(sub)
@@ -148,11 +174,23 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _add_demo(sub) -> None:
-    p = sub.add_parser("demo", formatter_class=_FORMATTER, help="build MovieLens 100K, serve it locally, query it over gRPC")
+    p = sub.add_parser(
+        "demo", formatter_class=_FORMATTER, help="build MovieLens 100K, serve it locally, query it over gRPC"
+    )
     p.add_argument("--out", default="models", help="model base path")
     p.add_argument("--model-name", default=settings.model_name())
-    p.add_argument("--port", type=int, default=settings.grpc_port(), help="gRPC port of the first local server (the second uses PORT+2)")
-    p.add_argument("--rest-port", type=int, default=settings.rest_port(), help="REST port of the first local server (the second uses REST_PORT+2)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=settings.grpc_port(),
+        help="gRPC port of the first local server (the second uses PORT+2)",
+    )
+    p.add_argument(
+        "--rest-port",
+        type=int,
+        default=settings.rest_port(),
+        help="REST port of the first local server (the second uses REST_PORT+2)",
+    )
     p.set_defaults(run=lambda a: __import__("model_builder.demo", fromlist=["run"]).run(a))
 
 

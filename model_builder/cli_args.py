@@ -28,10 +28,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, title: str)
         kind = _scalar_type(hints[f.name])
         help_text = f.metadata.get("help", "")
         if kind is bool:
-            group.add_argument(*flags, dest=f.name, default=default, action=argparse.BooleanOptionalAction, help=help_text)
+            group.add_argument(
+                *flags, dest=f.name, default=default, action=argparse.BooleanOptionalAction, help=help_text
+            )
         else:
-            group.add_argument(*flags, dest=f.name, default=default, type=kind, help=help_text,
-                               metavar=f.name.upper())
+            group.add_argument(*flags, dest=f.name, default=default, type=kind, help=help_text, metavar=f.name.upper())
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:

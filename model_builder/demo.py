@@ -36,7 +36,9 @@ def _banner(text: str) -> None:
 def _client_cli() -> list[str]:
     exe = shutil.which("retrieval-client", path=str(Path(sys.executable).parent))
     if exe is None:
-        raise ConfigError("the retrieval-client CLI is not installed in this venv: pip install -e ./client (make venv does it)")
+        raise ConfigError(
+            "the retrieval-client CLI is not installed in this venv: pip install -e ./client (make venv does it)"
+        )
     return [exe]
 
 
@@ -56,10 +58,26 @@ def _start_server(out: Path, name: str, port: int, rest_port: int, log_dir: Path
         raise ConfigError(f"{BATCHING_FILE} not found: run the demo from a checkout of the repository")
     log = open(log_dir / f"{name}.server.log", "w")
     return subprocess.Popen(
-        [sys.executable, "-m", "model_builder", "serve", "--model-base-path", str(out), "--model-name", name,
-         "--port", str(port), "--rest_api_port", str(rest_port),
-         "--enable_batching", "--batching_parameters_file", str(BATCHING_FILE)],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        [
+            sys.executable,
+            "-m",
+            "model_builder",
+            "serve",
+            "--model-base-path",
+            str(out),
+            "--model-name",
+            name,
+            "--port",
+            str(port),
+            "--rest_api_port",
+            str(rest_port),
+            "--enable_batching",
+            "--batching_parameters_file",
+            str(BATCHING_FILE),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
 
 
@@ -75,7 +93,9 @@ def _build_models(args: argparse.Namespace):
     from model_builder.towers import TrainConfig
 
     users_cfg = BuildConfig(dataset="movielens-100k", out=str(args.out), model_name=args.model_name)
-    items_cfg = BuildConfig(dataset="movielens-100k", out=str(args.out), model_name=f"{args.model_name}_items", query="item")
+    items_cfg = BuildConfig(
+        dataset="movielens-100k", out=str(args.out), model_name=f"{args.model_name}_items", query="item"
+    )
     _banner("1/4 train the two towers on MovieLens 100K")
     prepared = prepare_trained(users_cfg, TrainConfig(), print)
     _banner(f"2/4 index + export + verify: {users_cfg.model_name} (user -> movies)")
@@ -96,8 +116,10 @@ def run(args: argparse.Namespace) -> int:
     _banner("3/4 serve both models with the local TF-Serving-API server")
     servers = {
         name: _start_server(args.out, name, port, rest, args.out)
-        for name, port, rest in ((args.model_name, args.port, args.rest_port),
-                                       (f"{args.model_name}_items", args.port + 2, args.rest_port + 2))
+        for name, port, rest in (
+            (args.model_name, args.port, args.rest_port),
+            (f"{args.model_name}_items", args.port + 2, args.rest_port + 2),
+        )
     }
     try:
         for name, port in ((args.model_name, args.port), (f"{args.model_name}_items", args.port + 2)):
@@ -105,20 +127,56 @@ def run(args: argparse.Namespace) -> int:
             print(f"{name} on 127.0.0.1:{port}: {json.dumps(status)}")
         _banner("4/4 query over gRPC with the retrieval-client CLI")
         rated = movielens.load_recbole().interactions
-        liked = [int(i) for u, i, w in zip(rated.user_ids, rated.item_ids, rated.weights) if u == SAMPLE_USER and w >= 5][:5]
+        liked = [
+            int(i) for u, i, w in zip(rated.user_ids, rated.item_ids, rated.weights) if u == SAMPLE_USER and w >= 5
+        ][:5]
         print(f"user {SAMPLE_USER} rated 5 stars, among others: " + "; ".join(titles.get(i, str(i)) for i in liked))
-        rec = _cli("search", "--target", f"127.0.0.1:{args.port}", "--model", args.model_name, "--id", str(SAMPLE_USER), "-k", "10")
-        _show(f"\nTop-10 for user {SAMPLE_USER} ({args.model_name}, version {users.info['version']}):",
-              rec["results"][0]["ids"], rec["results"][0]["scores"], titles)
-        sim = _cli("search", "--target", f"127.0.0.1:{args.port + 2}", "--model", f"{args.model_name}_items",
-                   "--id", str(SAMPLE_MOVIE), "-k", "10")
-        _show(f"\nTop-10 similar to '{titles.get(SAMPLE_MOVIE)}' ({args.model_name}_items, version {items.info['version']}):",
-              sim["results"][0]["ids"], sim["results"][0]["scores"], titles)
+        rec = _cli(
+            "search",
+            "--target",
+            f"127.0.0.1:{args.port}",
+            "--model",
+            args.model_name,
+            "--id",
+            str(SAMPLE_USER),
+            "-k",
+            "10",
+        )
+        _show(
+            f"\nTop-10 for user {SAMPLE_USER} ({args.model_name}, version {users.info['version']}):",
+            rec["results"][0]["ids"],
+            rec["results"][0]["scores"],
+            titles,
+        )
+        sim = _cli(
+            "search",
+            "--target",
+            f"127.0.0.1:{args.port + 2}",
+            "--model",
+            f"{args.model_name}_items",
+            "--id",
+            str(SAMPLE_MOVIE),
+            "-k",
+            "10",
+        )
+        _show(
+            f"\nTop-10 similar to '{titles.get(SAMPLE_MOVIE)}' ({args.model_name}_items, version {items.info['version']}):",
+            sim["results"][0]["ids"],
+            sim["results"][0]["scores"],
+            titles,
+        )
         if users.info["serving"].get("features"):
             features = [arg for name, value in NEW_USER.items() for arg in ("--feature", f"{name}={value}")]
-            new = _cli("search", "--target", f"127.0.0.1:{args.port}", "--model", args.model_name, *features, "-k", "10")
-            _show(f"\nTop-10 for a brand-new user (no id), described only by features {json.dumps(NEW_USER)} "
-                  "(signature search_by_features):", new["results"][0]["ids"], new["results"][0]["scores"], titles)
+            new = _cli(
+                "search", "--target", f"127.0.0.1:{args.port}", "--model", args.model_name, *features, "-k", "10"
+            )
+            _show(
+                f"\nTop-10 for a brand-new user (no id), described only by features {json.dumps(NEW_USER)} "
+                "(signature search_by_features):",
+                new["results"][0]["ids"],
+                new["results"][0]["scores"],
+                titles,
+            )
     finally:
         for proc in servers.values():
             proc.send_signal(signal.SIGTERM)
@@ -130,11 +188,15 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(quality_table(q)))
     else:
         for k in (10, 100):
-            print(f"two-tower hit-rate@{k} {q['two_tower'][f'hit_rate@{k}']:.3f} vs most-popular {q['most_popular'][f'hit_rate@{k}']:.3f}")
+            print(
+                f"two-tower hit-rate@{k} {q['two_tower'][f'hit_rate@{k}']:.3f} vs most-popular {q['most_popular'][f'hit_rate@{k}']:.3f}"
+            )
     for result in (users, items):
         verification = result.info["verification"]["recall_at_k"]
-        print(f"{result.version_dir}: index {result.info['index']['algorithm']}, recall@10 vs exact "
-              + ", ".join(f"{k} {v:.3f}" for k, v in verification.items()))
+        print(
+            f"{result.version_dir}: index {result.info['index']['algorithm']}, recall@10 vs exact "
+            + ", ".join(f"{k} {v:.3f}" for k, v in verification.items())
+        )
     print(f"servers stopped (exit codes {codes}); logs in {args.out}/*.server.log")
     print("next: `make test`; serve it yourself with `make serve`; deploy with `make image push deploy` (README.md)")
     return 0 if codes == [0, 0] else 1

@@ -19,7 +19,9 @@ from model_builder.errors import DataError
 
 def _check_vectors(vectors: np.ndarray, path: Path) -> np.ndarray:
     if vectors.ndim != 2 or vectors.shape[0] == 0 or vectors.shape[1] < 2:
-        raise DataError(f"{path}: expected a non-empty [N, dim] array of vectors (dim >= 2), got shape {list(vectors.shape)}")
+        raise DataError(
+            f"{path}: expected a non-empty [N, dim] array of vectors (dim >= 2), got shape {list(vectors.shape)}"
+        )
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
@@ -30,7 +32,9 @@ def _check_vectors(vectors: np.ndarray, path: Path) -> np.ndarray:
 def _unique_ids(ids: np.ndarray, path: Path) -> np.ndarray:
     values, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
-        raise DataError(f"{path}: id {values[counts > 1][0]!r} appears {counts[counts > 1][0]} times; ids must be unique")
+        raise DataError(
+            f"{path}: id {values[counts > 1][0]!r} appears {counts[counts > 1][0]} times; ids must be unique"
+        )
     return ids
 
 
@@ -66,13 +70,17 @@ def _parquet_candidates(path: Path) -> tuple[np.ndarray, np.ndarray]:
     id_col = next((c for c in ("item_id", "id") if c in table.column_names), None)
     vec_col = next((c for c in ("embedding", "vector") if c in table.column_names), None)
     if id_col is None or vec_col is None:
-        raise DataError(f"{path}: needs an id column (item_id or id) and a vector column (embedding or vector); found {', '.join(table.column_names)}")
+        raise DataError(
+            f"{path}: needs an id column (item_id or id) and a vector column (embedding or vector); found {', '.join(table.column_names)}"
+        )
     ids = parse_ids(table.column(id_col), path, id_col, first_row)
     rows = table.column(vec_col).to_pylist()
     lengths = {len(r) if r is not None else 0 for r in rows}
     if len(lengths) != 1:
         bad = next(i for i, r in enumerate(rows) if r is None or len(r) != len(rows[0] or []))
-        raise DataError(f"{path}: row {bad + first_row}, column '{vec_col}': vector length differs from row {first_row}")
+        raise DataError(
+            f"{path}: row {bad + first_row}, column '{vec_col}': vector length differs from row {first_row}"
+        )
     return ids, _check_vectors(np.asarray(rows, dtype=np.float32), path)
 
 
@@ -85,7 +93,11 @@ def load_query_ids(path: Path) -> np.ndarray:
         if not values:
             raise DataError(f"{path}: no ids")
         ids = np.asarray(values, dtype=object)
-        return ids.astype(np.int64) if all(v.lstrip("-").isdigit() and (v == "0" or not v.lstrip("-").startswith("0")) for v in values) else ids
+        return (
+            ids.astype(np.int64)
+            if all(v.lstrip("-").isdigit() and (v == "0" or not v.lstrip("-").startswith("0")) for v in values)
+            else ids
+        )
     if path.suffix.lower() == ".npy":
         ids = np.load(path, allow_pickle=False)
         return ids.astype(np.int64) if np.issubdtype(ids.dtype, np.integer) else ids.astype(str).astype(object)
@@ -101,13 +113,19 @@ def run_query_tower(path: Path, ids: np.ndarray, batch_size: int = 4096) -> np.n
     import tensorflow as tf
 
     tower = _load_tower(path)
-    id_tensor = (lambda chunk: tf.constant(chunk, tf.int64)) if ids.dtype == np.int64 else (lambda chunk: tf.constant([str(i) for i in chunk.tolist()]))
+    id_tensor = (
+        (lambda chunk: tf.constant(chunk, tf.int64))
+        if ids.dtype == np.int64
+        else (lambda chunk: tf.constant([str(i) for i in chunk.tolist()]))
+    )
     out = []
     for start in range(0, len(ids), batch_size):
         try:
-            result = tower(id_tensor(ids[start:start + batch_size]))
-        except Exception as err:  # noqa: BLE001 - any failure of a user model is reported as a data error
-            raise DataError(f"{path}: the query tower failed on ids like {ids[start]!r}: {str(err).splitlines()[0]}") from None
+            result = tower(id_tensor(ids[start : start + batch_size]))
+        except Exception as err:
+            raise DataError(
+                f"{path}: the query tower failed on ids like {ids[start]!r}: {str(err).splitlines()[0]}"
+            ) from None
         if isinstance(result, dict):
             result = next(iter(result.values()))
         out.append(np.asarray(result, dtype=np.float32))
@@ -129,4 +147,3 @@ def _load_tower(path: Path):
 
         return keras.models.load_model(path, compile=False)
     raise DataError(f"{path}: query tower must be a .keras/.h5 file or a SavedModel directory")
-

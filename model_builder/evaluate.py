@@ -52,8 +52,7 @@ class Split:
     test_items: np.ndarray
 
 
-def leave_last_out(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None,
-                   holdout_per_user: int) -> Split:
+def leave_last_out(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None, holdout_per_user: int) -> Split:
     """Holds out each user's latest `holdout_per_user` positives (users need one more to train on)."""
     if len(users) == 0:
         raise DataError("no positive interactions: lower --min-weight or check the weight column")
@@ -67,7 +66,9 @@ def leave_last_out(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray 
     is_test = np.zeros(len(users), bool)
     is_test[order] = eligible & (position_from_end < holdout_per_user)
     if holdout_per_user > 0 and not is_test.any():
-        raise DataError(f"no user has more than {holdout_per_user} positive interactions to hold out; lower --holdout-per-user")
+        raise DataError(
+            f"no user has more than {holdout_per_user} positive interactions to hold out; lower --holdout-per-user"
+        )
     return Split(users[~is_test], items[~is_test], users[is_test], items[is_test])
 
 
@@ -86,8 +87,14 @@ def split_metrics(score_rows, split: Split, num_items: int, seed: int) -> dict[s
     return ranking_metrics(score_rows, users, seen, held, num_items)
 
 
-def ranking_metrics(score_rows, users: np.ndarray, seen: dict[int, np.ndarray], held: dict[int, np.ndarray],
-                    num_items: int, reach: np.ndarray | None = None) -> dict[str, float]:
+def ranking_metrics(
+    score_rows,
+    users: np.ndarray,
+    seen: dict[int, np.ndarray],
+    held: dict[int, np.ndarray],
+    num_items: int,
+    reach: np.ndarray | None = None,
+) -> dict[str, float]:
     """Hit-rate and recall@K of `users` against their `held` items, `seen` items excluded.
 
     With `reach` (item rows), also the share of those items that appear in at least
@@ -98,7 +105,7 @@ def ranking_metrics(score_rows, users: np.ndarray, seen: dict[int, np.ndarray], 
     hits = {k: [] for k in KS}
     recalls = {k: [] for k in KS}
     for start in range(0, len(users), 512):
-        chunk = users[start:start + 512]
+        chunk = users[start : start + 512]
         scores = np.array(score_rows(chunk), dtype=np.float32, copy=True)
         for r, u in enumerate(chunk):
             scores[r, seen.get(int(u), [])] = -np.inf
@@ -160,20 +167,36 @@ def _pick(values: np.ndarray, share: float, rng: np.random.Generator) -> np.ndar
     return np.sort(rng.choice(unique, size=count, replace=False)) if count else unique[:0]
 
 
-def cold_start_split(users: np.ndarray, items: np.ndarray, timestamps: np.ndarray | None, holdout_per_user: int,
-                     cold_user_share: float, cold_item_share: float, seed: int = 0) -> ColdStartSplit:
+def cold_start_split(
+    users: np.ndarray,
+    items: np.ndarray,
+    timestamps: np.ndarray | None,
+    holdout_per_user: int,
+    cold_user_share: float,
+    cold_item_share: float,
+    seed: int = 0,
+) -> ColdStartSplit:
     """Holds out `cold_user_share` of users and `cold_item_share` of items entirely, then leave-last-out."""
     rng = np.random.default_rng(seed)
     cold_users, cold_items = _pick(users, cold_user_share, rng), _pick(items, cold_item_share, rng)
     user_cold, item_cold = np.isin(users, cold_users), np.isin(items, cold_items)
     warm = ~user_cold & ~item_cold
     if not warm.any():
-        raise DataError("no interactions left for training after holding out cold users/items; lower --cold-users/--cold-items")
-    split = leave_last_out(users[warm], items[warm], timestamps[warm] if timestamps is not None else None, holdout_per_user)
+        raise DataError(
+            "no interactions left for training after holding out cold users/items; lower --cold-users/--cold-items"
+        )
+    split = leave_last_out(
+        users[warm], items[warm], timestamps[warm] if timestamps is not None else None, holdout_per_user
+    )
     latest = _latest(users, timestamps, max(holdout_per_user, 1)) & user_cold
     on_cold_items = ~user_cold & item_cold
-    return ColdStartSplit(split, cold_users, cold_items, _group(users[latest], items[latest]),
-                          _group(users[on_cold_items], items[on_cold_items]))
+    return ColdStartSplit(
+        split,
+        cold_users,
+        cold_items,
+        _group(users[latest], items[latest]),
+        _group(users[on_cold_items], items[on_cold_items]),
+    )
 
 
 def _latest(users: np.ndarray, timestamps: np.ndarray | None, count: int) -> np.ndarray:
@@ -209,8 +232,9 @@ def vector_score_rows(user_vectors: np.ndarray, item_vectors: np.ndarray, servab
     return lambda rows: user_vectors[rows] @ item_vectors.T + blocked
 
 
-def cold_start_metrics(split: ColdStartSplit, score_rows, num_items: int, seed: int = 0,
-                       cold_users: bool = True) -> dict:
+def cold_start_metrics(
+    split: ColdStartSplit, score_rows, num_items: int, seed: int = 0, cold_users: bool = True
+) -> dict:
     """Quality for held-out users (`cold_users`) and held-out items (`cold_items`).
 
     `cold_users=False` skips the held-out users (a model that cannot embed unknown ids).
@@ -218,12 +242,18 @@ def cold_start_metrics(split: ColdStartSplit, score_rows, num_items: int, seed: 
     warm = split.warm
     cold_users_out = None
     if cold_users:
-        cold_users_out = ranking_metrics(score_rows, _cold_user_sample(split, seed), {}, split.cold_user_truth, num_items)
-    warm_users = _sampled_test_users(Split(warm.train_users, warm.train_items, warm.train_users, warm.train_items), seed)
+        cold_users_out = ranking_metrics(
+            score_rows, _cold_user_sample(split, seed), {}, split.cold_user_truth, num_items
+        )
+    warm_users = _sampled_test_users(
+        Split(warm.train_users, warm.train_items, warm.train_users, warm.train_items), seed
+    )
     seen = _group(warm.train_users, warm.train_items)
     return {
         "cold_users": cold_users_out,
-        "cold_items": ranking_metrics(score_rows, warm_users, seen, split.cold_item_truth, num_items, reach=split.cold_items),
+        "cold_items": ranking_metrics(
+            score_rows, warm_users, seen, split.cold_item_truth, num_items, reach=split.cold_items
+        ),
     }
 
 

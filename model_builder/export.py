@@ -71,9 +71,13 @@ def _reserve(model_dir: Path, version: int | None) -> tuple[int, Path]:
     if version is None:
         version = max(published + reserved + [0]) + 1
     elif version in published:
-        raise ExportError(f"{model_dir / str(version)} already exists: versions are immutable; omit --version to get {max(published) + 1}")
+        raise ExportError(
+            f"{model_dir / str(version)} already exists: versions are immutable; omit --version to get {max(published) + 1}"
+        )
     elif version in reserved:
-        raise ExportError(f"version {version} is being written by another build into {model_dir}; pick another --version")
+        raise ExportError(
+            f"version {version} is being written by another build into {model_dir}; pick another --version"
+        )
     tmp = model_dir / f".tmp-v{version}-pid{os.getpid()}"
     tmp.mkdir()
     return version, tmp
@@ -101,8 +105,13 @@ def _disk_error(err: OSError, where: Path) -> ExportError:
     return ExportError(f"writing {where} failed: {err}")
 
 
-def publish(base_path: Path, model_name: str, version: int | None,
-            write: Callable[[Path, int], None], check: Callable[[Path], None]) -> Path:
+def publish(
+    base_path: Path,
+    model_name: str,
+    version: int | None,
+    write: Callable[[Path, int], None],
+    check: Callable[[Path], None],
+) -> Path:
     """Writes a version with `write(tmp_dir, version)`, runs `check(tmp_dir)`, then renames it into place.
 
     Any failure (including a failed check) removes the temporary folder; the
@@ -122,7 +131,9 @@ def publish(base_path: Path, model_name: str, version: int | None,
         final = model_dir / str(version)
         with _locked(model_dir):
             if final.exists():
-                raise ExportError(f"{final} appeared while this build ran: versions are immutable; rebuild to get a new number")
+                raise ExportError(
+                    f"{final} appeared while this build ran: versions are immutable; rebuild to get a new number"
+                )
             os.rename(tmp, final)
         # Only the directory entry: walking model_dir would race other builds renaming their temp folders.
         _fsync(model_dir)
@@ -140,7 +151,9 @@ def save_module(module: tf.Module, signatures: dict, target: Path) -> None:
         tf.saved_model.save(module, str(target), signatures=signatures)
     except tf.errors.OpError as err:
         if "No space left" in err.message:
-            raise ExportError(f"no space left on device while writing {target}: free space or choose another --out") from None
+            raise ExportError(
+                f"no space left on device while writing {target}: free space or choose another --out"
+            ) from None
         raise ExportError(f"writing {target} failed: {err.message.splitlines()[0]}") from None
 
 

@@ -44,7 +44,11 @@ class Universe:
     @classmethod
     def build(cls, interaction_ids: np.ndarray, table: FeatureTable | None) -> Universe:
         """Entities with interactions plus entities that only have features."""
-        pool = interaction_ids if table is None else np.concatenate([interaction_ids, table.ids.astype(interaction_ids.dtype)])
+        pool = (
+            interaction_ids
+            if table is None
+            else np.concatenate([interaction_ids, table.ids.astype(interaction_ids.dtype)])
+        )
         ids = np.unique(pool)
         return cls(ids, np.searchsorted(ids, interaction_ids).astype(np.int64))
 
@@ -81,31 +85,53 @@ def fit(users: Universe, items: Universe, train_users: np.ndarray, train_items: 
     """Fits both schemas on the training pairs and trains the feature towers; returns (trained, user schema, item schema)."""
     user_counts = np.bincount(train_users, minlength=len(users.ids))
     item_counts = np.bincount(train_items, minlength=len(items.ids))
-    user_schema = features.fit_schema("user", "user_id", users.ids, user_counts, dataset.user_features, cfg.feature_min_count)
-    item_schema = features.fit_schema("item", "item_id", items.ids, item_counts, dataset.item_features, cfg.feature_min_count,
-                                      towers.item_vocabulary_min_count(cfg.item_id_dropout_rows))
-    trained = towers.train_features(train_users, train_items, user_schema.encode(users.ids, dataset.user_features),
-                                    item_schema.encode(items.ids, dataset.item_features), user_schema, item_schema, cfg)
+    user_schema = features.fit_schema(
+        "user", "user_id", users.ids, user_counts, dataset.user_features, cfg.feature_min_count
+    )
+    item_schema = features.fit_schema(
+        "item",
+        "item_id",
+        items.ids,
+        item_counts,
+        dataset.item_features,
+        cfg.feature_min_count,
+        towers.item_vocabulary_min_count(cfg.item_id_dropout_rows),
+    )
+    trained = towers.train_features(
+        train_users,
+        train_items,
+        user_schema.encode(users.ids, dataset.user_features),
+        item_schema.encode(items.ids, dataset.item_features),
+        user_schema,
+        item_schema,
+        cfg,
+    )
     return trained, user_schema, item_schema
 
 
-def train_and_evaluate(dataset, keep: np.ndarray, stamps: np.ndarray | None, opts: FeatureSettings,
-                       cfg: TrainConfig, log) -> FeatureModel:
+def train_and_evaluate(
+    dataset, keep: np.ndarray, stamps: np.ndarray | None, opts: FeatureSettings, cfg: TrainConfig, log
+) -> FeatureModel:
     """Trains feature towers, measures warm and cold-start quality, returns the exported towers and vectors."""
     inter = dataset.interactions
     users = Universe.build(inter.user_ids[keep], dataset.user_features)
     items = Universe.build(inter.item_ids[keep], dataset.item_features)
     n_items = len(items.ids)
-    split = evaluate.cold_start_split(users.rows, items.rows, stamps, opts.holdout_per_user, opts.cold_users,
-                                      opts.cold_items, cfg.seed)
+    split = evaluate.cold_start_split(
+        users.rows, items.rows, stamps, opts.holdout_per_user, opts.cold_users, opts.cold_items, cfg.seed
+    )
     warm = split.warm
     log(f"features: users {_describe(dataset.user_features)}; items {_describe(dataset.item_features)}")
-    log(f"cold start: {len(split.cold_users)} users and {len(split.cold_items)} items held out of training entirely; "
-        f"train: {len(warm.train_users)} pairs, {len(warm.test_users)} warm pairs held out; {cfg}")
+    log(
+        f"cold start: {len(split.cold_users)} users and {len(split.cold_items)} items held out of training entirely; "
+        f"train: {len(warm.train_users)} pairs, {len(warm.test_users)} warm pairs held out; {cfg}"
+    )
     started = time.perf_counter()
     trained, user_schema, item_schema = fit(users, items, warm.train_users, warm.train_items, dataset, cfg)
-    scored = {"features": evaluate.vector_score_rows(trained.user_vectors, trained.item_vectors),
-              "most_popular": evaluate.popularity_score_rows(warm.train_items, n_items)}
+    scored = {
+        "features": evaluate.vector_score_rows(trained.user_vectors, trained.item_vectors),
+        "most_popular": evaluate.popularity_score_rows(warm.train_items, n_items),
+    }
     if opts.compare_id_only:
         log("id-only towers on the same split (comparison on warm users)")
         ids_only = towers.train(warm.train_users, warm.train_items, len(users.ids), n_items, cfg)
@@ -126,16 +152,30 @@ def train_and_evaluate(dataset, keep: np.ndarray, stamps: np.ndarray | None, opt
     user_raw = user_schema.raw_inputs(users.ids, dataset.user_features)
     item_raw = item_schema.raw_inputs(items.ids, dataset.item_features)
     user_vectors, item_vectors = embed(user_tower, user_raw), embed(item_tower, item_raw)
-    exported = ExportedTowers({"user": user_tower, "item": item_tower},
-                              {"user": {k: v[:WARMUP_ROWS] for k, v in user_raw.items()},
-                               "item": {k: v[:WARMUP_ROWS] for k, v in item_raw.items()}})
-    quality.update({"train_seconds": time.perf_counter() - started, "final_loss": trained.final_loss,
-                    "config": asdict(cfg), "refit": opts.refit, "towers": "features",
-                    "schema": {"user": user_schema.to_dict(), "item": item_schema.to_dict()}})
+    exported = ExportedTowers(
+        {"user": user_tower, "item": item_tower},
+        {
+            "user": {k: v[:WARMUP_ROWS] for k, v in user_raw.items()},
+            "item": {k: v[:WARMUP_ROWS] for k, v in item_raw.items()},
+        },
+    )
+    quality.update(
+        {
+            "train_seconds": time.perf_counter() - started,
+            "final_loss": trained.final_loss,
+            "config": asdict(cfg),
+            "refit": opts.refit,
+            "towers": "features",
+            "schema": {"user": user_schema.to_dict(), "item": item_schema.to_dict()},
+        }
+    )
     interacted = np.bincount(items.rows, minlength=n_items) > 0
-    counts = {"catalogue_users": len(users.ids), "catalogue_items": n_items,
-              "items_without_interactions": int((~interacted).sum()),
-              "users_without_interactions": int((np.bincount(users.rows, minlength=len(users.ids)) == 0).sum())}
+    counts = {
+        "catalogue_users": len(users.ids),
+        "catalogue_items": n_items,
+        "items_without_interactions": int((~interacted).sum()),
+        "users_without_interactions": int((np.bincount(users.rows, minlength=len(users.ids)) == 0).sum()),
+    }
     return FeatureModel(users, items, user_vectors, item_vectors, exported, quality, counts)
 
 
@@ -147,13 +187,18 @@ def _describe(table: FeatureTable | None) -> str:
 
 def _quality(split: evaluate.ColdStartSplit, scored: dict, n_items: int) -> dict:
     warm = {name: evaluate.split_metrics(score, split.warm, n_items, 0) for name, score in scored.items()}
-    cold = {name: evaluate.cold_start_metrics(split, score, n_items, cold_users=name != "id_only")
-            for name, score in scored.items()}
+    cold = {
+        name: evaluate.cold_start_metrics(split, score, n_items, cold_users=name != "id_only")
+        for name, score in scored.items()
+    }
     return {
         # The served (feature) model and the baseline on warm users, under the keys id-only builds use.
-        "two_tower": warm["features"], "most_popular": warm["most_popular"], "id_only": warm.get("id_only"),
+        "two_tower": warm["features"],
+        "most_popular": warm["most_popular"],
+        "id_only": warm.get("id_only"),
         "cold_start": {
-            "held_out_users": int(len(split.cold_users)), "held_out_items": int(len(split.cold_items)),
+            "held_out_users": int(len(split.cold_users)),
+            "held_out_items": int(len(split.cold_items)),
             "warm_users": warm,
             "cold_users": {name: c["cold_users"] for name, c in cold.items() if c["cold_users"] is not None},
             "cold_items": {name: c["cold_items"] for name, c in cold.items()},
@@ -164,9 +209,11 @@ def _quality(split: evaluate.ColdStartSplit, scored: dict, n_items: int) -> dict
 def quality_table(quality: dict) -> list[str]:
     """The cold-start table as printed by the build and `make demo`."""
     cold = quality["cold_start"]
-    lines = [f"quality (held out: {cold['held_out_users']} users and {cold['held_out_items']} items never trained on; "
-             "all items ranked, training items excluded):",
-             f"  {'':38}{'features':>10}{'id-only':>10}{'popular':>10}"]
+    lines = [
+        f"quality (held out: {cold['held_out_users']} users and {cold['held_out_items']} items never trained on; "
+        "all items ranked, training items excluded):",
+        f"  {'':38}{'features':>10}{'id-only':>10}{'popular':>10}",
+    ]
 
     def row(label: str, part: dict, metric: str) -> None:
         cells = []

@@ -26,7 +26,9 @@ class FeatureTower(keras.layers.Layer):
         self.table = {k: keras.ops.convert_to_tensor(v) for k, v in inputs.items()}
         # Per entity row: the chance a training row hides that entity's id (a number = the same for all).
         count = len(next(iter(inputs.values())))
-        self.drop_probability = keras.ops.convert_to_tensor(np.broadcast_to(np.asarray(id_dropout, np.float32), (count,)).copy())
+        self.drop_probability = keras.ops.convert_to_tensor(
+            np.broadcast_to(np.asarray(id_dropout, np.float32), (count,)).copy()
+        )
         self.any_dropout = bool(np.any(np.asarray(id_dropout) > 0))
         self.seed_generator = keras.random.SeedGenerator(cfg.seed)
         id_dim = (cfg.layer_sizes()[:1] or [cfg.embedding_dim])[0]
@@ -34,17 +36,20 @@ class FeatureTower(keras.layers.Layer):
             keras.layers.Embedding(e.table_size, id_dim if e.kind == "id" else cfg.feature_dim, name=f"embed_{e.name}")
             for e in schema.encoders
         ]
-        self.hidden = [keras.layers.Dense(units, activation="relu", name=f"dense_{i}")
-                       for i, units in enumerate(cfg.layer_sizes())]
+        self.hidden = [
+            keras.layers.Dense(units, activation="relu", name=f"dense_{i}") for i, units in enumerate(cfg.layer_sizes())
+        ]
         self.output_layer = keras.layers.Dense(cfg.embedding_dim, name="output")
 
-    def call(self, rows, training=None):  # noqa: D102 (Keras contract)
+    def call(self, rows, training=None):
         inputs = {k: keras.ops.take(v, rows, axis=0) for k, v in self.table.items()}
         if training and self.any_dropout:
             # Id dropout: the out-of-vocabulary row is what a new user/item gets at serving time;
             # without this it would never be trained and cold-start vectors would be noise.
             name = self.schema.id_name
-            drop = keras.random.uniform(keras.ops.shape(rows), seed=self.seed_generator) < keras.ops.take(self.drop_probability, rows)
+            drop = keras.random.uniform(keras.ops.shape(rows), seed=self.seed_generator) < keras.ops.take(
+                self.drop_probability, rows
+            )
             inputs[name] = keras.ops.where(drop, keras.ops.zeros_like(inputs[name]) + OOV, inputs[name])
         return self.embed(inputs)
 
@@ -68,8 +73,10 @@ class FeatureTower(keras.layers.Layer):
 
     def export_weights(self) -> dict[str, np.ndarray]:
         """Every weight by role: `embed/<input>`, `dense_<i>/kernel|bias`, `output/kernel|bias`."""
-        out = {f"embed/{e.name}": np.asarray(layer.embeddings.numpy(), np.float32)
-               for e, layer in zip(self.schema.encoders, self.embeddings)}
+        out = {
+            f"embed/{e.name}": np.asarray(layer.embeddings.numpy(), np.float32)
+            for e, layer in zip(self.schema.encoders, self.embeddings)
+        }
         for name, layer in [(f"dense_{i}", h) for i, h in enumerate(self.hidden)] + [("output", self.output_layer)]:
             out[f"{name}/kernel"] = np.asarray(layer.kernel.numpy(), np.float32)
             out[f"{name}/bias"] = np.asarray(layer.bias.numpy(), np.float32)

@@ -50,10 +50,18 @@ class ServingTower(tf.Module):
             key_dtype = tf.int64 if encoder.kind == "id" and schema.id_dtype == "int64" else tf.string
             keys = list(encoder.vocab) if key_dtype == tf.int64 else [str(v) for v in encoder.vocab]
             self.tables.append(None if encoder.kind == "numeric" else _table(keys, key_dtype))
-            self.embeddings.append(tf.Variable(weights[f"embed/{encoder.name}"], trainable=False, name=f"{name}_embed_{encoder.name}"))
-        layers = sorted({k.split("/")[0] for k in weights if k.startswith("dense_")}, key=lambda n: int(n.split("_")[1]))
-        self.kernels = [tf.Variable(weights[f"{n}/kernel"], trainable=False, name=f"{name}_{n}_kernel") for n in layers + ["output"]]
-        self.biases = [tf.Variable(weights[f"{n}/bias"], trainable=False, name=f"{name}_{n}_bias") for n in layers + ["output"]]
+            self.embeddings.append(
+                tf.Variable(weights[f"embed/{encoder.name}"], trainable=False, name=f"{name}_embed_{encoder.name}")
+            )
+        layers = sorted(
+            {k.split("/")[0] for k in weights if k.startswith("dense_")}, key=lambda n: int(n.split("_")[1])
+        )
+        self.kernels = [
+            tf.Variable(weights[f"{n}/kernel"], trainable=False, name=f"{name}_{n}_kernel") for n in layers + ["output"]
+        ]
+        self.biases = [
+            tf.Variable(weights[f"{n}/bias"], trainable=False, name=f"{name}_{n}_bias") for n in layers + ["output"]
+        ]
 
     @property
     def schema(self) -> TowerSchema:
@@ -122,7 +130,9 @@ class TowerModule(tf.Module):
     def __init__(self, tower: ServingTower) -> None:
         super().__init__(name="tower_module")
         self.tower = tower
-        self.embed = tf.function(lambda features: {"vectors": self.tower(features)}, input_signature=[tower.input_specs()])
+        self.embed = tf.function(
+            lambda features: {"vectors": self.tower(features)}, input_signature=[tower.input_specs()]
+        )
 
     def save(self, path: Path) -> None:
         """Writes the SavedModel with its one signature."""
@@ -135,7 +145,7 @@ def embed(tower: ServingTower, raw: dict[str, np.ndarray], batch_size: int = 409
     count = len(raw[names[0]])
     out = []
     for start in range(0, count, batch_size):
-        chunk = {n: tf.constant(raw[n][start:start + batch_size], dtype=_DTYPES[_dtype_of(tower, n)]) for n in names}
+        chunk = {n: tf.constant(raw[n][start : start + batch_size], dtype=_DTYPES[_dtype_of(tower, n)]) for n in names}
         out.append(tower(chunk).numpy())
     return np.concatenate(out) if out else np.zeros((0, tower.kernels[-1].shape[1]), np.float32)
 

@@ -62,10 +62,10 @@ class Encoder:
             width = max([len(r) for r in rows] + [1])
             out = np.zeros((len(rows), width), np.int32)
             for i, r in enumerate(rows):
-                out[i, :len(r)] = r
+                out[i, : len(r)] = r
             return {self.name: out}
         if self.kind == "categorical":
-            values = [v[:self.prefix] if self.prefix else v for v in values.tolist()]
+            values = [v[: self.prefix] if self.prefix else v for v in values.tolist()]
         else:
             values = values.tolist()
         return {self.name: np.asarray([index.get(v, OOV) for v in values], np.int32)}
@@ -78,8 +78,10 @@ class Encoder:
         standardized = (safe - np.float32(self.mean)) / np.float32(self.std)
         bounds = np.asarray(self.boundaries, np.float32)
         bucket = (safe[:, None] >= bounds[None, :]).sum(axis=1).astype(np.int32) + 1
-        return {self.name: np.where(finite, bucket, 0).astype(np.int32),
-                self.name + VALUE_SUFFIX: np.where(finite, standardized, np.float32(0)).astype(np.float32)}
+        return {
+            self.name: np.where(finite, bucket, 0).astype(np.int32),
+            self.name + VALUE_SUFFIX: np.where(finite, standardized, np.float32(0)).astype(np.float32),
+        }
 
     def raw(self, values: np.ndarray) -> np.ndarray:
         """Raw values as the serving signature takes them (str / float32 / "|"-joined str)."""
@@ -155,8 +157,12 @@ class TowerSchema:
 
     def to_dict(self) -> dict:
         """JSON-ready form: inputs with kind and wire dtype, and the fitted encoders."""
-        return {"side": self.side, "id_dtype": self.id_dtype, "inputs": self.inputs(),
-                "encoders": [e.to_dict() for e in self.encoders]}
+        return {
+            "side": self.side,
+            "id_dtype": self.id_dtype,
+            "inputs": self.inputs(),
+            "encoders": [e.to_dict() for e in self.encoders],
+        }
 
     def inputs(self) -> list[dict]:
         """The serving signature's inputs: name, kind and wire dtype, in order."""
@@ -177,10 +183,12 @@ def fit_encoder(column, trained: np.ndarray, min_count: int) -> Encoder:
     """Fits one feature's encoder on the rows of entities with training interactions."""
     values = column.values[trained]
     if column.kind == "categorical":
-        tokens = [v[:column.prefix] if column.prefix else v for v in values.tolist()]
+        tokens = [v[: column.prefix] if column.prefix else v for v in values.tolist()]
         return Encoder(column.name, "categorical", _vocab(Counter(tokens), min_count), prefix=column.prefix)
     if column.kind == "multi":
-        return Encoder(column.name, "multi", _vocab(Counter(t for tokens in values.tolist() for t in set(tokens)), min_count))
+        return Encoder(
+            column.name, "multi", _vocab(Counter(t for tokens in values.tolist() for t in set(tokens)), min_count)
+        )
     x = np.asarray(values, np.float64)
     x = x[np.isfinite(x)].astype(np.float32)
     if len(x) == 0:
@@ -191,8 +199,15 @@ def fit_encoder(column, trained: np.ndarray, min_count: int) -> Encoder:
     return Encoder(column.name, "numeric", boundaries=bounds, mean=float(np.float32(x.mean())), std=std)
 
 
-def fit_schema(side: str, id_name: str, ids: np.ndarray, counts: np.ndarray, table: FeatureTable | None,
-               min_count: int = 2, id_min_count: int = 1) -> TowerSchema:
+def fit_schema(
+    side: str,
+    id_name: str,
+    ids: np.ndarray,
+    counts: np.ndarray,
+    table: FeatureTable | None,
+    min_count: int = 2,
+    id_min_count: int = 1,
+) -> TowerSchema:
     """A tower's encoders: `ids` are every entity, `counts` their training interactions.
 
     Ids with fewer than `id_min_count` interactions get no id row of their own: they train

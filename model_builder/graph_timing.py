@@ -47,8 +47,13 @@ class GraphCost:
 
     def to_dict(self) -> dict:
         """JSON-ready form for the frontier in build_info.json."""
-        return {"us_per_query": round(self.us_per_query, 2), "us_per_call": round(self.us_per_call, 2),
-                "batch": self.batch, "calls": self.calls, "load_s": round(self.load_s, 2)}
+        return {
+            "us_per_query": round(self.us_per_query, 2),
+            "us_per_call": round(self.us_per_call, 2),
+            "batch": self.batch,
+            "calls": self.calls,
+            "load_s": round(self.load_s, 2),
+        }
 
 
 class _Api:
@@ -60,11 +65,25 @@ class _Api:
         from model_builder.compat.c_api_runner import CApi
 
         base = CApi()  # load, run, tensors: one typed definition shared with the compat runner
-        lib = ctypes.CDLL(os.path.join(os.path.dirname(tf.__file__), "python", "_pywrap_tensorflow_internal.so"),
-                          mode=ctypes.RTLD_GLOBAL)
+        lib = ctypes.CDLL(
+            os.path.join(os.path.dirname(tf.__file__), "python", "_pywrap_tensorflow_internal.so"),
+            mode=ctypes.RTLD_GLOBAL,
+        )
         v, s = ctypes.c_void_p, ctypes.c_size_t
-        for name in ("new_status", "code", "message", "new_options", "new_graph", "new_buffer", "load", "operation",
-                     "run", "allocate", "data", "delete_tensor"):
+        for name in (
+            "new_status",
+            "code",
+            "message",
+            "new_options",
+            "new_graph",
+            "new_buffer",
+            "load",
+            "operation",
+            "run",
+            "allocate",
+            "data",
+            "delete_tensor",
+        ):
             setattr(self, name, getattr(base, name))
 
         def fn(name, restype, argtypes):
@@ -104,8 +123,9 @@ class GraphSession:
         self._output = _Output
         self.status = api.new_status()
         self.options = api.new_options()
-        config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=INTRA_OP_THREADS,
-                                          inter_op_parallelism_threads=INTER_OP_THREADS).SerializeToString()
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=INTRA_OP_THREADS, inter_op_parallelism_threads=INTER_OP_THREADS
+        ).SerializeToString()
         api.set_config(self.options, config, len(config), self.status)
         self._check("session options")
         self.graph = api.new_graph()
@@ -151,8 +171,20 @@ class GraphSession:
     def run(self, handle: int) -> None:
         """One TF_SessionRun of the signature (outputs fetched, then freed)."""
         api = self.api
-        api.run(self.session, None, self._feeds, (ctypes.c_void_p * 1)(handle), 1, self._fetches, self._results,
-                len(self._results), None, 0, None, self.status)
+        api.run(
+            self.session,
+            None,
+            self._feeds,
+            (ctypes.c_void_p * 1)(handle),
+            1,
+            self._fetches,
+            self._results,
+            len(self._results),
+            None,
+            0,
+            None,
+            self.status,
+        )
         self._check("TF_SessionRun")
         for out in self._results:
             api.delete_tensor(out)
@@ -167,8 +199,9 @@ class GraphSession:
         api.delete_status(self.status)
 
 
-def time_calls(session: GraphSession, queries: np.ndarray, batch: int, max_calls: int = 300,
-               max_s: float = 2.0, rounds: int = 3) -> tuple[float, int]:
+def time_calls(
+    session: GraphSession, queries: np.ndarray, batch: int, max_calls: int = 300, max_s: float = 2.0, rounds: int = 3
+) -> tuple[float, int]:
     """Median microseconds of one call on `batch` query rows; best of `rounds` rounds.
 
     Rounds are bounded in calls and time. The best round's median is the least
@@ -177,7 +210,7 @@ def time_calls(session: GraphSession, queries: np.ndarray, batch: int, max_calls
     if len(queries) < batch:  # a small query set still fills every call
         queries = np.resize(queries, (batch, queries.shape[1]))
     starts = range(0, len(queries) - batch + 1, batch)
-    inputs = [session.tensor(queries[s:s + batch]) for s in list(starts)[:max_calls]]
+    inputs = [session.tensor(queries[s : s + batch]) for s in list(starts)[:max_calls]]
     try:
         session.run(inputs[0])  # first call builds the ScaNN searcher from its variables
         best, calls = float("inf"), 0
@@ -217,8 +250,9 @@ def measure(folder: Path, queries: np.ndarray, batch: int, max_s: float = 2.0) -
     return GraphCost(per_call / batch, per_call, batch, calls, session.load_s)
 
 
-def compare(folders: list[Path], queries: np.ndarray, batch: int, rounds: int = 5,
-            max_s: float = 4.0) -> list[GraphCost]:
+def compare(
+    folders: list[Path], queries: np.ndarray, batch: int, rounds: int = 5, max_s: float = 4.0
+) -> list[GraphCost]:
     """Times several exports side by side: all loaded at once, taking turns round by round.
 
     Measured one after the other, a configuration timed while the machine was
@@ -233,8 +267,9 @@ def compare(folders: list[Path], queries: np.ndarray, batch: int, rounds: int = 
         counts = [0] * len(sessions)
         for _ in range(rounds):
             for n, session in enumerate(sessions):
-                per_call, calls = time_calls(session, queries, batch, max_calls=60,
-                                             max_s=max_s / rounds / len(sessions), rounds=1)
+                per_call, calls = time_calls(
+                    session, queries, batch, max_calls=60, max_s=max_s / rounds / len(sessions), rounds=1
+                )
                 medians[n].append(per_call)
                 counts[n] += calls
         return [GraphCost(min(m) / batch, min(m), batch, c, s.load_s) for m, c, s in zip(medians, counts, sessions)]

@@ -35,24 +35,86 @@ DEFAULT_HASH_TYPE = "lut16"
 class IndexConfig:
     """Index knobs; None means "let the rule of thumb decide"."""
 
-    algorithm: str = field(default="auto", metadata={"help": f"one of {', '.join(ALGORITHMS)}; 'exact' is matmul+top_k without ScaNN (a baseline)"})
+    algorithm: str = field(
+        default="auto",
+        metadata={"help": f"one of {', '.join(ALGORITHMS)}; 'exact' is matmul+top_k without ScaNN (a baseline)"},
+    )
     distance: str = field(default="dot_product", metadata={"help": "dot_product (two-tower scores) or squared_l2"})
-    brute_force_below: int = field(default=20_000, metadata={"help": "catalogues smaller than this use brute force under 'auto'"})
-    partition_from: int = field(default=100_000, metadata={"help": "catalogues this large or larger add tree partitioning under 'auto'"})
-    num_leaves: int | None = field(default=None, metadata={"help": "tree leaves; default ~sqrt(N). More leaves: faster search, slower build, lower recall per leaf searched"})
-    num_leaves_to_search: int | None = field(default=None, metadata={"help": "leaves scanned per query; default 5%% of leaves (min 10). Higher: better recall, slower"})
-    dimensions_per_block: int | None = field(default=None, metadata={"help": "AH dims per code; fewer = more accurate, larger and slower. Default: 2, and the index search also tries 1 and 4; setting it fixes it"})
-    anisotropic_quantization_threshold: float = field(default=0.2, metadata={"help": "AH loss weighting for dot product (ScaNN's recommended 0.2); ignored for squared_l2"})
-    reorder_num_neighbors: int | None = field(default=None, metadata={"help": "candidates re-scored exactly; must exceed k. Default max(100, 4k). Higher: better recall, slower"})
-    training_sample_size: int | None = field(default=None, metadata={"help": "vectors sampled to train the tree and AH codebooks; default min(N, 250000)"})
+    brute_force_below: int = field(
+        default=20_000, metadata={"help": "catalogues smaller than this use brute force under 'auto'"}
+    )
+    partition_from: int = field(
+        default=100_000, metadata={"help": "catalogues this large or larger add tree partitioning under 'auto'"}
+    )
+    num_leaves: int | None = field(
+        default=None,
+        metadata={
+            "help": "tree leaves; default ~sqrt(N). More leaves: faster search, slower build, lower recall per leaf searched"
+        },
+    )
+    num_leaves_to_search: int | None = field(
+        default=None,
+        metadata={"help": "leaves scanned per query; default 5%% of leaves (min 10). Higher: better recall, slower"},
+    )
+    dimensions_per_block: int | None = field(
+        default=None,
+        metadata={
+            "help": "AH dims per code; fewer = more accurate, larger and slower. Default: 2, and the index search also tries 1 and 4; setting it fixes it"
+        },
+    )
+    anisotropic_quantization_threshold: float = field(
+        default=0.2,
+        metadata={"help": "AH loss weighting for dot product (ScaNN's recommended 0.2); ignored for squared_l2"},
+    )
+    reorder_num_neighbors: int | None = field(
+        default=None,
+        metadata={
+            "help": "candidates re-scored exactly; must exceed k. Default max(100, 4k). Higher: better recall, slower"
+        },
+    )
+    training_sample_size: int | None = field(
+        default=None, metadata={"help": "vectors sampled to train the tree and AH codebooks; default min(N, 250000)"}
+    )
     training_threads: int = field(default=0, metadata={"help": "threads for index training (0 = all cores)"})
-    residual_quantization: bool | None = field(default=None, metadata={"help": "AH codes the residual to the vector's tree centre (default: on with a tree). Off, clustered data lost most of its recall (0.52 vs 0.98 at 200k x 64)"})
-    hash_type: str | None = field(default=None, metadata={"help": "AH codes: lut16 (4-bit, fastest) or lut256 (8-bit: more accurate per candidate, ~1.8x the search cost at equal recall on 1M x 64). Default: lut16, and the index search also tries lut256; setting it fixes it"})
-    index_search: bool = field(default=True, metadata={"help": "with --tune: also try other index families and structures (brute force, AH 1/2/4 dims per block, tree + AH with leaves around sqrt(N), lut16/lut256) within the time budget and serve the fastest reaching --target-recall; off: only the rule of thumb's structure, its search knobs tuned"})
-    optimize: str = field(default="latency", metadata={"help": "what 'fastest' means: latency (one query per call, how an online recommender calls) or throughput (cost per query in batches of --throughput-batch-size, what TF Serving's batcher executes)"})
-    throughput_batch_size: int = field(default_factory=serving_batch.execution_batch_size, metadata={"help": "rows per call timed under --optimize throughput; default: max_execution_batch_size of k8s/base/config/batching_parameters.txt"})
-    search_budget_factor: float = field(default=4.0, metadata={"help": "index search time budget as a multiple of the time the rule-of-thumb index took to build, tune and time (at least 5 s)"})
-    search_budget_s: float | None = field(default=None, metadata={"help": "index search time budget in seconds (overrides --search-budget-factor)"})
+    residual_quantization: bool | None = field(
+        default=None,
+        metadata={
+            "help": "AH codes the residual to the vector's tree centre (default: on with a tree). Off, clustered data lost most of its recall (0.52 vs 0.98 at 200k x 64)"
+        },
+    )
+    hash_type: str | None = field(
+        default=None,
+        metadata={
+            "help": "AH codes: lut16 (4-bit, fastest) or lut256 (8-bit: more accurate per candidate, ~1.8x the search cost at equal recall on 1M x 64). Default: lut16, and the index search also tries lut256; setting it fixes it"
+        },
+    )
+    index_search: bool = field(
+        default=True,
+        metadata={
+            "help": "with --tune: also try other index families and structures (brute force, AH 1/2/4 dims per block, tree + AH with leaves around sqrt(N), lut16/lut256) within the time budget and serve the fastest reaching --target-recall; off: only the rule of thumb's structure, its search knobs tuned"
+        },
+    )
+    optimize: str = field(
+        default="latency",
+        metadata={
+            "help": "what 'fastest' means: latency (one query per call, how an online recommender calls) or throughput (cost per query in batches of --throughput-batch-size, what TF Serving's batcher executes)"
+        },
+    )
+    throughput_batch_size: int = field(
+        default_factory=serving_batch.execution_batch_size,
+        metadata={
+            "help": "rows per call timed under --optimize throughput; default: max_execution_batch_size of k8s/base/config/batching_parameters.txt"
+        },
+    )
+    search_budget_factor: float = field(
+        default=4.0,
+        metadata={
+            "help": "index search time budget as a multiple of the time the rule-of-thumb index took to build, tune and time (at least 5 s)"
+        },
+    )
+    search_budget_s: float | None = field(
+        default=None, metadata={"help": "index search time budget in seconds (overrides --search-budget-factor)"}
+    )
 
     def validate(self) -> None:
         """Rejects flags that are wrong whatever the catalogue, before any work starts."""
@@ -102,7 +164,11 @@ class ResolvedIndex:
 
     def describe(self) -> str:
         """One readable line for the build log."""
-        knobs = {k: v for k, v in self.to_dict().items() if k not in ("algorithm", "reason", "num_candidates", "dimensions", "k", "distance", "training_threads")}
+        knobs = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in ("algorithm", "reason", "num_candidates", "dimensions", "k", "distance", "training_threads")
+        }
         parts = ", ".join(f"{k}={v}" for k, v in knobs.items())
         return f"{self.algorithm} over {self.num_candidates} x {self.dimensions} ({self.distance}, k={self.k}){': ' + parts if parts else ''} -- {self.reason}"
 
@@ -119,15 +185,24 @@ def resolve(cfg: IndexConfig, num_candidates: int, dimensions: int, k: int) -> R
             algorithm, reason = "ah", f"{cfg.brute_force_below} <= N={n} < {cfg.partition_from}: AH + reordering"
         else:
             algorithm, reason = "tree_ah", f"N={n} >= {cfg.partition_from}: tree (~sqrt(N) leaves) + AH + reordering"
-    base = ResolvedIndex(algorithm=algorithm, distance=cfg.distance, num_candidates=n, dimensions=dimensions,
-                         k=k, reason=reason, training_threads=cfg.training_threads)
+    base = ResolvedIndex(
+        algorithm=algorithm,
+        distance=cfg.distance,
+        num_candidates=n,
+        dimensions=dimensions,
+        k=k,
+        reason=reason,
+        training_threads=cfg.training_threads,
+    )
     if algorithm in ("brute_force", "exact"):
         return base
     reorder = cfg.reorder_num_neighbors or min(n, max(100, 4 * k))
     ah = replace(
         base,
         dimensions_per_block=cfg.dimensions_per_block or DEFAULT_DIMENSIONS_PER_BLOCK,
-        anisotropic_quantization_threshold=(cfg.anisotropic_quantization_threshold if cfg.distance == "dot_product" else None),
+        anisotropic_quantization_threshold=(
+            cfg.anisotropic_quantization_threshold if cfg.distance == "dot_product" else None
+        ),
         reorder_num_neighbors=reorder,
         training_sample_size=min(n, cfg.training_sample_size or 250_000),
     )
@@ -141,8 +216,13 @@ def resolve(cfg: IndexConfig, num_candidates: int, dimensions: int, k: int) -> R
     if to_search > leaves:
         raise ConfigError(f"--num-leaves-to-search {to_search} exceeds --num-leaves {leaves}")
     residual = True if cfg.residual_quantization is None else cfg.residual_quantization
-    return replace(ah, num_leaves=leaves, num_leaves_to_search=to_search, residual_quantization=residual,
-                   hash_type=cfg.hash_type or DEFAULT_HASH_TYPE)
+    return replace(
+        ah,
+        num_leaves=leaves,
+        num_leaves_to_search=to_search,
+        residual_quantization=residual,
+        hash_type=cfg.hash_type or DEFAULT_HASH_TYPE,
+    )
 
 
 def _validate(cfg: IndexConfig, n: int, k: int) -> None:
@@ -152,7 +232,9 @@ def _validate(cfg: IndexConfig, n: int, k: int) -> None:
     if n < k:
         raise ConfigError(f"-k {k} exceeds the number of candidates ({n}); lower -k")
     if cfg.reorder_num_neighbors is not None and cfg.reorder_num_neighbors <= k:
-        raise ConfigError(f"--reorder-num-neighbors {cfg.reorder_num_neighbors} must exceed k={k}: reordering only fixes the order of candidates it sees")
+        raise ConfigError(
+            f"--reorder-num-neighbors {cfg.reorder_num_neighbors} must exceed k={k}: reordering only fixes the order of candidates it sees"
+        )
 
 
 def build_searcher(vectors: np.ndarray, index: ResolvedIndex, num_neighbors: int):

@@ -45,10 +45,12 @@ FINALISTS = 3
 MIN_BUDGET_S = 5.0
 _PROXY_CALLS = 60
 _PROXY_MAX_S = 0.3
-TIMING_METHOD = ("serving graph (search_by_vector) exported to a temporary SavedModel, loaded with TF's C API "
-                 "(TF_LoadSessionFromSavedModel) and run with TF_SessionRun in a loop on pre-built inputs: median per "
-                 "call, best of 3 rounds; finalists again side by side, taking turns (best of 5 rounds); intra-op 1 / "
-                 "inter-op 2 threads (the serving image's flags)")
+TIMING_METHOD = (
+    "serving graph (search_by_vector) exported to a temporary SavedModel, loaded with TF's C API "
+    "(TF_LoadSessionFromSavedModel) and run with TF_SessionRun in a loop on pre-built inputs: median per "
+    "call, best of 3 rounds; finalists again side by side, taking turns (best of 5 rounds); intra-op 1 / "
+    "inter-op 2 threads (the serving image's flags)"
+)
 
 # Module factory: (index, searcher, leaves_to_search, reorder) -> the serving tf.Module the build would export.
 MakeModule = Callable[[ResolvedIndex, object, "int | None", "int | None"], object]
@@ -74,9 +76,15 @@ class Outcome:
     def record(self) -> dict:
         """The structure's row for build_info.json: knobs, build time, every setting with recall and cost."""
         ix = self.index
-        row = {"family": ix.algorithm, "num_leaves": ix.num_leaves, "dimensions_per_block": ix.dimensions_per_block,
-               "hash_type": ix.hash_type, "status": self.status, "seconds": round(self.seconds, 2),
-               "build_s": None if self.build_s is None else round(self.build_s, 2)}
+        row = {
+            "family": ix.algorithm,
+            "num_leaves": ix.num_leaves,
+            "dimensions_per_block": ix.dimensions_per_block,
+            "hash_type": ix.hash_type,
+            "status": self.status,
+            "seconds": round(self.seconds, 2),
+            "build_s": None if self.build_s is None else round(self.build_s, 2),
+        }
         if self.sweep is not None:
             row["recall_measurements"] = len(self.sweep.measured)
             row["best_recall"] = round(self.sweep.best_recall().recall, 4)
@@ -118,16 +126,24 @@ class _Finalists:
     def offer(self, timed: _Timed) -> None:
         self.items.append(timed)
         self.items.sort(key=lambda t: t.setting["cost_us_per_query"])
-        for dropped in self.items[self.size:]:
+        for dropped in self.items[self.size :]:
             shutil.rmtree(dropped.folder, ignore_errors=True)
-        del self.items[self.size:]
+        del self.items[self.size :]
 
     def holds(self, outcome: Outcome) -> bool:
         return any(t.outcome is outcome for t in self.items)
 
 
-def search(cfg: IndexConfig, rule: ResolvedIndex, vectors: np.ndarray, queries: np.ndarray, count: int,
-           target: float, make_module: MakeModule, log: Callable[[str], None] = print) -> SearchResult:
+def search(
+    cfg: IndexConfig,
+    rule: ResolvedIndex,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    count: int,
+    target: float,
+    make_module: MakeModule,
+    log: Callable[[str], None] = print,
+) -> SearchResult:
     """Runs the search (see the module docstring); `count` results per query, `queries` held out."""
     goal = min(1.0, target + tune.MARGIN)
     batch = 1 if cfg.optimize == "latency" else cfg.throughput_batch_size
@@ -137,8 +153,10 @@ def search(cfg: IndexConfig, rule: ResolvedIndex, vectors: np.ndarray, queries: 
     started = time.monotonic()
     plan = index_space.candidates(cfg, rule) if cfg.index_search else [rule]
     unit = "per query" if batch == 1 else f"per query in calls of {batch}"
-    log(f"index search: {len(plan)} structure(s), recall@{count} goal {goal:.3f} on {len(queries)} held-out queries, "
-        f"cost = serving-graph time {unit} (--optimize {cfg.optimize})")
+    log(
+        f"index search: {len(plan)} structure(s), recall@{count} goal {goal:.3f} on {len(queries)} held-out queries, "
+        f"cost = serving-graph time {unit} (--optimize {cfg.optimize})"
+    )
     outcomes: list[Outcome] = []
     budget_s: float | None = cfg.search_budget_s
     finalists = _Finalists(FINALISTS)
@@ -146,8 +164,10 @@ def search(cfg: IndexConfig, rule: ResolvedIndex, vectors: np.ndarray, queries: 
     try:
         for number, index in enumerate(plan, 1):
             elapsed = time.monotonic() - started
-            label = (f"index search [{elapsed:.0f}/{_fmt_budget(budget_s)} s] {number}/{len(plan)} "
-                     f"{index_space.describe(index)}")
+            label = (
+                f"index search [{elapsed:.0f}/{_fmt_budget(budget_s)} s] {number}/{len(plan)} "
+                f"{index_space.describe(index)}"
+            )
             if outcomes and budget_s is not None:
                 estimate = _estimate(index, outcomes) + _final_reserve(outcomes[0], finalists)
                 if elapsed + estimate > budget_s:
@@ -158,13 +178,29 @@ def search(cfg: IndexConfig, rule: ResolvedIndex, vectors: np.ndarray, queries: 
             # The rule of thumb always runs to the end: it is the fallback, and it sets the budget.
             deadline = None if not outcomes or budget_s is None else started + budget_s
             alone = len(plan) == 1 and index.algorithm == "brute_force"
-            outcome = _evaluate(index, vectors, queries, kth, count, goal, batch, make_module, deadline, log, label,
-                                workdir / str(number), finalists, alone)
+            outcome = _evaluate(
+                index,
+                vectors,
+                queries,
+                kth,
+                count,
+                goal,
+                batch,
+                make_module,
+                deadline,
+                log,
+                label,
+                workdir / str(number),
+                finalists,
+                alone,
+            )
             outcomes.append(outcome)
             if budget_s is None:
                 budget_s = max(MIN_BUDGET_S, cfg.search_budget_factor * (time.monotonic() - started))
-                log(f"index search: budget {budget_s:.0f} s ({cfg.search_budget_factor:g} x the rule of thumb's "
-                    f"{time.monotonic() - started:.1f} s, at least {MIN_BUDGET_S:.0f} s)")
+                log(
+                    f"index search: budget {budget_s:.0f} s ({cfg.search_budget_factor:g} x the rule of thumb's "
+                    f"{time.monotonic() - started:.1f} s, at least {MIN_BUDGET_S:.0f} s)"
+                )
             for done in outcomes:  # searchers are kept only for finalists, and the rule's while it is the fallback
                 if not finalists.holds(done) and (done is not outcomes[0] or finalists.items):
                     done.searcher = None
@@ -211,15 +247,33 @@ def _final_round(finalists: _Finalists, queries: np.ndarray, batch: int, log) ->
     costs = graph_timing.compare([t.folder for t in finalists.items], queries, batch)
     for timed, cost in zip(finalists.items, costs):
         timed.setting["final_us_per_query"] = round(cost.us_per_query, 2)
-    log("index search: final round, side by side: " + "; ".join(
-        f"{index_space.describe(t.outcome.index)} leaves_to_search={t.setting['leaves_to_search']} "
-        f"reorder={t.setting['reorder']} {t.setting['final_us_per_query']:.0f} us/query" for t in finalists.items))
+    log(
+        "index search: final round, side by side: "
+        + "; ".join(
+            f"{index_space.describe(t.outcome.index)} leaves_to_search={t.setting['leaves_to_search']} "
+            f"reorder={t.setting['reorder']} {t.setting['final_us_per_query']:.0f} us/query"
+            for t in finalists.items
+        )
+    )
     return min(finalists.items, key=lambda t: t.setting["final_us_per_query"])
 
 
-def _evaluate(index: ResolvedIndex, vectors: np.ndarray, queries: np.ndarray, kth: np.ndarray, count: int, goal: float,
-              batch: int, make_module: MakeModule, deadline: float | None, log, label: str, folder: Path,
-              finalists: _Finalists, alone: bool = False) -> Outcome:
+def _evaluate(
+    index: ResolvedIndex,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    kth: np.ndarray,
+    count: int,
+    goal: float,
+    batch: int,
+    make_module: MakeModule,
+    deadline: float | None,
+    log,
+    label: str,
+    folder: Path,
+    finalists: _Finalists,
+    alone: bool = False,
+) -> Outcome:
     """Build, recall sweep, proxy ranking, serving-graph timing of one structure."""
     started = time.monotonic()
     outcome = Outcome(index)
@@ -227,9 +281,11 @@ def _evaluate(index: ResolvedIndex, vectors: np.ndarray, queries: np.ndarray, kt
     searcher, outcome.build_s = build_searcher(vectors, index, count)
     outcome.searcher = searcher
     sweep = outcome.sweep = tune.sweep(searcher, index, queries, kth, vectors, count, goal, deadline)
-    log(f"{label}: built in {outcome.build_s:.1f} s; {len(sweep.measured)} recall measurements, "
+    log(
+        f"{label}: built in {outcome.build_s:.1f} s; {len(sweep.measured)} recall measurements, "
         f"{len(sweep.frontier)} setting(s) reach {goal:.3f} (best recall {sweep.best_recall().recall:.4f})"
-        + ("" if sweep.complete else "; sweep stopped at the deadline"))
+        + ("" if sweep.complete else "; sweep stopped at the deadline")
+    )
     if not sweep.frontier:
         outcome.status = "no setting reached the recall goal" + ("" if sweep.complete else " before the deadline")
         outcome.seconds = time.monotonic() - started
@@ -239,8 +295,10 @@ def _evaluate(index: ResolvedIndex, vectors: np.ndarray, queries: np.ndarray, kt
         outcome.seconds = time.monotonic() - started
         return outcome
     proxy = _proxy_us(searcher, list(sweep.frontier), queries, count, batch)
-    ranked = sorted(({**_point(p), "proxy_us_per_query": us} for p, us in zip(sweep.frontier, proxy)),
-                    key=lambda t: t["proxy_us_per_query"])
+    ranked = sorted(
+        ({**_point(p), "proxy_us_per_query": us} for p, us in zip(sweep.frontier, proxy)),
+        key=lambda t: t["proxy_us_per_query"],
+    )
     for rank, setting in enumerate(ranked):
         setting["cost_us_per_query"] = None
         if rank >= GRAPH_TIMED_PER_STRUCTURE or (deadline is not None and time.monotonic() > deadline):
@@ -255,9 +313,11 @@ def _evaluate(index: ResolvedIndex, vectors: np.ndarray, queries: np.ndarray, kt
     chosen = outcome.best()
     outcome.status = "timed" if chosen else "stopped at the deadline before timing"
     if chosen:
-        log(f"{label}: cheapest {chosen['cost_us_per_query']:.0f} us/query through the serving graph "
+        log(
+            f"{label}: cheapest {chosen['cost_us_per_query']:.0f} us/query through the serving graph "
             f"(leaves_to_search={chosen['leaves_to_search']}, reorder={chosen['reorder']}, "
-            f"recall {chosen['recall']:.4f})")
+            f"recall {chosen['recall']:.4f})"
+        )
     outcome.seconds = time.monotonic() - started
     return outcome
 
@@ -266,15 +326,17 @@ def _proxy_us(searcher, points: list[tune.Point], queries: np.ndarray, count: in
     """Median microseconds per query of the ScaNN op alone (eager, the objective's batch size) for each
     setting, the settings taking turns call by call so that load on the machine hits all alike."""
     rows = np.resize(queries, (batch, queries.shape[1])) if len(queries) < batch else queries
-    kws = [{"final_num_neighbors": count, "pre_reorder_num_neighbors": p.reorder,
-            "leaves_to_search": p.leaves_to_search} for p in points]
+    kws = [
+        {"final_num_neighbors": count, "pre_reorder_num_neighbors": p.reorder, "leaves_to_search": p.leaves_to_search}
+        for p in points
+    ]
     for kw in kws:
         searcher.search_batched_parallel(rows[:batch], **kw)
     samples: list[list[float]] = [[] for _ in points]
     stop = time.perf_counter() + _PROXY_MAX_S * len(points)
     for n in range(_PROXY_CALLS):
         start_row = (n * batch) % max(1, len(rows) - batch + 1)
-        chunk = rows[start_row:start_row + batch]
+        chunk = rows[start_row : start_row + batch]
         for kw, out in zip(kws, samples):
             began = time.perf_counter()
             searcher.search_batched_parallel(chunk, **kw)
@@ -284,42 +346,69 @@ def _proxy_us(searcher, points: list[tune.Point], queries: np.ndarray, count: in
     return [round(float(np.median(out)) / batch * 1e6, 2) for out in samples]
 
 
-def _result(cfg: IndexConfig, outcomes: list[Outcome], winner: _Timed | None, target: float, goal: float, batch: int,
-            budget_s: float | None, seconds: float, log) -> SearchResult:
+def _result(
+    cfg: IndexConfig,
+    outcomes: list[Outcome],
+    winner: _Timed | None,
+    target: float,
+    goal: float,
+    batch: int,
+    budget_s: float | None,
+    seconds: float,
+    log,
+) -> SearchResult:
     """The chosen (or fallback) structure with its knobs, and the record for build_info.json."""
     rule = outcomes[0]
     if winner is not None:
         chosen, setting = winner.outcome, winner.setting
         why = "cheapest through the serving graph among settings reaching the goal" + (
-            " (final round, side by side)" if "final_us_per_query" in setting else "")
+            " (final round, side by side)" if "final_us_per_query" in setting else ""
+        )
     elif rule.sweep is not None and rule.sweep.frontier and len(outcomes) == 1:
         chosen, setting = rule, {**_point(rule.sweep.frontier[0]), "cost_us_per_query": None}
-        why = ("the only structure considered (exact brute force below --brute-force-below, "
-               "or --no-index-search on brute force)")
+        why = (
+            "the only structure considered (exact brute force below --brute-force-below, "
+            "or --no-index-search on brute force)"
+        )
     else:
         assert rule.sweep is not None
         fallback = rule.sweep.best_recall()
         chosen, setting = rule, {**_point(fallback), "cost_us_per_query": None}
         why = "fallback: no structure reached the recall goal; the rule of thumb's highest-recall setting"
-        log(f"index search: no structure reached recall {goal:.3f}; serving the rule of thumb at its best "
-            f"({fallback.recall:.4f}, leaves_to_search={fallback.leaves_to_search}, reorder={fallback.reorder})")
+        log(
+            f"index search: no structure reached recall {goal:.3f}; serving the rule of thumb at its best "
+            f"({fallback.recall:.4f}, leaves_to_search={fallback.leaves_to_search}, reorder={fallback.reorder})"
+        )
     assert chosen.searcher is not None and chosen.sweep is not None
     cost = setting.get("final_us_per_query", setting.get("cost_us_per_query"))
-    log(f"index search: chose {index_space.describe(chosen.index)} leaves_to_search={setting['leaves_to_search']} "
+    log(
+        f"index search: chose {index_space.describe(chosen.index)} leaves_to_search={setting['leaves_to_search']} "
         f"reorder={setting['reorder']} (recall {setting['recall']:.4f}"
         + (f", {cost:.0f} us/query" if cost is not None else "")
-        + f") after {seconds:.0f} s of a {budget_s:.0f} s budget")
+        + f") after {seconds:.0f} s of a {budget_s:.0f} s budget"
+    )
     record = {
-        "objective": cfg.optimize, "batch": batch, "goal": goal, "enabled": cfg.index_search,
-        "budget_s": None if budget_s is None else round(budget_s, 1), "seconds": round(seconds, 1),
-        "within_budget": budget_s is None or seconds <= budget_s, "budget_factor": cfg.search_budget_factor,
+        "objective": cfg.optimize,
+        "batch": batch,
+        "goal": goal,
+        "enabled": cfg.index_search,
+        "budget_s": None if budget_s is None else round(budget_s, 1),
+        "seconds": round(seconds, 1),
+        "within_budget": budget_s is None or seconds <= budget_s,
+        "budget_factor": cfg.search_budget_factor,
         "timing_method": TIMING_METHOD,
-        "chosen": {"family": chosen.index.algorithm, "num_leaves": chosen.index.num_leaves,
-                   "dimensions_per_block": chosen.index.dimensions_per_block, "hash_type": chosen.index.hash_type,
-                   **{k: v for k, v in setting.items() if k != "graph"}, "why": why},
+        "chosen": {
+            "family": chosen.index.algorithm,
+            "num_leaves": chosen.index.num_leaves,
+            "dimensions_per_block": chosen.index.dimensions_per_block,
+            "hash_type": chosen.index.hash_type,
+            **{k: v for k, v in setting.items() if k != "graph"},
+            "why": why,
+        },
         "rule_of_thumb": {"family": rule.index.algorithm, "num_leaves": rule.index.num_leaves, "best": rule.best()},
         "frontier": [o.record() for o in outcomes],
     }
-    tuning = tune.TuningResult(target, setting["leaves_to_search"], setting["reorder"], setting["recall"],
-                               list(chosen.sweep.measured), seconds)
+    tuning = tune.TuningResult(
+        target, setting["leaves_to_search"], setting["reorder"], setting["recall"], list(chosen.sweep.measured), seconds
+    )
     return SearchResult(chosen.index, chosen.searcher, chosen.build_s or 0.0, tuning, record)

@@ -76,10 +76,13 @@ def candidates(cfg: IndexConfig, rule: ResolvedIndex) -> list[ResolvedIndex]:
         if family == "brute_force":
             out.append(_resolved(cfg, "brute_force", n, dim, k))
             continue
-        for leaf_count in (leaves if family == "tree_ah" else [None]):
+        for leaf_count in leaves if family == "tree_ah" else [None]:
             for blocks, hash_type in codes:
-                out.append(_resolved(cfg, family, n, dim, k, num_leaves=leaf_count, dimensions_per_block=blocks,
-                                     hash_type=hash_type))
+                out.append(
+                    _resolved(
+                        cfg, family, n, dim, k, num_leaves=leaf_count, dimensions_per_block=blocks, hash_type=hash_type
+                    )
+                )
     unique: dict[tuple, ResolvedIndex] = {}
     for index in out:
         unique.setdefault(structure_key(index), index)

@@ -8,90 +8,22 @@ import platform
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from model_builder import embeddings, evaluate, export, index, index_search, settings, verify, warmup
+from model_builder import embeddings, evaluate, export, index, index_search, verify, warmup
+from model_builder.build_config import QUERY_KINDS, BuildConfig  # noqa: F401  (re-exported: pipeline.BuildConfig is the CLI's entry)
 from model_builder.compat import memory, serving_rules
 from model_builder.errors import ConfigError, DataError
 from model_builder.serving_module import (
-    MAX_EXAMPLES,
-    UNKNOWN_ID_POLICIES,
     Catalogue,
     RetrievalModule,
     ServingOptions,
     check_not_padding,
 )
 from model_builder.towers import TrainConfig
-
-QUERY_KINDS = ("user", "item")
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """What to build, from which data, and where to publish it."""
-
-    dataset: str = field(default="movielens-100k", metadata={"help": "movielens-100k, synthetic, a GroupLens ml-100k folder, or an interactions .csv/.parquet"})
-    items: str | None = field(default=None, metadata={"help": "optional item metadata file (item_id,title,...)"})
-    user_features: str | None = field(default=None, metadata={"help": "user features file (user_id + typed columns, README 'Data format'); replaces a built-in dataset's"})
-    item_features: str | None = field(default=None, metadata={"help": "item features file (item_id + typed columns); items without interactions enter the index from their features"})
-    features: bool = field(default=True, metadata={"help": "train feature towers when the data has user/item features (MovieLens 100K has); --no-features trains id-only towers"})
-    cold_users: float = field(default=0.2, metadata={"help": "feature towers: share of users held out of training entirely to measure cold-start quality (0 = none); the export is refit on everyone"})
-    cold_items: float = field(default=0.1, metadata={"help": "feature towers: share of items held out of training entirely to measure cold-start quality (0 = none)"})
-    compare_id_only: bool = field(default=True, metadata={"help": "feature towers: also train id-only towers on the same split and report them next to the feature towers (one more training run)"})
-    min_weight: float | None = field(default=None, metadata={"help": "interactions with weight >= this are positives (default: 4 for MovieLens ratings, else every row)"})
-    holdout_per_user: int = field(default=1, metadata={"help": "latest positives per user held out to measure hit-rate/recall"})
-    refit: bool = field(default=True, metadata={"help": "retrain on all positives after evaluation so held-out items get trained embeddings"})
-    query: str = field(default="user", metadata={"help": "which tower an id goes through: user (user -> items) or item (item -> similar items)"})
-    candidates: str | None = field(default=None, metadata={"help": "import candidate embeddings (.npy/.npz/.parquet) instead of training"})
-    query_embeddings: str | None = field(default=None, metadata={"help": "import query embeddings (ids + vectors, like --candidates): a materialized query tower"})
-    query_tower: str | None = field(default=None, metadata={"help": "import a query tower (.keras or SavedModel dir) to embed --query-ids"})
-    query_ids: str | None = field(default=None, metadata={"help": "query ids for an imported user tower (.txt/.npy/.csv/.parquet)"})
-    out: str = field(default="models", metadata={"help": "model base path; the version goes to OUT/MODEL_NAME/VERSION"})
-    model_name: str = field(default_factory=settings.model_name, metadata={"help": "model name (TF Serving's --model_name)"})
-    version: int | None = field(default=None, metadata={"help": "version number; default: highest existing + 1 (never overwrites)"})
-    k: int = field(default=10, metadata={"help": "results per query, fixed for this version"})
-    max_batch_size: int = field(default=1024, metadata={"help": "largest batch one request may carry (warmup records stay within it; TF Serving's batching file must accept it)"})
-    num_examples: int = field(default=8, metadata={"help": f"known ids published by the 'examples' signature for smoke tests (0 disables, at most {MAX_EXAMPLES})"})
-    unknown_ids: str = field(default="error", metadata={"help": "what an unknown query id's row gets (found=false either way): error = no ids (our client raises InvalidRequestError naming them), fallback = the k most popular training items"})
-    batching_parameters: str | None = field(default=None, metadata={"help": "TF Serving batching file the version must suit (serving rules checked before publishing); default: the image's k8s/base/config/batching_parameters.txt when building from a checkout, else the model alone"})
-    target_recall: float = field(default=verify.DEFAULT_TARGET_RECALL, metadata={"help": "recall@k vs exact search the version must reach to be published"})
-    tune: bool = field(default=True, metadata={"help": "search index structures and their leaves-to-search/reorder on held-out queries for the fastest served setting reaching --target-recall (see --optimize, --index-search, --search-budget-factor); off: the rule of thumb as is"})
-    verify_queries: int = field(default=verify.DEFAULT_QUERIES, metadata={"help": "held-out queries used by the recall gate"})
-
-    def validate(self) -> None:
-        """Rejects inconsistent flags before any work starts."""
-        if self.query not in QUERY_KINDS:
-            raise ConfigError(f"--query '{self.query}': choose user or item")
-        if not 0.0 <= self.target_recall <= 1.0:
-            raise ConfigError("--target-recall must be between 0 and 1")
-        if self.k < 1 or self.max_batch_size < 1 or self.verify_queries < 1:
-            raise ConfigError("-k, --max-batch-size and --verify-queries must be at least 1")
-        if not 0 <= self.num_examples <= MAX_EXAMPLES:
-            raise ConfigError(f"--num-examples must be between 0 and {MAX_EXAMPLES}")
-        if self.unknown_ids not in UNKNOWN_ID_POLICIES:
-            raise ConfigError(f"--unknown-ids '{self.unknown_ids}': choose {' or '.join(UNKNOWN_ID_POLICIES)}")
-        if self.unknown_ids == "fallback" and self.candidates:
-            raise ConfigError("--unknown-ids fallback ranks items by popularity in the training interactions; "
-                              "imported --candidates have none: use --unknown-ids error")
-        if self.version is not None and self.version < 1:
-            raise ConfigError("--version must be a positive integer (TF Serving's version folders are numbers)")
-        if self.candidates is None and (self.query_tower or self.query_ids or self.query_embeddings):
-            raise ConfigError("--query-embeddings/--query-tower/--query-ids need --candidates (importing replaces training)")
-        if self.query_embeddings and self.query_tower:
-            raise ConfigError("give either --query-embeddings or --query-tower, not both")
-        if self.query_tower and not self.query_ids:
-            raise ConfigError("--query-tower needs --query-ids: the ids to embed")
-        if self.candidates and self.query == "user" and not (self.query_tower or self.query_embeddings):
-            raise ConfigError("--query user with imported --candidates needs --query-embeddings or --query-tower (or use --query item)")
-        if self.candidates and self.query == "item" and (self.query_tower or self.query_embeddings):
-            raise ConfigError("--query item serves candidates as queries: drop --query-embeddings/--query-tower")
-        if (self.user_features or self.item_features) and (self.candidates or not self.features):
-            raise ConfigError("--user-features/--item-features train feature towers: drop --candidates and --no-features")
-        if not (0 <= self.cold_users < 1 and 0 <= self.cold_items < 1):
-            raise ConfigError("--cold-users and --cold-items are shares: use values in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -128,17 +60,22 @@ def prepare_trained(cfg: BuildConfig, train_cfg: TrainConfig, log: Log) -> Prepa
     from model_builder.data import load_dataset
 
     train_cfg.validate()
-    dataset = load_dataset(cfg.dataset, Path(cfg.items) if cfg.items else None,
-                           Path(cfg.user_features) if cfg.user_features else None,
-                           Path(cfg.item_features) if cfg.item_features else None)
+    dataset = load_dataset(
+        cfg.dataset,
+        Path(cfg.items) if cfg.items else None,
+        Path(cfg.user_features) if cfg.user_features else None,
+        Path(cfg.item_features) if cfg.item_features else None,
+    )
     inter = dataset.interactions
     keep, threshold = _positives(cfg, dataset)
     if cfg.features and dataset.has_features:
         return _prepare_features(cfg, train_cfg, dataset, keep, threshold, log)
     users, items = evaluate.Vocab.build(inter.user_ids[keep]), evaluate.Vocab.build(inter.item_ids[keep])
     stamps = inter.timestamps[keep] if inter.timestamps is not None else None
-    log(f"data: {len(inter)} interactions, {int(keep.sum())} positives (weight >= {threshold}), "
-        f"{len(users.ids)} users, {len(items.ids)} items from {inter.source}")
+    log(
+        f"data: {len(inter)} interactions, {int(keep.sum())} positives (weight >= {threshold}), "
+        f"{len(users.ids)} users, {len(items.ids)} items from {inter.source}"
+    )
     split = evaluate.leave_last_out(users.rows, items.rows, stamps, cfg.holdout_per_user)
     log(f"train: {len(split.train_users)} pairs, {len(split.test_users)} held out; {train_cfg}")
     start = time.perf_counter()
@@ -147,42 +84,67 @@ def prepare_trained(cfg: BuildConfig, train_cfg: TrainConfig, log: Log) -> Prepa
     popular_q = evaluate.popularity_metrics(split, len(items.ids))
     log("quality on held-out interactions (all items ranked, training items excluded):")
     for k in evaluate.KS:
-        log(f"  hit-rate@{k}: two-tower {model_q[f'hit_rate@{k}']:.4f} vs most-popular {popular_q[f'hit_rate@{k}']:.4f}"
-            f"   recall@{k}: {model_q[f'recall@{k}']:.4f} vs {popular_q[f'recall@{k}']:.4f}")
+        log(
+            f"  hit-rate@{k}: two-tower {model_q[f'hit_rate@{k}']:.4f} vs most-popular {popular_q[f'hit_rate@{k}']:.4f}"
+            f"   recall@{k}: {model_q[f'recall@{k}']:.4f} vs {popular_q[f'recall@{k}']:.4f}"
+        )
     if cfg.refit:
         log("refit: training on all positives for the exported towers")
         trained = towers.train(users.rows, items.rows, len(users.ids), len(items.ids), train_cfg)
-    quality = {"two_tower": model_q, "most_popular": popular_q, "train_seconds": time.perf_counter() - start,
-               "final_loss": trained.final_loss, "config": asdict(train_cfg), "refit": cfg.refit}
+    quality = {
+        "two_tower": model_q,
+        "most_popular": popular_q,
+        "train_seconds": time.perf_counter() - start,
+        "final_loss": trained.final_loss,
+        "config": asdict(train_cfg),
+        "refit": cfg.refit,
+    }
     if cfg.query == "user":
         catalogue = Catalogue(users.ids, trained.user_vectors, items.ids, trained.item_vectors)
     else:
         catalogue = Catalogue(items.ids, None, items.ids, trained.item_vectors)
-    data_info = {"dataset": dataset.name, "source": inter.source, "interactions": len(inter),
-                 "positives": int(keep.sum()), "min_weight": threshold, "users": len(users.ids), "items": len(items.ids)}
+    data_info = {
+        "dataset": dataset.name,
+        "source": inter.source,
+        "interactions": len(inter),
+        "positives": int(keep.sum()),
+        "min_weight": threshold,
+        "users": len(users.ids),
+        "items": len(items.ids),
+    }
     popularity = np.bincount(items.rows, minlength=len(items.ids))
     # Stable sort: equally popular items keep id order, so the fallback list is reproducible.
     popular_ids = items.ids[np.argsort(-popularity, kind="stable")]
     return Prepared(catalogue, data_info, quality, dataset.titles, popular_ids)
 
 
-def _prepare_features(cfg: BuildConfig, train_cfg: TrainConfig, dataset, keep: np.ndarray, threshold, log: Log) -> Prepared:
+def _prepare_features(
+    cfg: BuildConfig, train_cfg: TrainConfig, dataset, keep: np.ndarray, threshold, log: Log
+) -> Prepared:
     """Feature towers (feature_build.py): cold-start quality, items without interactions indexed too."""
     from model_builder import feature_build
 
     inter = dataset.interactions
     stamps = inter.timestamps[keep] if inter.timestamps is not None else None
     log(f"data: {len(inter)} interactions, {int(keep.sum())} positives (weight >= {threshold}) from {inter.source}")
-    opts = feature_build.FeatureSettings(cfg.holdout_per_user, cfg.cold_users, cfg.cold_items, cfg.refit, cfg.compare_id_only)
+    opts = feature_build.FeatureSettings(
+        cfg.holdout_per_user, cfg.cold_users, cfg.cold_items, cfg.refit, cfg.compare_id_only
+    )
     model = feature_build.train_and_evaluate(dataset, keep, stamps, opts, train_cfg, log)
     if cfg.query == "user":
         catalogue = Catalogue(model.users.ids, model.user_vectors, model.items.ids, model.item_vectors)
     else:
         catalogue = Catalogue(model.items.ids, None, model.items.ids, model.item_vectors)
-    data_info = {"dataset": dataset.name, "source": inter.source, "interactions": len(inter),
-                 "positives": int(keep.sum()), "min_weight": threshold,
-                 "users": int(len(np.unique(model.users.rows))), "items": int(len(np.unique(model.items.rows))),
-                 **model.counts}
+    data_info = {
+        "dataset": dataset.name,
+        "source": inter.source,
+        "interactions": len(inter),
+        "positives": int(keep.sum()),
+        "min_weight": threshold,
+        "users": int(len(np.unique(model.users.rows))),
+        "items": int(len(np.unique(model.items.rows))),
+        **model.counts,
+    }
     popularity = np.bincount(model.items.rows, minlength=len(model.items.ids))
     # Stable sort, as in prepare_trained: the fallback list is reproducible.
     popular_ids = model.items.ids[np.argsort(-popularity, kind="stable")]
@@ -205,8 +167,10 @@ def prepare_imported(cfg: BuildConfig, log: Log) -> Prepared:
             query_ids = embeddings.load_query_ids(Path(cfg.query_ids))
             query_vectors = embeddings.run_query_tower(Path(source), query_ids)
         if query_vectors.shape[1] != vectors.shape[1]:
-            raise DataError(f"{source}: queries have {query_vectors.shape[1]} dims but {path} holds "
-                            f"{vectors.shape[1]}-dim candidates; both towers must embed into one space")
+            raise DataError(
+                f"{source}: queries have {query_vectors.shape[1]} dims but {path} holds "
+                f"{vectors.shape[1]}-dim candidates; both towers must embed into one space"
+            )
         log(f"data: {len(query_ids)} query vectors from {source}")
         catalogue = Catalogue(query_ids, query_vectors, ids, vectors)
     data_info = {"dataset": "imported", "source": str(path), "items": len(ids), "users": len(catalogue.query_ids)}
@@ -220,17 +184,28 @@ def _tuning_queries(catalogue: Catalogue, count: int = 1000) -> np.ndarray:
     return vectors[picks]
 
 
-def module_factory(cfg: BuildConfig, catalogue: Catalogue, fallback_ids: np.ndarray | None = None,
-                   query_tower=None) -> index_search.MakeModule:
+def module_factory(
+    cfg: BuildConfig, catalogue: Catalogue, fallback_ids: np.ndarray | None = None, query_tower=None
+) -> index_search.MakeModule:
     """The serving module for an index and its search knobs: what gets exported, and what the index search times.
 
     `query_tower` (feature builds, feature_tower.ServingTower) adds the search_by_features signature.
     """
-    def make(resolved: index.ResolvedIndex, searcher, leaves_to_search: int | None, reorder: int | None) -> RetrievalModule:
-        options = ServingOptions(k=cfg.k, max_batch_size=cfg.max_batch_size, num_examples=cfg.num_examples,
-                                 leaves_to_search=leaves_to_search, pre_reorder_num_neighbors=reorder,
-                                 unknown_ids=cfg.unknown_ids, fallback_ids=fallback_ids)
+
+    def make(
+        resolved: index.ResolvedIndex, searcher, leaves_to_search: int | None, reorder: int | None
+    ) -> RetrievalModule:
+        options = ServingOptions(
+            k=cfg.k,
+            max_batch_size=cfg.max_batch_size,
+            num_examples=cfg.num_examples,
+            leaves_to_search=leaves_to_search,
+            pre_reorder_num_neighbors=reorder,
+            unknown_ids=cfg.unknown_ids,
+            fallback_ids=fallback_ids,
+        )
         return RetrievalModule(catalogue, resolved, searcher, options, query_tower)
+
     return make
 
 
@@ -239,8 +214,13 @@ def git_commit() -> str:
     if os.environ.get("GIT_COMMIT"):
         return os.environ["GIT_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
         return out.stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -254,8 +234,13 @@ def runtime_versions() -> dict:
 
     from model_builder import __version__
 
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "scann": md.version("scann"),
-            "numpy": np.__version__, "model_builder": __version__}
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "scann": md.version("scann"),
+        "numpy": np.__version__,
+        "model_builder": __version__,
+    }
 
 
 def _fallback_ids(cfg: BuildConfig, prepared: Prepared) -> np.ndarray | None:
@@ -266,7 +251,7 @@ def _fallback_ids(cfg: BuildConfig, prepared: Prepared) -> np.ndarray | None:
         raise ConfigError("--unknown-ids fallback needs training interactions to rank items by popularity")
     if len(prepared.popular_ids) < cfg.k:
         raise ConfigError(f"--unknown-ids fallback needs k={cfg.k} items, the data has {len(prepared.popular_ids)}")
-    return prepared.popular_ids[:cfg.k]
+    return prepared.popular_ids[: cfg.k]
 
 
 def _features_info(cfg: BuildConfig, exported) -> dict | None:
@@ -275,8 +260,12 @@ def _features_info(cfg: BuildConfig, exported) -> dict | None:
         return None
     from model_builder.serving_module import FEATURES_SIGNATURE
 
-    return {"signature": FEATURES_SIGNATURE, "tower": cfg.query, "inputs": exported.signature_inputs(cfg.query),
-            "multi_separator": "|"}
+    return {
+        "signature": FEATURES_SIGNATURE,
+        "tower": cfg.query,
+        "inputs": exported.signature_inputs(cfg.query),
+        "multi_separator": "|",
+    }
 
 
 @dataclass(frozen=True)
@@ -288,8 +277,13 @@ class BuildResult:
     prepared: Prepared
 
 
-def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig, log: Log = print,
-          prepared: Prepared | None = None) -> BuildResult:
+def build(
+    cfg: BuildConfig,
+    train_cfg: TrainConfig,
+    index_cfg: index.IndexConfig,
+    log: Log = print,
+    prepared: Prepared | None = None,
+) -> BuildResult:
     """Runs the whole build; the version is published only if verification passes.
 
     `prepared` skips data loading and training (the demo trains once and builds two models).
@@ -310,14 +304,28 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
     query_tower = exported.towers[cfg.query] if exported else None
     tuning = searched = None
     if cfg.tune and resolved.algorithm != "exact":
-        searched = index_search.search(index_cfg, resolved, vectors, _tuning_queries(catalogue), cfg.k + extra,
-                                       cfg.target_recall, module_factory(cfg, catalogue, fallback_ids, query_tower), log)
-        resolved, searcher, index_seconds, tuning = searched.index, searched.searcher, searched.build_seconds, searched.tuning
+        searched = index_search.search(
+            index_cfg,
+            resolved,
+            vectors,
+            _tuning_queries(catalogue),
+            cfg.k + extra,
+            cfg.target_recall,
+            module_factory(cfg, catalogue, fallback_ids, query_tower),
+            log,
+        )
+        resolved, searcher, index_seconds, tuning = (
+            searched.index,
+            searched.searcher,
+            searched.build_seconds,
+            searched.tuning,
+        )
     else:
         searcher, index_seconds = index.build_searcher(vectors, resolved, cfg.k + extra)
         log(f"index: built in {index_seconds:.1f} s")
-    module = module_factory(cfg, catalogue, fallback_ids, query_tower)(resolved, searcher, tuning.leaves_to_search if tuning else None,
-                                                                       tuning.reorder if tuning else None)
+    module = module_factory(cfg, catalogue, fallback_ids, query_tower)(
+        resolved, searcher, tuning.leaves_to_search if tuning else None, tuning.reorder if tuning else None
+    )
     info = {
         "model_name": cfg.model_name,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -328,34 +336,47 @@ def build(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: index.IndexConfig
         "index": {**resolved.to_dict(), "build_seconds": round(index_seconds, 3)},
         "tuning": tuning.to_dict() if tuning else None,
         "index_search": searched.record if searched else None,
-        "serving": {"k": cfg.k, "query": cfg.query, "items_are_queries": catalogue.items_are_queries,
-                    "max_batch_size": cfg.max_batch_size, "dimensions": int(vectors.shape[1]),
-                    "unknown_ids": cfg.unknown_ids,
-                    "features": _features_info(cfg, exported),
-                    "fallback_ids": None if fallback_ids is None else fallback_ids.tolist(),
-                    "query_id_dtype": "int64" if catalogue.query_ids.dtype == np.int64 else "string",
-                    "candidate_id_dtype": "int64" if catalogue.candidate_ids.dtype == np.int64 else "string"},
+        "serving": {
+            "k": cfg.k,
+            "query": cfg.query,
+            "items_are_queries": catalogue.items_are_queries,
+            "max_batch_size": cfg.max_batch_size,
+            "dimensions": int(vectors.shape[1]),
+            "unknown_ids": cfg.unknown_ids,
+            "features": _features_info(cfg, exported),
+            "fallback_ids": None if fallback_ids is None else fallback_ids.tolist(),
+            "query_id_dtype": "int64" if catalogue.query_ids.dtype == np.int64 else "string",
+            "candidate_id_dtype": "int64" if catalogue.candidate_ids.dtype == np.int64 else "string",
+        },
         "build_config": asdict(cfg),
     }
 
     def write(tmp: Path, version: int) -> None:
         log(f"export: writing version {version} into {tmp.parent}")
         export.save_module(module, module.signatures(), tmp)
-        logs = warmup.warmup_logs(cfg.model_name, catalogue.query_ids, catalogue.vectors_of_queries(), cfg.max_batch_size)
+        logs = warmup.warmup_logs(
+            cfg.model_name, catalogue.query_ids, catalogue.vectors_of_queries(), cfg.max_batch_size
+        )
         if exported:
             logs += warmup.feature_logs(cfg.model_name, exported.examples[cfg.query], cfg.max_batch_size)
-        warmup.write(tmp, logs[:warmup.MAX_RECORDS])
+        warmup.write(tmp, logs[: warmup.MAX_RECORDS])
         export.write_build_info(tmp, {**info, "version": version})
 
     def check(tmp: Path) -> None:
-        batching_file = Path(cfg.batching_parameters) if cfg.batching_parameters else serving_rules.default_batching_file()
+        batching_file = (
+            Path(cfg.batching_parameters) if cfg.batching_parameters else serving_rules.default_batching_file()
+        )
         serving_rules.enforce(serving_rules.check_all(tmp, batching_file))
-        log(f"serving rules of TF Serving 2.11 --enable_batching: ok ({batching_file or 'no batching file: model checked alone'})")
+        log(
+            f"serving rules of TF Serving 2.11 --enable_batching: ok ({batching_file or 'no batching file: model checked alone'})"
+        )
         log(f"verify: loading the export in a fresh process; recall@{cfg.k} must be >= {cfg.target_recall}")
         report = verify.verify_in_fresh_process(tmp, cfg.target_recall, cfg.verify_queries)
         info["verification"] = report
         recalls = ", ".join(f"{k} {v:.4f}" for k, v in report["recall_at_k"].items())
-        log(f"verify: recall@{report['k']} vs exact search: {recalls}; {report['warmup_records_replayed']} warmup requests replayed")
+        log(
+            f"verify: recall@{report['k']} vs exact search: {recalls}; {report['warmup_records_replayed']} warmup requests replayed"
+        )
         full = export.read_build_info(tmp)
         full["verification"] = {**report, "version_dir": None}
         export.write_build_info(tmp, full)

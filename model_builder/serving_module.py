@@ -111,12 +111,16 @@ def check_not_padding(ids: np.ndarray, source: str) -> None:
     if ids.dtype == np.int64:
         bad = ids[ids < 0]
         if len(bad):
-            raise DataError(f"{source}: candidate id {int(bad[0])} is negative; negative ids are reserved "
-                            f"(a row that found nothing holds {INT64_PADDING}): renumber the items from 0")
+            raise DataError(
+                f"{source}: candidate id {int(bad[0])} is negative; negative ids are reserved "
+                f"(a row that found nothing holds {INT64_PADDING}): renumber the items from 0"
+            )
         return
     if any(str(i) == STRING_PADDING for i in ids.tolist()):
-        raise DataError(f"{source}: a candidate id is the empty string, which is reserved "
-                        "(a row that found nothing holds \"\"): give every item a non-empty id")
+        raise DataError(
+            f"{source}: a candidate id is the empty string, which is reserved "
+            '(a row that found nothing holds ""): give every item a non-empty id'
+        )
 
 
 def _id_tensor(ids: np.ndarray) -> tf.Tensor:
@@ -137,8 +141,14 @@ def _with_padding_row(values: np.ndarray, pad) -> np.ndarray:
 class RetrievalModule(tf.Module):
     """Query id(s) or vectors -> top-k candidate ids, scores (descending) and a per-row `found`."""
 
-    def __init__(self, catalogue: Catalogue, index: ResolvedIndex, searcher, options: ServingOptions,
-                 query_tower: tf.Module | None = None) -> None:
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        index: ResolvedIndex,
+        searcher,
+        options: ServingOptions,
+        query_tower: tf.Module | None = None,
+    ) -> None:
         super().__init__(name="retrieval")
         if options.unknown_ids not in UNKNOWN_ID_POLICIES:
             raise ValueError(f"unknown_ids must be one of {UNKNOWN_ID_POLICIES}, got {options.unknown_ids!r}")
@@ -174,7 +184,9 @@ class RetrievalModule(tf.Module):
         self._examples = self._example_tables(catalogue, options)
         query_dtype = tf_dtype(catalogue.query_ids)
         self.search_ids = tf.function(self._search_ids, input_signature=[tf.TensorSpec([None], query_dtype, name=IDS)])
-        self.search_vectors = tf.function(self._search_vectors, input_signature=[tf.TensorSpec([None, self._dim], tf.float32, name=VECTORS)])
+        self.search_vectors = tf.function(
+            self._search_vectors, input_signature=[tf.TensorSpec([None, self._dim], tf.float32, name=VECTORS)]
+        )
         self.examples = tf.function(self._examples_fn, input_signature=[tf.TensorSpec([None], tf.int64, name=INDEX)])
         # The query tower itself (feature_tower.ServingTower: plain variables + hash tables, loads under
         # TF 2.11), run at request time. serving_default keeps the table above: a known id's row is
@@ -225,8 +237,9 @@ class RetrievalModule(tf.Module):
         # Unknown rows search with query row 0 and are masked afterwards: one batched search, no branch.
         rows = tf.maximum(rows, 0)
         queries = tf.gather(self.query_vectors, rows)
-        return self._answer(queries, found, exclude_rows=rows if self._exclude_query else None,
-                            not_found_ids=self._not_found_ids)
+        return self._answer(
+            queries, found, exclude_rows=rows if self._exclude_query else None, not_found_ids=self._not_found_ids
+        )
 
     def _search_vectors(self, vectors):
         vectors = tf.ensure_shape(vectors, [None, self._dim])
@@ -254,8 +267,12 @@ class RetrievalModule(tf.Module):
         n, query_ids, candidate_ids, candidate_vectors = self._examples
         found = tf.logical_and(index >= 0, index < n)
         rows = tf.where(found, index, tf.constant(n, tf.int64))
-        return {"query_ids": tf.gather(query_ids, rows), "candidate_ids": tf.gather(candidate_ids, rows),
-                "candidate_vectors": tf.gather(candidate_vectors, rows), FOUND: found}
+        return {
+            "query_ids": tf.gather(query_ids, rows),
+            "candidate_ids": tf.gather(candidate_ids, rows),
+            "candidate_vectors": tf.gather(candidate_vectors, rows),
+            FOUND: found,
+        }
 
     def _answer(self, queries, found, exclude_rows, not_found_ids: np.ndarray) -> dict:
         extra = 1 if exclude_rows is not None else 0
@@ -272,8 +289,9 @@ class RetrievalModule(tf.Module):
         # candidates for that query; our client drops them.
         hit = tf.logical_and(keep, scores > -np.inf)
         return {
-            IDS: tf.where(keep, tf.where(hit, ids, tf.constant(self._padding_ids)[None, :]),
-                          tf.constant(not_found_ids)[None, :]),
+            IDS: tf.where(
+                keep, tf.where(hit, ids, tf.constant(self._padding_ids)[None, :]), tf.constant(not_found_ids)[None, :]
+            ),
             SCORES: tf.where(hit, scores, tf.constant(-np.inf, tf.float32)),
             FOUND: found,
         }
@@ -297,8 +315,11 @@ class RetrievalModule(tf.Module):
     def _nearest(self, queries, count: int):
         if self.scann is None:
             if self._negate:
-                sims = -(tf.reduce_sum(queries**2, 1, keepdims=True) - 2 * tf.matmul(queries, self.candidate_vectors, transpose_b=True)
-                         + tf.reduce_sum(self.candidate_vectors**2, 1)[None, :])
+                sims = -(
+                    tf.reduce_sum(queries**2, 1, keepdims=True)
+                    - 2 * tf.matmul(queries, self.candidate_vectors, transpose_b=True)
+                    + tf.reduce_sum(self.candidate_vectors**2, 1)[None, :]
+                )
             else:
                 sims = tf.matmul(queries, self.candidate_vectors, transpose_b=True)
             scores, rows = tf.math.top_k(sims, k=count, sorted=True)

@@ -90,8 +90,16 @@ def reorder_grid(index: ResolvedIndex, count: int) -> list[int]:
     return _grid(steps, count + 1, index.num_candidates)
 
 
-def sweep(searcher, index: ResolvedIndex, queries: np.ndarray, kth: np.ndarray, candidates: np.ndarray,
-          count: int, goal: float, deadline: float | None = None) -> Sweep:
+def sweep(
+    searcher,
+    index: ResolvedIndex,
+    queries: np.ndarray,
+    kth: np.ndarray,
+    candidates: np.ndarray,
+    count: int,
+    goal: float,
+    deadline: float | None = None,
+) -> Sweep:
     """Measures recall@count of `searcher` over its knob grid; returns the settings reaching `goal`.
 
     `kth` holds each query's exact count-th best score (verify.exact_kth_scores).
@@ -109,8 +117,9 @@ def sweep(searcher, index: ResolvedIndex, queries: np.ndarray, kth: np.ndarray, 
             if deadline is not None and cache and time.monotonic() > deadline:
                 cut = True
                 return None
-            rows, _ = searcher.search_batched_parallel(q, final_num_neighbors=count, pre_reorder_num_neighbors=reorder,
-                                                       leaves_to_search=leaves)
+            rows, _ = searcher.search_batched_parallel(
+                q, final_num_neighbors=count, pre_reorder_num_neighbors=reorder, leaves_to_search=leaves
+            )
             recall = recall_against(kth, q, candidates, rows.numpy(), index.distance)
             cache[(leaves, reorder)] = Point(leaves, reorder, recall)
         return cache[(leaves, reorder)]

@@ -40,20 +40,22 @@ def _exact_scores(queries: np.ndarray, candidates: np.ndarray, distance: str) ->
     return sims
 
 
-def exact_kth_scores(queries: np.ndarray, candidates: np.ndarray, k: int, distance: str,
-                     exclude_rows: np.ndarray | None = None) -> np.ndarray:
+def exact_kth_scores(
+    queries: np.ndarray, candidates: np.ndarray, k: int, distance: str, exclude_rows: np.ndarray | None = None
+) -> np.ndarray:
     """The exact k-th best score of every query (computed once, reused for many configs)."""
     out = np.empty(len(queries), np.float32)
     for start in range(0, len(queries), 256):
-        sims = _exact_scores(queries[start:start + 256], candidates, distance)
+        sims = _exact_scores(queries[start : start + 256], candidates, distance)
         if exclude_rows is not None:
-            sims[np.arange(len(sims)), exclude_rows[start:start + 256]] = -np.inf
-        out[start:start + 256] = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+            sims[np.arange(len(sims)), exclude_rows[start : start + 256]] = -np.inf
+        out[start : start + 256] = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
     return out
 
 
-def recall_against(kth: np.ndarray, queries: np.ndarray, candidates: np.ndarray, returned_rows: np.ndarray,
-                   distance: str) -> float:
+def recall_against(
+    kth: np.ndarray, queries: np.ndarray, candidates: np.ndarray, returned_rows: np.ndarray, distance: str
+) -> float:
     """Mean fraction of returned rows whose exact score reaches the exact k-th best score.
 
     A row of -1 (a padding entry: the index yielded fewer than k candidates) counts as a miss.
@@ -67,8 +69,13 @@ def recall_against(kth: np.ndarray, queries: np.ndarray, candidates: np.ndarray,
     return float(((got >= (kth - tolerance)[:, None]) & returned).mean())
 
 
-def recall_at_k(queries: np.ndarray, candidates: np.ndarray, returned_rows: np.ndarray, distance: str,
-                exclude_rows: np.ndarray | None = None) -> float:
+def recall_at_k(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    returned_rows: np.ndarray,
+    distance: str,
+    exclude_rows: np.ndarray | None = None,
+) -> float:
     """Recall@k of returned rows against exact search (ties with the k-th score count as correct)."""
     kth = exact_kth_scores(queries, candidates, returned_rows.shape[1], distance, exclude_rows)
     return recall_against(kth, queries, candidates, returned_rows, distance)
@@ -93,8 +100,9 @@ def _replay_warmup(loaded, version_dir: Path) -> int:
     return len(logs)
 
 
-def verify_version(version_dir: Path, target_recall: float = DEFAULT_TARGET_RECALL,
-                   num_queries: int = DEFAULT_QUERIES, seed: int = 0) -> dict:
+def verify_version(
+    version_dir: Path, target_recall: float = DEFAULT_TARGET_RECALL, num_queries: int = DEFAULT_QUERIES, seed: int = 0
+) -> dict:
     """Loads the version, measures recall@k of both signatures, replays warmup; returns a report."""
     import tensorflow as tf
 
@@ -121,17 +129,23 @@ def verify_version(version_dir: Path, target_recall: float = DEFAULT_TARGET_RECA
     noisy = (base + rng.normal(size=base.shape) * scale).astype(np.float32)
     all_found = True
     for start in range(0, len(picks), 256):
-        chunk = picks[start:start + 256]
+        chunk = picks[start : start + 256]
         out = by_id(ids=tf.constant(_encode(query_ids[chunk])))
         all_found &= bool(out["found"].numpy().all())
         id_rows.append(_rows_of(_decode(out["ids"].numpy()), candidate_ids))
-        out = by_vector(vectors=tf.constant(noisy[start:start + 256]))
+        out = by_vector(vectors=tf.constant(noisy[start : start + 256]))
         all_found &= bool(out["found"].numpy().all())
         vec_rows.append(_rows_of(_decode(out["ids"].numpy()), candidate_ids))
     id_rows, vec_rows = np.concatenate(id_rows), np.concatenate(vec_rows)
     serving = info.get("serving", {})
-    mixed = mixed_batch_check(by_id, by_vector, query_ids[picks[:_MIXED_ROWS]], noisy[:_MIXED_ROWS],
-                              set(query_ids.tolist()), _not_found_row(serving, candidate_ids, int(id_rows.shape[1])))
+    mixed = mixed_batch_check(
+        by_id,
+        by_vector,
+        query_ids[picks[:_MIXED_ROWS]],
+        noisy[:_MIXED_ROWS],
+        set(query_ids.tolist()),
+        _not_found_row(serving, candidate_ids, int(id_rows.shape[1])),
+    )
     self_rows = picks if items_are_queries else None
     report = {
         "version_dir": str(version_dir),
@@ -147,8 +161,12 @@ def verify_version(version_dir: Path, target_recall: float = DEFAULT_TARGET_RECA
         "mixed_batch": mixed,
         "warmup_records_replayed": _replay_warmup(loaded, version_dir),
     }
-    report["passed"] = (min(report["recall_at_k"].values()) >= target_recall and (report["self_excluded"] or not items_are_queries)
-                        and all_found and mixed["passed"])
+    report["passed"] = (
+        min(report["recall_at_k"].values()) >= target_recall
+        and (report["self_excluded"] or not items_are_queries)
+        and all_found
+        and mixed["passed"]
+    )
     return report
 
 
@@ -163,11 +181,14 @@ def _unknown_ids(known: set, like: np.ndarray, count: int) -> np.ndarray:
     if like.dtype == np.int64:
         start = max(known) + 1
         return np.arange(start, start + count, dtype=np.int64)
-    return np.asarray([f"not-a-query-id-{i}" for i in range(count * 2) if f"not-a-query-id-{i}" not in known][:count], dtype=object)
+    return np.asarray(
+        [f"not-a-query-id-{i}" for i in range(count * 2) if f"not-a-query-id-{i}" not in known][:count], dtype=object
+    )
 
 
-def mixed_batch_check(by_id, by_vector, known_ids: np.ndarray, vectors: np.ndarray, all_query_ids: set,
-                      not_found_row: list) -> dict:
+def mixed_batch_check(
+    by_id, by_vector, known_ids: np.ndarray, vectors: np.ndarray, all_query_ids: set, not_found_row: list
+) -> dict:
     """Known rows interleaved with unknown ids (or NaN vectors) must answer as each row alone."""
     import tensorflow as tf
 
@@ -179,25 +200,44 @@ def mixed_batch_check(by_id, by_vector, known_ids: np.ndarray, vectors: np.ndarr
     mixed_vectors = np.empty((2 * n, vectors.shape[1]), np.float32)
     mixed_vectors[0::2], mixed_vectors[1::2] = vectors, nan_vectors
     checks = []
-    for fn, key, batch, rows, padding in ((by_id, "ids", ids, known_ids, not_found_row),
-                                          (by_vector, "vectors", mixed_vectors, vectors, None)):
+    for fn, key, batch, rows, padding in (
+        (by_id, "ids", ids, known_ids, not_found_row),
+        (by_vector, "vectors", mixed_vectors, vectors, None),
+    ):
         out = {k: v.numpy() for k, v in fn(**{key: tf.constant(_encode(batch) if key == "ids" else batch)}).items()}
-        alone = [{k: v.numpy() for k, v in fn(**{key: tf.constant(_encode(rows[i:i + 1]) if key == "ids" else rows[i:i + 1])}).items()}
-                 for i in range(n)]
-        same = all(_decode(out["ids"][2 * i]).tolist() == _decode(a["ids"][0]).tolist()
-                   and np.allclose(out["scores"][2 * i], a["scores"][0], rtol=1e-5, atol=1e-6) and a["found"][0]
-                   for i, a in enumerate(alone))
-        expected_pad = padding if padding is not None else [-1 if out["ids"].dtype == np.int64 else ""] * out["ids"].shape[1]
-        unanswered = (not out["found"][1::2].any() and out["found"][0::2].all()
-                      and all(_decode(row).tolist() == expected_pad for row in out["ids"][1::2])
-                      and bool(np.isneginf(out["scores"][1::2]).all()))
+        alone = [
+            {
+                k: v.numpy()
+                for k, v in fn(
+                    **{key: tf.constant(_encode(rows[i : i + 1]) if key == "ids" else rows[i : i + 1])}
+                ).items()
+            }
+            for i in range(n)
+        ]
+        same = all(
+            _decode(out["ids"][2 * i]).tolist() == _decode(a["ids"][0]).tolist()
+            and np.allclose(out["scores"][2 * i], a["scores"][0], rtol=1e-5, atol=1e-6)
+            and a["found"][0]
+            for i, a in enumerate(alone)
+        )
+        expected_pad = (
+            padding if padding is not None else [-1 if out["ids"].dtype == np.int64 else ""] * out["ids"].shape[1]
+        )
+        unanswered = (
+            not out["found"][1::2].any()
+            and out["found"][0::2].all()
+            and all(_decode(row).tolist() == expected_pad for row in out["ids"][1::2])
+            and bool(np.isneginf(out["scores"][1::2]).all())
+        )
         checks.append(same and unanswered)
     return {"rows": 2 * n, "unknown_ids_rows_ok": checks[0], "nan_vector_rows_ok": checks[1], "passed": all(checks)}
 
 
 def _decode(values: np.ndarray) -> np.ndarray:
     if values.dtype == object:
-        return np.asarray([v.decode() if isinstance(v, bytes) else v for v in values.ravel().tolist()], dtype=object).reshape(values.shape)
+        return np.asarray(
+            [v.decode() if isinstance(v, bytes) else v for v in values.ravel().tolist()], dtype=object
+        ).reshape(values.shape)
     return values
 
 
@@ -207,12 +247,25 @@ def _encode(values: np.ndarray) -> np.ndarray:
 
 def verify_in_fresh_process(version_dir: Path, target_recall: float, num_queries: int = DEFAULT_QUERIES) -> dict:
     """Runs `python -m model_builder verify` on version_dir; raises VerificationError below target."""
-    cmd = [sys.executable, "-m", "model_builder", "verify", str(version_dir),
-           "--target-recall", str(target_recall), "--queries", str(num_queries), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "model_builder",
+        "verify",
+        str(version_dir),
+        "--target-recall",
+        str(target_recall),
+        "--queries",
+        str(num_queries),
+        "--json",
+    ]
     # The package may be run from a checkout without being installed: make it importable there too.
     root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
-           "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if not lines:

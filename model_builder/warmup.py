@@ -54,11 +54,17 @@ def warmup_logs(model_name: str, query_ids: np.ndarray, query_vectors: np.ndarra
     for size in (s for s in BATCH_SIZES if s <= max_batch_size):
         picks = np.arange(size) % len(query_ids)
         ids = query_ids[picks]
-        ids = ids.astype(np.int64) if ids.dtype == np.int64 else np.asarray([str(i).encode() for i in ids.tolist()], dtype=object)
+        ids = (
+            ids.astype(np.int64)
+            if ids.dtype == np.int64
+            else np.asarray([str(i).encode() for i in ids.tolist()], dtype=object)
+        )
         logs.append(_request(model_name, SERVING_SIGNATURE, {IDS: ids}))
         logs.append(_request(model_name, VECTOR_SIGNATURE, {VECTORS: query_vectors[picks].astype(np.float32)}))
     # Every example index a caller may ask for (found or not), within the request size limit.
-    logs.append(_request(model_name, EXAMPLES_SIGNATURE, {INDEX: np.arange(min(MAX_EXAMPLES, max_batch_size), dtype=np.int64)}))
+    logs.append(
+        _request(model_name, EXAMPLES_SIGNATURE, {INDEX: np.arange(min(MAX_EXAMPLES, max_batch_size), dtype=np.int64)})
+    )
     return logs[:MAX_RECORDS]
 
 

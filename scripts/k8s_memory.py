@@ -66,12 +66,16 @@ def check(path: str, peak: int) -> str | None:
                 return f"{where} has no memory limit; the model needs {mib(need)}"
             limit_bytes = parse_quantity(limit)
             if limit_bytes < peak:
-                return (f"{where}: memory limit {limit} is below the model's measured peak RSS {mib(peak)}: "
-                        f"it would be OOM-killed while loading; give it at least {mib(need)} (peak + headroom) "
-                        "in the overlay's set-serving-resources.patch.yaml, or MEMORY=measured")
+                return (
+                    f"{where}: memory limit {limit} is below the model's measured peak RSS {mib(peak)}: "
+                    f"it would be OOM-killed while loading; give it at least {mib(need)} (peak + headroom) "
+                    "in the overlay's set-serving-resources.patch.yaml, or MEMORY=measured"
+                )
             if limit_bytes < need:
-                return (f"{where}: memory limit {limit} leaves less than the headroom over the measured peak "
-                        f"{mib(peak)}; give it at least {mib(need)}, or MEMORY=measured")
+                return (
+                    f"{where}: memory limit {limit} leaves less than the headroom over the measured peak "
+                    f"{mib(peak)}; give it at least {mib(need)}, or MEMORY=measured"
+                )
             if request is not None and parse_quantity(request) < need:
                 return f"{where}: memory request {request} is below the {mib(need)} the model needs (requests = limits)"
     return None

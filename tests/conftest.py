@@ -14,8 +14,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 for _var in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"):
     os.environ.pop(_var, None)
 
-import support  # noqa: E402
 from server import harness  # noqa: E402
+
+import support  # noqa: E402
 
 # --target/--model for the target-only smoke suite (tests/smoke), also under `pytest tests`.
 pytest_plugins = ["smoke.plugin"]
@@ -47,8 +48,9 @@ def movielens_model(models_root):
 @pytest.fixture(scope="session")
 def movielens_items_model(models_root):
     """MovieLens 100K, item -> similar items (the seed's use), fast training."""
-    return support.build(models_root, "--dataset", "movielens-100k", "--query", "item", *support.FAST_TRAIN,
-                         model_name="movielens_items")
+    return support.build(
+        models_root, "--dataset", "movielens-100k", "--query", "item", *support.FAST_TRAIN, model_name="movielens_items"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,7 +61,9 @@ def string_id_csv(tmp_path_factory):
     inter = synthetic.interactions(num_users=300, num_items=500, string_ids=True).interactions
     path = tmp_path_factory.mktemp("data") / "interactions.csv"
     rows = ["user_id,item_id,weight,timestamp"]
-    rows += [f"{u},{i},{w:g},{t:g}" for u, i, w, t in zip(inter.user_ids, inter.item_ids, inter.weights, inter.timestamps)]
+    rows += [
+        f"{u},{i},{w:g},{t:g}" for u, i, w, t in zip(inter.user_ids, inter.item_ids, inter.weights, inter.timestamps)
+    ]
     path.write_text("\n".join(rows) + "\n")
     return path
 
@@ -73,8 +77,15 @@ def synthetic_model(models_root, string_id_csv):
 @pytest.fixture(scope="session")
 def fallback_model_dir(models_root, string_id_csv):
     """Like synthetic_model, built with --unknown-ids fallback (unknown ids get the most popular items)."""
-    return support.build(models_root, "--dataset", str(string_id_csv), *support.FAST_TRAIN, "--unknown-ids", "fallback",
-                         model_name="synthetic_fallback")
+    return support.build(
+        models_root,
+        "--dataset",
+        str(string_id_csv),
+        *support.FAST_TRAIN,
+        "--unknown-ids",
+        "fallback",
+        model_name="synthetic_fallback",
+    )
 
 
 @pytest.fixture(scope="session")
@@ -86,14 +97,23 @@ def model_kinds(movielens_model, movielens_items_model, synthetic_model, fallbac
     from model_builder.data.synthetic import clustered_embeddings
 
     root = tmp_path_factory.mktemp("model_kinds")
-    kinds = {"movielens-user-int-bruteforce": movielens_model, "movielens-item-int": movielens_items_model,
-             "synthetic-user-string": synthetic_model, "synthetic-user-string-fallback": fallback_model_dir}
-    for name, n, extra in (("ah-string", 25_000, []), ("tree-ah-int", 110_000, []), ("exact-int", 2_000, ["--algorithm", "exact"])):
+    kinds = {
+        "movielens-user-int-bruteforce": movielens_model,
+        "movielens-item-int": movielens_items_model,
+        "synthetic-user-string": synthetic_model,
+        "synthetic-user-string-fallback": fallback_model_dir,
+    }
+    for name, n, extra in (
+        ("ah-string", 25_000, []),
+        ("tree-ah-int", 110_000, []),
+        ("exact-int", 2_000, ["--algorithm", "exact"]),
+    ):
         path = root / f"{name}.npz"
         ids = np.array([f"c{i}" for i in range(n)]) if "string" in name else np.arange(n, dtype=np.int64) * 3
         np.savez(path, ids=ids, vectors=clustered_embeddings(n, 24, seed=n))
-        kinds[name] = support.build(root, "--candidates", str(path), "--query", "item", "--verify-queries", "200", *extra,
-                                    model_name=name)
+        kinds[name] = support.build(
+            root, "--candidates", str(path), "--query", "item", "--verify-queries", "200", *extra, model_name=name
+        )
     return kinds
 
 

@@ -35,10 +35,19 @@ FAST_TRAIN = ["--epochs", "2", "--batch-size", "128", "--embedding-dim", "16", "
 
 def run_cli(*args: str, timeout: float = 600, check: bool = False, **kwargs) -> subprocess.CompletedProcess:
     """Runs `python -m model_builder ARGS` in a fresh process, as a user would."""
-    proc = subprocess.run([sys.executable, "-m", "model_builder", *args], capture_output=True, text=True,
-                          env=ENV, cwd=REPO, timeout=timeout, **kwargs)
+    proc = subprocess.run(
+        [sys.executable, "-m", "model_builder", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+        timeout=timeout,
+        **kwargs,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"model_builder {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"model_builder {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
@@ -109,8 +118,9 @@ FAST_RETRIES = ("--load_retry_interval_micros", "100000")
 
 
 @contextlib.contextmanager
-def local_server(base_path: Path, model_name: str = "scann_model", *extra: str,
-                 log_dir: Path | None = None, batching: bool = True) -> Iterator[RunningServer]:
+def local_server(
+    base_path: Path, model_name: str = "scann_model", *extra: str, log_dir: Path | None = None, batching: bool = True
+) -> Iterator[RunningServer]:
     """Starts the local server on free ports for MODEL_NAME under base_path; stops it after.
 
     Batching is on with the image's batching file, as in production (batching=False: plain runs).
@@ -119,10 +129,29 @@ def local_server(base_path: Path, model_name: str = "scann_model", *extra: str,
     log_path = (log_dir or base_path) / f"server-{port}.log"
     handle = open(log_path, "w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "model_builder", "serve", "--model-base-path", str(base_path),
-         "--model-name", model_name, "--port", str(port), "--rest_api_port", str(rest),
-         "--file_system_poll_wait_seconds", "0.2", *FAST_RETRIES, *(BATCHING_FLAGS if batching else ()), *extra],
-        stdout=handle, stderr=subprocess.STDOUT, env=ENV, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "model_builder",
+            "serve",
+            "--model-base-path",
+            str(base_path),
+            "--model-name",
+            model_name,
+            "--port",
+            str(port),
+            "--rest_api_port",
+            str(rest),
+            "--file_system_poll_wait_seconds",
+            "0.2",
+            *FAST_RETRIES,
+            *(BATCHING_FLAGS if batching else ()),
+            *extra,
+        ],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+        cwd=REPO,
     )
     server = RunningServer(proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{rest}", model_name, log_path)
     try:

@@ -15,6 +15,7 @@ first use: it needs protobuf < 5, the build env runs protobuf 7. Its protoc
 25.1 emits gencode without a runtime version check, which is what lets the
 client run on protobuf 4.25 through 7.x (tests/client/test_client_matrix.py).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,16 @@ def generator_venv() -> Path:
     print(f"creating the protobuf generator venv {venv} from {LOCK.relative_to(REPO)}", file=sys.stderr)
     steps = [
         [sys.executable, "-m", "venv", "--clear", str(venv)],
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         "-r", str(LOCK)],
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+            str(LOCK),
+        ],
     ]
     for step in steps:
         run = subprocess.run(step, capture_output=True, text=True)
@@ -70,7 +79,9 @@ def generate(out_dir: Path) -> list[Path]:
     find_protos = "import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), '_proto'))"
     well_known = subprocess.run(
         [str(python), "-c", find_protos],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     command = [
         str(python),
@@ -90,11 +101,7 @@ def generate(out_dir: Path) -> list[Path]:
 
 def committed_files() -> set[Path]:
     """Generated files currently beside the .proto files, relative to SRC_DIR."""
-    return {
-        p.relative_to(SRC_DIR)
-        for p in PROTO_DIR.iterdir()
-        if p.name.endswith(GENERATED_SUFFIXES)
-    }
+    return {p.relative_to(SRC_DIR) for p in PROTO_DIR.iterdir() if p.name.endswith(GENERATED_SUFFIXES)}
 
 
 def gencode_version() -> str | None:
@@ -121,9 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
     stale = committed_files() - set(fresh)
     changed = {
-        rel: data
-        for rel, data in fresh.items()
-        if not (SRC_DIR / rel).exists() or (SRC_DIR / rel).read_bytes() != data
+        rel: data for rel, data in fresh.items() if not (SRC_DIR / rel).exists() or (SRC_DIR / rel).read_bytes() != data
     }
 
     if args.check:

@@ -57,11 +57,30 @@ class CApi:
         self.new_options = fn("TF_NewSessionOptions", v, [])
         self.new_graph = fn("TF_NewGraph", v, [])
         self.new_buffer = fn("TF_NewBuffer", ctypes.POINTER(_Buffer), [])
-        self.load = fn("TF_LoadSessionFromSavedModel", v,
-                       [v, v, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), i, v, ctypes.POINTER(_Buffer), v])
+        self.load = fn(
+            "TF_LoadSessionFromSavedModel",
+            v,
+            [v, v, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), i, v, ctypes.POINTER(_Buffer), v],
+        )
         self.operation = fn("TF_GraphOperationByName", v, [v, ctypes.c_char_p])
-        self.run = fn("TF_SessionRun", None, [v, v, ctypes.POINTER(_Output), ctypes.POINTER(v), i,
-                                              ctypes.POINTER(_Output), ctypes.POINTER(v), i, v, i, v, v])
+        self.run = fn(
+            "TF_SessionRun",
+            None,
+            [
+                v,
+                v,
+                ctypes.POINTER(_Output),
+                ctypes.POINTER(v),
+                i,
+                ctypes.POINTER(_Output),
+                ctypes.POINTER(v),
+                i,
+                v,
+                i,
+                v,
+                v,
+            ],
+        )
         self.allocate = fn("TF_AllocateTensor", v, [i, ctypes.POINTER(ctypes.c_int64), i, s])
         self.data = fn("TF_TensorData", v, [v])
         self.num_dims = fn("TF_NumDims", i, [v])
@@ -121,8 +140,12 @@ class Session:
         kind = api.tensor_type(tensor)
         base = api.data(tensor)
         if kind == 7:
-            values = [ctypes.string_at(api.string_data(base + _TSTRING_SIZE * n), api.string_size(base + _TSTRING_SIZE * n)).decode()
-                      for n in range(count)]
+            values = [
+                ctypes.string_at(
+                    api.string_data(base + _TSTRING_SIZE * n), api.string_size(base + _TSTRING_SIZE * n)
+                ).decode()
+                for n in range(count)
+            ]
             array = np.asarray(values, dtype=object).reshape(shape)
         else:
             dtype = np.dtype(_NUMPY[kind])
@@ -143,8 +166,20 @@ class Session:
         results = (ctypes.c_void_p * len(out_names))()
 
         def once(options=None, metadata=None):
-            self.api.run(self.session, options, feeds, values, len(in_names), fetches, results, len(out_names),
-                         None, 0, metadata, self.status)
+            self.api.run(
+                self.session,
+                options,
+                feeds,
+                values,
+                len(in_names),
+                fetches,
+                results,
+                len(out_names),
+                None,
+                0,
+                metadata,
+                self.status,
+            )
             if self.api.code(self.status) != 0:
                 raise RuntimeError(self.api.message(self.status).decode())
             for tensor in results:
@@ -173,9 +208,13 @@ class Session:
         for tensor in values:
             self.api.delete_tensor(tensor)
         q = np.percentile(elapsed, [10, 50, 90])
-        return {"timing": {"calls": calls, "p10_us": q[0], "median_us": q[1], "p90_us": q[2]},
-                "trace": {"step_us": float(np.median(steps)),
-                          "ops_us": {op: float(np.median(v + [0.0] * (len(steps) - len(v)))) for op, v in sorted(ops.items())}}}
+        return {
+            "timing": {"calls": calls, "p10_us": q[0], "median_us": q[1], "p90_us": q[2]},
+            "trace": {
+                "step_us": float(np.median(steps)),
+                "ops_us": {op: float(np.median(v + [0.0] * (len(steps) - len(v)))) for op, v in sorted(ops.items())},
+            },
+        }
 
     def run(self, signature, inputs):
         """Runs one signature; returns outputs or the TF error (code + message)."""
@@ -186,8 +225,20 @@ class Session:
         values = (ctypes.c_void_p * len(in_names))(*[self._tensor(inputs[n]) for n in in_names])
         fetches = (_Output * len(out_names))(*[self._endpoint(sig.outputs[n].name) for n in out_names])
         results = (ctypes.c_void_p * len(out_names))()
-        self.api.run(self.session, None, feeds, values, len(in_names), fetches, results, len(out_names),
-                     None, 0, None, self.status)
+        self.api.run(
+            self.session,
+            None,
+            feeds,
+            values,
+            len(in_names),
+            fetches,
+            results,
+            len(out_names),
+            None,
+            0,
+            None,
+            self.status,
+        )
         for tensor in values:
             self.api.delete_tensor(tensor)
         if self.api.code(self.status) != 0:
@@ -223,8 +274,14 @@ def main():
         results = [session.time(r["signature"], r["inputs"], calls) for r in requests]
     else:
         results = [session.run(r["signature"], r["inputs"]) for r in requests]
-    json.dump({"runtime": {"tensorflow": tf.__version__, "python": sys.version.split()[0]},
-               "signatures": sorted(session.signatures), "results": results}, sys.stdout)
+    json.dump(
+        {
+            "runtime": {"tensorflow": tf.__version__, "python": sys.version.split()[0]},
+            "signatures": sorted(session.signatures),
+            "results": results,
+        },
+        sys.stdout,
+    )
 
 
 if __name__ == "__main__":

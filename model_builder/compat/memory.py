@@ -81,8 +81,9 @@ def warmup_runs(version_dir: Path) -> list[dict]:
         signature = signatures[request.model_spec.signature_name or "serving_default"]
         feeds = [_tensor_spec(signature.inputs[key].name, value) for key, value in sorted(request.inputs.items())]
         fetches = [signature.outputs[key].name for key in sorted(signature.outputs)]
-        runs.append({"signature": request.model_spec.signature_name or "serving_default",
-                     "feeds": feeds, "fetches": fetches})
+        runs.append(
+            {"signature": request.model_spec.signature_name or "serving_default", "feeds": feeds, "fetches": fetches}
+        )
     return runs
 
 
@@ -111,8 +112,14 @@ def measure(version_dir: Path, python: Path | None = None, timeout_s: float = 36
         raise CompatError(f"{version_dir}: cannot read its SavedModel signatures or warmup file: {reason}") from None
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    proc = subprocess.run([str(python), str(Path(__file__).resolve()), PROBE_FLAG, str(version_dir)],
-                          input=json.dumps(runs), capture_output=True, text=True, env=env, timeout=timeout_s)
+    proc = subprocess.run(
+        [str(python), str(Path(__file__).resolve()), PROBE_FLAG, str(version_dir)],
+        input=json.dumps(runs),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout_s,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -141,14 +148,18 @@ def record(version_dir: Path, log=print) -> dict | None:
     """
     python = compat_python()
     if python is None:
-        log("memory: not measured here (no serving-runtime stand-in env; `make compat-venv`); "
-            "`make image` measures it on the host before baking the image")
+        log(
+            "memory: not measured here (no serving-runtime stand-in env; `make compat-venv`); "
+            "`make image` measures it on the host before baking the image"
+        )
         return None
     report = measure(version_dir, python)
     _write_memory(version_dir, report)
-    log(f"memory: peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB loading + warming in {report['runtime']} "
+    log(
+        f"memory: peak RSS {report['peak_rss_bytes'] / 2**20:.0f} MiB loading + warming in {report['runtime']} "
         f"(runtime alone {report['baseline_rss_bytes'] / 2**20:.0f} MiB, "
-        f"files {report['model_bytes'] / 2**20:.1f} MiB)")
+        f"files {report['model_bytes'] / 2**20:.1f} MiB)"
+    )
     return report
 
 
@@ -219,11 +230,30 @@ class _Runtime:
         self.new_options = fn("TF_NewSessionOptions", v, [])
         self.new_graph = fn("TF_NewGraph", v, [])
         self.new_buffer = fn("TF_NewBuffer", ctypes.POINTER(_Buffer), [])
-        self.load = fn("TF_LoadSessionFromSavedModel", v,
-                       [v, v, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), i, v, ctypes.POINTER(_Buffer), v])
+        self.load = fn(
+            "TF_LoadSessionFromSavedModel",
+            v,
+            [v, v, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), i, v, ctypes.POINTER(_Buffer), v],
+        )
         self.operation = fn("TF_GraphOperationByName", v, [v, ctypes.c_char_p])
-        self.run = fn("TF_SessionRun", None, [v, v, ctypes.POINTER(_Output), ctypes.POINTER(v), i,
-                                              ctypes.POINTER(_Output), ctypes.POINTER(v), i, v, i, v, v])
+        self.run = fn(
+            "TF_SessionRun",
+            None,
+            [
+                v,
+                v,
+                ctypes.POINTER(_Output),
+                ctypes.POINTER(v),
+                i,
+                ctypes.POINTER(_Output),
+                ctypes.POINTER(v),
+                i,
+                v,
+                i,
+                v,
+                v,
+            ],
+        )
         self.allocate = fn("TF_AllocateTensor", v, [i, ctypes.POINTER(ctypes.c_int64), i, ctypes.c_size_t])
         self.data = fn("TF_TensorData", v, [v])
         self.delete_tensor = fn("TF_DeleteTensor", None, [v])
@@ -279,8 +309,20 @@ def _probe(version_dir: str, runs: list[dict]) -> dict:
         values = (ctypes.c_void_p * len(run["feeds"]))(*[rt.tensor(f) for f in run["feeds"]])
         fetches = (_Output * len(run["fetches"]))(*[endpoint(name) for name in run["fetches"]])
         results = (ctypes.c_void_p * len(run["fetches"]))()
-        rt.run(session, None, feeds, values, len(run["feeds"]), fetches, results, len(run["fetches"]),
-               None, 0, None, rt.status)
+        rt.run(
+            session,
+            None,
+            feeds,
+            values,
+            len(run["feeds"]),
+            fetches,
+            results,
+            len(run["fetches"]),
+            None,
+            0,
+            None,
+            rt.status,
+        )
         for tensor in list(values) + [r for r in results if r]:
             rt.delete_tensor(tensor)
         rt.check(f"warmup record {n} ({run['signature']})")

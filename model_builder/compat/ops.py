@@ -48,8 +48,10 @@ def load_registry(runtime: str) -> dict[str, list[str]]:
     """Op name -> attribute names of a runtime snapshot."""
     path = REGISTRY_DIR / f"{runtime}.json"
     if not path.is_file():
-        raise DataError(f"no op registry snapshot '{runtime}' (available: {', '.join(runtimes())}); "
-                        "generate one with model_builder/compat/snapshot.py in that runtime's env")
+        raise DataError(
+            f"no op registry snapshot '{runtime}' (available: {', '.join(runtimes())}); "
+            "generate one with model_builder/compat/snapshot.py in that runtime's env"
+        )
     return json.loads(path.read_text())["ops"]
 
 
@@ -92,6 +94,9 @@ def check(version_dir: Path, runtime: str | None = None) -> CompatReport:
     registry = load_registry(runtime)
     used = saved_model_ops(version_dir)
     missing = sorted(op for op in used if op not in registry)
-    unknown = {op: sorted(v["attrs"] - set(registry[op])) for op, v in used.items()
-               if op in registry and v["attrs"] - set(registry[op])}
+    unknown = {
+        op: sorted(v["attrs"] - set(registry[op]))
+        for op, v in used.items()
+        if op in registry and v["attrs"] - set(registry[op])
+    }
     return CompatReport(runtime, {op: v["count"] for op, v in sorted(used.items())}, missing, unknown)

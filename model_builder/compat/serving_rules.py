@@ -67,22 +67,38 @@ def check_batching(params: BatchingParameters, model_max_batch_size: int | None 
     if problem:
         out.append(Violation(BATCHING_VALUES, f"{problem} (TF Serving fails every model load)"))
     if params.num_batch_threads is not None and params.num_batch_threads < 1:
-        out.append(Violation(BATCHING_VALUES, f"num_batch_threads must be positive; was {params.num_batch_threads} "
-                                              "(TF Serving does not start)"))
+        out.append(
+            Violation(
+                BATCHING_VALUES,
+                f"num_batch_threads must be positive; was {params.num_batch_threads} (TF Serving does not start)",
+            )
+        )
     out += _allowed_batch_sizes(params, options)
     capacity = options.idle_capacity()
     if not problem and capacity < options.input_batch_size_limit:
-        out.append(Violation(QUEUE_CAPACITY, (
-            f"an idle queue holds {capacity} rows ((max_enqueued_batches {options.max_enqueued_batches} - 1) x "
-            f"{options.execution_batch_size} + {options.execution_batch_size}) but max_batch_size is "
-            f"{options.input_batch_size_limit}: requests of {capacity + 1}-{options.input_batch_size_limit} rows are always "
-            f"refused UNAVAILABLE; raise max_enqueued_batches to at least "
-            f"{-(-options.input_batch_size_limit // options.execution_batch_size)}")))
+        out.append(
+            Violation(
+                QUEUE_CAPACITY,
+                (
+                    f"an idle queue holds {capacity} rows ((max_enqueued_batches {options.max_enqueued_batches} - 1) x "
+                    f"{options.execution_batch_size} + {options.execution_batch_size}) but max_batch_size is "
+                    f"{options.input_batch_size_limit}: requests of {capacity + 1}-{options.input_batch_size_limit} rows are always "
+                    f"refused UNAVAILABLE; raise max_enqueued_batches to at least "
+                    f"{-(-options.input_batch_size_limit // options.execution_batch_size)}"
+                ),
+            )
+        )
     if model_max_batch_size is not None and model_max_batch_size > options.input_batch_size_limit:
-        out.append(Violation(MODEL_MAX_BATCH, (
-            f"the model accepts {model_max_batch_size} rows per request (build --max-batch-size) but the batching file's "
-            f"max_batch_size is {options.input_batch_size_limit}: bigger requests get INVALID_ARGUMENT 'Task size N is "
-            "larger than maximum input batch size'; build with a smaller --max-batch-size or raise max_batch_size")))
+        out.append(
+            Violation(
+                MODEL_MAX_BATCH,
+                (
+                    f"the model accepts {model_max_batch_size} rows per request (build --max-batch-size) but the batching file's "
+                    f"max_batch_size is {options.input_batch_size_limit}: bigger requests get INVALID_ARGUMENT 'Task size N is "
+                    "larger than maximum input batch size'; build with a smaller --max-batch-size or raise max_batch_size"
+                ),
+            )
+        )
     return out
 
 
@@ -95,14 +111,25 @@ def _allowed_batch_sizes(params: BatchingParameters, options: QueueOptions) -> l
     if problem:
         out.append(Violation(ALLOWED_BATCH_SIZES, f"{problem} (TF Serving fails every model load)"))
     if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
-        out.append(Violation(ALLOWED_BATCH_SIZES_ORDER, f"allowed_batch_sizes {list(sizes)} must be positive and increasing: "
-                                                        "a batch is padded to the first entry >= its size"))
+        out.append(
+            Violation(
+                ALLOWED_BATCH_SIZES_ORDER,
+                f"allowed_batch_sizes {list(sizes)} must be positive and increasing: "
+                "a batch is padded to the first entry >= its size",
+            )
+        )
     elif options.enable_large_batch_splitting:
         padded = round_to_allowed_batch_size(sizes, options.execution_batch_size)
         if padded > options.execution_batch_size:
-            out.append(Violation(ALLOWED_BATCH_SIZES_PADDING, (
-                f"every full execution batch ({options.execution_batch_size} rows) is padded to {padded} rows before it "
-                f"runs: add {options.execution_batch_size} to allowed_batch_sizes")))
+            out.append(
+                Violation(
+                    ALLOWED_BATCH_SIZES_PADDING,
+                    (
+                        f"every full execution batch ({options.execution_batch_size} rows) is padded to {padded} rows before it "
+                        f"runs: add {options.execution_batch_size} to allowed_batch_sizes"
+                    ),
+                )
+            )
     return out
 
 
@@ -133,17 +160,29 @@ def _signature_rules(signatures: dict) -> list[Violation]:
         if name.startswith("__"):
             continue  # __saved_model_init_op: never requested
         if not sig.inputs:
-            out.append(Violation(BATCHABLE_SIGNATURES, f"signature '{name}' has no input: every Run of it fails "
-                                                       "'Batching Run() must have at least one input tensor'"))
+            out.append(
+                Violation(
+                    BATCHABLE_SIGNATURES,
+                    f"signature '{name}' has no input: every Run of it fails "
+                    "'Batching Run() must have at least one input tensor'",
+                )
+            )
         for kind, infos in (("input", sig.inputs), ("output", sig.outputs)):
             for alias, info in sorted(infos.items()):
                 dims = [d.size for d in info.tensor_shape.dim]
                 if info.tensor_shape.unknown_rank or not dims or dims[0] != -1:
-                    why = ("'Batching Run() input tensors must have at least one dimension'" if kind == "input"
-                           else "'Batched output tensor has 0 dimensions' or a 0th dimension that is not the batch's")
-                    out.append(Violation(BATCHABLE_SIGNATURES if kind == "input" else BATCHED_OUTPUTS,
-                                         f"{kind} '{alias}' of signature '{name}' has shape {dims or 'unknown'}, not "
-                                         f"[batch, ...]: TF Serving's batcher needs a leading batch dimension ({why})"))
+                    why = (
+                        "'Batching Run() input tensors must have at least one dimension'"
+                        if kind == "input"
+                        else "'Batched output tensor has 0 dimensions' or a 0th dimension that is not the batch's"
+                    )
+                    out.append(
+                        Violation(
+                            BATCHABLE_SIGNATURES if kind == "input" else BATCHED_OUTPUTS,
+                            f"{kind} '{alias}' of signature '{name}' has shape {dims or 'unknown'}, not "
+                            f"[batch, ...]: TF Serving's batcher needs a leading batch dimension ({why})",
+                        )
+                    )
     return out
 
 
@@ -152,14 +191,19 @@ def _warmup_rules(version_dir: Path, signatures: dict, options: QueueOptions) ->
 
     try:
         records = warmup.read(version_dir)
-    except Exception as err:  # noqa: BLE001 - a corrupt file fails the load the same way
+    except Exception as err:
         return [Violation(WARMUP_RECORDS, f"{warmup.WARMUP_FILE} cannot be read: {str(err).splitlines()[0]}")]
     out = []
     if len(records) > MAX_WARMUP_RECORDS:
-        out.append(Violation(WARMUP_RECORDS, f"{len(records)} warmup records, TF Serving reads at most {MAX_WARMUP_RECORDS} "
-                                             "and fails the load beyond"))
+        out.append(
+            Violation(
+                WARMUP_RECORDS,
+                f"{len(records)} warmup records, TF Serving reads at most {MAX_WARMUP_RECORDS} "
+                "and fails the load beyond",
+            )
+        )
     limit = min(options.input_batch_size_limit, options.idle_capacity())
-    for i, record in enumerate(records[:MAX_WARMUP_RECORDS + 1]):
+    for i, record in enumerate(records[: MAX_WARMUP_RECORDS + 1]):
         problem = _record_problem(record, signatures)
         if problem:
             out.append(Violation(WARMUP_REQUESTS, f"warmup record {i}: {problem} (the load fails)"))
@@ -168,8 +212,13 @@ def _warmup_rules(version_dir: Path, signatures: dict, options: QueueOptions) ->
         if isinstance(rows, str):
             out.append(Violation(BATCHABLE_SIGNATURES, f"warmup record {i}: {rows} (the load fails)"))
         elif rows > limit:
-            out.append(Violation(WARMUP_BATCH, f"warmup record {i} has {rows} rows; the batcher takes at most {limit} "
-                                               "on an idle queue (the load fails)"))
+            out.append(
+                Violation(
+                    WARMUP_BATCH,
+                    f"warmup record {i} has {rows} rows; the batcher takes at most {limit} "
+                    "on an idle queue (the load fails)",
+                )
+            )
     return out
 
 
@@ -228,7 +277,11 @@ def check_all(version_dir: Path, batching_file: Path | None, runtime: str | None
     from model_builder.errors import ConfigError
 
     report = ops.check(version_dir, runtime)
-    violations = [Violation(OPS, f"ops not registered in {report.runtime}: {', '.join(report.missing_ops)}")] if not report.ok else []
+    violations = (
+        [Violation(OPS, f"ops not registered in {report.runtime}: {', '.join(report.missing_ops)}")]
+        if not report.ok
+        else []
+    )
     params = None
     if batching_file is not None:
         if not Path(batching_file).is_file():

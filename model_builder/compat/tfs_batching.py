@@ -50,8 +50,10 @@ class QueueOptions:
         if self.max_enqueued_batches <= 0:
             return f"max_enqueued_batches must be positive; was {self.max_enqueued_batches}"
         if self.enable_large_batch_splitting and self.input_batch_size_limit < self.max_execution_batch_size:
-            return ("When enable_large_batch_splitting is true, input_batch_size_limit must be greater than or equal to "
-                    "max_execution_batch_size.")
+            return (
+                "When enable_large_batch_splitting is true, input_batch_size_limit must be greater than or equal to "
+                "max_execution_batch_size."
+            )
         return None
 
     def idle_capacity(self) -> int:
@@ -89,25 +91,46 @@ class BatchingParameters:
 
         proto = tfs_config.parse("BatchingParameters", path, flag)
         values = {}
-        for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
-                     "thread_pool_name", "enable_large_batch_splitting", "max_execution_batch_size"):
+        for name in (
+            "max_batch_size",
+            "batch_timeout_micros",
+            "max_enqueued_batches",
+            "num_batch_threads",
+            "thread_pool_name",
+            "enable_large_batch_splitting",
+            "max_execution_batch_size",
+        ):
             if proto.HasField(name):
                 values[name] = getattr(proto, name).value
-        return cls(**values, allowed_batch_sizes=tuple(proto.allowed_batch_sizes),
-                   pad_variable_length_inputs=proto.pad_variable_length_inputs)
+        return cls(
+            **values,
+            allowed_batch_sizes=tuple(proto.allowed_batch_sizes),
+            pad_variable_length_inputs=proto.pad_variable_length_inputs,
+        )
 
     def queue_options(self) -> QueueOptions:
         """GetQueueOptions (bundle_factory_util.h): unset fields keep QueueOptions' defaults."""
         defaults = QueueOptions()
         splitting = bool(self.enable_large_batch_splitting)
         return QueueOptions(
-            input_batch_size_limit=defaults.input_batch_size_limit if self.max_batch_size is None else self.max_batch_size,
-            batch_timeout_micros=defaults.batch_timeout_micros if self.batch_timeout_micros is None else self.batch_timeout_micros,
-            max_enqueued_batches=defaults.max_enqueued_batches if self.max_enqueued_batches is None else self.max_enqueued_batches,
+            input_batch_size_limit=defaults.input_batch_size_limit
+            if self.max_batch_size is None
+            else self.max_batch_size,
+            batch_timeout_micros=defaults.batch_timeout_micros
+            if self.batch_timeout_micros is None
+            else self.batch_timeout_micros,
+            max_enqueued_batches=defaults.max_enqueued_batches
+            if self.max_enqueued_batches is None
+            else self.max_enqueued_batches,
             enable_large_batch_splitting=splitting,
             # Unset with splitting on, TF takes max_batch_size().value(): 0 when that is unset too.
-            max_execution_batch_size=(self.max_execution_batch_size if self.max_execution_batch_size is not None
-                                      else (self.max_batch_size or 0)) if splitting else defaults.max_execution_batch_size,
+            max_execution_batch_size=(
+                self.max_execution_batch_size
+                if self.max_execution_batch_size is not None
+                else (self.max_batch_size or 0)
+            )
+            if splitting
+            else defaults.max_execution_batch_size,
         )
 
     def threads(self) -> int:

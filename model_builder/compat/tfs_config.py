@@ -11,8 +11,13 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2  # noqa: F401  (registers google/protobuf/wrappers.proto)
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,
+)
 
 from model_builder.errors import ConfigError
 
@@ -33,18 +38,27 @@ _SCHEMA = {
         ("enable_large_batch_splitting", 8, _F.TYPE_MESSAGE, ".google.protobuf.BoolValue"),
         ("max_execution_batch_size", 9, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value"),
     ],
-    "SSLConfig": [("server_key", 1, _F.TYPE_STRING, None), ("server_cert", 2, _F.TYPE_STRING, None),
-                  ("custom_ca", 3, _F.TYPE_STRING, None), ("client_verify", 4, _F.TYPE_BOOL, None)],
+    "SSLConfig": [
+        ("server_key", 1, _F.TYPE_STRING, None),
+        ("server_cert", 2, _F.TYPE_STRING, None),
+        ("custom_ca", 3, _F.TYPE_STRING, None),
+        ("client_verify", 4, _F.TYPE_BOOL, None),
+    ],
 }
 
 
 @functools.lru_cache(maxsize=1)
 def _classes() -> dict:
     pool = descriptor_pool.DescriptorPool()
-    pool.AddSerializedFile(descriptor_pb2.FileDescriptorProto.FromString(
-        wrappers_pb2.DESCRIPTOR.serialized_pb).SerializeToString())
-    file = descriptor_pb2.FileDescriptorProto(name="scann_serving_tfs_config.proto", package="scann_serving.tfs",
-                                              dependency=["google/protobuf/wrappers.proto"], syntax="proto3")
+    pool.AddSerializedFile(
+        descriptor_pb2.FileDescriptorProto.FromString(wrappers_pb2.DESCRIPTOR.serialized_pb).SerializeToString()
+    )
+    file = descriptor_pb2.FileDescriptorProto(
+        name="scann_serving_tfs_config.proto",
+        package="scann_serving.tfs",
+        dependency=["google/protobuf/wrappers.proto"],
+        syntax="proto3",
+    )
     for name, fields in _SCHEMA.items():
         message = file.message_type.add(name=name)
         for field_name, number, kind, extra in fields:
@@ -53,8 +67,10 @@ def _classes() -> dict:
             if kind == _F.TYPE_MESSAGE:
                 f.type_name = extra
     pool.Add(file)
-    return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"scann_serving.tfs.{name}"))
-            for name in _SCHEMA}
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"scann_serving.tfs.{name}"))
+        for name in _SCHEMA
+    }
 
 
 def parse(kind: str, path: Path, flag: str):

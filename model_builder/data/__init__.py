@@ -17,8 +17,9 @@ __all__ = ["BUILTIN_DATASETS", "Dataset", "FeatureTable", "Interactions", "load_
 BUILTIN_DATASETS = (movielens.NAME, synthetic.NAME)
 
 
-def load_dataset(spec: str, items_path: Path | None = None, user_features: Path | None = None,
-                 item_features: Path | None = None) -> Dataset:
+def load_dataset(
+    spec: str, items_path: Path | None = None, user_features: Path | None = None, item_features: Path | None = None
+) -> Dataset:
     """Loads `spec`: a built-in name, a GroupLens ml-100k folder, or an interactions file.
 
     Feature files (see data/features.py) replace the built-in dataset's own features.

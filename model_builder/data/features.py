@@ -92,7 +92,9 @@ def parse_header(header: str, path: Path) -> tuple[str, str | None, dict[str, in
     """Splits `name:type:option=value` into its parts; validates name, type and options."""
     name, *rest = header.strip().split(":")
     if not _NAME.match(name):
-        raise DataError(f"{path}: column '{header}': feature names must be letters, digits and _ (starting with a letter)")
+        raise DataError(
+            f"{path}: column '{header}': feature names must be letters, digits and _ (starting with a letter)"
+        )
     if not rest:
         return name, None, {}
     kind, options = rest[0].strip().lower(), {}
@@ -112,14 +114,18 @@ def parse_header(header: str, path: Path) -> tuple[str, str | None, dict[str, in
 def _inferred_kind(column: pa.ChunkedArray, header: str, path: Path, is_csv: bool) -> str:
     kind = column.type
     if is_csv:
-        raise DataError(f"{path}: column '{header}' has no type: name it {header}:categorical, {header}:numeric or {header}:multi")
+        raise DataError(
+            f"{path}: column '{header}' has no type: name it {header}:categorical, {header}:numeric or {header}:multi"
+        )
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         return "multi"
     if pa.types.is_integer(kind) or pa.types.is_floating(kind):
         return "numeric"
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_dictionary(kind):
         return "categorical"
-    raise DataError(f"{path}: column '{header}': cannot infer a feature type from {kind}; add :categorical, :numeric or :multi to its name")
+    raise DataError(
+        f"{path}: column '{header}': cannot infer a feature type from {kind}; add :categorical, :numeric or :multi to its name"
+    )
 
 
 def _texts(column: pa.ChunkedArray) -> list[str]:
@@ -148,17 +154,21 @@ def _numeric(column: pa.ChunkedArray, path: Path, header: str, first_row: int) -
                 try:
                     out[row] = float(text)
                 except ValueError:
-                    raise DataError(f"{path}: row {row + first_row}, column '{header}': '{text}' is not a number "
-                                    "(leave the cell empty for a missing value)") from None
+                    raise DataError(
+                        f"{path}: row {row + first_row}, column '{header}': '{text}' is not a number "
+                        "(leave the cell empty for a missing value)"
+                    ) from None
     bad = np.isinf(out)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: row {row + first_row}, column '{header}': infinite value (leave the cell empty for a missing value)")
+        raise DataError(
+            f"{path}: row {row + first_row}, column '{header}': infinite value (leave the cell empty for a missing value)"
+        )
     return out
 
 
 def split_tokens(text: str) -> tuple[str, ...]:
-    """"Action| Comedy|" -> ("Action", "Comedy"): trimmed, empties dropped (the wire format's rule too)."""
+    """ "Action| Comedy|" -> ("Action", "Comedy"): trimmed, empties dropped (the wire format's rule too)."""
     return tuple(t for t in (p.strip() for p in text.split(MULTI_SEPARATOR)) if t)
 
 
@@ -169,8 +179,10 @@ def _multi(column: pa.ChunkedArray, path: Path, header: str, first_row: int) -> 
         for row, tokens in enumerate(values.to_pylist()):
             tokens = tuple(str(t).strip() for t in (tokens or []) if t is not None and str(t).strip())
             if any(MULTI_SEPARATOR in t for t in tokens):
-                raise DataError(f"{path}: row {row + first_row}, column '{header}': a value contains '|', "
-                                "the separator of multi-valued features on the wire")
+                raise DataError(
+                    f"{path}: row {row + first_row}, column '{header}': a value contains '|', "
+                    "the separator of multi-valued features on the wire"
+                )
             out[row] = tokens
         return out
     for row, text in enumerate(_texts(column)):
@@ -184,8 +196,9 @@ def _parse_column(column: pa.ChunkedArray, header: str, path: Path, first_row: i
     if kind == "categorical":
         return FeatureColumn(name, kind, _categorical(column), prefix=options.get("prefix"))
     if kind == "numeric":
-        return FeatureColumn(name, kind, _numeric(column, path, header, first_row),
-                             buckets=options.get("buckets", DEFAULT_BUCKETS))
+        return FeatureColumn(
+            name, kind, _numeric(column, path, header, first_row), buckets=options.get("buckets", DEFAULT_BUCKETS)
+        )
     return FeatureColumn(name, kind, _multi(column, path, header, first_row))
 
 
@@ -202,7 +215,9 @@ def read_features(path: Path, side: str, id_kind: np.dtype) -> FeatureTable:
         raise DataError(f"{path}: no rows (the file has a header but no data)")
     ids = parse_ids(table.column(id_column), path, id_column, first_row)
     if id_kind == np.int64 and ids.dtype != np.int64:
-        raise DataError(f"{path}: column '{id_column}' holds non-integer ids but the interactions' {side} ids are integers")
+        raise DataError(
+            f"{path}: column '{id_column}' holds non-integer ids but the interactions' {side} ids are integers"
+        )
     if id_kind != np.int64:
         ids = ids.astype(str).astype(object)
     _reject_duplicates(ids, path, id_column, first_row)
@@ -226,4 +241,6 @@ def _reject_duplicates(ids: np.ndarray, path: Path, id_column: str, first_row: i
     if (counts > 1).any():
         dup = ids.tolist()[int(first[counts > 1][0])]
         rows = np.flatnonzero(ids == dup)[:2] + first_row
-        raise DataError(f"{path}: row {rows[1]}, column '{id_column}': id {dup!r} already on row {rows[0]}; one row per id")
+        raise DataError(
+            f"{path}: row {rows[1]}, column '{id_column}': id {dup!r} already on row {rows[0]}; one row per id"
+        )

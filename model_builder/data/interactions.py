@@ -166,15 +166,12 @@ def parse_numbers(column: pa.ChunkedArray, path: Path, name: str, first_row: int
         return values.cast(pa.int64()).to_numpy(zero_copy_only=False) / _per_second(values.type)
     else:
         text = pc.utf8_trim_whitespace(values.cast(pa.string()))
-        numeric = pc.match_substring_regex(
-            text, r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
-        ).to_numpy(zero_copy_only=False)
+        numeric = pc.match_substring_regex(text, r"^[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$").to_numpy(
+            zero_copy_only=False
+        )
         if not numeric.all():
             row = _first_bad_row(~numeric)
-            raise DataError(
-                f"{path}: row {row + first_row}, column '{name}': "
-                f"'{text[row].as_py()}' is not a number"
-            )
+            raise DataError(f"{path}: row {row + first_row}, column '{name}': '{text[row].as_py()}' is not a number")
         out = text.cast(pa.float64()).to_numpy(zero_copy_only=False)
         bad = ~np.isfinite(out)
     if bad.any():

@@ -21,8 +21,27 @@ NAME = "movielens-100k"
 # Ratings of 4 and 5 count as positives (the usual implicit-feedback reading of ML-100K).
 POSITIVE_RATING = 4.0
 # GroupLens u.item genre flags, in file order (columns 6-24).
-GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-          "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
+GENRES = (
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 # Two zip-code characters: a US region of ~10 users on average here (one character lumps whole
 # states together; three leave most values with a single user, i.e. nothing to learn from).
 ZIP_PREFIX = 2
@@ -38,7 +57,9 @@ def recbole_folder() -> Path:
         )
     folder = Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-100k"
     if not (folder / "ml-100k.inter").is_file():
-        raise DataError(f"{folder}: ml-100k.inter not found; reinstall recbole with pip install --no-deps --force-reinstall")
+        raise DataError(
+            f"{folder}: ml-100k.inter not found; reinstall recbole with pip install --no-deps --force-reinstall"
+        )
     return folder
 
 
@@ -70,7 +91,9 @@ def _user_features(rows: list[list[str]], source: str) -> FeatureTable:
             FeatureColumn("age", "numeric", np.asarray([float(r[1]) for r in rows]), buckets=10),
             FeatureColumn("gender", "categorical", np.asarray([r[2].strip() for r in rows], dtype=object)),
             FeatureColumn("occupation", "categorical", np.asarray([r[3].strip() for r in rows], dtype=object)),
-            FeatureColumn("zip_code", "categorical", np.asarray([r[4].strip() for r in rows], dtype=object), prefix=ZIP_PREFIX),
+            FeatureColumn(
+                "zip_code", "categorical", np.asarray([r[4].strip() for r in rows], dtype=object), prefix=ZIP_PREFIX
+            ),
         ),
         source,
     )
@@ -81,8 +104,10 @@ def _item_features(ids: list[int], years: list[float], genres: list[tuple[str, .
     values[:] = genres
     return FeatureTable(
         np.asarray(ids, dtype=np.int64),
-        (FeatureColumn("release_year", "numeric", np.asarray(years, dtype=np.float64), buckets=10),
-         FeatureColumn("genres", "multi", values)),
+        (
+            FeatureColumn("release_year", "numeric", np.asarray(years, dtype=np.float64), buckets=10),
+            FeatureColumn("genres", "multi", values),
+        ),
         source,
     )
 
@@ -112,8 +137,12 @@ def load_recbole() -> Dataset:
         year = row[2] if row[2] and row[2][-4:].isdigit() else ""
         titles[int(row[0])] = f"{row[1]} ({year})" if year else row[1]
     users = _read_tab_file(folder / "ml-100k.user", ["user", "age", "gender", "occupation", "zip"], "\t", "utf-8")[1:]
-    items = _item_features([int(r[0]) for r in item_rows], [_year(r[2]) for r in item_rows],
-                           [tuple(r[3].split()) for r in item_rows], str(folder / "ml-100k.item"))
+    items = _item_features(
+        [int(r[0]) for r in item_rows],
+        [_year(r[2]) for r in item_rows],
+        [tuple(r[3].split()) for r in item_rows],
+        str(folder / "ml-100k.item"),
+    )
     dataset = _build(inter, titles, str(folder))
     return replace(dataset, user_features=_user_features(users, str(folder / "ml-100k.user")), item_features=items)
 
@@ -132,9 +161,15 @@ def load_grouplens(folder: Path) -> Dataset:
         for row in rows:
             titles[int(row[0])] = row[1]
         genres = [tuple(g for g, flag in zip(GENRES, r[5:]) if flag.strip() == "1") for r in rows]
-        items = _item_features([int(r[0]) for r in rows], [_year(r[2]) if len(r) > 2 else np.nan for r in rows],
-                               genres, str(item_file))
+        items = _item_features(
+            [int(r[0]) for r in rows], [_year(r[2]) if len(r) > 2 else np.nan for r in rows], genres, str(item_file)
+        )
     user_file = folder / "u.user"
-    users = _user_features(_read_tab_file(user_file, ["user", "age", "gender", "occupation", "zip"], "|", "latin-1"),
-                           str(user_file)) if user_file.is_file() else None
+    users = (
+        _user_features(
+            _read_tab_file(user_file, ["user", "age", "gender", "occupation", "zip"], "|", "latin-1"), str(user_file)
+        )
+        if user_file.is_file()
+        else None
+    )
     return replace(_build(inter, titles, str(folder)), user_features=users, item_features=items)

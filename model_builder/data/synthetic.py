@@ -61,29 +61,36 @@ def interactions(
     all_items = np.asarray(list(item_key.values()), dtype=object if string_ids else np.int64)
     if string_ids:
         all_users = np.asarray([f"u{u}" for u in all_users], dtype=object)
-    return Dataset(NAME, inter, titles, user_features=_user_features(all_users, user_cluster, num_clusters, rng),
-                   item_features=_item_features(all_items, item_cluster, num_clusters, rng))
+    return Dataset(
+        NAME,
+        inter,
+        titles,
+        user_features=_user_features(all_users, user_cluster, num_clusters, rng),
+        item_features=_item_features(all_items, item_cluster, num_clusters, rng),
+    )
 
 
 def _user_features(ids: np.ndarray, cluster: np.ndarray, num_clusters: int, rng) -> FeatureTable:
     noisy = np.where(rng.random(len(ids)) < 0.8, cluster, rng.integers(num_clusters, size=len(ids)))
     segment = np.asarray([f"s{c}" for c in noisy], dtype=object)
     age = 20 + 5 * cluster + rng.normal(scale=3, size=len(ids))
-    return FeatureTable(ids, (FeatureColumn("segment", "categorical", segment),
-                              FeatureColumn("age", "numeric", age, buckets=5)), "synthetic")
+    return FeatureTable(
+        ids,
+        (FeatureColumn("segment", "categorical", segment), FeatureColumn("age", "numeric", age, buckets=5)),
+        "synthetic",
+    )
 
 
 def _item_features(ids: np.ndarray, cluster: np.ndarray, num_clusters: int, rng) -> FeatureTable:
     tags = np.empty(len(ids), dtype=object)
     tags[:] = [(f"t{c}", f"t{rng.integers(num_clusters)}") for c in cluster]
     year = 1990 + rng.integers(30, size=len(ids)).astype(np.float64)
-    return FeatureTable(ids, (FeatureColumn("tags", "multi", tags),
-                              FeatureColumn("year", "numeric", year, buckets=4)), "synthetic")
+    return FeatureTable(
+        ids, (FeatureColumn("tags", "multi", tags), FeatureColumn("year", "numeric", year, buckets=4)), "synthetic"
+    )
 
 
-def clustered_embeddings(
-    num: int, dim: int, num_clusters: int = 100, spread: float = 0.3, seed: int = 0
-) -> np.ndarray:
+def clustered_embeddings(num: int, dim: int, num_clusters: int = 100, spread: float = 0.3, seed: int = 0) -> np.ndarray:
     """L2-normalized float32 vectors around random centres (what real embeddings look like).
 
     I.i.d. Gaussian data is the worst case for quantization and says little about

@@ -121,7 +121,9 @@ class _Task:
         if last:
             parent = state.parent
             if state.error is None:
-                parent.outputs = [np.concatenate([piece[i] for piece in state.outputs]) for i in range(len(parent.output_names))]
+                parent.outputs = [
+                    np.concatenate([piece[i] for piece in state.outputs]) for i in range(len(parent.output_names))
+                ]
             parent.finish(state.error)
 
 
@@ -130,8 +132,17 @@ def _split_task(task: _Task, sizes: list[int]) -> list[_Task]:
     state = _SplitState(parent=task, pieces=len(sizes), outputs=[None] * len(sizes))
     bounds = np.cumsum(sizes)[:-1]
     columns = [(name, np.split(value, bounds)) for name, value in task.inputs]
-    return [_Task([(name, parts[i]) for name, parts in columns], task.output_names, size, task.deadline,
-                  split=state, split_index=i) for i, size in enumerate(sizes)]
+    return [
+        _Task(
+            [(name, parts[i]) for name, parts in columns],
+            task.output_names,
+            size,
+            task.deadline,
+            split=state,
+            split_index=i,
+        )
+        for i, size in enumerate(sizes)
+    ]
 
 
 _TF_DTYPE_NAMES = {"O": "string", "S": "string", "U": "string"}
@@ -147,8 +158,14 @@ def tf_dtype_name(value: np.ndarray) -> str:
 class BatchingSession:
     """Session::Run through per-signature queues on a shared scheduler; `run` blocks until the batch ran."""
 
-    def __init__(self, params: BatchingParameters, scheduler: SharedBatchScheduler, wrapped: SessionRun,
-                 signatures: list[TensorSignature], run_count: RunCounter | None = None) -> None:
+    def __init__(
+        self,
+        params: BatchingParameters,
+        scheduler: SharedBatchScheduler,
+        wrapped: SessionRun,
+        signatures: list[TensorSignature],
+        run_count: RunCounter | None = None,
+    ) -> None:
         problem = params.allowed_batch_sizes_problem()
         if problem:
             raise InvalidInputError(problem)
@@ -162,7 +179,9 @@ class BatchingSession:
         self._custom: dict = {}
 
     def _add_queue(self, signature: TensorSignature):
-        return self._scheduler.add_queue(self._options, lambda batch: self._process_batch(signature, batch), _split_task)
+        return self._scheduler.add_queue(
+            self._options, lambda batch: self._process_batch(signature, batch), _split_task
+        )
 
     def run(self, inputs: Feeds, output_names: list[str], deadline: float | None = None) -> list[np.ndarray]:
         """BatchingSession::InternalRun: queue lookup, input size, Schedule, wait for the batch's status."""
@@ -202,7 +221,7 @@ class BatchingSession:
             self._split_outputs(signature, outputs, batch)
         except ServingError as err:
             error = err
-        except Exception as err:  # noqa: BLE001 - a batch thread must hand every task a status
+        except Exception as err:
             error = InternalError(f"batch processing failed: {type(err).__name__}: {err}")
         finally:
             for task in batch.tasks:
@@ -225,13 +244,16 @@ class BatchingSession:
                     raise FailedPreconditionError(
                         f"Tensors with name '{name}' from different tasks have different shapes and padding is turned off. "
                         "Set pad_variable_length_inputs to true, or ensure that all tensors with the same name have equal "
-                        "dimensions starting with the first dim.")
+                        "dimensions starting with the first dim."
+                    )
                 values.append(value)
                 if i == len(batch.tasks) - 1 and padding > 0:
                     if values[-1].shape[0] == 0:
                         # TF would take row 0 of an empty tensor (Tensor::Slice CHECK-fails: the server dies).
-                        raise InternalError("cannot pad a batch of empty requests up to an allowed batch size "
-                                            "(TF Serving 2.11 aborts on this)")
+                        raise InternalError(
+                            "cannot pad a batch of empty requests up to an allowed batch size "
+                            "(TF Serving 2.11 aborts on this)"
+                        )
                     values.extend([values[-1][:1]] * padding)
         if set(per_name) != set(signature.inputs):
             raise InternalError("One or more tasks does not conform to batch signature")
@@ -242,8 +264,10 @@ class BatchingSession:
             other = next((tf_dtype_name(v) for v in values if tf_dtype_name(v) != first), None)
             if other is not None:
                 # tensor::Concat's status, wrapped by MergeInputTensors (a DCHECK there only fires in debug builds).
-                raise InternalError("Tensor concat operation failed: INVALID_ARGUMENT: Cannot concatenate tensors that "
-                                    f"have different data types. Got {first} and {other}.")
+                raise InternalError(
+                    "Tensor concat operation failed: INVALID_ARGUMENT: Cannot concatenate tensors that "
+                    f"have different data types. Got {first} and {other}."
+                )
             merged.append((name, np.concatenate(values) if len(values) > 1 else values[0]))
         return merged
 
@@ -257,8 +281,10 @@ class BatchingSession:
             if value.ndim == 0:
                 raise FailedPreconditionError("Batched output tensor has 0 dimensions")
             if value.shape[0] != batch.size + padding:
-                raise FailedPreconditionError("Batched output tensor's 0th dimension does not equal the sum of the 0th "
-                                              "dimension sizes of the input tensors")
+                raise FailedPreconditionError(
+                    "Batched output tensor's 0th dimension does not equal the sum of the 0th "
+                    "dimension sizes of the input tensors"
+                )
             split[name] = np.split(value, bounds)
         for i, task in enumerate(batch.tasks):
             task.outputs = [split[name][i] for name in task.output_names]
@@ -270,7 +296,7 @@ def _max_dim_sizes(batch: Batch) -> dict[str, list[int]]:
     for task in batch.tasks:
         for name, value in task.inputs:
             current = sizes.setdefault(name, [0] * value.ndim)
-            for d, n in enumerate(value.shape[:len(current)]):
+            for d, n in enumerate(value.shape[: len(current)]):
                 current[d] = max(current[d], n)
     return sizes
 
@@ -284,8 +310,11 @@ def _add_padding(value: np.ndarray, max_dims: list[int]) -> np.ndarray:
         return value
     if value.size < 1:
         raise InvalidInputError("Got empty tensor in batch of non-empty tensors.")
-    return np.pad(value, pads, mode="constant", constant_values=value.flat[0]) if value.dtype != object else \
-        _pad_object(value, pads)
+    return (
+        np.pad(value, pads, mode="constant", constant_values=value.flat[0])
+        if value.dtype != object
+        else _pad_object(value, pads)
+    )
 
 
 def _pad_object(value: np.ndarray, pads) -> np.ndarray:

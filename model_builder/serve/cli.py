@@ -15,7 +15,12 @@ from pathlib import Path
 
 from model_builder import settings
 from model_builder.errors import ConfigError
-from model_builder.serve.config import DEFAULT_MAX_MESSAGE_BYTES, ServerConfig, parse_channel_arguments, parse_version_labels
+from model_builder.serve.config import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    ServerConfig,
+    parse_channel_arguments,
+    parse_version_labels,
+)
 
 
 def _flag_bool(text: str) -> bool:
@@ -29,37 +34,107 @@ def _flag_bool(text: str) -> bool:
 
 def add_serve(sub) -> None:
     """Registers the serve subcommand."""
-    p = sub.add_parser("serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       help="serve a model over TF Serving's gRPC API (development/test stand-in)",
-                       description=__doc__.splitlines()[0] + " Production serving is TF Serving in the "
-                                   "google/tf-serving-scann image; this server mirrors its API and behaviour.")
-    p.add_argument("--model-base-path", dest="parent_base", type=Path, help="folder holding MODEL_NAME/<version>/ (as `build --out`)")
-    p.add_argument("--model_base_path", dest="tfs_base", type=Path, help="TF Serving's meaning: the folder holding <version>/ folders")
+    p = sub.add_parser(
+        "serve",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="serve a model over TF Serving's gRPC API (development/test stand-in)",
+        description=__doc__.splitlines()[0] + " Production serving is TF Serving in the "
+        "google/tf-serving-scann image; this server mirrors its API and behaviour.",
+    )
+    p.add_argument(
+        "--model-base-path",
+        dest="parent_base",
+        type=Path,
+        help="folder holding MODEL_NAME/<version>/ (as `build --out`)",
+    )
+    p.add_argument(
+        "--model_base_path",
+        dest="tfs_base",
+        type=Path,
+        help="TF Serving's meaning: the folder holding <version>/ folders",
+    )
     p.add_argument("--model_name", "--model-name", dest="model_name", default=settings.model_name())
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     p.add_argument("--port", type=int, default=settings.grpc_port(), help="gRPC port")
-    p.add_argument("--rest_api_port", "--rest-api-port", dest="rest_api_port", type=int, default=settings.rest_port(), help="REST port (0 disables)")
-    p.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0, help="seconds between scans for new versions")
-    p.add_argument("--enable_model_warmup", type=_flag_bool, nargs="?", const=True, default=True, help="replay assets.extra/tf_serving_warmup_requests before AVAILABLE")
-    p.add_argument("--tensorflow_intra_op_parallelism", type=int, default=0, help="threads inside one op (0 = TF default)")
-    p.add_argument("--tensorflow_inter_op_parallelism", type=int, default=0, help="ops run in parallel (0 = TF default)")
-    p.add_argument("--enable_batching", type=_flag_bool, nargs="?", const=True, default=False,
-                   help="merge concurrent requests per signature like TF Serving 2.11's BatchingSession (queues, "
-                        "splitting, capacity, one status per merged batch)")
-    p.add_argument("--batching_parameters_file", type=Path,
-                   help="TF Serving's BatchingParameters text proto (needs --enable_batching); the image ships "
-                        "k8s/base/config/batching_parameters.txt")
-    p.add_argument("--max_num_load_retries", type=int, default=5, help="retries of a failed load (TF Serving's default)")
-    p.add_argument("--load_retry_interval_micros", type=int, default=60_000_000,
-                   help="wait between load retries (TF Serving's default: one minute; negative: no wait)")
-    p.add_argument("--num_request_iterations_for_warmup", type=int, default=0,
-                   help="times each warmup record is replayed (0: once)")
-    p.add_argument("--monitoring_config_file", type=Path, help="MonitoringConfig text proto; enables Prometheus metrics on the REST port")
-    p.add_argument("--ssl_config_file", type=Path, help="SSLConfig text proto (server_key, server_cert, custom_ca, client_verify): TLS on gRPC")
-    p.add_argument("--grpc_channel_arguments", default="", help="k=v,... gRPC server arguments, e.g. grpc.max_connection_age_ms=60000")
-    p.add_argument("--version_labels", default="", help="label=version,... (TF Serving keeps these in its model config)")
-    p.add_argument("--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest gRPC request/response")
-    p.add_argument("--shutdown_grace_seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may finish")
+    p.add_argument(
+        "--rest_api_port",
+        "--rest-api-port",
+        dest="rest_api_port",
+        type=int,
+        default=settings.rest_port(),
+        help="REST port (0 disables)",
+    )
+    p.add_argument(
+        "--file_system_poll_wait_seconds", type=float, default=1.0, help="seconds between scans for new versions"
+    )
+    p.add_argument(
+        "--enable_model_warmup",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help="replay assets.extra/tf_serving_warmup_requests before AVAILABLE",
+    )
+    p.add_argument(
+        "--tensorflow_intra_op_parallelism", type=int, default=0, help="threads inside one op (0 = TF default)"
+    )
+    p.add_argument(
+        "--tensorflow_inter_op_parallelism", type=int, default=0, help="ops run in parallel (0 = TF default)"
+    )
+    p.add_argument(
+        "--enable_batching",
+        type=_flag_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="merge concurrent requests per signature like TF Serving 2.11's BatchingSession (queues, "
+        "splitting, capacity, one status per merged batch)",
+    )
+    p.add_argument(
+        "--batching_parameters_file",
+        type=Path,
+        help="TF Serving's BatchingParameters text proto (needs --enable_batching); the image ships "
+        "k8s/base/config/batching_parameters.txt",
+    )
+    p.add_argument(
+        "--max_num_load_retries", type=int, default=5, help="retries of a failed load (TF Serving's default)"
+    )
+    p.add_argument(
+        "--load_retry_interval_micros",
+        type=int,
+        default=60_000_000,
+        help="wait between load retries (TF Serving's default: one minute; negative: no wait)",
+    )
+    p.add_argument(
+        "--num_request_iterations_for_warmup",
+        type=int,
+        default=0,
+        help="times each warmup record is replayed (0: once)",
+    )
+    p.add_argument(
+        "--monitoring_config_file",
+        type=Path,
+        help="MonitoringConfig text proto; enables Prometheus metrics on the REST port",
+    )
+    p.add_argument(
+        "--ssl_config_file",
+        type=Path,
+        help="SSLConfig text proto (server_key, server_cert, custom_ca, client_verify): TLS on gRPC",
+    )
+    p.add_argument(
+        "--grpc_channel_arguments",
+        default="",
+        help="k=v,... gRPC server arguments, e.g. grpc.max_connection_age_ms=60000",
+    )
+    p.add_argument(
+        "--version_labels", default="", help="label=version,... (TF Serving keeps these in its model config)"
+    )
+    p.add_argument(
+        "--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest gRPC request/response"
+    )
+    p.add_argument(
+        "--shutdown_grace_seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may finish"
+    )
     p.set_defaults(run=_run)
 
 
@@ -70,27 +145,36 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     elif args.parent_base is not None:
         base = args.parent_base / args.model_name
     else:
-        raise ConfigError("give --model-base-path (folder with MODEL_NAME/<version>/) or --model_base_path (folder with <version>/)")
+        raise ConfigError(
+            "give --model-base-path (folder with MODEL_NAME/<version>/) or --model_base_path (folder with <version>/)"
+        )
     return ServerConfig(
-        model_name=args.model_name, model_base_path=base, host=args.host, port=args.port,
-        rest_api_port=args.rest_api_port, file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
+        model_name=args.model_name,
+        model_base_path=base,
+        host=args.host,
+        port=args.port,
+        rest_api_port=args.rest_api_port,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds,
         enable_model_warmup=args.enable_model_warmup,
         tensorflow_intra_op_parallelism=args.tensorflow_intra_op_parallelism,
         tensorflow_inter_op_parallelism=args.tensorflow_inter_op_parallelism,
-        enable_batching=args.enable_batching, batching_parameters_file=args.batching_parameters_file,
-        max_num_load_retries=args.max_num_load_retries, load_retry_interval_micros=args.load_retry_interval_micros,
+        enable_batching=args.enable_batching,
+        batching_parameters_file=args.batching_parameters_file,
+        max_num_load_retries=args.max_num_load_retries,
+        load_retry_interval_micros=args.load_retry_interval_micros,
         num_request_iterations_for_warmup=args.num_request_iterations_for_warmup,
-        monitoring_config_file=args.monitoring_config_file, ssl_config_file=args.ssl_config_file,
+        monitoring_config_file=args.monitoring_config_file,
+        ssl_config_file=args.ssl_config_file,
         grpc_channel_arguments=parse_channel_arguments(args.grpc_channel_arguments),
-        version_labels=parse_version_labels(args.version_labels), max_message_bytes=args.max_message_bytes,
+        version_labels=parse_version_labels(args.version_labels),
+        max_message_bytes=args.max_message_bytes,
         shutdown_grace_seconds=args.shutdown_grace_seconds,
     )
 
 
 def _run(args: argparse.Namespace) -> int:
-    from model_builder.serve.server import LocalServer
-
     from model_builder.serve.models import StartupError
+    from model_builder.serve.server import LocalServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = LocalServer(config_from_args(args))

@@ -38,14 +38,20 @@ class Metrics:
         lines = ["# TYPE :tensorflow:serving:request_count counter"]
         with self._lock:
             for (model, api, status), n in sorted(self._counts.items()):
-                lines.append(f':tensorflow:serving:request_count{{API="{api}",model_name="{model}",status="{status}"}} {n}')
+                lines.append(
+                    f':tensorflow:serving:request_count{{API="{api}",model_name="{model}",status="{status}"}} {n}'
+                )
             lines.append("# TYPE :tensorflow:serving:request_latency histogram")
             for (model, api), buckets in sorted(self._hist.items()):
                 total = 0
                 for bound, n in zip([*BUCKETS_US, "+Inf"], buckets):
                     total += n
-                    lines.append(f':tensorflow:serving:request_latency_bucket{{API="{api}",model_name="{model}",le="{bound}"}} {total}')
-                lines.append(f':tensorflow:serving:request_latency_sum{{API="{api}",model_name="{model}"}} {self._sums[(model, api)]:.0f}')
+                    lines.append(
+                        f':tensorflow:serving:request_latency_bucket{{API="{api}",model_name="{model}",le="{bound}"}} {total}'
+                    )
+                lines.append(
+                    f':tensorflow:serving:request_latency_sum{{API="{api}",model_name="{model}"}} {self._sums[(model, api)]:.0f}'
+                )
                 lines.append(f':tensorflow:serving:request_latency_count{{API="{api}",model_name="{model}"}} {total}')
         for name, read in sorted(self._counters.items()):
             lines += [f"# TYPE {name} counter", f"{name} {read()}"]

@@ -84,8 +84,10 @@ class LoadedVersion:
     def run(self, signature: str, inputs: dict, outputs: list[str]) -> dict:
         """Runs `signature` on numpy inputs keyed by alias; returns the requested outputs by alias."""
         sig = self.signature_defs[signature]
-        values = self.session_run([(sig.inputs[name].name, value) for name, value in inputs.items()],
-                                  [sig.outputs[alias].name for alias in outputs])
+        values = self.session_run(
+            [(sig.inputs[name].name, value) for name, value in inputs.items()],
+            [sig.outputs[alias].name for alias in outputs],
+        )
         return dict(zip(outputs, values))
 
     def close(self) -> None:
@@ -105,8 +107,9 @@ class Batching:
     run_count: RunCounter = field(default_factory=RunCounter)
 
 
-def load_version(path: Path, version: int, warmup: bool, batching: Batching | None = None,
-                 warmup_iterations: int = 1) -> LoadedVersion:
+def load_version(
+    path: Path, version: int, warmup: bool, batching: Batching | None = None, warmup_iterations: int = 1
+) -> LoadedVersion:
     """Loads a version folder (after registering ScaNN's ops), wraps it for batching, replays its warmup file."""
     import tensorflow as tf
 
@@ -114,8 +117,10 @@ def load_version(path: Path, version: int, warmup: bool, batching: Batching | No
     from model_builder.serve.predictor import replay_warmup
 
     # The thread counts set from --tensorflow_{intra,inter}_op_parallelism (server._configure_threads).
-    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=tf.config.threading.get_intra_op_parallelism_threads(),
-                                      inter_op_parallelism_threads=tf.config.threading.get_inter_op_parallelism_threads())
+    config = tf.compat.v1.ConfigProto(
+        intra_op_parallelism_threads=tf.config.threading.get_intra_op_parallelism_threads(),
+        inter_op_parallelism_threads=tf.config.threading.get_inter_op_parallelism_threads(),
+    )
     graph = tf.Graph()
     session = tf.compat.v1.Session(graph=graph, config=config)
     loaded = None
@@ -127,8 +132,10 @@ def load_version(path: Path, version: int, warmup: bool, batching: Batching | No
         wrapped = None
         if batching is not None:
             # WrapSessionForBatching: one queue per signature of the MetaGraph (bundle_factory_util.cc).
-            signatures = [TensorSignature.of([t.name for t in d.inputs.values()], [t.name for t in d.outputs.values()])
-                          for d in meta.signature_def.values()]
+            signatures = [
+                TensorSignature.of([t.name for t in d.inputs.values()], [t.name for t in d.outputs.values()])
+                for d in meta.signature_def.values()
+            ]
             wrapped = BatchingSession(batching.params, batching.scheduler, runner, signatures, batching.run_count)
         loaded = LoadedVersion(version, path, session, defs, runner, wrapped)
         if warmup:
@@ -160,7 +167,7 @@ class LoadRetries:
                 break
             try:
                 return load()
-            except Exception as err:  # noqa: BLE001 - every failure is retried; the last one is raised
+            except Exception as err:
                 log.error("%s failed: %s", description, clean_message(str(err))[:500])
                 if attempt == max(0, self.max_num_load_retries):
                     raise
@@ -178,9 +185,17 @@ def _fingerprint(path: Path) -> tuple:
 class ModelManager:
     """Owns the versions of one model under its base path."""
 
-    def __init__(self, name: str, base_path: Path, *, warmup: bool = True,
-                 labels: dict[str, int] | None = None, batching: Batching | None = None,
-                 load_retries: LoadRetries | None = None, warmup_iterations: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        base_path: Path,
+        *,
+        warmup: bool = True,
+        labels: dict[str, int] | None = None,
+        batching: Batching | None = None,
+        load_retries: LoadRetries | None = None,
+        warmup_iterations: int = 1,
+    ) -> None:
         self.name = name
         self.base_path = base_path
         self._warmup = warmup
@@ -209,14 +224,18 @@ class ModelManager:
         version = max(self.disk_versions())
         if self._load(version) is None:
             status = self._status[version]
-            raise StartupError(f"Failed to start server. Error: UNKNOWN: 1 model(s) did not become available: "
-                               f"{{{{name: {self.name} version: {version}}} due to error: {status.error_message}}}, }}")
+            raise StartupError(
+                f"Failed to start server. Error: UNKNOWN: 1 model(s) did not become available: "
+                f"{{{{name: {self.name} version: {version}}} due to error: {status.error_message}}}, }}"
+            )
 
     def start(self, poll_seconds: float) -> None:
         """Keeps polling for new versions (a poll wait <= 0 reads the base path once: nothing more to do)."""
         if poll_seconds <= 0:
             return
-        self._thread = threading.Thread(target=self._poll_loop, args=(poll_seconds,), name="version-poller", daemon=True)
+        self._thread = threading.Thread(
+            target=self._poll_loop, args=(poll_seconds,), name="version-poller", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -229,7 +248,7 @@ class ModelManager:
         while not self._stop.wait(max(poll_seconds, 0.05)):
             try:
                 self.poll_once()
-            except Exception:  # noqa: BLE001 - the poller must survive anything the disk throws at it
+            except Exception:
                 log.exception("polling %s failed; retrying", self.base_path)
 
     def disk_versions(self) -> list[int]:
@@ -263,12 +282,16 @@ class ModelManager:
         log.info("loading %s version %d from %s", self.name, version, path)
         started = time.perf_counter()
         try:
-            loaded = self._retries.run(f"Loading servable: {{name: {self.name} version: {version}}}",
-                                       lambda: load_version(path, version, self._warmup, self._batching, self._warmup_iterations),
-                                       self._stop)
-        except Exception as err:  # noqa: BLE001 - a broken version must not take the server down
+            loaded = self._retries.run(
+                f"Loading servable: {{name: {self.name} version: {version}}}",
+                lambda: load_version(path, version, self._warmup, self._batching, self._warmup_iterations),
+                self._stop,
+            )
+        except Exception as err:
             message = clean_message(str(err))[:500] or type(err).__name__
-            log.error("version %d of %s failed to load; previous version keeps serving: %s", version, self.name, message)
+            log.error(
+                "version %d of %s failed to load; previous version keeps serving: %s", version, self.name, message
+            )
             self._failed[version] = _fingerprint(path)
             self._set(version, State.END, "UNKNOWN", f"failed to load version {version}: {message}")
             return None
@@ -285,7 +308,7 @@ class ModelManager:
             return
         self._set(version, State.UNLOADING)
         with loaded.lock:
-            drained = loaded.lock.wait_for(lambda: loaded.in_flight == 0, timeout=_DRAIN_SECONDS)
+            drained = loaded.lock.wait_for(lambda held=loaded: held.in_flight == 0, timeout=_DRAIN_SECONDS)
         if drained:  # else a straggler still holds it; TF closes the session when the last reference goes
             loaded.close()
         del loaded

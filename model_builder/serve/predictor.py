@@ -42,8 +42,10 @@ def parse_tensor(alias: str, proto, max_elements: int = DEFAULT_MAX_TENSOR_ELEME
     if any(d < 0 for d in dims):
         raise InvalidInputError(f"tensor parsing error: {alias}: negative dimension in shape {dims}")
     if math.prod(dims) > max_elements:
-        raise InvalidInputError(f"tensor parsing error: {alias}: shape {dims} declares {math.prod(dims)} elements, "
-                                f"more than the {max_elements} this server accepts in one tensor")
+        raise InvalidInputError(
+            f"tensor parsing error: {alias}: shape {dims} declares {math.prod(dims)} elements, "
+            f"more than the {max_elements} this server accepts in one tensor"
+        )
     try:
         dtype = tf.dtypes.as_dtype(proto.dtype)
         if dtype.base_dtype != dtype or dtype in (tf.resource, tf.variant):
@@ -68,8 +70,10 @@ def _feeds(signature_def, protos, max_elements: int) -> list[tuple[str, np.ndarr
     feeds = []
     for alias, proto in protos.items():
         if alias not in signature_def.inputs:
-            raise InvalidInputError(f"input tensor alias not found in signature: {alias}. Inputs expected to be in the "
-                                    f"set {_set(expected)}.")
+            raise InvalidInputError(
+                f"input tensor alias not found in signature: {alias}. Inputs expected to be in the "
+                f"set {_set(expected)}."
+            )
         feeds.append((signature_def.inputs[alias].name, parse_tensor(alias, proto, max_elements)))
     return feeds
 
@@ -79,16 +83,24 @@ def _fetches(signature_def, output_filter: list[str]) -> list[str]:
     seen: list[str] = []
     for alias in output_filter:
         if alias not in signature_def.outputs:
-            raise InvalidInputError(f"output tensor alias not found in signature: {alias} Outputs expected to be in the "
-                                    f"set {_set(signature_def.outputs)}.")
+            raise InvalidInputError(
+                f"output tensor alias not found in signature: {alias} Outputs expected to be in the "
+                f"set {_set(signature_def.outputs)}."
+            )
         if alias in seen:
             raise InvalidInputError(f"duplicate output tensor alias: {alias}")
         seen.append(alias)
     return seen or list(signature_def.outputs)
 
 
-def predict(version: LoadedVersion, signature_name: str, inputs, output_filter: list[str] | None = None,
-            deadline: float | None = None, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> dict[str, np.ndarray]:
+def predict(
+    version: LoadedVersion,
+    signature_name: str,
+    inputs,
+    output_filter: list[str] | None = None,
+    deadline: float | None = None,
+    max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS,
+) -> dict[str, np.ndarray]:
     """RunPredict: `inputs` maps aliases to TensorProtos; returns alias -> numpy array.
 
     `deadline` (time.monotonic) is the request's gRPC deadline: with batching, a batch whose
@@ -117,13 +129,17 @@ def replay_warmup(version: LoadedVersion, path: Path, iterations: int = 1) -> in
         if kind == "session_run_log":
             raise InternalError(f"Unsupported log_type for warmup: {record.DESCRIPTOR.fields_by_name[kind].number}")
         if kind != "predict_log":
-            raise InternalError(f"the local server replays predict_log warmup records only, found {kind} in {warmup_path}")
+            raise InternalError(
+                f"the local server replays predict_log warmup records only, found {kind} in {warmup_path}"
+            )
         request = record.predict_log.request
         for _ in range(max(1, iterations)):
             predict(version, request.model_spec.signature_name, request.inputs, list(request.output_filter))
         count += 1
         if count > MAX_WARMUP_RECORDS:
-            raise InvalidInputError(f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {warmup_path}")
+            raise InvalidInputError(
+                f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {warmup_path}"
+            )
     return count
 
 

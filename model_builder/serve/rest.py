@@ -13,12 +13,17 @@ from collections.abc import Callable
 _STATUS = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?/?$")
 
 
-def start(host: str, port: int, status_json: Callable[[str, int | None, str | None], tuple[int, str]],
-          metrics_path: str | None, metrics_text: Callable[[], str]) -> http.server.ThreadingHTTPServer:
+def start(
+    host: str,
+    port: int,
+    status_json: Callable[[str, int | None, str | None], tuple[int, str]],
+    metrics_path: str | None,
+    metrics_text: Callable[[], str],
+) -> http.server.ThreadingHTTPServer:
     """Serves GET /v1/models/NAME[/versions/N|/labels/L] and the metrics path in a daemon thread."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server contract)
+        def do_GET(self):
             path = self.path.split("?", 1)[0]
             match = _STATUS.match(path)
             if match:
@@ -28,7 +33,9 @@ def start(host: str, port: int, status_json: Callable[[str, int | None, str | No
             elif metrics_path and path == metrics_path:
                 self._send(200, metrics_text(), "text/plain; version=0.0.4")
             else:
-                self._send(404, '{ "error": "Malformed request: GET ' + path.replace('"', "") + '" }', "application/json")
+                self._send(
+                    404, '{ "error": "Malformed request: GET ' + path.replace('"', "") + '" }', "application/json"
+                )
 
         def _send(self, code: int, body: str, content_type: str) -> None:
             data = body.encode()

@@ -64,7 +64,9 @@ class Batch:
 class Queue:
     """One queue (one tensor signature): a deque of batches whose last one is open."""
 
-    def __init__(self, options: QueueOptions, process: Callable[[Batch], None], split: Callable, notify: Callable[[], None]) -> None:
+    def __init__(
+        self, options: QueueOptions, process: Callable[[Batch], None], split: Callable, notify: Callable[[], None]
+    ) -> None:
         problem = options.invalid_reason()
         if problem:
             raise InvalidInputError(problem)
@@ -115,8 +117,10 @@ class Queue:
             free_batches = self.options.max_enqueued_batches - len(self._batches)
             return task_size > free_batches * size + (size - self._batches[-1].size)
         # TF keeps this looser check for models that relied on it before splitting existed.
-        return (self._batches[-1].size + task_size > self.options.input_batch_size_limit
-                and len(self._batches) >= self.options.max_enqueued_batches)
+        return (
+            self._batches[-1].size + task_size > self.options.input_batch_size_limit
+            and len(self._batches) >= self.options.max_enqueued_batches
+        )
 
     def _start_new_batch(self) -> None:
         self._batches[-1].closed = True
@@ -126,8 +130,11 @@ class Queue:
         batch = self._batches[-1]
         if not batch.tasks:
             return False
-        return (self._closed or batch.size >= self.options.execution_batch_size
-                or time.monotonic() >= self._open_since + self.options.batch_timeout_micros / 1e6)
+        return (
+            self._closed
+            or batch.size >= self.options.execution_batch_size
+            or time.monotonic() >= self._open_since + self.options.batch_timeout_micros / 1e6
+        )
 
     # -- dequeue (batch threads) ----------------------------------------------
     def take_batch(self) -> Batch | None:
@@ -165,8 +172,10 @@ class Queue:
             self._closed = True
         self._notify()
         with self._lock:
-            self._empty.wait_for(lambda: self._in_flight == 0 and len(self._batches) == 1 and not self._batches[-1].tasks,
-                                 timeout=timeout)
+            self._empty.wait_for(
+                lambda: self._in_flight == 0 and len(self._batches) == 1 and not self._batches[-1].tasks,
+                timeout=timeout,
+            )
 
     def abandon(self, error: Exception) -> None:
         """Shutdown: every task not yet taken by a batch thread finishes with `error` (running batches complete)."""
@@ -194,8 +203,10 @@ class SharedBatchScheduler:
         self._next = 0
         self._cv = threading.Condition()
         self._stopped = False
-        self._threads = [threading.Thread(target=self._thread_logic, name=f"{thread_pool_name}_{i}", daemon=True)
-                         for i in range(num_batch_threads)]
+        self._threads = [
+            threading.Thread(target=self._thread_logic, name=f"{thread_pool_name}_{i}", daemon=True)
+            for i in range(num_batch_threads)
+        ]
         for thread in self._threads:
             thread.start()
 

@@ -11,14 +11,14 @@ import grpc
 from google.protobuf import json_format
 from tensorflow_serving.apis import model_pb2
 
-from model_builder.errors import ConfigError
 from model_builder.compat import tfs_config
+from model_builder.compat.tfs_batching import BatchingParameters
+from model_builder.errors import ConfigError
 from model_builder.serve import rest
+from model_builder.serve.batching import RunCounter
 from model_builder.serve.config import ServerConfig
 from model_builder.serve.errors import ServingError
 from model_builder.serve.metrics import Metrics
-from model_builder.compat.tfs_batching import BatchingParameters
-from model_builder.serve.batching import RunCounter
 from model_builder.serve.models import Batching, LoadRetries, ModelManager
 from model_builder.serve.scheduler import SharedBatchScheduler
 from model_builder.serve.servicer import ModelServicer, PredictionServicer, add_to_server, status_response
@@ -51,8 +51,10 @@ def _batching(cfg: ServerConfig) -> Batching | None:
     """--enable_batching: parse the file and start the one shared scheduler, or refuse to start like server.cc."""
     if not cfg.enable_batching:
         if cfg.batching_parameters_file is not None:
-            raise ConfigError("--batching_parameters_file is set without --enable_batching (TF Serving refuses to start: "
-                              "\"batching_parameters_file is set without setting enable_batching to true\")")
+            raise ConfigError(
+                "--batching_parameters_file is set without --enable_batching (TF Serving refuses to start: "
+                '"batching_parameters_file is set without setting enable_batching to true")'
+            )
         return None
     params = BatchingParameters.from_file(cfg.batching_parameters_file)
     for name in ("max_batch_size", "max_enqueued_batches", "max_execution_batch_size"):
@@ -75,10 +77,15 @@ class LocalServer:
         self.batching = _batching(cfg)
         if self.batching is not None:
             self.metrics.add_counter(RunCounter.NAME, lambda: self.batching.run_count.value)
-        self.manager = ModelManager(cfg.model_name, cfg.model_base_path, warmup=cfg.enable_model_warmup,
-                                    labels=dict(cfg.version_labels), batching=self.batching,
-                                    load_retries=LoadRetries(cfg.max_num_load_retries, cfg.load_retry_interval_micros),
-                                    warmup_iterations=max(1, cfg.num_request_iterations_for_warmup))
+        self.manager = ModelManager(
+            cfg.model_name,
+            cfg.model_base_path,
+            warmup=cfg.enable_model_warmup,
+            labels=dict(cfg.version_labels),
+            batching=self.batching,
+            load_retries=LoadRetries(cfg.max_num_load_retries, cfg.load_retry_interval_micros),
+            warmup_iterations=max(1, cfg.num_request_iterations_for_warmup),
+        )
         self._stopped = threading.Event()
         self._grpc: grpc.Server | None = None
         self._rest = None
@@ -94,29 +101,54 @@ class LocalServer:
         metrics_path = tfs_config.metrics_path(cfg.monitoring_config_file)
         credentials = _credentials(cfg)
         _configure_threads(cfg)
-        log.info("loading %s from %s before opening ports%s", cfg.model_name, cfg.model_base_path,
-                 f" (batching: {self.batching.params})" if self.batching else "")
+        log.info(
+            "loading %s from %s before opening ports%s",
+            cfg.model_name,
+            cfg.model_base_path,
+            f" (batching: {self.batching.params})" if self.batching else "",
+        )
         self.manager.load_first(cfg.file_system_poll_wait_seconds)
-        options = [("grpc.max_receive_message_length", cfg.max_message_bytes),
-                   ("grpc.max_send_message_length", cfg.max_message_bytes), *cfg.grpc_channel_arguments]
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
-                                 options=options)
-        add_to_server(self._grpc, PredictionServicer(self.manager, self.metrics, max_tensor_elements=cfg.max_message_bytes // 4),
-                      ModelServicer(self.manager, self.metrics))
+        options = [
+            ("grpc.max_receive_message_length", cfg.max_message_bytes),
+            ("grpc.max_send_message_length", cfg.max_message_bytes),
+            *cfg.grpc_channel_arguments,
+        ]
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"), options=options
+        )
+        add_to_server(
+            self._grpc,
+            PredictionServicer(self.manager, self.metrics, max_tensor_elements=cfg.max_message_bytes // 4),
+            ModelServicer(self.manager, self.metrics),
+        )
         address = f"{cfg.host}:{cfg.port}"
-        bound = self._grpc.add_secure_port(address, credentials) if credentials else self._grpc.add_insecure_port(address)
+        bound = (
+            self._grpc.add_secure_port(address, credentials) if credentials else self._grpc.add_insecure_port(address)
+        )
         if not bound:
-            raise ConfigError(f"cannot bind gRPC {address}: port in use or address not available; choose another --port")
+            raise ConfigError(
+                f"cannot bind gRPC {address}: port in use or address not available; choose another --port"
+            )
         self._grpc.start()
         if cfg.rest_api_port:
             try:
-                self._rest = rest.start(cfg.host, cfg.rest_api_port, self._status_json, metrics_path, self.metrics.render)
+                self._rest = rest.start(
+                    cfg.host, cfg.rest_api_port, self._status_json, metrics_path, self.metrics.render
+                )
             except OSError as err:
                 self._grpc.stop(0)
-                raise ConfigError(f"cannot bind REST {cfg.host}:{cfg.rest_api_port}: {err.strerror}; choose another --rest_api_port") from None
+                raise ConfigError(
+                    f"cannot bind REST {cfg.host}:{cfg.rest_api_port}: {err.strerror}; choose another --rest_api_port"
+                ) from None
         self.manager.start(cfg.file_system_poll_wait_seconds)
-        log.info("serving %s from %s on gRPC %s%s (TLS %s)", cfg.model_name, cfg.model_base_path, address,
-                 f", REST {cfg.host}:{cfg.rest_api_port}" if cfg.rest_api_port else "", "on" if credentials else "off")
+        log.info(
+            "serving %s from %s on gRPC %s%s (TLS %s)",
+            cfg.model_name,
+            cfg.model_base_path,
+            address,
+            f", REST {cfg.host}:{cfg.rest_api_port}" if cfg.rest_api_port else "",
+            "on" if credentials else "off",
+        )
 
     def _status_json(self, name: str, version: int | None, label: str | None) -> tuple[int, str]:
         spec = model_pb2.ModelSpec(name=name, version_label=label or "")
@@ -125,8 +157,12 @@ class LocalServer:
         try:
             response = status_response(self.manager, spec)
         except ServingError as err:
-            return (404 if err.code == grpc.StatusCode.NOT_FOUND else 400), '{ "error": "' + str(err).replace('"', "'") + '" }'
-        return 200, json_format.MessageToJson(response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+            return (404 if err.code == grpc.StatusCode.NOT_FOUND else 400), '{ "error": "' + str(err).replace(
+                '"', "'"
+            ) + '" }'
+        return 200, json_format.MessageToJson(
+            response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
 
     def stop(self) -> None:
         """Stops taking new RPCs, lets in-flight ones finish (bounded by the grace period), then exits."""

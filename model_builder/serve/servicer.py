@@ -43,8 +43,10 @@ class Unparseable:
     """
 
     def __init__(self, message_type, error: Exception) -> None:
-        self.details = (f"Failed to parse the request as {message_type.DESCRIPTOR.full_name}: {error}; "
-                        "send a serialized message of that type")
+        self.details = (
+            f"Failed to parse the request as {message_type.DESCRIPTOR.full_name}: {error}; "
+            "send a serialized message of that type"
+        )
 
 
 def _lenient(message_type):
@@ -53,17 +55,20 @@ def _lenient(message_type):
             return message_type.FromString(data)
         except DecodeError as err:
             return Unparseable(message_type, err)
+
     return parse
 
 
 def _parsed(method):
     """Aborts with INTERNAL (TF Serving's code) when the request bytes did not parse."""
+
     @functools.wraps(method)
     def wrapper(self, request, context):
         if isinstance(request, Unparseable):
             self._metrics.observe("unknown", method.__name__, "INTERNAL", 0.0)
             context.abort(grpc.StatusCode.INTERNAL, request.details)
         return method(self, request, context)
+
     return wrapper
 
 
@@ -85,7 +90,7 @@ def _call(context, metrics: Metrics, model: str, api: str, fn):
     except ServingError as err:
         status = err.code.name
         context.abort(err.code, str(err))
-    except Exception:  # noqa: BLE001 - never leak internals to clients
+    except Exception:
         status = "INTERNAL"
         log.exception("%s failed", api)
         context.abort(grpc.StatusCode.INTERNAL, f"internal error in {api}; see the server log")
@@ -96,14 +101,15 @@ def _call(context, metrics: Metrics, model: str, api: str, fn):
 class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata."""
 
-    def __init__(self, manager: ModelManager, metrics: Metrics,
-                 max_tensor_elements: int = predictor.DEFAULT_MAX_TENSOR_ELEMENTS) -> None:
+    def __init__(
+        self, manager: ModelManager, metrics: Metrics, max_tensor_elements: int = predictor.DEFAULT_MAX_TENSOR_ELEMENTS
+    ) -> None:
         self._manager = manager
         self._metrics = metrics
         self._max_tensor_elements = max_tensor_elements
 
     @_parsed
-    def Predict(self, request, context):  # noqa: N802 (gRPC method name)
+    def Predict(self, request, context):
         model = _model_label(self._manager, request.model_spec.name)
         deadline = predictor.deadline_of(context.time_remaining())
         return _call(context, self._metrics, model, "Predict", lambda: self._predict(request, deadline))
@@ -116,8 +122,14 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         version, label = _version_of(spec)
         # TF Serving finds the servable first (NOT_FOUND), then validates the request (predict_util.cc).
         with self._manager.lease(spec.name, version, label) as loaded:
-            outputs = predictor.predict(loaded, spec.signature_name, request.inputs, list(request.output_filter),
-                                        deadline, self._max_tensor_elements)
+            outputs = predictor.predict(
+                loaded,
+                spec.signature_name,
+                request.inputs,
+                list(request.output_filter),
+                deadline,
+                self._max_tensor_elements,
+            )
             response = predict_pb2.PredictResponse()
             response.model_spec.name = spec.name
             response.model_spec.signature_name = spec.signature_name or predictor.DEFAULT_SIGNATURE
@@ -127,7 +139,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return response
 
     @_parsed
-    def GetModelMetadata(self, request, context):  # noqa: N802
+    def GetModelMetadata(self, request, context):
         model = _model_label(self._manager, request.model_spec.name)
         return _call(context, self._metrics, model, "GetModelMetadata", lambda: self._metadata(request))
 
@@ -136,7 +148,9 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 
         fields = list(request.metadata_field)
         if fields != ["signature_def"]:
-            raise predictor.InvalidInputError("Metadata field signature_def is the only one supported (send metadata_field: [\"signature_def\"])")
+            raise predictor.InvalidInputError(
+                'Metadata field signature_def is the only one supported (send metadata_field: ["signature_def"])'
+            )
         spec = request.model_spec
         version, label = _version_of(spec)
         with self._manager.lease(spec.name, version, label) as loaded:
@@ -158,13 +172,18 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
         self._metrics = metrics
 
     @_parsed
-    def GetModelStatus(self, request, context):  # noqa: N802
+    def GetModelStatus(self, request, context):
         model = _model_label(self._manager, request.model_spec.name)
-        return _call(context, self._metrics, model, "GetModelStatus", lambda: status_response(self._manager, request.model_spec))
+        return _call(
+            context, self._metrics, model, "GetModelStatus", lambda: status_response(self._manager, request.model_spec)
+        )
 
     @_parsed
-    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
-        context.abort(grpc.StatusCode.UNIMPLEMENTED, "the local server has no model config to reload; publish a new version folder instead")
+    def HandleReloadConfigRequest(self, request, context):
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            "the local server has no model config to reload; publish a new version folder instead",
+        )
 
 
 def add_to_server(server: grpc.Server, prediction: PredictionServicer, model: ModelServicer) -> None:
@@ -184,11 +203,21 @@ def add_to_server(server: grpc.Server, prediction: PredictionServicer, model: Mo
         },
     }
     for service, table in methods.items():
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {
-            name: grpc.unary_unary_rpc_method_handler(fn, request_deserializer=_lenient(request_type),
-                                                      response_serializer=lambda message: message.SerializeToString())
-            for name, (fn, request_type) in table.items()
-        }),))
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    service,
+                    {
+                        name: grpc.unary_unary_rpc_method_handler(
+                            fn,
+                            request_deserializer=_lenient(request_type),
+                            response_serializer=lambda message: message.SerializeToString(),
+                        )
+                        for name, (fn, request_type) in table.items()
+                    },
+                ),
+            )
+        )
 
 
 def status_response(manager: ModelManager, spec) -> get_model_status_pb2.GetModelStatusResponse:

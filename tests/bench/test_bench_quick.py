@@ -19,8 +19,15 @@ for module in ("faiss", "fastapi", "uvicorn", "matplotlib", "psutil"):
     pytest.importorskip(module, reason="benchmark packages: pip install -r requirements/bench.txt")
 
 REPO = Path(__file__).resolve().parents[2]
-SUMMARY_KEYS = ("recall_at_10", "speedup_vs_exact", "e2e_p50_ms", "e2e_p99_ms", "throughput_ratio_vs_fastapi_faiss",
-                "first_request_ms", "steady_p99_ms")
+SUMMARY_KEYS = (
+    "recall_at_10",
+    "speedup_vs_exact",
+    "e2e_p50_ms",
+    "e2e_p99_ms",
+    "throughput_ratio_vs_fastapi_faiss",
+    "first_request_ms",
+    "steady_p99_ms",
+)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -33,11 +40,29 @@ def quick_run(tmp_path_factory):
     """One quick run into a temporary --out; returns (out folder, process)."""
     root = tmp_path_factory.mktemp("bench")
     committed = _snapshot(REPO / "benchmarks" / "results")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks", "run", "--profile", "quick", "--out", str(root / "out"),
-                           "--work", str(root / "work")], cwd=REPO, capture_output=True, text=True, timeout=1200,
-                          env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "run",
+            "--profile",
+            "quick",
+            "--out",
+            str(root / "out"),
+            "--work",
+            str(root / "work"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     assert proc.returncode == 0, f"quick profile failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    assert _snapshot(REPO / "benchmarks" / "results") == committed, "the quick profile must not touch benchmarks/results"
+    assert _snapshot(REPO / "benchmarks" / "results") == committed, (
+        "the quick profile must not touch benchmarks/results"
+    )
     return root / "out", proc
 
 
@@ -57,7 +82,9 @@ def test_summary_has_the_issue_keys(quick_run):
 @pytest.mark.slow
 def test_dataset_results_cover_every_configuration(quick_run):
     out, _ = quick_run
-    results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if p.name not in ("summary.json", "serving.json")}
+    results = {
+        p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if p.name not in ("summary.json", "serving.json")
+    }
     assert len(results) == 2 and any(name.startswith("wordnet-minilm-") for name in results), sorted(results)
     for name, result in results.items():
         configs = ("exact", "rule_of_thumb", "tuned", "tuned_throughput")

@@ -9,8 +9,10 @@ from benchmarks import text_embeddings, wordnet
 
 
 def test_wordnet_line_gives_lemmas_definition_and_examples():
-    line = ('02084071 05 n 05 dog 0 domestic_dog 0 Canis_familiaris 0 x 0 y 0 001 @ 02083346 n 0000 | a member of the '
-            'genus Canis; "the dog barked all night"; "a loyal dog"  ')
+    line = (
+        "02084071 05 n 05 dog 0 domestic_dog 0 Canis_familiaris 0 x 0 y 0 001 @ 02083346 n 0000 | a member of the "
+        'genus Canis; "the dog barked all night"; "a loyal dog"  '
+    )
     text, examples = wordnet.parse_line(line)
     assert text == "dog, domestic dog, Canis familiaris, x, y: a member of the genus Canis"
     assert examples == ["the dog barked all night", "a loyal dog"]

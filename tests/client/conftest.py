@@ -1,13 +1,14 @@
 """Fixtures for the client tests: a real gRPC TF Serving stand-in on 127.0.0.1, and the
 real local servers (python -m model_builder serve) on the demo-like session models."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Dict, Iterator
 
 import pytest
 
@@ -47,22 +48,63 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def tls_files(tmp_path_factory) -> Dict[str, Path]:
+def tls_files(tmp_path_factory) -> dict[str, Path]:
     """A throw-away CA, a server certificate for DNS:retrieval.test only, and a client pair."""
     tmp = tmp_path_factory.mktemp("tls")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-             "-days", "2", "-subj", "/CN=test-ca", cwd=tmp)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+        cwd=tmp,
+    )
     for name, ext in (("server", "subjectAltName=DNS:retrieval.test"), ("client", "extendedKeyUsage=clientAuth")):
         (tmp / f"{name}.ext").write_text(ext + "\n")
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                 "-subj", f"/CN={name}", cwd=tmp)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=tmp)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+            cwd=tmp,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=tmp,
+        )
     return {p.stem + p.suffix.replace(".", "_"): p for p in tmp.iterdir()}
 
 
 @pytest.fixture(scope="session")
-def local_live_servers(request, tmp_path_factory) -> Iterator[Dict[str, str]]:
+def local_live_servers(request, tmp_path_factory) -> Iterator[dict[str, str]]:
     """The real local server on a string-id model (synthetic CSV), on the demo's int-id
     MovieLens model and on the string-id model built with --unknown-ids fallback:
     {"string": "MODEL@host:port", "int64": ..., "fallback": ...} for tests/client/portable
@@ -72,13 +114,17 @@ def local_live_servers(request, tmp_path_factory) -> Iterator[Dict[str, str]]:
     if given:
         yield dict(part.split("=", 1) for part in given.split(","))
         return
-    models = {"string": request.getfixturevalue("synthetic_model"), "int64": request.getfixturevalue("movielens_model"),
-              "fallback": request.getfixturevalue("fallback_model_dir")}
+    models = {
+        "string": request.getfixturevalue("synthetic_model"),
+        "int64": request.getfixturevalue("movielens_model"),
+        "fallback": request.getfixturevalue("fallback_model_dir"),
+    }
     logs = tmp_path_factory.mktemp("client-live-servers")
     with contextlib.ExitStack() as stack:
         servers = {
-            dtype: stack.enter_context(support.local_server(version_dir.parent.parent, version_dir.parent.name,
-                                                            log_dir=logs))
+            dtype: stack.enter_context(
+                support.local_server(version_dir.parent.parent, version_dir.parent.name, log_dir=logs)
+            )
             for dtype, version_dir in models.items()
         }
         for dtype, server in servers.items():
@@ -87,7 +133,7 @@ def local_live_servers(request, tmp_path_factory) -> Iterator[Dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def client_dist(tmp_path_factory) -> Dict[str, Path]:
+def client_dist(tmp_path_factory) -> dict[str, Path]:
     """The client's sdist and wheel, built once per session with `python -m build` (PEP 517,
     isolated build env) from a copy of client/, so the checkout gets no build/ or egg-info."""
     import shutil
@@ -97,8 +143,13 @@ def client_dist(tmp_path_factory) -> Dict[str, Path]:
     shutil.copytree(CLIENT_DIR, source, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"))
     # cwd=work: `python -m build` run from the repo root would import the checkout's build/ output
     # folder as the `build` package.
-    run = subprocess.run([sys.executable, "-m", "build", "--outdir", str(work / "dist"), str(source)],
-                         capture_output=True, text=True, timeout=600, cwd=work)
+    run = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(work / "dist"), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=work,
+    )
     assert run.returncode == 0, f"python -m build failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     [sdist] = (work / "dist").glob("*.tar.gz")
     [wheel] = (work / "dist").glob("*.whl")

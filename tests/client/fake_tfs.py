@@ -14,6 +14,7 @@ a `found` output per row, padding ids ("" / -1) and -inf scores for unknown ids
 (or the most popular candidates with unknown_ids="fallback"), and `examples`
 taking `index` [B] with a `found` flag per row.
 """
+
 from __future__ import annotations
 
 import collections
@@ -21,7 +22,6 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -48,7 +48,7 @@ class FakeModel:
     dim: int = 8
     k: int = 5
     seed: int = 0
-    labels: Tuple[str, ...] = ("stable",)
+    labels: tuple[str, ...] = ("stable",)
     contract: int = 1
     unknown_ids: str = "error"  # contract 2: "error" (padding rows) or "fallback"
     # Contract 2: the last `short_tail` entries of every found row are padding with -inf scores,
@@ -67,20 +67,20 @@ class FakeModel:
             self.ids = np.arange(1000, 1000 + self.num_candidates, dtype=np.int64)
         self.row = {key: i for i, key in enumerate(self.ids.tolist())}
 
-    def nearest(self, queries: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def nearest(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         scores = queries @ self.vectors.T
         order = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
         ids, scores = self.ids[order], np.take_along_axis(scores, order, axis=1).astype(np.float32)
         if self.short_tail:
-            ids[:, self.k - self.short_tail:] = self.padding
-            scores[:, self.k - self.short_tail:] = -np.inf
+            ids[:, self.k - self.short_tail :] = self.padding
+            scores[:, self.k - self.short_tail :] = -np.inf
         return ids, scores
 
     @property
     def padding(self):
         return b"" if self.id_dtype == "string" else -1
 
-    def search_rows(self, keys: list) -> Dict[str, np.ndarray]:
+    def search_rows(self, keys: list) -> dict[str, np.ndarray]:
         """Contract 2: every row answered; unknown keys get padding or the fallback list."""
         found = np.array([key in self.row for key in keys], dtype=bool)
         queries = np.zeros((len(keys), self.dim), np.float32)
@@ -96,7 +96,7 @@ class FakeModel:
         return {"ids": ids, "scores": scores, "found": found}
 
 
-def _info(dtype: int, shape: List[int]) -> meta_graph_pb2.TensorInfo:
+def _info(dtype: int, shape: list[int]) -> meta_graph_pb2.TensorInfo:
     info = meta_graph_pb2.TensorInfo(name="x:0", dtype=dtype)
     for size in shape:
         info.tensor_shape.dim.add(size=size)
@@ -108,27 +108,27 @@ class FakeTfServing:
 
     def __init__(
         self,
-        model: Optional[FakeModel] = None,
+        model: FakeModel | None = None,
         *,
         typed_values: bool = False,
-        server_credentials: Optional[grpc.ServerCredentials] = None,
+        server_credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self.model = model or FakeModel()
         self.typed_values = typed_values  # answer with *_val fields, not tensor_content
-        self.calls: Dict[str, int] = collections.Counter()
-        self.failures: Dict[str, List[Tuple[grpc.StatusCode, str]]] = collections.defaultdict(list)
-        self.delays_s: Dict[str, List[float]] = collections.defaultdict(list)
+        self.calls: dict[str, int] = collections.Counter()
+        self.failures: dict[str, list[tuple[grpc.StatusCode, str]]] = collections.defaultdict(list)
+        self.delays_s: dict[str, list[float]] = collections.defaultdict(list)
         # Successive GetModelStatus answers: lists of (version, state, error_code, message);
         # the last entry repeats. Empty: one AVAILABLE version.
-        self.status_script: List[List[Tuple[int, str, int, str]]] = []
-        self.requests: List[Tuple[str, object]] = []
+        self.status_script: list[list[tuple[int, str, int, str]]] = []
+        self.requests: list[tuple[str, object]] = []
         self._credentials = server_credentials
         self._lock = threading.Lock()
-        self._server: Optional[grpc.Server] = None
+        self._server: grpc.Server | None = None
         self.target = ""
 
     # -- lifecycle ------------------------------------------------------------
-    def start(self) -> "FakeTfServing":
+    def start(self) -> FakeTfServing:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
         handlers = {
             "Predict": (self._predict, predict_pb2.PredictRequest, predict_pb2.PredictResponse),
@@ -145,13 +145,23 @@ class FakeTfServing:
                 get_model_status_pb2.GetModelStatusResponse,
             )
         }
-        for service, table in (("tensorflow.serving.PredictionService", handlers), ("tensorflow.serving.ModelService", status)):
-            server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {
-                name: grpc.unary_unary_rpc_method_handler(
-                    fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+        for service, table in (
+            ("tensorflow.serving.PredictionService", handlers),
+            ("tensorflow.serving.ModelService", status),
+        ):
+            server.add_generic_rpc_handlers(
+                (
+                    grpc.method_handlers_generic_handler(
+                        service,
+                        {
+                            name: grpc.unary_unary_rpc_method_handler(
+                                fn, request_deserializer=req.FromString, response_serializer=resp.SerializeToString
+                            )
+                            for name, (fn, req, resp) in table.items()
+                        },
+                    ),
                 )
-                for name, (fn, req, resp) in table.items()
-            }),))
+            )
         if self._credentials is None:
             port = server.add_insecure_port("127.0.0.1:0")
         else:
@@ -230,20 +240,32 @@ class FakeTfServing:
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         if signature == "examples" and model.contract == 2:
             if list(request.inputs) != ["index"]:
-                context.abort(invalid, f"signature examples takes exactly one input 'index', got {list(request.inputs)}")
+                context.abort(
+                    invalid, f"signature examples takes exactly one input 'index', got {list(request.inputs)}"
+                )
             index = tf.make_ndarray(request.inputs["index"]).reshape(-1)
             n = min(8, model.num_candidates)
             found = (index >= 0) & (index < n)
             rows = np.where(found, index, 0)
-            outputs = {"query_ids": model.ids[rows], "candidate_ids": model.ids[rows],
-                       "candidate_vectors": model.vectors[rows], "found": found}
+            outputs = {
+                "query_ids": model.ids[rows],
+                "candidate_ids": model.ids[rows],
+                "candidate_vectors": model.vectors[rows],
+                "found": found,
+            }
         elif signature == "examples":
             n = min(8, model.num_candidates)
-            outputs = {"query_ids": model.ids[:n], "candidate_ids": model.ids[:n], "candidate_vectors": model.vectors[:n]}
+            outputs = {
+                "query_ids": model.ids[:n],
+                "candidate_ids": model.ids[:n],
+                "candidate_vectors": model.vectors[:n],
+            }
         elif signature in ("serving_default", "search_by_vector"):
             name = "ids" if signature == "serving_default" else "vectors"
             if list(request.inputs) != [name]:
-                context.abort(invalid, f"signature {signature} takes exactly one input {name!r}, got {list(request.inputs)}")
+                context.abort(
+                    invalid, f"signature {signature} takes exactly one input {name!r}, got {list(request.inputs)}"
+                )
             tensor = request.inputs[name]
             if name == "ids":
                 if tensor.dtype != ID_DT[model.id_dtype]:

@@ -1,4 +1,5 @@
 """retrieval-client CLI: output formats and exit codes, against the real gRPC stand-in."""
+
 from __future__ import annotations
 
 import json
@@ -47,7 +48,10 @@ def test_search_vector_status_metadata_examples_wait(server, capsys):
     code, out, _ = run(capsys, "status", "--target", server.target)
     assert code == 0 and "AVAILABLE" in out
     code, out, _ = run(capsys, "metadata", "--target", server.target, "--json")
-    assert json.loads(out)["signatures"]["search_by_vector"]["inputs"]["vectors"] == {"dtype": "float32", "shape": [-1, 8]}
+    assert json.loads(out)["signatures"]["search_by_vector"]["inputs"]["vectors"] == {
+        "dtype": "float32",
+        "shape": [-1, 8],
+    }
     code, out, _ = run(capsys, "examples", "--target", server.target)
     assert code == 0 and "query ids: item-0 item-1" in out
     code, out, _ = run(capsys, "wait", "--target", server.target, "--timeout-s", "5")
@@ -81,7 +85,9 @@ def test_unavailable_server_exits_1(capsys):
 
 
 def test_help_shows_defaults_via_python_m():
-    run_ = subprocess.run([sys.executable, "-m", "retrieval_client", "search", "--help"], capture_output=True, text=True)
+    run_ = subprocess.run(
+        [sys.executable, "-m", "retrieval_client", "search", "--help"], capture_output=True, text=True
+    )
     assert run_.returncode == 0
     text = " ".join(run_.stdout.split())  # undo argparse's line wrapping
     assert "(default: 127.0.0.1:8500)" in text and "(default: scann_model)" in text

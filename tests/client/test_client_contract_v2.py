@@ -1,5 +1,6 @@
 """The batching-safe serving contract (v2) against the upstream-message stand-in: per-row `found`,
 padding rows for unknown ids, fallback rows, `examples` by index; and models from before it."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """The whole client API against a real gRPC server speaking upstream TF Serving messages."""
+
 from __future__ import annotations
 
 import asyncio
@@ -153,7 +154,11 @@ def test_unknown_model_is_model_not_found_and_unchained(server):
 
 
 def test_wait_until_available_polls_through_loading(server):
-    server.status_script = [[(4, "START", 0, "")], [(4, "LOADING", 0, "")], [(3, "AVAILABLE", 0, ""), (4, "AVAILABLE", 0, "")]]
+    server.status_script = [
+        [(4, "START", 0, "")],
+        [(4, "LOADING", 0, "")],
+        [(3, "AVAILABLE", 0, ""), (4, "AVAILABLE", 0, "")],
+    ]
     with client_for(server) as client:
         status = client.wait_until_available(timeout_s=10)
     assert (status.version, status.state) == (4, "AVAILABLE")

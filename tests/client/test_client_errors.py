@@ -1,5 +1,6 @@
 """client/README.md's error table matches the code: every public error class has a row, each row's
 status and 'retried' columns are what error_for() and the retry policy do, and hints exist."""
+
 from __future__ import annotations
 
 import inspect
@@ -20,20 +21,34 @@ S = grpc.StatusCode
 CLOSED = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:10.0.0.1:8500: Socket closed"
 # One real-world status per class (wording from TF Serving 2.11, TensorFlow's batcher and gRPC core).
 SAMPLES = {
-    "InvalidRequestError": [(S.INVALID_ARGUMENT, "assertion failed: [unknown query id(s), not in this model version:] [x]", None),
-                            (S.INVALID_ARGUMENT, "Task size 1025 is larger than maximum input batch size 1024", None)],
+    "InvalidRequestError": [
+        (S.INVALID_ARGUMENT, "assertion failed: [unknown query id(s), not in this model version:] [x]", None),
+        (S.INVALID_ARGUMENT, "Task size 1025 is larger than maximum input batch size 1024", None),
+    ],
     "ModelNotFoundError": [(S.NOT_FOUND, "Servable not found for request: Latest(scann_model)", None)],
-    "ModelNotReadyError": [(S.FAILED_PRECONDITION, "model not ready", None),
-                           (S.UNAVAILABLE, "Servable scann_model is loading", None)],
+    "ModelNotReadyError": [
+        (S.FAILED_PRECONDITION, "model not ready", None),
+        (S.UNAVAILABLE, "Servable scann_model is loading", None),
+    ],
     "IncompatibleModelError": [(S.FAILED_PRECONDITION, 'Serving signature key "examples" not found.', None)],
-    "ServerUnavailableError": [(S.UNAVAILABLE, "failed to connect to all addresses; last error: Connection refused", PLAINTEXT)],
-    "ServerOverloadedError": [(S.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full", None)],
+    "ServerUnavailableError": [
+        (S.UNAVAILABLE, "failed to connect to all addresses; last error: Connection refused", PLAINTEXT)
+    ],
+    "ServerOverloadedError": [
+        (S.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full", None)
+    ],
     "ServerCancelledError": [(S.CANCELLED, "Cancelled", None)],
-    "TlsHandshakeError": [(S.UNAVAILABLE, CLOSED, PLAINTEXT), (S.UNAVAILABLE, CLOSED, TLS), (S.UNAVAILABLE, CLOSED, MUTUAL_TLS),
-                          (S.UNAVAILABLE, "Ssl handshake failed: SSL_ERROR_SSL: CERTIFICATE_VERIFY_FAILED", TLS),
-                          (S.UNAVAILABLE, "Peer name 10.0.0.1 is not in peer certificate", TLS)],
+    "TlsHandshakeError": [
+        (S.UNAVAILABLE, CLOSED, PLAINTEXT),
+        (S.UNAVAILABLE, CLOSED, TLS),
+        (S.UNAVAILABLE, CLOSED, MUTUAL_TLS),
+        (S.UNAVAILABLE, "Ssl handshake failed: SSL_ERROR_SSL: CERTIFICATE_VERIFY_FAILED", TLS),
+        (S.UNAVAILABLE, "Peer name 10.0.0.1 is not in peer certificate", TLS),
+    ],
     "DeadlineExceededError": [(S.DEADLINE_EXCEEDED, "Deadline Exceeded", None)],
-    "ResourceExhaustedError": [(S.RESOURCE_EXHAUSTED, "Received message larger than max (70000000 vs. 67108864)", None)],
+    "ResourceExhaustedError": [
+        (S.RESOURCE_EXHAUSTED, "Received message larger than max (70000000 vs. 67108864)", None)
+    ],
     "RetrievalError": [(S.INTERNAL, "boom", None), (S.UNAUTHENTICATED, "bad token", None)],
 }
 
@@ -51,8 +66,11 @@ def table() -> dict:
 
 
 def public_errors() -> set:
-    return {name for name in retrieval_client.__all__
-            if inspect.isclass(getattr(retrieval_client, name)) and issubclass(getattr(retrieval_client, name), Exception)}
+    return {
+        name
+        for name in retrieval_client.__all__
+        if inspect.isclass(getattr(retrieval_client, name)) and issubclass(getattr(retrieval_client, name), Exception)
+    }
 
 
 def test_every_public_error_has_a_row_and_every_row_a_class():
@@ -89,7 +107,8 @@ def test_hints_are_specific_where_one_status_has_several_causes():
     hints = {transport: error_for(S.UNAVAILABLE, CLOSED, transport).hint for transport in (PLAINTEXT, TLS, MUTUAL_TLS)}
     assert "requires TLS" in hints[PLAINTEXT] and "requires a client certificate" in hints[TLS]
     assert "did not accept the client certificate" in hints[MUTUAL_TLS]
-    assert isinstance(error_for(S.UNAVAILABLE, CLOSED), retrieval_client.ServerUnavailableError), \
+    assert isinstance(error_for(S.UNAVAILABLE, CLOSED), retrieval_client.ServerUnavailableError), (
         "without knowing the channel's TLS setting a closed socket is just unavailable"
+    )
     assert type(error_for(S.UNAVAILABLE, CLOSED)) is retrieval_client.ServerUnavailableError
     assert all(issubclass(getattr(retrieval_client, n), RetrievalError) for n in public_errors())

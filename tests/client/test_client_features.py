@@ -1,5 +1,6 @@
 """search_by_features in the client: rows or columns -> checked tensors (pure functions), and the sync,
 async and CLI paths against the real local server on the demo's MovieLens feature model."""
+
 from __future__ import annotations
 
 import asyncio
@@ -14,10 +15,16 @@ from retrieval_client._cli import main as cli_main
 from retrieval_client._features import feature_columns, feature_tensors
 from retrieval_client._tensors import decode_strings, from_tensor_proto
 
-SPECS = {"user_id": TensorSpec("int64", [-1]), "age": TensorSpec("float32", [-1]),
-         "occupation": TensorSpec("string", [-1]), "genres": TensorSpec("string", [-1])}
-NEW_USERS = [{"age": 24, "gender": "M", "occupation": "technician", "zip_code": "85711"},
-             {"age": 61, "gender": "F", "occupation": "retired"}]
+SPECS = {
+    "user_id": TensorSpec("int64", [-1]),
+    "age": TensorSpec("float32", [-1]),
+    "occupation": TensorSpec("string", [-1]),
+    "genres": TensorSpec("string", [-1]),
+}
+NEW_USERS = [
+    {"age": 24, "gender": "M", "occupation": "technician", "zip_code": "85711"},
+    {"age": 61, "gender": "F", "occupation": "retired"},
+]
 
 
 def _sent(columns, batch, specs=SPECS) -> dict:
@@ -32,14 +39,26 @@ def _sent(columns, batch, specs=SPECS) -> dict:
 def test_rows_and_columns_give_the_same_columns():
     rows = [{"age": 24, "genres": ["Action", "Comedy"]}, {"age": None, "occupation": "writer"}]
     columns, batch = feature_columns(rows)
-    assert batch == 2 and columns == {"age": [24, None], "genres": [["Action", "Comedy"], None], "occupation": [None, "writer"]}
+    assert batch == 2 and columns == {
+        "age": [24, None],
+        "genres": [["Action", "Comedy"], None],
+        "occupation": [None, "writer"],
+    }
     assert feature_columns({"age": np.array([24.0, 30.0]), "occupation": ("a", "b")}) == (
-        {"age": [24.0, 30.0], "occupation": ["a", "b"]}, 2)
+        {"age": [24.0, 30.0], "occupation": ["a", "b"]},
+        2,
+    )
 
 
 def test_values_are_converted_to_the_signature_dtypes_and_missing_ones_filled():
-    sent = _sent({"age": [24, "31.5", None, " "], "genres": [["Action", "Comedy"], "Drama", None, ()],
-                  "occupation": ["writer", b"artist", 7, None]}, 4)
+    sent = _sent(
+        {
+            "age": [24, "31.5", None, " "],
+            "genres": [["Action", "Comedy"], "Drama", None, ()],
+            "occupation": ["writer", b"artist", 7, None],
+        },
+        4,
+    )
     assert sent["age"][:2] == [24.0, 31.5] and math.isnan(sent["age"][2]) and math.isnan(sent["age"][3])
     assert sent["genres"] == ["Action|Comedy", "Drama", "", ""]
     assert sent["occupation"] == ["writer", "artist", "7", ""]
@@ -49,7 +68,11 @@ def test_values_are_converted_to_the_signature_dtypes_and_missing_ones_filled():
 @pytest.mark.parametrize(
     ("columns", "error", "needle"),
     [
-        ({"ocupation": ["x"]}, ValueError, "unknown feature(s) ocupation: model 'm' takes age (float32), genres (string)"),
+        (
+            {"ocupation": ["x"]},
+            ValueError,
+            "unknown feature(s) ocupation: model 'm' takes age (float32), genres (string)",
+        ),
         ({"age": ["old"]}, ValueError, "feature 'age' of model 'm', row 0: 'old' is not a number"),
         ({"age": [True]}, TypeError, "is not one number"),
         ({"age": [[1, 2]]}, TypeError, "is not one number"),
@@ -94,10 +117,12 @@ def test_sync_async_rows_and_columns_agree_and_known_users_match_search(feature_
     model, target = feature_target
     with RetrievalClient(target, model) as client:
         by_rows = client.search_by_features(NEW_USERS, k=5)
-        by_columns = client.search_by_features({name: [row.get(name) for row in NEW_USERS]
-                                                for name in ("age", "gender", "occupation", "zip_code")}, k=5)
-        known = client.search_by_features([{"user_id": 1, "age": 24, "gender": "M", "occupation": "technician",
-                                            "zip_code": "85711"}])  # MovieLens user 1 and its stored features
+        by_columns = client.search_by_features(
+            {name: [row.get(name) for row in NEW_USERS] for name in ("age", "gender", "occupation", "zip_code")}, k=5
+        )
+        known = client.search_by_features(
+            [{"user_id": 1, "age": 24, "gender": "M", "occupation": "technician", "zip_code": "85711"}]
+        )  # MovieLens user 1 and its stored features
         [by_id] = client.search([1])
         assert client.search_by_features([]) == []
 
@@ -126,10 +151,24 @@ def test_k_above_the_models_k_and_models_without_features_fail_before_predict(fe
 @pytest.mark.slow
 def test_cli_search_with_features(feature_target, capsys):
     model, target = feature_target
-    args = ["search", "--target", target, "--model", model, "--feature", "age=24", "--feature", "occupation=technician", "-k", "3"]
+    args = [
+        "search",
+        "--target",
+        target,
+        "--model",
+        model,
+        "--feature",
+        "age=24",
+        "--feature",
+        "occupation=technician",
+        "-k",
+        "3",
+    ]
     assert cli_main([*args, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["results"][0]["query"] == {"age": "24", "occupation": "technician"} and len(data["results"][0]["ids"]) == 3
+    assert (
+        data["results"][0]["query"] == {"age": "24", "occupation": "technician"} and len(data["results"][0]["ids"]) == 3
+    )
     assert cli_main(args) == 0
     assert capsys.readouterr().out.startswith("query age=24 occupation=technician:\nrank  id")
     assert cli_main(["search", "--target", target, "--model", model, "--feature", "age=old"]) == 2

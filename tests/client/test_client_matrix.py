@@ -7,6 +7,7 @@ installed with --no-index afterwards (a fresh clone downloads them once, ~100 MB
 the venvs are set up and tested in parallel. The run prints its wall time and writes
 build/client-matrix/report.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 import pytest
 
@@ -39,9 +39,9 @@ class Env:
 
     name: str
     python: str
-    first: Tuple[str, ...]
-    with_client: Tuple[str, ...] = ()
-    kept: Tuple[str, ...] = ("protobuf", "grpcio")
+    first: tuple[str, ...]
+    with_client: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ("protobuf", "grpcio")
     only_client_deps: bool = False
 
 
@@ -49,10 +49,15 @@ MATRIX = (
     # The declared lower bounds, on the oldest Python.
     Env("py3.10-protobuf4.25-grpcio1.60", "3.10", ("protobuf==4.25.1", "grpcio==1.60.0", "numpy==1.22.0")),
     # A service pinned by grpcio-status 1.66 (protobuf 5): the client must not move protobuf.
-    Env("py3.11-protobuf5.29-grpcio-status1.66", "3.11", ("grpcio-status==1.66.2", "protobuf==5.29.6"),
-        kept=("protobuf", "grpcio", "grpcio-status")),
-    Env("py3.12-protobuf6.33", "3.12", ("protobuf==6.33.6",), ("grpcio==1.85.3", "numpy==2.5.5"),
-        only_client_deps=True),
+    Env(
+        "py3.11-protobuf5.29-grpcio-status1.66",
+        "3.11",
+        ("grpcio-status==1.66.2", "protobuf==5.29.6"),
+        kept=("protobuf", "grpcio", "grpcio-status"),
+    ),
+    Env(
+        "py3.12-protobuf6.33", "3.12", ("protobuf==6.33.6",), ("grpcio==1.85.3", "numpy==2.5.5"), only_client_deps=True
+    ),
     Env("py3.13-protobuf7.36", "3.13", ("protobuf==7.36.2",), ("grpcio==1.85.3", "numpy==2.5.5")),
 )
 # Installed beside the client: grpcio, protobuf, numpy; typing-extensions only because grpcio declares it.
@@ -60,13 +65,15 @@ CLIENT_DEPS = {"scann-serving-client", "grpcio", "protobuf", "numpy", "typing-ex
 TOOLING = {"pip", "setuptools", "wheel"}
 
 
-def _run(command: List[str], **kwargs) -> subprocess.CompletedProcess:
+def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=900, **kwargs)
 
 
-def _must(command: List[str], **kwargs) -> str:
+def _must(command: list[str], **kwargs) -> str:
     run = _run(command, **kwargs)
-    assert run.returncode == 0, f"{' '.join(map(str, command))} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    assert run.returncode == 0, (
+        f"{' '.join(map(str, command))} failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    )
     return run.stdout
 
 
@@ -76,8 +83,10 @@ def interpreter(version: str) -> str:
     candidates = []
     if shutil.which("pyenv"):
         bare = _run(["pyenv", "versions", "--bare"])
-        versions = sorted((v for v in bare.stdout.split() if v.startswith(version + ".") and v.count(".") == 2),
-                          key=lambda v: tuple(int(x) for x in v.split(".")))
+        versions = sorted(
+            (v for v in bare.stdout.split() if v.startswith(version + ".") and v.count(".") == 2),
+            key=lambda v: tuple(int(x) for x in v.split(".")),
+        )
         for full in reversed(versions):
             prefix = _run(["pyenv", "prefix", full]).stdout.strip()
             candidates.append(str(Path(prefix) / "bin" / "python"))
@@ -89,25 +98,36 @@ def interpreter(version: str) -> str:
     pytest.fail(f"Python {version} not found: the client matrix needs Python 3.10-3.13 (pyenv install {version})")
 
 
-def pip(python: Path, *args: str) -> List[str]:
+def pip(python: Path, *args: str) -> list[str]:
     """The main venv's pip acting on another interpreter's environment (pip --python): the
     matrix venvs are made --without-pip, which saves an ensurepip run per venv."""
     return [sys.executable, "-m", "pip", "--python", str(python), "--disable-pip-version-check", *args]
 
 
-def pip_install(python: Path, requirements: List[str]) -> None:
+def pip_install(python: Path, requirements: list[str]) -> None:
     """Install from build/wheels without the index; download what is missing once, then retry."""
     offline = pip(python, "install", "--quiet", "--no-index", "--find-links", str(WHEELS), *requirements)
     if _run(offline).returncode == 0:
         return
     # A local wheel (the client) is passed too: pip then fetches the dependencies it declares
     # (e.g. numpy for a Python version no earlier run needed).
-    _must(pip(python, "download", "--quiet", "--only-binary=:all:", "--dest", str(WHEELS), "--find-links",
-              str(WHEELS), *requirements))
+    _must(
+        pip(
+            python,
+            "download",
+            "--quiet",
+            "--only-binary=:all:",
+            "--dest",
+            str(WHEELS),
+            "--find-links",
+            str(WHEELS),
+            *requirements,
+        )
+    )
     _must(offline)
 
 
-def installed(python: Path) -> Dict[str, str]:
+def installed(python: Path) -> dict[str, str]:
     listing = json.loads(_must(pip(python, "list", "--format=json")))
     return {p["name"].lower().replace("_", "-"): p["version"] for p in listing}
 
@@ -115,11 +135,11 @@ def installed(python: Path) -> Dict[str, str]:
 @dataclass
 class Outcome:
     env: Env
-    versions: Dict[str, str] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
     pip_check: str = ""
     tests: str = ""
     seconds: float = 0.0
-    error: Optional[str] = None
+    error: str | None = None
 
 
 PROBE = (
@@ -151,7 +171,11 @@ def run_env(env: Env, wheel: Path, portable_copy: Path, live_targets: str) -> Ou
         before = installed(python)
         pip_install(python, [str(wheel), *env.with_client])
         after = installed(python)
-        moved = {name: (before[name], after.get(name)) for name in env.kept if name in before and before[name] != after.get(name)}
+        moved = {
+            name: (before[name], after.get(name))
+            for name in env.kept
+            if name in before and before[name] != after.get(name)
+        }
         assert not moved, f"installing the client changed the service's pins: {moved}"
         if env.only_client_deps:
             extra = set(after) - CLIENT_DEPS - TOOLING
@@ -163,14 +187,16 @@ def run_env(env: Env, wheel: Path, portable_copy: Path, live_targets: str) -> Ou
         assert _must([str(venv / "bin" / "retrieval-client"), "--version"]).startswith("retrieval-client ")
         pip_install(python, [PYTEST])
         with _TEST_SLOTS:
-            tests = _run([str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(portable_copy)],
-                         cwd=portable_copy, env={**os.environ, "RETRIEVAL_CLIENT_LIVE_TARGETS": live_targets,
-                                                 "PYTHONDONTWRITEBYTECODE": "1"})
+            tests = _run(
+                [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(portable_copy)],
+                cwd=portable_copy,
+                env={**os.environ, "RETRIEVAL_CLIENT_LIVE_TARGETS": live_targets, "PYTHONDONTWRITEBYTECODE": "1"},
+            )
         outcome.tests = (tests.stdout.strip().splitlines() or ["(no output)"])[-1]
         assert tests.returncode == 0, f"client tests failed:\n{tests.stdout[-4000:]}\n{tests.stderr[-2000:]}"
     except AssertionError as exc:
         outcome.error = str(exc)
-    except BaseException as exc:  # noqa: BLE001 - one env's failure is reported with the others
+    except BaseException as exc:
         outcome.error = f"{type(exc).__name__}: {exc}"
     outcome.seconds = time.monotonic() - started
     return outcome
@@ -190,13 +216,26 @@ def test_client_across_python_protobuf_and_grpcio(client_dist, local_live_server
     with ThreadPoolExecutor(len(MATRIX)) as pool:
         outcomes = list(pool.map(lambda env: run_env(env, client_dist["wheel"], portable_copy, live_targets), MATRIX))
     wall = time.monotonic() - started
-    report = {"wall_seconds": round(wall, 1), "envs": [
-        {"name": o.env.name, "versions": o.versions, "pip_check": o.pip_check, "tests": o.tests,
-         "seconds": round(o.seconds, 1), "error": o.error} for o in outcomes]}
+    report = {
+        "wall_seconds": round(wall, 1),
+        "envs": [
+            {
+                "name": o.env.name,
+                "versions": o.versions,
+                "pip_check": o.pip_check,
+                "tests": o.tests,
+                "seconds": round(o.seconds, 1),
+                "error": o.error,
+            }
+            for o in outcomes
+        ],
+    }
     (WORK / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nclient matrix: {wall:.1f} s wall for {len(MATRIX)} venvs (report: {WORK / 'report.json'})")
     for o in outcomes:
         versions = " ".join(f"{k}={v}" for k, v in o.versions.items())
-        print(f"  {o.env.name}: {o.seconds:.1f} s; {versions}; {o.tests or '-'}; {'FAILED: ' + o.error if o.error else 'ok'}")
+        print(
+            f"  {o.env.name}: {o.seconds:.1f} s; {versions}; {o.tests or '-'}; {'FAILED: ' + o.error if o.error else 'ok'}"
+        )
     failed = [f"{o.env.name}: {o.error}" for o in outcomes if o.error]
     assert not failed, "\n\n".join(failed)

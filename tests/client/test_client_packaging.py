@@ -1,5 +1,6 @@
 """The distribution PyPI would get: `python -m build` output passes `twine check --strict`, and
 its metadata carries the SPDX license, the LICENSE file, classifiers, URLs and the tested ranges."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,15 +12,19 @@ from email.parser import Parser
 import pytest
 
 
-def wheel_metadata(wheel) -> "Message":  # noqa: F821 - email.message.Message
+def wheel_metadata(wheel) -> Message:  # noqa: F821 - email.message.Message
     with zipfile.ZipFile(wheel) as archive:
         [name] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
         return Parser().parsestr(archive.read(name).decode())
 
 
 def test_twine_check_strict_passes_for_sdist_and_wheel(client_dist):
-    run = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(client_dist["sdist"]),
-                          str(client_dist["wheel"])], capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", str(client_dist["sdist"]), str(client_dist["wheel"])],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert run.stdout.count("PASSED") == 2, run.stdout
 
@@ -30,7 +35,9 @@ def test_wheel_metadata_license_classifiers_urls_and_ranges(client_dist):
     assert meta["License-Expression"] == "Apache-2.0"
     assert meta.get_all("License-File") == ["LICENSE"]
     classifiers = meta.get_all("Classifier")
-    assert not [c for c in classifiers if c.startswith("License ::")], "PEP 639: the expression replaces license classifiers"
+    assert not [c for c in classifiers if c.startswith("License ::")], (
+        "PEP 639: the expression replaces license classifiers"
+    )
     for minor in (10, 11, 12, 13):
         assert f"Programming Language :: Python :: 3.{minor}" in classifiers
     assert "Typing :: Typed" in classifiers

@@ -1,4 +1,5 @@
 """The committed generated modules match the .proto files; packaging metadata agrees with them."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -6,10 +7,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 CLIENT = Path(__file__).resolve().parents[2] / "client"
 GEN_PROTOS = CLIENT / "tools" / "gen_protos.py"
@@ -36,7 +37,9 @@ def test_check_mode_catches_stale_and_extra_files(tmp_path, monkeypatch, capsys)
     assert gen.main(["--check"]) == 0
 
     proto = src / "retrieval_client" / "protos" / "model.proto"
-    proto.write_text(proto.read_text().replace("string signature_name = 3;", "string signature_name = 3;\n  string extra = 9;"))
+    proto.write_text(
+        proto.read_text().replace("string signature_name = 3;", "string signature_name = 3;\n  string extra = 9;")
+    )
     (src / "retrieval_client" / "protos" / "gone_pb2.py").write_text("# left over\n")
     assert gen.main(["--check"]) == 1
     out = capsys.readouterr()

@@ -4,6 +4,7 @@ real local server on the demo's int-id MovieLens model and on a string-id model.
 The docs target the headless Service (`dns:///...svc.cluster.local:8500`) and the default model
 name; the test substitutes the local server's target and model, and nothing else.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,8 +29,10 @@ def snippets():
 
 
 def test_the_docs_have_the_snippets_this_test_runs():
-    counts = {doc.name if doc.parent == support.REPO else "client/README.md": len(SNIPPET.findall(doc.read_text()))
-              for doc in DOCS}
+    counts = {
+        doc.name if doc.parent == support.REPO else "client/README.md": len(SNIPPET.findall(doc.read_text()))
+        for doc in DOCS
+    }
     assert counts == {"README.md": 1, "client/README.md": 5}, counts
 
 
@@ -43,6 +46,6 @@ def test_snippet_runs_against_the_local_server(doc, code, id_dtype, local_live_s
     monkeypatch.chdir(tls_files["ca_pem"].parent)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(runnable, f"{doc.name} snippet", "exec"), {"__name__": "__main__"})  # noqa: S102 - the point
+        exec(compile(runnable, f"{doc.name} snippet", "exec"), {"__name__": "__main__"})
     if "no-such-user" in code:
         assert "unknown query id(s), not in this model version" in out.getvalue(), out.getvalue()

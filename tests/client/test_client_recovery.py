@@ -2,6 +2,7 @@
 comes back on the same address; the client serves again within a few seconds of the model being
 AVAILABLE (its channel retries at most every 2 s). A second client with gRPC's default reconnect
 backoff (1 s growing to 120 s) runs alongside for comparison; both figures are printed."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,7 +12,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
@@ -29,10 +29,28 @@ def serve(version_dir: Path, port: int, rest: int, log: Path):
     """python -m model_builder serve on fixed ports (the restart must reuse the address)."""
     with open(log, "a") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "model_builder", "serve", "--model-base-path", str(version_dir.parent.parent),
-             "--model-name", version_dir.parent.name, "--port", str(port), "--rest_api_port", str(rest)],
-            stdout=out, stderr=subprocess.STDOUT, env=support.ENV, cwd=support.REPO)
-        server = support.RunningServer(proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{rest}", version_dir.parent.name, log)
+            [
+                sys.executable,
+                "-m",
+                "model_builder",
+                "serve",
+                "--model-base-path",
+                str(version_dir.parent.parent),
+                "--model-name",
+                version_dir.parent.name,
+                "--port",
+                str(port),
+                "--rest_api_port",
+                str(rest),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=support.ENV,
+            cwd=support.REPO,
+        )
+        server = support.RunningServer(
+            proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{rest}", version_dir.parent.name, log
+        )
         try:
             yield server
         finally:
@@ -41,7 +59,7 @@ def serve(version_dir: Path, port: int, rest: int, log: Path):
                 proc.wait()
 
 
-def first_success_after(client: RetrievalClient, query, since: float, give_up_s: float) -> Optional[float]:
+def first_success_after(client: RetrievalClient, query, since: float, give_up_s: float) -> float | None:
     """Seconds from `since` to the first successful search (polling every 50 ms), None if none."""
     while time.monotonic() - since < give_up_s:
         try:
@@ -57,8 +75,9 @@ def test_client_serves_again_within_seconds_after_a_40s_outage(synthetic_model, 
     port, rest = support.free_port(), support.free_port()
     log = tmp_path / "server.log"
     ours = RetrievalClient(f"127.0.0.1:{port}", synthetic_model.parent.name, timeout_s=2.0)
-    defaults = RetrievalClient(f"127.0.0.1:{port}", synthetic_model.parent.name, timeout_s=2.0,
-                               channel_options=GRPC_DEFAULT_BACKOFF)
+    defaults = RetrievalClient(
+        f"127.0.0.1:{port}", synthetic_model.parent.name, timeout_s=2.0, channel_options=GRPC_DEFAULT_BACKOFF
+    )
     with ours, defaults:
         with serve(synthetic_model, port, rest, log) as server:
             server.wait_available(int(synthetic_model.name))
@@ -79,12 +98,17 @@ def test_client_serves_again_within_seconds_after_a_40s_outage(synthetic_model, 
             back_at = time.monotonic()
             outage = back_at - down_at
             result = {}
-            other = threading.Thread(target=lambda: result.update(
-                defaults=first_success_after(defaults, query, back_at, RECOVERY_BOUND_S + 30)))
+            other = threading.Thread(
+                target=lambda: result.update(
+                    defaults=first_success_after(defaults, query, back_at, RECOVERY_BOUND_S + 30)
+                )
+            )
             other.start()
             result["ours"] = first_success_after(ours, query, back_at, RECOVERY_BOUND_S + 30)
             other.join()
     shown = {name: ("not within 40 s" if value is None else f"{value:.2f} s") for name, value in result.items()}
-    print(f"\noutage {outage:.1f} s; serving again after the model was AVAILABLE: this client {shown['ours']}, "
-          f"with gRPC's default reconnect backoff {shown['defaults']}")
+    print(
+        f"\noutage {outage:.1f} s; serving again after the model was AVAILABLE: this client {shown['ours']}, "
+        f"with gRPC's default reconnect backoff {shown['defaults']}"
+    )
     assert result["ours"] is not None and result["ours"] <= RECOVERY_BOUND_S, shown

@@ -1,4 +1,5 @@
 """Retry policy: what is retried, how often, how long it waits. Against a real gRPC server."""
+
 from __future__ import annotations
 
 import asyncio
@@ -116,8 +117,9 @@ def test_tf_serving_batch_queue_full_is_overload_and_retried(server):
 
 def test_a_batch_above_tf_servings_maximum_is_invalid_with_a_hint_and_not_retried(server):
     # TF's shared_batch_scheduler.h (Queue::Schedule) for a task above max_batch_size.
-    server.fail_next("Predict", 1, grpc.StatusCode.INVALID_ARGUMENT,
-                     "Task size 1025 is larger than maximum input batch size 1024")
+    server.fail_next(
+        "Predict", 1, grpc.StatusCode.INVALID_ARGUMENT, "Task size 1025 is larger than maximum input batch size 1024"
+    )
     with RetrievalClient(server.target, retry=FAST_RETRY) as client:
         client.metadata()
         with pytest.raises(InvalidRequestError, match="Task size 1025") as info:
@@ -173,8 +175,11 @@ def test_retry_delay_policy():
     assert retry_delay(policy, 1, error_for(grpc.StatusCode.CANCELLED, "drain"), rng) is not None
     for code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL):
         assert retry_delay(policy, 1, error_for(code, "x"), rng) is None, code
-    tls = error_for(UNAVAILABLE, "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1.2.3.4:8500: "
-                    "Socket closed", "tls")
+    tls = error_for(
+        UNAVAILABLE,
+        "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:1.2.3.4:8500: Socket closed",
+        "tls",
+    )
     assert retry_delay(policy, 1, tls, rng) is None, "a refused TLS handshake is not retried"
     assert len({backoff_s(policy, 1, rng) for _ in range(20)}) > 1, "jitter must vary"
     with pytest.raises(ValueError):

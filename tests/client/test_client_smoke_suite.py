@@ -1,5 +1,6 @@
 """The smoke suite itself: passes against a conforming server, fails against a broken one,
 and only runs when a target is given."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,8 +17,22 @@ SMOKE = TESTS / "smoke"
 
 
 def run_smoke(target: str, *extra: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pytest", "-c", str(TESTS / "pytest.ini"), str(SMOKE),
-               "--target", target, "--model", "scann_model", "--wait-s", "5", "-q", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-c",
+        str(TESTS / "pytest.ini"),
+        str(SMOKE),
+        "--target",
+        target,
+        "--model",
+        "scann_model",
+        "--wait-s",
+        "5",
+        "-q",
+        *extra,
+    ]
     return subprocess.run(command, cwd=TESTS.parent, capture_output=True, text=True, timeout=600)
 
 

@@ -1,4 +1,5 @@
 """The public surface: sync and async twins agree, the error hierarchy maps every code."""
+
 from __future__ import annotations
 
 import inspect
@@ -39,7 +40,9 @@ def public_methods(cls) -> dict:
 def test_sync_and_async_clients_expose_the_same_methods_and_defaults():
     sync, async_ = public_methods(RetrievalClient), public_methods(AsyncRetrievalClient)
     assert sorted(sync) == sorted(async_)
-    assert {"search", "search_by_vector", "examples", "status", "wait_until_available", "metadata", "close"} <= set(sync)
+    assert {"search", "search_by_vector", "examples", "status", "wait_until_available", "metadata", "close"} <= set(
+        sync
+    )
     for name, member in sync.items():
         twin = async_[name]
         if isinstance(member, property):
@@ -86,8 +89,13 @@ def test_all_is_complete_and_importable():
     assert sorted(retrieval_client.__all__) == retrieval_client.__all__
     for name in retrieval_client.__all__:
         assert getattr(retrieval_client, name) is not None
-    assert not [n for n in dir(retrieval_client) if not n.startswith("_") and n not in retrieval_client.__all__
-                and not inspect.ismodule(getattr(retrieval_client, n))]
+    assert not [
+        n
+        for n in dir(retrieval_client)
+        if not n.startswith("_")
+        and n not in retrieval_client.__all__
+        and not inspect.ismodule(getattr(retrieval_client, n))
+    ]
 
 
 @pytest.mark.parametrize(
@@ -103,8 +111,11 @@ def test_all_is_complete_and_importable():
         (grpc.StatusCode.RESOURCE_EXHAUSTED, "message larger than max", ResourceExhaustedError),
         (grpc.StatusCode.INTERNAL, "boom", RetrievalError),
         (grpc.StatusCode.CANCELLED, "Cancelled", ServerCancelledError),
-        (grpc.StatusCode.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full",
-         ServerOverloadedError),
+        (
+            grpc.StatusCode.UNAVAILABLE,
+            "The batch scheduling queue to which this task was submitted is full",
+            ServerOverloadedError,
+        ),
     ],
 )
 def test_error_mapping(code, details, error):
@@ -117,8 +128,15 @@ def test_error_mapping(code, details, error):
 
 
 def test_hierarchy():
-    for cls in (InvalidRequestError, ModelNotFoundError, ModelNotReadyError, ServerUnavailableError,
-                DeadlineExceededError, ResourceExhaustedError, IncompatibleModelError):
+    for cls in (
+        InvalidRequestError,
+        ModelNotFoundError,
+        ModelNotReadyError,
+        ServerUnavailableError,
+        DeadlineExceededError,
+        ResourceExhaustedError,
+        IncompatibleModelError,
+    ):
         assert issubclass(cls, RetrievalError)
     for cls in (ServerOverloadedError, ServerCancelledError, TlsHandshakeError):
         assert issubclass(cls, ServerUnavailableError), "callers catching 'server unavailable' still catch it"
@@ -137,11 +155,16 @@ def test_channel_options_for_kubernetes():
 
     from retrieval_client._channel import channel_options
 
-    options = dict(channel_options(
-        max_message_bytes=123, keepalive_time_ms=1000, keepalive_timeout_ms=500,
-        keepalive_permit_without_calls=True, tls=TlsConfig(server_name_override="svc.test"),
-        extra=[("grpc.max_receive_message_length", 999)],
-    ))
+    options = dict(
+        channel_options(
+            max_message_bytes=123,
+            keepalive_time_ms=1000,
+            keepalive_timeout_ms=500,
+            keepalive_permit_without_calls=True,
+            tls=TlsConfig(server_name_override="svc.test"),
+            extra=[("grpc.max_receive_message_length", 999)],
+        )
+    )
     assert options["grpc.lb_policy_name"] == "round_robin"
     assert json.loads(options["grpc.service_config"]) == {"loadBalancingConfig": [{"round_robin": {}}]}
     assert (options["grpc.keepalive_time_ms"], options["grpc.keepalive_timeout_ms"]) == (1000, 500)

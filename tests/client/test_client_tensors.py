@@ -1,4 +1,5 @@
 """numpy <-> TensorProto: every dtype, shape and the empty case, checked against TensorFlow's own codec."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,8 +51,9 @@ def test_roundtrip_and_tensorflow_agree(dtype, shape):
     assert dtype_name(ours.dtype) == dtype
     assert [d.size for d in ours.tensor_shape.dim] == list(shape)
     if dtype != "string":
-        assert not any(getattr(ours, f) for f in ("float_val", "int_val", "int64_val", "bool_val", "half_val")), \
+        assert not any(getattr(ours, f) for f in ("float_val", "int_val", "int64_val", "bool_val", "half_val")), (
             "numeric tensors are sent as tensor_content"
+        )
     back = from_tensor_proto(ours)
     assert back.shape == array.shape and back.dtype == array.dtype
     np.testing.assert_array_equal(back, array)
@@ -72,8 +74,14 @@ def test_typed_value_fields_are_accepted(dtype):
     if dtype == "float16":
         proto.half_val.extend(array.reshape(-1).view(np.uint16).tolist())
     else:
-        field = {"float32": "float_val", "float64": "double_val", "int64": "int64_val", "bool": "bool_val",
-                 "uint32": "uint32_val", "uint64": "uint64_val"}.get(dtype, "int_val")
+        field = {
+            "float32": "float_val",
+            "float64": "double_val",
+            "int64": "int64_val",
+            "bool": "bool_val",
+            "uint32": "uint32_val",
+            "uint64": "uint64_val",
+        }.get(dtype, "int_val")
         getattr(proto, field).extend(array.reshape(-1).tolist())
     np.testing.assert_array_equal(from_tensor_proto(proto), array)
     np.testing.assert_array_equal(tf.make_ndarray(to_tf(proto)), array)

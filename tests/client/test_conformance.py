@@ -4,6 +4,7 @@ Two layers: every field of every message we declare matches upstream's number,
 type and cardinality (descriptor check), and real values survive
 serialize-with-one / parse-with-the-other in both directions.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,7 +58,7 @@ def twin_name(full_name: str) -> str:
     """Map ours (possibly nested, e.g. ...PredictRequest.InputsEntry) to upstream's name."""
     for ours, up in sorted(TWIN.items(), key=lambda kv: -len(kv[0])):
         if full_name == ours or full_name.startswith(ours + "."):
-            return up + full_name[len(ours):]
+            return up + full_name[len(ours) :]
     return full_name  # google.protobuf.* types are shared
 
 
@@ -112,8 +113,11 @@ def convert(message, to_type):
 
 @pytest.mark.parametrize(
     "ref, field, value",
-    [(ModelRef("scann_model", version=7), "version", 7), (ModelRef("m", version_label="canary"), "version_label", "canary"),
-     (ModelRef("m"), None, None)],
+    [
+        (ModelRef("scann_model", version=7), "version", 7),
+        (ModelRef("m", version_label="canary"), "version_label", "canary"),
+        (ModelRef("m"), None, None),
+    ],
 )
 def test_model_spec_both_ways(ref, field, value):
     theirs = convert(ref.spec("search_by_vector"), up_model.ModelSpec)

@@ -63,7 +63,10 @@ def test_check_compat_fails_on_a_batching_file_whose_capacity_is_below_max_batch
     (tmp_path / "old.txt").write_text(OLD_IMAGE_FILE)
     code, _, err = _check_compat(synthetic_model, tmp_path / "old.txt")
     line = _one_line_error(err)
-    assert code == 2 and "serving rule 'queue-capacity' (tensorflow/core/kernels/batching_util/shared_batch_scheduler.h)" in line
+    assert (
+        code == 2
+        and "serving rule 'queue-capacity' (tensorflow/core/kernels/batching_util/shared_batch_scheduler.h)" in line
+    )
     assert "an idle queue holds 800 rows" in line and "raise max_enqueued_batches to at least 128" in line, line
 
 
@@ -83,7 +86,9 @@ def test_check_compat_fails_on_a_signature_without_a_batch_input(tmp_path):
     tf.saved_model.save(module, str(version), signatures={"serving_default": module.total, "examples": module.examples})
     code, _, err = _check_compat(version, support.IMAGE_BATCHING_FILE)
     line = _one_line_error(err)
-    assert code == 2 and "serving rule 'batchable-signatures' (tensorflow_serving/batching/batching_util.h)" in line, line
+    assert code == 2 and "serving rule 'batchable-signatures' (tensorflow_serving/batching/batching_util.h)" in line, (
+        line
+    )
     assert "signature 'examples' has no input" in line
     assert "serving rule 'batched-outputs'" in line and "output 'sum' of signature 'serving_default'" in line, line
 
@@ -91,20 +96,37 @@ def test_check_compat_fails_on_a_signature_without_a_batch_input(tmp_path):
 def _record(signature: str, inputs: dict) -> prediction_log_pb2.PredictionLog:
     from server import harness
 
-    return prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(
-        request=harness.predict_request(signature, inputs)))
+    return prediction_log_pb2.PredictionLog(
+        predict_log=prediction_log_pb2.PredictLog(request=harness.predict_request(signature, inputs))
+    )
 
 
-@pytest.mark.parametrize(("records", "rule", "fragment"), [
-    (lambda ids: [_record("serving_default", {"ids": np.repeat(ids, 2000)[:2000]})], "warmup-batch",
-     "warmup record 0 has 2000 rows; the batcher takes at most 1024"),
-    (lambda ids: [_record("serving_default", {"ids": ids[:1]})] * 1001, "warmup-records", "1001 warmup records"),
-    (lambda ids: [_record("serving_default", {"ids": np.array([1], np.int64)})], "warmup-requests",
-     "input 'ids' is int64, signature 'serving_default' takes string"),
-    (lambda ids: [_record("examples", {})], "warmup-requests", "inputs [] do not match signature 'examples' inputs ['index']"),
-    (lambda ids: [_record("nope", {"ids": ids[:1]})], "warmup-requests", 'Serving signature key "nope" not found.'),
-], ids=["above-max-batch-size", "too-many", "wrong-dtype", "no-input", "unknown-signature"])
-def test_check_compat_fails_on_warmup_records_tf_serving_would_refuse(synthetic_model, tmp_path, records, rule, fragment):
+@pytest.mark.parametrize(
+    ("records", "rule", "fragment"),
+    [
+        (
+            lambda ids: [_record("serving_default", {"ids": np.repeat(ids, 2000)[:2000]})],
+            "warmup-batch",
+            "warmup record 0 has 2000 rows; the batcher takes at most 1024",
+        ),
+        (lambda ids: [_record("serving_default", {"ids": ids[:1]})] * 1001, "warmup-records", "1001 warmup records"),
+        (
+            lambda ids: [_record("serving_default", {"ids": np.array([1], np.int64)})],
+            "warmup-requests",
+            "input 'ids' is int64, signature 'serving_default' takes string",
+        ),
+        (
+            lambda ids: [_record("examples", {})],
+            "warmup-requests",
+            "inputs [] do not match signature 'examples' inputs ['index']",
+        ),
+        (lambda ids: [_record("nope", {"ids": ids[:1]})], "warmup-requests", 'Serving signature key "nope" not found.'),
+    ],
+    ids=["above-max-batch-size", "too-many", "wrong-dtype", "no-input", "unknown-signature"],
+)
+def test_check_compat_fails_on_warmup_records_tf_serving_would_refuse(
+    synthetic_model, tmp_path, records, rule, fragment
+):
     version = tmp_path / "synthetic" / "1"
     shutil.copytree(synthetic_model, version)
     ids = tf.make_ndarray(warmup.read(version)[0].predict_log.request.inputs["ids"])
@@ -114,20 +136,55 @@ def test_check_compat_fails_on_warmup_records_tf_serving_would_refuse(synthetic_
     assert code == 2 and f"serving rule '{rule}'" in line and fragment in line, line
 
 
-@pytest.mark.parametrize(("config", "rule", "fragment"), [
-    ("max_batch_size { value: 1024 }\nmax_enqueued_batchs { value: 128 }\n", "batching-fields", "max_enqueued_batchs"),
-    (OLD_IMAGE_FILE.replace("100", "128") + "allowed_batch_sizes: 8\nallowed_batch_sizes: 512\n", "allowed-batch-sizes",
-     "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 512; expected 1024"),
-    (OLD_IMAGE_FILE.replace("100", "128") + "allowed_batch_sizes: 1024\n", "allowed-batch-sizes-padding",
-     "every full execution batch (8 rows) is padded to 1024 rows"),
-    (OLD_IMAGE_FILE.replace("100", "128") + "allowed_batch_sizes: 16\nallowed_batch_sizes: 8\nallowed_batch_sizes: 1024\n",
-     "allowed-batch-sizes-order", "must be positive and increasing"),
-    (OLD_IMAGE_FILE.replace("100", "128").replace("max_batch_size { value: 1024 }", "max_batch_size { value: 512 }"),
-     "model-max-batch-size", "the model accepts 1024 rows per request"),
-    (OLD_IMAGE_FILE.replace("max_execution_batch_size { value: 8 }", "max_execution_batch_size { value: 2048 }"),
-     "batching-values", "input_batch_size_limit must be greater than or equal to max_execution_batch_size"),
-], ids=["unknown-field", "allowed-last", "allowed-padding", "allowed-order", "model-above-file", "execution-above-max"])
-def test_check_compat_fails_on_batching_files_tf_serving_would_refuse_or_misuse(synthetic_model, tmp_path, config, rule, fragment):
+@pytest.mark.parametrize(
+    ("config", "rule", "fragment"),
+    [
+        (
+            "max_batch_size { value: 1024 }\nmax_enqueued_batchs { value: 128 }\n",
+            "batching-fields",
+            "max_enqueued_batchs",
+        ),
+        (
+            OLD_IMAGE_FILE.replace("100", "128") + "allowed_batch_sizes: 8\nallowed_batch_sizes: 512\n",
+            "allowed-batch-sizes",
+            "Last entry in allowed_batch_sizes must match max_batch_size; last entry was 512; expected 1024",
+        ),
+        (
+            OLD_IMAGE_FILE.replace("100", "128") + "allowed_batch_sizes: 1024\n",
+            "allowed-batch-sizes-padding",
+            "every full execution batch (8 rows) is padded to 1024 rows",
+        ),
+        (
+            OLD_IMAGE_FILE.replace("100", "128")
+            + "allowed_batch_sizes: 16\nallowed_batch_sizes: 8\nallowed_batch_sizes: 1024\n",
+            "allowed-batch-sizes-order",
+            "must be positive and increasing",
+        ),
+        (
+            OLD_IMAGE_FILE.replace("100", "128").replace(
+                "max_batch_size { value: 1024 }", "max_batch_size { value: 512 }"
+            ),
+            "model-max-batch-size",
+            "the model accepts 1024 rows per request",
+        ),
+        (
+            OLD_IMAGE_FILE.replace("max_execution_batch_size { value: 8 }", "max_execution_batch_size { value: 2048 }"),
+            "batching-values",
+            "input_batch_size_limit must be greater than or equal to max_execution_batch_size",
+        ),
+    ],
+    ids=[
+        "unknown-field",
+        "allowed-last",
+        "allowed-padding",
+        "allowed-order",
+        "model-above-file",
+        "execution-above-max",
+    ],
+)
+def test_check_compat_fails_on_batching_files_tf_serving_would_refuse_or_misuse(
+    synthetic_model, tmp_path, config, rule, fragment
+):
     (tmp_path / "batching.txt").write_text(config)
     code, _, err = _check_compat(synthetic_model, tmp_path / "batching.txt")
     line = _one_line_error(err)
@@ -136,10 +193,25 @@ def test_check_compat_fails_on_batching_files_tf_serving_would_refuse_or_misuse(
 
 def test_the_build_does_not_publish_a_version_that_breaks_a_rule(tmp_path):
     path = tmp_path / "items.npz"
-    np.savez(path, ids=np.array([f"sku-{i}" for i in range(300)]), vectors=np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32))
+    np.savez(
+        path,
+        ids=np.array([f"sku-{i}" for i in range(300)]),
+        vectors=np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32),
+    )
     (tmp_path / "old.txt").write_text(OLD_IMAGE_FILE)
-    proc = support.run_cli("build", "--out", str(tmp_path / "m"), "--candidates", str(path), "--query", "item",
-                           "--verify-queries", "50", "--batching-parameters", str(tmp_path / "old.txt"))
+    proc = support.run_cli(
+        "build",
+        "--out",
+        str(tmp_path / "m"),
+        "--candidates",
+        str(path),
+        "--query",
+        "item",
+        "--verify-queries",
+        "50",
+        "--batching-parameters",
+        str(tmp_path / "old.txt"),
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: serving rule 'queue-capacity'"), line
@@ -148,7 +220,9 @@ def test_the_build_does_not_publish_a_version_that_breaks_a_rule(tmp_path):
 
 def test_check_compat_json_lists_the_broken_rules(synthetic_model, tmp_path):
     (tmp_path / "old.txt").write_text(OLD_IMAGE_FILE)
-    proc = support.run_cli("check-compat", str(synthetic_model), "--batching-parameters", str(tmp_path / "old.txt"), "--json")
+    proc = support.run_cli(
+        "check-compat", str(synthetic_model), "--batching-parameters", str(tmp_path / "old.txt"), "--json"
+    )
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 2 and report["ok"] is False
     assert [v["rule"] for v in report["serving_rules_broken"]] == ["queue-capacity"]

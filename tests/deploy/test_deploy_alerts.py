@@ -5,13 +5,13 @@ alert fires for the sick model and stays quiet for the healthy one next to it.
 promtool comes from scripts/promtool.sh (Debian's prometheus package, extracted, not
 installed). Annotations are stripped for the run: their templates are parsed by
 `promtool check rules` in scripts/lint.sh; this test is about the expressions."""
+
 from __future__ import annotations
 
 import json
 import subprocess
 
 import pytest
-
 from deploy_helpers import REPO, by_kind, load_yaml_documents, run_deploy, tool
 
 pytestmark = pytest.mark.tools
@@ -33,28 +33,45 @@ def _histogram(name: str, labels: dict, per_minute: dict) -> list[dict]:
 def input_series() -> list[dict]:
     series = []
     for model, ok, unavailable, invalid in ((SICK, 970, 30, 0), (HEALTHY, 1000, 0, 1)):
-        series += [_series(":tensorflow:serving:request_count", {"model_name": model, "status": status}, f"0+{n}x30")
-                   for status, n in (("OK", ok), ("UNAVAILABLE", unavailable), ("INVALID_ARGUMENT", invalid))]
+        series += [
+            _series(":tensorflow:serving:request_count", {"model_name": model, "status": status}, f"0+{n}x30")
+            for status, n in (("OK", ok), ("UNAVAILABLE", unavailable), ("INVALID_ARGUMENT", invalid))
+        ]
     # Microseconds: the sick model's requests wait 20-50 ms for a batch and take 50-100 ms.
-    series += _histogram(":tensorflow:serving:batching_session:queuing_latency",
-                         {"thread_pool_name": "batch_threads", "app_kubernetes_io_instance": "scann-model"},
-                         {"100": 0, "20000": 10, "50000": 100, "+Inf": 100})
-    series += _histogram(":tensorflow:serving:batching_session:queuing_latency",
-                         {"thread_pool_name": "batch_threads", "app_kubernetes_io_instance": "scann-model-items"},
-                         {"100": 100, "20000": 100, "50000": 100, "+Inf": 100})
-    for model, buckets in ((SICK, {"1000": 0, "50000": 5, "100000": 100, "+Inf": 100}),
-                           (HEALTHY, {"1000": 100, "50000": 100, "100000": 100, "+Inf": 100})):
-        series += _histogram(":tensorflow:serving:request_latency",
-                             {"model_name": model, "API": "Predict", "entrypoint": "GRPC"}, buckets)
+    series += _histogram(
+        ":tensorflow:serving:batching_session:queuing_latency",
+        {"thread_pool_name": "batch_threads", "app_kubernetes_io_instance": "scann-model"},
+        {"100": 0, "20000": 10, "50000": 100, "+Inf": 100},
+    )
+    series += _histogram(
+        ":tensorflow:serving:batching_session:queuing_latency",
+        {"thread_pool_name": "batch_threads", "app_kubernetes_io_instance": "scann-model-items"},
+        {"100": 100, "20000": 100, "50000": 100, "+Inf": 100},
+    )
+    for model, buckets in (
+        (SICK, {"1000": 0, "50000": 5, "100000": 100, "+Inf": 100}),
+        (HEALTHY, {"1000": 100, "50000": 100, "100000": 100, "+Inf": 100}),
+    ):
+        series += _histogram(
+            ":tensorflow:serving:request_latency",
+            {"model_name": model, "API": "Predict", "entrypoint": "GRPC"},
+            buckets,
+        )
     series += [
-        {"series": f'kube_deployment_status_replicas_unavailable{{namespace="{NS}",deployment="scann-model-serving"}}',
-         "values": "1x30"},
-        {"series": f'kube_deployment_status_replicas_unavailable{{namespace="{NS}",'
-                   'deployment="scann-model-items-serving"}',
-         "values": "0x30"},
+        {
+            "series": f'kube_deployment_status_replicas_unavailable{{namespace="{NS}",deployment="scann-model-serving"}}',
+            "values": "1x30",
+        },
+        {
+            "series": f'kube_deployment_status_replicas_unavailable{{namespace="{NS}",'
+            'deployment="scann-model-items-serving"}',
+            "values": "0x30",
+        },
         # Another team's Deployment in a namespace this PodMonitor does not scrape: no alert.
-        {"series": 'kube_deployment_status_replicas_unavailable{namespace="other",deployment="x-serving"}',
-         "values": "3x30"},
+        {
+            "series": 'kube_deployment_status_replicas_unavailable{namespace="other",deployment="x-serving"}',
+            "values": "3x30",
+        },
         _series("up", {"pod": "scann-model-serving-abc"}, "1x30"),
     ]
     return series
@@ -63,8 +80,9 @@ def input_series() -> list[dict]:
 EXPECTED = {
     "ScannServingErrorRatioHigh": [{"severity": "critical", "namespace": NS, "model_name": SICK}],
     "ScannServingClientErrorRatioHigh": [],  # 0.1% INVALID_ARGUMENT is below 5%
-    "ScannServingBatchQueueLatencyHigh": [{"severity": "warning", "namespace": NS,
-                                           "app_kubernetes_io_instance": "scann-model"}],
+    "ScannServingBatchQueueLatencyHigh": [
+        {"severity": "warning", "namespace": NS, "app_kubernetes_io_instance": "scann-model"}
+    ],
     "ScannServingRequestLatencyP99High": [{"severity": "warning", "namespace": NS, "model_name": SICK}],
     "ScannServingPodsNotReady": [{"severity": "warning", "namespace": NS, "deployment": "scann-model-serving"}],
 }
@@ -87,16 +105,30 @@ def test_every_alert_fires_for_the_sick_model_only(promtool, tmp_path):
         for r in group["rules"]:
             r.pop("annotations", None)
     assert {r["alert"] for g in groups for r in g["rules"]} == set(EXPECTED)
-    tests = {"rule_files": ["rules.yaml"], "evaluation_interval": "1m", "tests": [{
-        "interval": "1m", "input_series": input_series(),
-        "alert_rule_test": [{"eval_time": "25m", "alertname": name,
-                             "exp_alerts": [{"exp_labels": labels} for labels in alerts]}
-                            for name, alerts in EXPECTED.items()]}]}
+    tests = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": input_series(),
+                "alert_rule_test": [
+                    {"eval_time": "25m", "alertname": name, "exp_alerts": [{"exp_labels": labels} for labels in alerts]}
+                    for name, alerts in EXPECTED.items()
+                ],
+            }
+        ],
+    }
     # promtool reads YAML; JSON is YAML, written through the tools venv's PyYAML for plain output.
     for name, content in (("rules.yaml", {"groups": groups}), ("tests.yaml", tests)):
         dump = "import json, sys, yaml; yaml.safe_dump(json.load(sys.stdin), sys.stdout)"
-        subprocess.run([tool("python"), "-c", dump],
-                       input=json.dumps(content), stdout=(tmp_path / name).open("w"), check=True, text=True)
+        subprocess.run(
+            [tool("python"), "-c", dump],
+            input=json.dumps(content),
+            stdout=(tmp_path / name).open("w"),
+            check=True,
+            text=True,
+        )
     proc = subprocess.run([promtool, "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -106,10 +138,15 @@ def test_rules_use_only_metrics_defined_by_tf_serving_or_kube_state_metrics():
     tensorflow_serving 2.11 (k8s/components/monitoring/prometheusrule.yaml cites the files)."""
     import re
 
-    defined = {":tensorflow:serving:request_count", ":tensorflow:serving:request_latency_bucket",
-               ":tensorflow:serving:batching_session:queuing_latency_bucket"}
-    for path in ("k8s/components/monitoring/prometheusrule.yaml",
-                 "k8s/components/scale-on-load/prometheus-adapter-rules.yaml"):
+    defined = {
+        ":tensorflow:serving:request_count",
+        ":tensorflow:serving:request_latency_bucket",
+        ":tensorflow:serving:batching_session:queuing_latency_bucket",
+    }
+    for path in (
+        "k8s/components/monitoring/prometheusrule.yaml",
+        "k8s/components/scale-on-load/prometheus-adapter-rules.yaml",
+    ):
         used = set(re.findall(r"(:tensorflow:[a-z_:]+)", (REPO / path).read_text()))
         used = {u for u in used if not u.endswith(":")}
         assert used and used <= defined, (path, used - defined)

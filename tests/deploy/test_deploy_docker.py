@@ -8,6 +8,7 @@ contract as google/tf-serving-scann, serving with the project's local server)
 way Kubernetes runs it (non-root, read-only root FS, tmpfs /tmp, no
 capabilities) and the smoke suite is pointed at it.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from deploy_helpers import REPO, by_kind, http_get, load_yaml_documents, read_versions, run_deploy, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -49,13 +49,30 @@ class Built:
 def built(docker_client, python_standin, tmp_path_factory) -> Built:
     build_dir = tmp_path_factory.mktemp("image-build")
     builder, standin = f"{PREFIX}/builder:ci", f"{PREFIX}/tf-serving-standin:ci"
-    env = dict(os.environ, USE_STANDINS="1", BUILD_DIR=str(build_dir), MODELS=str(build_dir / "models"),
-               WHEELHOUSE_DIR=str(REPO / "build" / "wheelhouse"),  # shared with `make image`
-               STANDIN_SERVING_IMAGE=standin)
+    env = dict(
+        os.environ,
+        USE_STANDINS="1",
+        BUILD_DIR=str(build_dir),
+        MODELS=str(build_dir / "models"),
+        WHEELHOUSE_DIR=str(REPO / "build" / "wheelhouse"),  # shared with `make image`
+        STANDIN_SERVING_IMAGE=standin,
+    )
     proc = subprocess.run(
-        ["make", "image", f"BUILDER_IMAGE={builder}", f"SERVING_IMAGE={PREFIX}/serving",
-         "DATASET=movielens-100k", f"BUILD_ARGS={BUILD_ARGS}", f"MODEL={MODEL}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
+        [
+            "make",
+            "image",
+            f"BUILDER_IMAGE={builder}",
+            f"SERVING_IMAGE={PREFIX}/serving",
+            "DATASET=movielens-100k",
+            f"BUILD_ARGS={BUILD_ARGS}",
+            f"MODEL={MODEL}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     assert proc.returncode == 0, f"make image failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     tag = (build_dir / "last-image").read_text().strip()
     assert proc.stdout.strip().splitlines()[-1] == tag
@@ -73,8 +90,9 @@ def run_in(client, image, command, entrypoint=None, **kwargs) -> tuple[int, str]
 
 
 def test_python_standin_is_a_python_311_base(docker_client, python_standin):
-    code, out = run_in(docker_client, python_standin,
-                       ["python3", "-c", "import sys, venv, ssl; print(sys.version_info[:2])"])
+    code, out = run_in(
+        docker_client, python_standin, ["python3", "-c", "import sys, venv, ssl; print(sys.version_info[:2])"]
+    )
     assert code == 0 and out.strip() == "(3, 11)", out
 
 
@@ -86,9 +104,11 @@ def test_builder_image_is_non_root_without_build_tools(docker_client, built):
     assert image.labels["io.scann-serving.tensorflow-version"] == VERSIONS["TF_VERSION"]
     assert image.labels["io.scann-serving.scann-version"] == VERSIONS["SCANN_VERSION"]
     # No compiler, no package installer, no wheelhouse in the final stage.
-    script = ("for t in gcc cc c++ make pip pip3; do command -v $t && exit 1; done; "
-              "test ! -e /tmp/wheelhouse && test ! -e /opt/venv/bin/pip && "
-              "/opt/venv/bin/python -c 'import tensorflow, scann, tensorflow_serving, model_builder'")
+    script = (
+        "for t in gcc cc c++ make pip pip3; do command -v $t && exit 1; done; "
+        "test ! -e /tmp/wheelhouse && test ! -e /opt/venv/bin/pip && "
+        "/opt/venv/bin/python -c 'import tensorflow, scann, tensorflow_serving, model_builder'"
+    )
     code, out = run_in(docker_client, built.builder, ["-c", script], entrypoint=["sh"])
     assert code == 0, out
 
@@ -96,14 +116,21 @@ def test_builder_image_is_non_root_without_build_tools(docker_client, built):
 def test_builder_checks_versions_against_the_images_batching_file(docker_client, built):
     # The build's serving-rules gate and --optimize throughput read the serving image's batching
     # file; the builder image carries the same file where a checkout has it.
-    script = ("from model_builder import serving_batch, settings; "
-              "print(settings.IMAGE_BATCHING_FILE.read_text() == open('/dev/stdin').read(), serving_batch.execution_batch_size())")
-    code, out = run_in(docker_client, built.builder, ["-c", f"/opt/venv/bin/python -c \"{script}\" < "
-                       "/opt/scann-serving/k8s/base/config/batching_parameters.txt"], entrypoint=["sh"])
+    script = (
+        "from model_builder import serving_batch, settings; "
+        "print(settings.IMAGE_BATCHING_FILE.read_text() == open('/dev/stdin').read(), serving_batch.execution_batch_size())"
+    )
+    code, out = run_in(
+        docker_client,
+        built.builder,
+        ["-c", f'/opt/venv/bin/python -c "{script}" < /opt/scann-serving/k8s/base/config/batching_parameters.txt'],
+        entrypoint=["sh"],
+    )
     assert code == 0, out
     shipped = (REPO / "k8s/base/config/batching_parameters.txt").read_text()
-    code, copy = run_in(docker_client, built.builder, ["/opt/scann-serving/k8s/base/config/batching_parameters.txt"],
-                        entrypoint=["cat"])
+    code, copy = run_in(
+        docker_client, built.builder, ["/opt/scann-serving/k8s/base/config/batching_parameters.txt"], entrypoint=["cat"]
+    )
     assert code == 0 and copy == shipped
     from model_builder import serving_batch
 
@@ -111,8 +138,9 @@ def test_builder_checks_versions_against_the_images_batching_file(docker_client,
 
 
 def test_builder_cli_runs_read_only_without_network(docker_client, built):
-    code, out = run_in(docker_client, built.builder, ["build", "--help"], read_only=True,
-                       network_disabled=True, tmpfs={"/tmp": ""})
+    code, out = run_in(
+        docker_client, built.builder, ["build", "--help"], read_only=True, network_disabled=True, tmpfs={"/tmp": ""}
+    )
     assert code == 0 and "--dataset" in out, out
 
 
@@ -120,8 +148,12 @@ def test_builder_wrote_a_tf_serving_version_folder(built):
     versions = [p.name for p in (built.models / MODEL).iterdir() if p.is_dir()]
     assert built.version in versions and all(v.isdigit() for v in versions)
     folder = built.models / MODEL / built.version
-    for path in ("saved_model.pb", "variables/variables.index",
-                 "assets.extra/tf_serving_warmup_requests", "assets.extra/build_info.json"):
+    for path in (
+        "saved_model.pb",
+        "variables/variables.index",
+        "assets.extra/tf_serving_warmup_requests",
+        "assets.extra/build_info.json",
+    ):
         assert (folder / path).is_file(), path
     json.loads((folder / "assets.extra/build_info.json").read_text())
     # Written by the image's non-root user (the host side is root here).
@@ -137,9 +169,12 @@ def test_serving_image_metadata(docker_client, built):
     assert f"MODEL_NAME={MODEL}" in config["Env"] and "MODEL_BASE_PATH=/models" in config["Env"]
     assert {f"{GRPC}/tcp", f"{REST}/tcp"} <= set(config["ExposedPorts"])
     cmd = " ".join(config["Cmd"])
-    for flag in ("--enable_batching", "--batching_parameters_file=/etc/tfserving/batching_parameters.txt",
-                 "--monitoring_config_file=/etc/tfserving/monitoring_config.txt",
-                 "--grpc_channel_arguments=grpc.max_connection_age_ms="):
+    for flag in (
+        "--enable_batching",
+        "--batching_parameters_file=/etc/tfserving/batching_parameters.txt",
+        "--monitoring_config_file=/etc/tfserving/monitoring_config.txt",
+        "--grpc_channel_arguments=grpc.max_connection_age_ms=",
+    ):
         assert flag in cmd
     labels = image.labels
     assert labels["io.scann-serving.model.name"] == MODEL
@@ -159,16 +194,14 @@ def test_serving_image_metadata(docker_client, built):
     assert labels["io.scann-serving.runtime.tensorflow-version"] == VERSIONS["COMPAT_TF_VERSION"]
     assert config["Healthcheck"]["Test"] == ["CMD", "/usr/local/bin/model-ready"]
     # Exactly the one version, and the configs the ConfigMap also carries.
-    script = (f"ls /models/{MODEL} && "
-              "cat /etc/tfserving/batching_parameters.txt /etc/tfserving/monitoring_config.txt")
+    script = f"ls /models/{MODEL} && cat /etc/tfserving/batching_parameters.txt /etc/tfserving/monitoring_config.txt"
     code, out = run_in(docker_client, built.tag, ["-c", script], entrypoint=["bash"])
     assert code == 0 and out.splitlines()[0] == built.version, out
     assert (REPO / "k8s/base/config/monitoring_config.txt").read_text() in out
     assert (REPO / "k8s/base/config/batching_parameters.txt").read_text() in out
     # The image's build_info.json carries the measurement too.
     info_path = f"/models/{MODEL}/{built.version}/assets.extra/build_info.json"
-    code, out = run_in(docker_client, built.tag, ["-c", f"cat {info_path}"],
-                       entrypoint=["bash"])
+    code, out = run_in(docker_client, built.tag, ["-c", f"cat {info_path}"], entrypoint=["bash"])
     peak = int(labels["io.scann-serving.memory.peak-rss-bytes"])
     assert code == 0 and json.loads(out)["memory"]["peak_rss_bytes"] == peak
 
@@ -196,11 +229,17 @@ class Serving:
 def serving(docker_client, built):
     """The serving image run as Kubernetes runs it, once AVAILABLE."""
     container = docker_client.containers.run(
-        built.tag, detach=True, name=f"{PREFIX}-{uuid.uuid4().hex[:8]}",
-        read_only=True, tmpfs={"/tmp": "rw,size=256m"}, cap_drop=["ALL"],
+        built.tag,
+        detach=True,
+        name=f"{PREFIX}-{uuid.uuid4().hex[:8]}",
+        read_only=True,
+        tmpfs={"/tmp": "rw,size=256m"},
+        cap_drop=["ALL"],
         security_opt=["no-new-privileges"],
-        ports={f"{GRPC}/tcp": ("127.0.0.1", None), f"{REST}/tcp": ("127.0.0.1", None)})
+        ports={f"{GRPC}/tcp": ("127.0.0.1", None), f"{REST}/tcp": ("127.0.0.1", None)},
+    )
     try:
+
         def available() -> bool:
             container.reload()
             if container.status == "exited":
@@ -213,8 +252,11 @@ def serving(docker_client, built):
             print(container.logs().decode(errors="replace")[-4000:])
             raise
         ports = container.attrs["NetworkSettings"]["Ports"]
-        yield Serving(container, f"127.0.0.1:{ports[f'{GRPC}/tcp'][0]['HostPort']}",
-                      f"http://127.0.0.1:{ports[f'{REST}/tcp'][0]['HostPort']}")
+        yield Serving(
+            container,
+            f"127.0.0.1:{ports[f'{GRPC}/tcp'][0]['HostPort']}",
+            f"http://127.0.0.1:{ports[f'{REST}/tcp'][0]['HostPort']}",
+        )
     finally:
         container.remove(force=True)
 
@@ -263,9 +305,24 @@ def test_docker_healthcheck_turns_healthy(serving):
 
 def test_smoke_suite_passes_against_the_container(serving):
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/smoke", "--target", serving.grpc_target, "--model", MODEL,
-         "-p", "no:cacheprovider", "-q"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/smoke",
+            "--target",
+            serving.grpc_target,
+            "--model",
+            MODEL,
+            "-p",
+            "no:cacheprovider",
+            "-q",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     summary = proc.stdout.strip().splitlines()[-1]
     assert re.search(r"\d+ passed", summary) and "skipped" not in summary, summary

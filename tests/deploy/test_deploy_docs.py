@@ -7,21 +7,23 @@ every pod; and the snippet that shows it also names the `scann-serving/client: "
 label, without which the NetworkPolicy drops the calls. A ClusterIP target pins each
 connection to one pod; a made-up namespace does not resolve.
 """
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 import pytest
-
 from deploy_helpers import REPO, read_versions
 
 DOCS = ["README.md", "client/README.md", "k8s/README.md"]
 CLIENT_LABEL = "scann-serving/client"
 GRPC_PORT = read_versions()["GRPC_PORT"]
 # A host:port that names a Service: <service>.<namespace>[.svc[.cluster.local]]:<gRPC port>.
-SERVICE_TARGET = re.compile(rf"(?<![\w./-])(?:dns:///)?[A-Za-z<][A-Za-z0-9<>_-]*\.[A-Za-z0-9<>_-]+"
-                            rf"(?:\.svc(?:\.cluster\.local)?)?:{GRPC_PORT}\b")
+SERVICE_TARGET = re.compile(
+    rf"(?<![\w./-])(?:dns:///)?[A-Za-z<][A-Za-z0-9<>_-]*\.[A-Za-z0-9<>_-]+"
+    rf"(?:\.svc(?:\.cluster\.local)?)?:{GRPC_PORT}\b"
+)
 DNS_TARGET = re.compile(r"dns:///[^\s\"'`),]+")
 
 
@@ -41,8 +43,10 @@ def overlay_namespaces() -> set[str]:
 
 def valid_target() -> re.Pattern:
     namespaces = "|".join(sorted(overlay_namespaces()))
-    return re.compile(rf"dns:///[a-z0-9]([a-z0-9-]*[a-z0-9])?-{re.escape(headless_name())}\.({namespaces})"
-                      rf"\.svc\.cluster\.local:{GRPC_PORT}")
+    return re.compile(
+        rf"dns:///[a-z0-9]([a-z0-9-]*[a-z0-9])?-{re.escape(headless_name())}\.({namespaces})"
+        rf"\.svc\.cluster\.local:{GRPC_PORT}"
+    )
 
 
 def snippets(text: str) -> list[str]:
@@ -63,8 +67,10 @@ def problems(text: str) -> list[str]:
             if target.startswith(("127.", "localhost")):
                 continue
             if not rule.fullmatch(target):
-                found.append(f"{target}: not dns:///<model>-{headless_name()}.<{'|'.join(sorted(overlay_namespaces()))}>"
-                             f".svc.cluster.local:{GRPC_PORT}")
+                found.append(
+                    f"{target}: not dns:///<model>-{headless_name()}.<{'|'.join(sorted(overlay_namespaces()))}>"
+                    f".svc.cluster.local:{GRPC_PORT}"
+                )
             elif CLIENT_LABEL not in unit:
                 found.append(f"{target}: the snippet does not name the {CLIENT_LABEL} label the NetworkPolicy requires")
     return found
@@ -82,10 +88,12 @@ def test_the_rule_rejects_what_bit_users():
     good = "dns:///scann-model-serving-headless.scann-serving.svc.cluster.local:8500"
     assert not problems(f"```\n{label}{good}\n```")
     assert problems(f"```\n{good}\n```")  # no NetworkPolicy label in the snippet
-    for bad in ("dns:///scann-serving.scann-serving.svc.cluster.local:8500",  # ClusterIP: one pod per connection
-                "dns:///scann-serving.retrieval.svc.cluster.local:8500",  # a namespace nobody creates
-                "dns:///scann-model-serving-headless.<namespace>.svc.cluster.local:8500",  # a placeholder
-                "scann-model-serving-headless.scann-serving.svc.cluster.local:8500"):  # no dns:///, pick_first
+    for bad in (
+        "dns:///scann-serving.scann-serving.svc.cluster.local:8500",  # ClusterIP: one pod per connection
+        "dns:///scann-serving.retrieval.svc.cluster.local:8500",  # a namespace nobody creates
+        "dns:///scann-model-serving-headless.<namespace>.svc.cluster.local:8500",  # a placeholder
+        "scann-model-serving-headless.scann-serving.svc.cluster.local:8500",
+    ):  # no dns:///, pick_first
         assert problems(f"```\n{label}{bad}\n```"), bad
 
 

@@ -2,6 +2,7 @@
 repository, login password) and Debian's docker-registry as the registry the
 image is pushed to. The Makefile is used unchanged; endpoint and registry come
 from the standard AWS_ENDPOINT_URL and the ECR_REGISTRY variable."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from deploy_helpers import REPO, clean_env, free_port, http_get, http_service, tool, tools_venv
 
 pytestmark = [pytest.mark.docker, pytest.mark.tools]
@@ -25,8 +25,12 @@ REGISTRY_BINARY = "/usr/bin/docker-registry"
 def moto(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with http_service([tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)], f"{url}/moto-api/",
-                      tmp_path / "moto.log", "moto_server"):
+    with http_service(
+        [tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        f"{url}/moto-api/",
+        tmp_path / "moto.log",
+        "moto_server",
+    ):
         yield url
 
 
@@ -40,16 +44,28 @@ def registry(tmp_path):
         "version: 0.1\n"
         "log:\n  level: warn\n"
         f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n")
-    with http_service([REGISTRY_BINARY, "serve", str(config)], f"http://127.0.0.1:{port}/v2/",
-                      tmp_path / "registry.log", "docker-registry"):
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    with http_service(
+        [REGISTRY_BINARY, "serve", str(config)],
+        f"http://127.0.0.1:{port}/v2/",
+        tmp_path / "registry.log",
+        "docker-registry",
+    ):
         yield f"127.0.0.1:{port}"
 
 
 def aws_env(moto_url: str, **extra) -> dict:
-    return clean_env(AWS_ENDPOINT_URL=moto_url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                     AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE="/dev/null",
-                     AWS_SHARED_CREDENTIALS_FILE="/dev/null", TOOLS_VENV=str(tools_venv()), **extra)
+    return clean_env(
+        AWS_ENDPOINT_URL=moto_url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE="/dev/null",
+        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+        TOOLS_VENV=str(tools_venv()),
+        **extra,
+    )
 
 
 def test_make_push_creates_the_repository_and_pushes(docker_client, python_standin, moto, registry, tmp_path):
@@ -58,16 +74,27 @@ def test_make_push_creates_the_repository_and_pushes(docker_client, python_stand
     local = f"scann-serving-test/serving:scann_model-v1-{uuid.uuid4().hex[:12]}"
     labels = {"io.scann-serving.model.name": "scann_model", "io.scann-serving.model.digest": "sha256:" + "0" * 64}
     dockerfile = f"FROM {python_standin}\nLABEL " + " ".join(f'{k}="{v}"' for k, v in labels.items()) + "\n"
-    subprocess.run(["docker", "build", "-q", "-t", local, "-"], input=dockerfile, text=True, check=True,
-                   capture_output=True, env=dict(os.environ, DOCKER_BUILDKIT="0"))
+    subprocess.run(
+        ["docker", "build", "-q", "-t", local, "-"],
+        input=dockerfile,
+        text=True,
+        check=True,
+        capture_output=True,
+        env=dict(os.environ, DOCKER_BUILDKIT="0"),
+    )
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "scann_model.json").write_text(json.dumps({"image": local, "labels": labels}))
-    env = aws_env(moto, AWS_REGION=REGION, AWS_ACCOUNT_ID=ACCOUNT, ECR_REPOSITORY=repository,
-                  ECR_REGISTRY=registry, BUILD_DIR=str(tmp_path))
+    env = aws_env(
+        moto,
+        AWS_REGION=REGION,
+        AWS_ACCOUNT_ID=ACCOUNT,
+        ECR_REPOSITORY=repository,
+        ECR_REGISTRY=registry,
+        BUILD_DIR=str(tmp_path),
+    )
     try:
         for attempt in ("creates the repository", "finds the existing repository"):
-            proc = subprocess.run(["make", "push"], cwd=REPO, env=env, capture_output=True, text=True,
-                                  timeout=900)
+            proc = subprocess.run(["make", "push"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
             assert proc.returncode == 0, f"{attempt}: {proc.stdout[-2000:]}{proc.stderr[-3000:]}"
         assert f"ECR repository {repository} exists" in proc.stderr
 
@@ -82,7 +109,11 @@ def test_make_push_creates_the_repository_and_pushes(docker_client, python_stand
 
         described = subprocess.run(
             [tool("aws"), "ecr", "describe-repositories", "--repository-names", repository, "--output", "json"],
-            env=dict(env, AWS_DEFAULT_REGION=REGION), capture_output=True, text=True, check=True)
+            env=dict(env, AWS_DEFAULT_REGION=REGION),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         (repo,) = json.loads(described.stdout)["repositories"]
         assert repo["repositoryName"] == repository and repo["imageTagMutability"] == "IMMUTABLE"
         # The ECR login lived in a throwaway DOCKER_CONFIG: nothing in the caller's.
@@ -92,7 +123,7 @@ def test_make_push_creates_the_repository_and_pushes(docker_client, python_stand
         for ref in (local, f"{registry}/{repository}:{local.rsplit(':', 1)[1]}"):
             try:
                 docker_client.images.remove(ref)
-            except Exception:  # noqa: BLE001 (cleanup of a tag that may not exist)
+            except Exception:
                 pass
 
 

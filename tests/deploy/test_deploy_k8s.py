@@ -1,4 +1,5 @@
 """Assertions on the objects every k8s overlay renders to (kubectl kustomize)."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,6 @@ import math
 import re
 
 import pytest
-
 from deploy_helpers import OVERLAYS, REPO, by_kind
 
 pytestmark = pytest.mark.tools
@@ -34,8 +34,17 @@ def test_overlays_exist():
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_expected_kinds(rendered, overlay):
     kinds = sorted(o["kind"] for o in rendered[overlay])
-    assert kinds == sorted(["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "NetworkPolicy",
-                            "PodDisruptionBudget", "Service", "Service"])
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "Service",
+            "Service",
+        ]
+    )
     assert only(rendered[overlay], "HorizontalPodAutoscaler")["apiVersion"] == "autoscaling/v2"
     assert only(rendered[overlay], "PodDisruptionBudget")["apiVersion"] == "policy/v1"
 
@@ -65,8 +74,11 @@ def test_every_selector_matches_the_pod_template(rendered, overlay):
     assert NAME.items() <= template_labels.items()
     assert "app.kubernetes.io/version" in template_labels
     hpa = only(objects, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                              "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -98,7 +110,9 @@ def test_probes(rendered, overlay):
 def test_ports_resources_and_model_name(rendered, overlay, versions):
     c = container(rendered[overlay])
     assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
-        "grpc": int(versions["GRPC_PORT"]), "http": int(versions["REST_PORT"])}
+        "grpc": int(versions["GRPC_PORT"]),
+        "http": int(versions["REST_PORT"]),
+    }
     # No fixed model name: the image's ENV names its model, and the generated per-model
     # component sets the same value (test_deploy_render.py).
     assert "MODEL_NAME" not in {e["name"] for e in c["env"]}
@@ -165,9 +179,11 @@ def test_prometheus_annotations_and_network_policy(rendered, overlay, versions):
     policy = only(objects, "NetworkPolicy")["spec"]
     assert policy["policyTypes"] == ["Ingress"]
     rules = policy["ingress"]
-    client_rules = [r for r in rules
-                    if any(f.get("podSelector", {}).get("matchLabels") == {"scann-serving/client": "true"}
-                           for f in r["from"])]
+    client_rules = [
+        r
+        for r in rules
+        if any(f.get("podSelector", {}).get("matchLabels") == {"scann-serving/client": "true"} for f in r["from"])
+    ]
     assert client_rules and {p["port"] for p in client_rules[0]["ports"]} == {"grpc", "http"}
     # Every rule names its sources: no rule opens the pods to everyone.
     assert all(r.get("from") for r in rules)
@@ -192,8 +208,10 @@ def test_termination_grace_outlasts_connection_age(rendered, overlay):
 
 def connection_age_ms() -> tuple[int, int]:
     cmd = " ".join(image_cmd())
-    return (int(re.search(r"grpc\.max_connection_age_ms=(\d+)", cmd).group(1)),
-            int(re.search(r"grpc\.max_connection_age_grace_ms=(\d+)", cmd).group(1)))
+    return (
+        int(re.search(r"grpc\.max_connection_age_ms=(\d+)", cmd).group(1)),
+        int(re.search(r"grpc\.max_connection_age_grace_ms=(\d+)", cmd).group(1)),
+    )
 
 
 # Worst image pull the rollout arithmetic assumes (k8s/base/deployment.yaml, k8s/README.md).
@@ -240,8 +258,9 @@ def test_args_are_the_image_cmd_with_threads_from_the_cpu_limit(rendered, overla
     cpus = {e["name"]: e for e in c["env"]}["SERVING_CPUS"]["valueFrom"]["resourceFieldRef"]
     assert cpus == {"containerName": c["name"], "resource": "limits.cpu", "divisor": "1"}
     # The image's CMD fixes the pool for 2 CPUs; the pod derives it from its own limit.
-    assert c["args"] == [re.sub(r"inter_op_parallelism=\d+$", "inter_op_parallelism=$(SERVING_CPUS)", a)
-                         for a in image_cmd()]
+    assert c["args"] == [
+        re.sub(r"inter_op_parallelism=\d+$", "inter_op_parallelism=$(SERVING_CPUS)", a) for a in image_cmd()
+    ]
     assert "--tensorflow_inter_op_parallelism=$(SERVING_CPUS)" in c["args"]
 
 
@@ -252,8 +271,9 @@ def test_batch_threads_match_the_cpu_limit(rendered, overlay):
     # Overlays copy the base file and change only that number.
     base = (REPO / "k8s/base/config/batching_parameters.txt").read_text()
     ours = only(objects, "ConfigMap")["data"]["batching_parameters.txt"]
-    assert ours == re.sub(r"(?m)^num_batch_threads \{ value: \d+ \}$",
-                          f"num_batch_threads {{ value: {cpu_limit(objects)} }}", base)
+    assert ours == re.sub(
+        r"(?m)^num_batch_threads \{ value: \d+ \}$", f"num_batch_threads {{ value: {cpu_limit(objects)} }}", base
+    )
 
 
 def test_prod_uses_an_ecr_image_and_dev_the_local_one(rendered):

@@ -1,5 +1,6 @@
 """`make lint` passes, and each linter it relies on really rejects what it should
 (a linter that cannot fail proves nothing)."""
+
 from __future__ import annotations
 
 import os
@@ -7,7 +8,6 @@ import re
 import subprocess
 
 import pytest
-
 from deploy_helpers import REPO, read_versions, tool, tools_venv
 
 pytestmark = pytest.mark.tools
@@ -50,12 +50,18 @@ def test_make_lint_passes():
     components = sorted(p.name for p in (REPO / "k8s/components").iterdir() if p.is_dir())
     assert {"monitoring", "scale-on-load"} <= set(components)
     for overlay in ("dev", "prod"):
-        renderings = [f"k8s/overlays/{overlay}", f"k8s/overlays/{overlay}/namespace+monitoring",
-                      f"k8s/overlays/{overlay}+model {read_versions()['MODEL_NAME']}",
-                      *(f"k8s/overlays/{overlay}+{c}" for c in components if c != "monitoring")]
+        renderings = [
+            f"k8s/overlays/{overlay}",
+            f"k8s/overlays/{overlay}/namespace+monitoring",
+            f"k8s/overlays/{overlay}+model {read_versions()['MODEL_NAME']}",
+            *(f"k8s/overlays/{overlay}+{c}" for c in components if c != "monitoring"),
+        ]
         for name in renderings:
-            for check in ("kubernetes-validate --strict -k 1.33.0", "kubernetes-validate --strict -k 1.37.0",
-                          "checkov kubernetes"):
+            for check in (
+                "kubernetes-validate --strict -k 1.33.0",
+                "kubernetes-validate --strict -k 1.37.0",
+                "checkov kubernetes",
+            ):
                 assert f"lint: ok   {check} {name}" in proc.stdout, (check, name)
     assert "lint: ok   promtool check rules k8s/components/monitoring" in proc.stdout
 
@@ -85,8 +91,9 @@ def test_checkov_rejects_a_privileged_container(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(BAD_DEPLOYMENT.replace("replicaz", "replicas"))
     env = dict(os.environ, BC_SKIP_MAPPING="TRUE")
-    proc = run(tool("checkov"), "--quiet", "--compact", "--skip-download", "--framework", "kubernetes",
-               "-f", bad, env=env)
+    proc = run(
+        tool("checkov"), "--quiet", "--compact", "--skip-download", "--framework", "kubernetes", "-f", bad, env=env
+    )
     assert proc.returncode != 0
     assert "CKV_K8S_16" in proc.stdout  # "Container should not be privileged"
 
@@ -95,7 +102,7 @@ def test_every_skip_is_justified():
     # lint.sh: each skipped checkov id has its reason in the comment lines above it.
     lint = (REPO / "scripts/lint.sh").read_text().splitlines()
     start = lint.index("K8S_SKIPS=(")
-    block = lint[start + 1: lint.index(")", start)]
+    block = lint[start + 1 : lint.index(")", start)]
     ids = [i for i, line in enumerate(block) if re.fullmatch(r"\s*CKV_[A-Z0-9_]+", line)]
     assert ids, "no skips found: update this test"
     for i in ids:

@@ -1,6 +1,7 @@
 """The build's memory measurement (model_builder/compat/memory.py): loading and warming a version
 in the serving-runtime stand-in (TF 2.11's C API in .venv-compat, the loader tensorflow_model_server
 uses), stored in build_info.json for deploy sizing."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ pytestmark = pytest.mark.compat
 
 
 def _memory_cli(version_dir, *args):
-    return subprocess.run([sys.executable, "-m", "model_builder.compat.memory", str(version_dir), *args],
-                          capture_output=True, text=True, cwd=support.REPO, env=support.ENV, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "model_builder.compat.memory", str(version_dir), *args],
+        capture_output=True,
+        text=True,
+        cwd=support.REPO,
+        env=support.ENV,
+        timeout=600,
+    )
 
 
 def test_every_build_records_its_peak_rss_in_the_serving_runtime(items_model):

@@ -5,6 +5,7 @@ Two different models are built with the same name, the same version number (1, a
 fresh build/ folder) and the same commit, baked into serving images (on the debootstrap
 python stand-in: the serving Dockerfile has no RUN step, so any base builds it) and pushed
 with `make push` to moto's ECR API + Debian's docker-registry."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,10 @@ import uuid
 
 import numpy as np
 import pytest
-
-import support
 from deploy_helpers import REPO, by_kind, http_get, load_yaml_documents, run_deploy
 from test_deploy_ecr import ACCOUNT, REGION, aws_env, moto, registry  # noqa: F401 (fixtures)
+
+import support
 
 pytestmark = [pytest.mark.docker, pytest.mark.tools, pytest.mark.compat]
 
@@ -33,8 +34,18 @@ def _build(root, seed: int):
     root.mkdir(parents=True, exist_ok=True)
     path = root / "candidates.npz"
     np.savez(path, ids=np.arange(2000, dtype=np.int64), vectors=clustered_embeddings(2000, 16, seed=seed))
-    return support.build(root / "models", "--candidates", str(path), "--query", "item", "--version", "1",
-                         "--verify-queries", "200", model_name=MODEL)
+    return support.build(
+        root / "models",
+        "--candidates",
+        str(path),
+        "--query",
+        "item",
+        "--version",
+        "1",
+        "--verify-queries",
+        "200",
+        model_name=MODEL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +57,16 @@ def images(docker_client, python_standin, tmp_path_factory):
         version_dir = _build(root, seed)
         info = json.loads((version_dir / "assets.extra/build_info.json").read_text())
         assert info["memory"]["peak_rss_bytes"] > info["memory"]["baseline_rss_bytes"] > 0
-        env = dict(os.environ, MODEL_DIR=str(version_dir), BUILD_DIR=str(root / "build"),
-                   SERVING_IMAGE="scann-serving-test/pushtest", SERVING_BASE_IMAGE=python_standin)
-        proc = subprocess.run([str(REPO / "docker/build-images.sh")], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=900)
+        env = dict(
+            os.environ,
+            MODEL_DIR=str(version_dir),
+            BUILD_DIR=str(root / "build"),
+            SERVING_IMAGE="scann-serving-test/pushtest",
+            SERVING_BASE_IMAGE=python_standin,
+        )
+        proc = subprocess.run(
+            [str(REPO / "docker/build-images.sh")], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         built[key] = (proc.stdout.strip().splitlines()[-1], version_dir)
     yield built
@@ -58,8 +75,11 @@ def images(docker_client, python_standin, tmp_path_factory):
 
 
 def _tag_parts(tag: str) -> dict:
-    match = re.fullmatch(rf".*:{MODEL}-v(?P<version>\d+)-(?P<commit>[0-9a-f]{{12}}|nogit)(?P<dirty>-dirty)?"
-                         r"-(?P<digest>[0-9a-f]{12})", tag)
+    match = re.fullmatch(
+        rf".*:{MODEL}-v(?P<version>\d+)-(?P<commit>[0-9a-f]{{12}}|nogit)(?P<dirty>-dirty)?"
+        r"-(?P<digest>[0-9a-f]{12})",
+        tag,
+    )
     assert match, tag
     return match.groupdict()
 
@@ -92,24 +112,33 @@ def test_same_version_and_commit_give_different_tags_for_different_files(docker_
 
 
 def _push(env, image):
-    return subprocess.run(["make", "push", f"IMAGE={image}"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=900)
+    return subprocess.run(
+        ["make", "push", f"IMAGE={image}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def _manifest_config(registry_url, repository, tag):
     """The image config digest the registry holds under tag (schema 2 manifest)."""
     import urllib.request
 
-    request = urllib.request.Request(f"http://{registry_url}/v2/{repository}/manifests/{tag}",
-                                     headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"})
-    with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (local test registry)
+    request = urllib.request.Request(
+        f"http://{registry_url}/v2/{repository}/manifests/{tag}",
+        headers={"Accept": "application/vnd.docker.distribution.manifest.v2+json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())["config"]["digest"]
 
 
 def test_push_never_replaces_a_tag_with_other_model_files(docker_client, images, moto, registry, tmp_path):  # noqa: F811
     repository = f"scann-serving-test-{uuid.uuid4().hex[:6]}"
-    env = aws_env(moto, AWS_REGION=REGION, AWS_ACCOUNT_ID=ACCOUNT, ECR_REPOSITORY=repository,
-                  ECR_REGISTRY=registry, BUILD_DIR=str(tmp_path))
+    env = aws_env(
+        moto,
+        AWS_REGION=REGION,
+        AWS_ACCOUNT_ID=ACCOUNT,
+        ECR_REPOSITORY=repository,
+        ECR_REGISTRY=registry,
+        BUILD_DIR=str(tmp_path),
+    )
     (tag_a, _), (tag_b, _) = images["a"], images["b"]
     tag_of = lambda image: image.rsplit(":", 1)[1]  # noqa: E731
     remote = lambda image: f"{registry}/{repository}:{tag_of(image)}"  # noqa: E731

@@ -2,6 +2,7 @@
 two models side by side, memory from the measured peak, dirty images kept out of prod, and
 tracked files never edited. The records are what `make push MODEL=...` writes; the docker
 tests render the real built image's labels the same way."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,9 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from deploy_helpers import (LABEL, PUSHED_DIGEST, REPO, by_kind, load_yaml_documents, run_deploy, tool,
-                            write_push_record)
+from deploy_helpers import LABEL, PUSHED_DIGEST, REPO, by_kind, load_yaml_documents, run_deploy, tool, write_push_record
 
 pytestmark = pytest.mark.tools
 
@@ -101,8 +100,10 @@ def test_each_deployment_serves_its_own_image_and_model(side_by_side):
 
 
 def test_no_selector_of_one_model_picks_the_other_models_pods(side_by_side):
-    pods = {m: next(iter(by_kind(side_by_side[m], "Deployment")))["spec"]["template"]["metadata"]["labels"]
-            for m in DEMO_MODELS}
+    pods = {
+        m: next(iter(by_kind(side_by_side[m], "Deployment")))["spec"]["template"]["metadata"]["labels"]
+        for m in DEMO_MODELS
+    }
     for model in DEMO_MODELS:
         other = next(m for m in DEMO_MODELS if m != model)
         for obj in side_by_side[model]:
@@ -117,12 +118,18 @@ def test_no_selector_of_one_model_picks_the_other_models_pods(side_by_side):
 
 def test_both_models_together_pass_strict_validation(side_by_side, tmp_path):
     both = tmp_path / "both.yaml"
-    both.write_text(subprocess.run(
-        [tool("python"), "-c", "import json, sys, yaml; yaml.safe_dump_all(json.load(sys.stdin), sys.stdout)"],
-        input=__import__("json").dumps(side_by_side["scann_model"] + side_by_side["scann_model_items"]),
-        capture_output=True, text=True, check=True).stdout)
-    proc = subprocess.run([tool("kubernetes-validate"), "--strict", "--quiet", "-k", "1.33.0", str(both)],
-                          capture_output=True, text=True)
+    both.write_text(
+        subprocess.run(
+            [tool("python"), "-c", "import json, sys, yaml; yaml.safe_dump_all(json.load(sys.stdin), sys.stdout)"],
+            input=__import__("json").dumps(side_by_side["scann_model"] + side_by_side["scann_model_items"]),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )
+    proc = subprocess.run(
+        [tool("kubernetes-validate"), "--strict", "--quiet", "-k", "1.33.0", str(both)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -150,10 +157,22 @@ def test_deploy_renders_the_pushed_image_without_editing_files(tmp_path, overlay
 def test_make_deploy_model_uses_that_models_push_record(tmp_path):
     image = write_push_record(tmp_path, "scann_model_items", registry="registry.example:443/team/scann-serving")
     write_push_record(tmp_path, "scann_model")
-    proc = subprocess.run(["make", "--silent", "deploy", "MODEL=scann_model_items", "OVERLAY=prod", "RENDER_ONLY=1",
-                           f"TOOLS_VENV={tool('python').rsplit('/bin/', 1)[0]}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env=dict(__import__("os").environ, BUILD_DIR=str(tmp_path)))
+    proc = subprocess.run(
+        [
+            "make",
+            "--silent",
+            "deploy",
+            "MODEL=scann_model_items",
+            "OVERLAY=prod",
+            "RENDER_ONLY=1",
+            f"TOOLS_VENV={tool('python').rsplit('/bin/', 1)[0]}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(__import__("os").environ, BUILD_DIR=str(tmp_path)),
+    )
     assert proc.returncode == 0, proc.stderr
     (deployment,) = by_kind(load_yaml_documents(proc.stdout), "Deployment")
     assert container(deployment)["image"] == image
@@ -221,8 +240,9 @@ def test_scale_on_load_component_keeps_cpu_as_the_floor(tmp_path):
     assert pods == {"tfserving_requests_per_second", "tfserving_batch_queue_p90_seconds"}
     adapter = (REPO / "k8s/components/scale-on-load/prometheus-adapter-rules.yaml").read_text()
     assert all(f"as: {name}" in adapter for name in pods)
-    assert {k: v for k, v in after["spec"].items() if k != "metrics"} == {k: v for k, v in before["spec"].items()
-                                                                          if k != "metrics"}
+    assert {k: v for k, v in after["spec"].items() if k != "metrics"} == {
+        k: v for k, v in before["spec"].items() if k != "metrics"
+    }
 
 
 def test_monitoring_renders_into_the_overlays_namespace(tmp_path):

@@ -1,6 +1,7 @@
 """The ops scripts' behaviour that needs no Docker engine: argument errors and the
 readiness helper against a TF-Serving-shaped REST endpoint (deploy rendering:
 test_deploy_render.py)."""
+
 from __future__ import annotations
 
 import http.server
@@ -10,16 +11,17 @@ import subprocess
 import threading
 
 import pytest
-
 from deploy_helpers import REPO, clean_env, free_port
 
-SCRIPTS = (sorted((REPO / "scripts").glob("*.sh")) + sorted((REPO / "docker").rglob("*.sh"))
-           + [REPO / "docker/serving/model-ready", REPO / "docker/standin/serving/tensorflow_model_server"])
+SCRIPTS = (
+    sorted((REPO / "scripts").glob("*.sh"))
+    + sorted((REPO / "docker").rglob("*.sh"))
+    + [REPO / "docker/serving/model-ready", REPO / "docker/standin/serving/tensorflow_model_server"]
+)
 
 
 def run(*cmd, env=None, timeout=120):
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=REPO,
-                          env=env, timeout=timeout)
+    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(REPO)))
@@ -31,11 +33,14 @@ def test_scripts_parse_and_are_strict(script):
         assert "set -euo pipefail" in text, script
 
 
-@pytest.mark.parametrize("missing, message", [
-    ("AWS_REGION", "AWS_REGION is not set"),
-    ("ECR_REPOSITORY", "ECR_REPOSITORY is not set"),
-    ("AWS_ACCOUNT_ID", "AWS_ACCOUNT_ID is not set (or set ECR_REGISTRY)"),
-])
+@pytest.mark.parametrize(
+    "missing, message",
+    [
+        ("AWS_REGION", "AWS_REGION is not set"),
+        ("ECR_REPOSITORY", "ECR_REPOSITORY is not set"),
+        ("AWS_ACCOUNT_ID", "AWS_ACCOUNT_ID is not set (or set ECR_REGISTRY)"),
+    ],
+)
 def test_push_reports_missing_settings_in_one_line(tmp_path, missing, message):
     settings = {"AWS_REGION": "eu-west-1", "ECR_REPOSITORY": "scann-serving", "AWS_ACCOUNT_ID": "123456789012"}
     del settings[missing]
@@ -51,8 +56,12 @@ def test_make_push_without_region_stops_with_the_message(tmp_path):
 
 
 def test_push_without_a_built_image_says_so(tmp_path):
-    proc = run("scripts/push-ecr.sh", env=clean_env(BUILD_DIR=str(tmp_path), AWS_REGION="eu-west-1",
-                                                   AWS_ACCOUNT_ID="123456789012", ECR_REPOSITORY="x"))
+    proc = run(
+        "scripts/push-ecr.sh",
+        env=clean_env(
+            BUILD_DIR=str(tmp_path), AWS_REGION="eu-west-1", AWS_ACCOUNT_ID="123456789012", ECR_REPOSITORY="x"
+        ),
+    )
     assert proc.returncode == 2 and "run `make image` first" in proc.stderr
 
 
@@ -66,13 +75,16 @@ class _TfsStatus(http.server.BaseHTTPRequestHandler):
     state = "AVAILABLE"
     model = "scann_model"
 
-    def do_GET(self):  # noqa: N802 (http.server API)
+    def do_GET(self):
         if self.path != f"/v1/models/{self.model}":
             body = json.dumps({"error": f"Servable not found for request: Latest({self.path})"}).encode()
             self.send_response(404)
         else:
-            status = {"model_version_status": [{"version": "7", "state": self.state,
-                                                "status": {"error_code": "OK", "error_message": ""}}]}
+            status = {
+                "model_version_status": [
+                    {"version": "7", "state": self.state, "status": {"error_code": "OK", "error_message": ""}}
+                ]
+            }
             body = json.dumps(status, indent=1).encode()
             self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -94,8 +106,12 @@ def status_server():
 
 
 def ready(port, *args, model="scann_model"):
-    return run(REPO / "docker/serving/model-ready", *args,
-               env=dict(os.environ, REST_PORT=str(port), MODEL_NAME=model), timeout=30)
+    return run(
+        REPO / "docker/serving/model-ready",
+        *args,
+        env=dict(os.environ, REST_PORT=str(port), MODEL_NAME=model),
+        timeout=30,
+    )
 
 
 def test_model_ready_accepts_only_available(status_server):

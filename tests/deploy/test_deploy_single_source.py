@@ -1,22 +1,21 @@
 """versions.env is the single source of versions, names and ports: everything
 the deploy side hard-codes (Dockerfile ARG defaults, k8s manifests, scripts,
 the locks) must agree with it, and the Makefile must take it from there."""
+
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Dict
 
 import pytest
-
 from deploy_helpers import REPO, by_kind
 
 DOCKERFILES = sorted((REPO / "docker").rglob("Dockerfile"))
 
 
-def arg_defaults(dockerfile: Path) -> Dict[str, str]:
+def arg_defaults(dockerfile: Path) -> dict[str, str]:
     """ARG NAME=default pairs; a name declared twice (multi-stage) must keep its value."""
-    defaults: Dict[str, str] = {}
+    defaults: dict[str, str] = {}
     for name, value in re.findall(r"^ARG\s+([A-Za-z_][A-Za-z0-9_]*)=(\S*)", dockerfile.read_text(), re.M):
         value = value.strip('"')
         assert defaults.setdefault(name, value) == value, f"{dockerfile}: ARG {name} has two defaults"
@@ -25,8 +24,12 @@ def arg_defaults(dockerfile: Path) -> Dict[str, str]:
 
 def test_dockerfiles_found():
     names = {str(p.relative_to(REPO)) for p in DOCKERFILES}
-    assert {"docker/builder/Dockerfile", "docker/serving/Dockerfile",
-            "docker/standin/serving/Dockerfile", "docker/tf-serving-scann/Dockerfile"} <= names
+    assert {
+        "docker/builder/Dockerfile",
+        "docker/serving/Dockerfile",
+        "docker/standin/serving/Dockerfile",
+        "docker/tf-serving-scann/Dockerfile",
+    } <= names
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: str(p.relative_to(REPO)))
@@ -73,14 +76,17 @@ def test_ports_in_images_and_scripts(versions):
     grpc, rest = versions["GRPC_PORT"], versions["REST_PORT"]
     serving = (REPO / "docker/serving/Dockerfile").read_text()
     assert re.search(rf"^EXPOSE {grpc} {rest}$", serving, re.M)
-    assert f'REST_PORT:-{rest}' in (REPO / "docker/serving/model-ready").read_text()
-    for entrypoint in ("docker/standin/serving/tf_serving_entrypoint.sh",
-                       "docker/tf-serving-scann/tf_serving_entrypoint.sh"):
+    assert f"REST_PORT:-{rest}" in (REPO / "docker/serving/model-ready").read_text()
+    for entrypoint in (
+        "docker/standin/serving/tf_serving_entrypoint.sh",
+        "docker/tf-serving-scann/tf_serving_entrypoint.sh",
+    ):
         text = (REPO / entrypoint).read_text()
         assert f"--port={grpc} --rest_api_port={rest}" in text, entrypoint
     # Both copies of the published image's entrypoint are the same bytes.
-    assert ((REPO / "docker/standin/serving/tf_serving_entrypoint.sh").read_bytes()
-            == (REPO / "docker/tf-serving-scann/tf_serving_entrypoint.sh").read_bytes())
+    assert (REPO / "docker/standin/serving/tf_serving_entrypoint.sh").read_bytes() == (
+        REPO / "docker/tf-serving-scann/tf_serving_entrypoint.sh"
+    ).read_bytes()
 
 
 @pytest.mark.tools
@@ -99,8 +105,16 @@ def test_makefile_takes_versions_from_versions_env(versions):
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^include versions\.env$", makefile, re.M)
     # No value of versions.env is repeated in the Makefile: it must use the variable.
-    for key in ("TF_VERSION", "SCANN_VERSION", "RECBOLE_VERSION", "BUILDER_BASE_IMAGE",
-                "SERVING_BASE_IMAGE", "MODEL_NAME", "GRPC_PORT", "REST_PORT"):
+    for key in (
+        "TF_VERSION",
+        "SCANN_VERSION",
+        "RECBOLE_VERSION",
+        "BUILDER_BASE_IMAGE",
+        "SERVING_BASE_IMAGE",
+        "MODEL_NAME",
+        "GRPC_PORT",
+        "REST_PORT",
+    ):
         assert versions[key] not in makefile, f"Makefile hard-codes {key}={versions[key]}"
 
 
@@ -109,14 +123,12 @@ def test_scripts_take_versions_from_versions_env(versions):
     assert scripts
     for script in scripts:
         # Comments may name versions as examples; code may not.
-        text = "\n".join(line for line in script.read_text().splitlines()
-                         if not line.lstrip().startswith("#"))
-        for key in ("TF_VERSION", "SCANN_VERSION", "RECBOLE_VERSION", "BUILDER_BASE_IMAGE",
-                    "SERVING_BASE_IMAGE"):
+        text = "\n".join(line for line in script.read_text().splitlines() if not line.lstrip().startswith("#"))
+        for key in ("TF_VERSION", "SCANN_VERSION", "RECBOLE_VERSION", "BUILDER_BASE_IMAGE", "SERVING_BASE_IMAGE"):
             assert versions[key] not in text, f"{script.relative_to(REPO)} hard-codes {key}"
 
 
-def _pins(path: Path) -> Dict[str, str]:
+def _pins(path: Path) -> dict[str, str]:
     pins = {}
     for line in path.read_text().splitlines():
         match = re.match(r"^([A-Za-z0-9_.\-\[\]]+)==(\S+)", line.strip())
@@ -140,8 +152,10 @@ def test_source_build_has_a_serving_patch_for_its_tf_serving_version():
     folder = REPO / "docker/tf-serving-scann"
     version = arg_defaults(folder / "Dockerfile")["TF_SERVING_VERSION"]
     patch = (folder / f"serving-{version}.patch").read_text()
-    assert re.findall(r"^\+\+\+ b/(\S+)", patch, re.M) == ["tensorflow_serving/model_servers/BUILD",
-                                                            "tensorflow_serving/workspace.bzl"]
+    assert re.findall(r"^\+\+\+ b/(\S+)", patch, re.M) == [
+        "tensorflow_serving/model_servers/BUILD",
+        "tensorflow_serving/workspace.bzl",
+    ]
     added = "\n".join(line for line in patch.splitlines() if line.startswith("+") and not line.startswith("+++"))
     assert '"@com_google_scann//scann/scann_ops/cc:scann_ops_static"' in added
     assert 'name = "com_google_scann"' in added

@@ -87,8 +87,14 @@ def test_publish_never_reads_another_builds_temp_folder(tmp_path):
 
 
 def _running_build(out: Path, candidates_file: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "model_builder", "build", "--out", str(out), *_build_args(candidates_file)],
-                            env=support.ENV, cwd=support.REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "model_builder", "build", "--out", str(out), *_build_args(candidates_file)],
+        env=support.ENV,
+        cwd=support.REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 @pytest.mark.slow
@@ -98,7 +104,9 @@ def test_a_killed_export_never_leaves_a_version_folder(tmp_path, candidates_file
     for attempt in range(3):
         proc = _running_build(tmp_path, candidates_file)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (model_dir.is_dir() and any(p.name.startswith(".tmp-") for p in model_dir.iterdir())):
+        while time.monotonic() < deadline and not (
+            model_dir.is_dir() and any(p.name.startswith(".tmp-") for p in model_dir.iterdir())
+        ):
             time.sleep(0.02)
         assert proc.poll() is None, "the build finished before the export started"
         time.sleep(rng.uniform(0.0, 1.5))  # somewhere inside save / warmup / verification

@@ -25,20 +25,35 @@ def _csv(tmp_path: Path, text: str, name: str = "users.csv") -> Path:
 
 
 def test_csv_with_every_type_missing_cells_and_options(tmp_path):
-    path = _csv(tmp_path, "user_id,age:numeric:buckets=4,zip:categorical:prefix=2,tags:multi\n"
-                          "1,24, 85711 ,a|b\n2,,94043,\n3,31.5,,| c |\n")
+    path = _csv(
+        tmp_path,
+        "user_id,age:numeric:buckets=4,zip:categorical:prefix=2,tags:multi\n"
+        "1,24, 85711 ,a|b\n2,,94043,\n3,31.5,,| c |\n",
+    )
     table = read_features(path, "user", INT)
     assert table.ids.tolist() == [1, 2, 3] and table.names() == ["age", "zip", "tags"]
     age, zip_code, tags = table.columns
     assert age.kind == "numeric" and age.buckets == 4 and age.values[0] == 24 and np.isnan(age.values[1])
-    assert zip_code.kind == "categorical" and zip_code.prefix == 2 and zip_code.values.tolist() == ["85711", "94043", ""]
+    assert (
+        zip_code.kind == "categorical" and zip_code.prefix == 2 and zip_code.values.tolist() == ["85711", "94043", ""]
+    )
     assert tags.values.tolist() == [("a", "b"), (), ("c",)], "tokens trimmed, empty tokens dropped"
 
 
 def test_parquet_types_are_inferred_and_can_be_overridden(tmp_path):
     path = tmp_path / "items.parquet"
-    pq.write_table(pa.table({"item_id": ["i1", "i2"], "year": [1995, None], "genre": ["Drama", None],
-                             "tags": [["x", "y"], []], "code:categorical": [7, 8]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "item_id": ["i1", "i2"],
+                "year": [1995, None],
+                "genre": ["Drama", None],
+                "tags": [["x", "y"], []],
+                "code:categorical": [7, 8],
+            }
+        ),
+        path,
+    )
     table = read_features(path, "item", STR)
     kinds = {c.name: c.kind for c in table.columns}
     assert kinds == {"year": "numeric", "genre": "categorical", "tags": "multi", "code": "categorical"}
@@ -69,7 +84,10 @@ def test_align_gives_missing_values_to_ids_without_a_row(tmp_path):
         ("user_id\n1\n", "no feature columns besides 'user_id'"),
         ("user_id,2age:numeric\n1,2\n", "column '2age:numeric': feature names must be letters"),
         ("user_id,a:numeric,a:categorical\n1,2,3\n", "feature 'a' appears twice"),
-        ("user_id,g:categorical\nalice,a\n", "column 'user_id' holds non-integer ids but the interactions' user ids are integers"),
+        (
+            "user_id,g:categorical\nalice,a\n",
+            "column 'user_id' holds non-integer ids but the interactions' user ids are integers",
+        ),
         ("user_id,g:categorical\n,a\n", "row 2, column 'user_id': empty id"),
     ],
 )
@@ -90,9 +108,14 @@ def test_parquet_list_value_with_the_wire_separator_is_rejected(tmp_path):
 def test_cli_bad_feature_file_exits_2_with_one_line(tmp_path):
     inter = _csv(tmp_path, "user_id,item_id\n1,10\n2,11\n", name="inter.csv")
     users = _csv(tmp_path, "user_id,age:numeric\n1,x\n")
-    proc = support.run_cli("build", "--dataset", str(inter), "--user-features", str(users), "--out", str(tmp_path / "m"))
+    proc = support.run_cli(
+        "build", "--dataset", str(inter), "--user-features", str(users), "--out", str(tmp_path / "m")
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1] == f"error: {users}: row 2, column 'age:numeric': 'x' is not a number (leave the cell empty for a missing value)"
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == f"error: {users}: row 2, column 'age:numeric': 'x' is not a number (leave the cell empty for a missing value)"
+    )
 
 
 def test_cli_feature_file_with_no_features_is_a_config_error(tmp_path):
@@ -110,18 +133,29 @@ def test_movielens_100k_features_from_the_recbole_wheel():
     assert [c.values[row] for c in users.columns] == [24.0, "M", "technician", "85711"]
     assert len(items) == 1682 and items.names() == ["release_year", "genres"]
     toy_story = items.ids.tolist().index(1)
-    assert items.columns[0].values[toy_story] == 1995 and items.columns[1].values[toy_story] == ("Animation", "Children's", "Comedy")
-    assert int(np.isnan(items.columns[0].values).sum()) == 2, "the wheel's two broken years ('unkonwn', 'V') are missing values"
+    assert items.columns[0].values[toy_story] == 1995 and items.columns[1].values[toy_story] == (
+        "Animation",
+        "Children's",
+        "Comedy",
+    )
+    assert int(np.isnan(items.columns[0].values).sum()) == 2, (
+        "the wheel's two broken years ('unkonwn', 'V') are missing values"
+    )
 
 
 def test_grouplens_folder_features(tmp_path):
     (tmp_path / "u.data").write_text("1\t1\t5\t100\n2\t2\t4\t101\n")
     flags = ["0"] * 19
     flags[1] = flags[5] = "1"  # Action, Comedy
-    (tmp_path / "u.item").write_bytes(("1|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(flags) + "\n").encode("latin-1"))
+    (tmp_path / "u.item").write_bytes(
+        ("1|Toy Story (1995)|01-Jan-1995||http://x|" + "|".join(flags) + "\n").encode("latin-1")
+    )
     (tmp_path / "u.user").write_text("1|24|M|technician|85711\n")
     ds = load_dataset(str(tmp_path))
-    assert ds.item_features.columns[1].values.tolist() == [("Action", "Comedy")] and ds.item_features.columns[0].values[0] == 1995
+    assert (
+        ds.item_features.columns[1].values.tolist() == [("Action", "Comedy")]
+        and ds.item_features.columns[0].values[0] == 1995
+    )
     assert ds.user_features.columns[2].values.tolist() == ["technician"]
 
 

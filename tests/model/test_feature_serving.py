@@ -12,13 +12,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from server import harness
 
 import support
 from model_builder.data import load_dataset
-from server import harness
 
 pytestmark = pytest.mark.slow
-BATCHING = ("--enable_batching", "--batching_parameters_file", str(support.REPO / "k8s/base/config/batching_parameters.txt"))
+BATCHING = (
+    "--enable_batching",
+    "--batching_parameters_file",
+    str(support.REPO / "k8s/base/config/batching_parameters.txt"),
+)
 NEW_USER = 10**9
 
 
@@ -27,8 +31,18 @@ MODEL = "movielens_k100"
 
 @pytest.fixture(scope="module")
 def feature_model(models_root):
-    return support.build(models_root, "--dataset", "movielens-100k", "-k", "100", "--no-refit", "--no-compare-id-only",
-                         "--verify-queries", "200", model_name=MODEL)
+    return support.build(
+        models_root,
+        "--dataset",
+        "movielens-100k",
+        "-k",
+        "100",
+        "--no-refit",
+        "--no-compare-id-only",
+        "--verify-queries",
+        "200",
+        model_name=MODEL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +56,17 @@ def served(feature_model, tmp_path_factory):
 
 
 def _request(age: float, gender: str, occupation: str, zip_code: str = "55455", user_id: int = NEW_USER):
-    return harness.predict_request("search_by_features", {
-        "user_id": np.array([user_id], np.int64), "age": np.array([age], np.float32),
-        "gender": np.array([gender.encode()], dtype=object), "occupation": np.array([occupation.encode()], dtype=object),
-        "zip_code": np.array([zip_code.encode()], dtype=object)}, model=MODEL)
+    return harness.predict_request(
+        "search_by_features",
+        {
+            "user_id": np.array([user_id], np.int64),
+            "age": np.array([age], np.float32),
+            "gender": np.array([gender.encode()], dtype=object),
+            "occupation": np.array([occupation.encode()], dtype=object),
+            "zip_code": np.array([zip_code.encode()], dtype=object),
+        },
+        model=MODEL,
+    )
 
 
 def test_metadata_lists_the_feature_signature(served):
@@ -72,7 +93,9 @@ def test_a_user_not_in_the_data_gets_recommendations_from_features(served):
 def test_concurrent_feature_requests_are_answered_as_if_alone(served):
     """With batching on, concurrent single-row requests are merged; each must get its own answer."""
     occupations = ["student", "retired", "programmer", "artist", "doctor", "writer", "engineer", "homemaker"]
-    requests = [_request(age, gender, occupation) for age in (17, 30, 45, 62) for gender in "MF" for occupation in occupations]
+    requests = [
+        _request(age, gender, occupation) for age in (17, 30, 45, 62) for gender in "MF" for occupation in occupations
+    ]
     alone = [harness.outputs(served.predict(r))["ids"].tolist() for r in requests]
     with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(lambda r: harness.outputs(served.predict(r))["ids"].tolist(), requests * 3))
@@ -93,5 +116,7 @@ def test_items_never_trained_on_show_up_for_new_users(served, feature_model):
     for age in (16, 24, 35, 50, 67):
         for gender in "MF":
             for occupation in occupations:
-                reached |= cold & set(harness.outputs(served.predict(_request(age, gender, occupation)))["ids"].ravel().tolist())
+                reached |= cold & set(
+                    harness.outputs(served.predict(_request(age, gender, occupation)))["ids"].ravel().tolist()
+                )
     assert reached, f"none of the {len(cold)} items never trained on reached a new user's top 100"

@@ -31,9 +31,17 @@ def trained(synthetic_features):
     users = feature_build.Universe.build(ds.interactions.user_ids, ds.user_features)
     items = feature_build.Universe.build(ds.interactions.item_ids, ds.item_features)
     result, user_schema, item_schema = feature_build.fit(users, items, users.rows, items.rows, ds, FAST)
-    return {"ds": ds, "users": users, "items": items, "result": result, "schemas": (user_schema, item_schema),
-            "towers": (ServingTower(user_schema, result.user_weights, "user_tower"),
-                       ServingTower(item_schema, result.item_weights, "item_tower"))}
+    return {
+        "ds": ds,
+        "users": users,
+        "items": items,
+        "result": result,
+        "schemas": (user_schema, item_schema),
+        "towers": (
+            ServingTower(user_schema, result.user_weights, "user_tower"),
+            ServingTower(item_schema, result.item_weights, "item_tower"),
+        ),
+    }
 
 
 def _odd_user_rows() -> dict[str, np.ndarray]:
@@ -56,7 +64,11 @@ def _odd_item_rows() -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("side", ["user", "item"])
 def test_exported_tower_gives_the_keras_towers_vectors(trained, side):
     index = 0 if side == "user" else 1
-    schema, tower, keras_tower = trained["schemas"][index], trained["towers"][index], trained["result"].keras_towers[index]
+    schema, tower, keras_tower = (
+        trained["schemas"][index],
+        trained["towers"][index],
+        trained["result"].keras_towers[index],
+    )
     universe = trained["users"] if side == "user" else trained["items"]
     table = trained["ds"].user_features if side == "user" else trained["ds"].item_features
     stored = schema.raw_inputs(universe.ids, table)
@@ -66,15 +78,25 @@ def test_exported_tower_gives_the_keras_towers_vectors(trained, side):
         got = embed(tower, raw)
         assert got.shape == want.shape and np.isfinite(got).all()
         np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(embed(tower, stored), (trained["result"].user_vectors if side == "user" else trained["result"].item_vectors), atol=1e-6)
+    np.testing.assert_allclose(
+        embed(tower, stored),
+        (trained["result"].user_vectors if side == "user" else trained["result"].item_vectors),
+        atol=1e-6,
+    )
 
 
 def test_an_unknown_id_is_embedded_from_its_features(trained):
     tower = trained["towers"][0]
 
     def vector(user_id, segment, age):
-        return embed(tower, {"user_id": np.array([user_id], np.int64), "segment": np.array([segment], dtype=object),
-                             "age": np.array([age], np.float32)})[0]
+        return embed(
+            tower,
+            {
+                "user_id": np.array([user_id], np.int64),
+                "segment": np.array([segment], dtype=object),
+                "age": np.array([age], np.float32),
+            },
+        )[0]
 
     new_a, other_new_a = vector(10**12, "s1", 25.0), vector(10**12 + 7, "s1", 25.0)
     np.testing.assert_array_equal(new_a, other_new_a)  # every unknown id shares the unknown row
@@ -95,7 +117,10 @@ def test_padding_ids_never_get_an_id_row(ids):
 def test_feature_tower_inputs_are_batch_vectors_with_wire_dtypes(trained):
     specs = trained["towers"][1].input_specs()
     assert {k: (v.shape.as_list(), v.dtype.name) for k, v in specs.items()} == {
-        "item_id": ([None], "int64"), "tags": ([None], "string"), "year": ([None], "float32")}
+        "item_id": ([None], "int64"),
+        "tags": ([None], "string"),
+        "year": ([None], "float32"),
+    }
 
 
 @pytest.mark.compat
@@ -111,12 +136,22 @@ def test_exported_tower_loads_and_matches_under_tf_2_11(trained, tmp_path):
     inputs = {
         "user_id": {"dtype": "int64", "value": rows["user_id"].tolist()},
         # The runner sends str values; bad UTF-8 cannot travel through JSON, so drop that row's bytes to text.
-        "segment": {"dtype": "string", "value": [v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for v in rows["segment"].tolist()]},
+        "segment": {
+            "dtype": "string",
+            "value": [
+                v.decode("utf-8", errors="replace") if isinstance(v, bytes) else v for v in rows["segment"].tolist()
+            ],
+        },
         "age": {"dtype": "float32", "value": rows["age"].tolist()},  # json writes NaN/Infinity
     }
-    proc = subprocess.run([str(support.COMPAT_PYTHON), str(support.REPO / "model_builder/compat/c_api_runner.py"), str(tmp_path / "1")],
-                          input=json.dumps([{"signature": "tower", "inputs": inputs}]), capture_output=True, text=True,
-                          timeout=600, env={**support.ENV, "PYTHONPATH": ""})
+    proc = subprocess.run(
+        [str(support.COMPAT_PYTHON), str(support.REPO / "model_builder/compat/c_api_runner.py"), str(tmp_path / "1")],
+        input=json.dumps([{"signature": "tower", "inputs": inputs}]),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**support.ENV, "PYTHONPATH": ""},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["runtime"]["tensorflow"].startswith("2.11")
@@ -131,5 +166,7 @@ def test_cold_start_on_planted_clusters_beats_popularity(synthetic_features):
     model = feature_build.train_and_evaluate(ds, keep, ds.interactions.timestamps, opts, FAST, log=lambda _: None)
     cold = model.quality["cold_start"]
     assert cold["cold_users"]["features"]["hit_rate@10"] > cold["cold_users"]["most_popular"]["hit_rate@10"], cold
-    assert cold["cold_items"]["features"]["coverage@100"] > 0.2 and cold["cold_items"]["most_popular"]["coverage@100"] == 0
+    assert (
+        cold["cold_items"]["features"]["coverage@100"] > 0.2 and cold["cold_items"]["most_popular"]["coverage@100"] == 0
+    )
     assert len(model.item_vectors) == len(model.items.ids) == 500, "items nobody interacted with are embedded too"

@@ -29,11 +29,23 @@ def test_rule_of_thumb_thresholds(n, algorithm):
 
 
 def test_every_knob_is_overridable():
-    cfg = index.IndexConfig(algorithm="tree_ah", num_leaves=50, num_leaves_to_search=7, dimensions_per_block=4,
-                            reorder_num_neighbors=64, training_sample_size=1000)
+    cfg = index.IndexConfig(
+        algorithm="tree_ah",
+        num_leaves=50,
+        num_leaves_to_search=7,
+        dimensions_per_block=4,
+        reorder_num_neighbors=64,
+        training_sample_size=1000,
+    )
     r = index.resolve(cfg, 5000, 32, 10)
-    assert (r.algorithm, r.num_leaves, r.num_leaves_to_search, r.dimensions_per_block, r.reorder_num_neighbors,
-            r.training_sample_size) == ("tree_ah", 50, 7, 4, 64, 1000)
+    assert (
+        r.algorithm,
+        r.num_leaves,
+        r.num_leaves_to_search,
+        r.dimensions_per_block,
+        r.reorder_num_neighbors,
+        r.training_sample_size,
+    ) == ("tree_ah", 50, 7, 4, 64, 1000)
     assert "requested" in r.reason
 
 
@@ -69,8 +81,9 @@ def catalogues(tmp_path_factory):
 def test_each_regime_against_exact_search(regime, catalogues, tmp_path):
     path, vectors = catalogues[regime]
     # The rule of thumb's own structure (its knobs tuned), not whatever the index search would pick.
-    version = support.build(tmp_path, "--candidates", str(path), "--query", "item", "--verify-queries", "300",
-                            "--no-index-search")
+    version = support.build(
+        tmp_path, "--candidates", str(path), "--query", "item", "--verify-queries", "300", "--no-index-search"
+    )
     info = read_build_info(version)
     assert info["index"]["algorithm"] == regime, info["index"]
     assert info["verification"]["passed"]

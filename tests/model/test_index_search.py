@@ -36,7 +36,7 @@ def test_candidates_start_with_the_rule_of_thumb_and_cover_every_family(n, dim):
     assert len(set(_keys(plan))) == len(plan), "no structure is built twice"
     assert {s.algorithm for s in plan} == {"brute_force", "ah", "tree_ah"}
     assert {s.dimensions_per_block for s in plan if s.algorithm == "ah"} == {1, 2, 4}
-    root = n ** 0.5
+    root = n**0.5
     assert {s.num_leaves for s in plan if s.algorithm == "tree_ah"} == {round(root), round(2 * root), round(root / 2)}
     assert {(s.dimensions_per_block, s.hash_type) for s in plan if s.hash_type == "lut256"} == {(4, "lut256")}
     if n >= 100_000:  # full scans last where their cost grows with N
@@ -80,8 +80,9 @@ def _search(small, cfg: index.IndexConfig, target: float = 0.95):
     base, queries, catalogue = small
     rule = index.resolve(cfg, len(base), base.shape[1], COUNT)
     lines: list[str] = []
-    result = index_search.search(cfg, rule, base, queries, COUNT, target, module_factory(BuildConfig(k=COUNT), catalogue),
-                                 lines.append)
+    result = index_search.search(
+        cfg, rule, base, queries, COUNT, target, module_factory(BuildConfig(k=COUNT), catalogue), lines.append
+    )
     return result, lines
 
 
@@ -136,8 +137,10 @@ def test_search_times_only_gated_settings_and_records_the_frontier(small):
     timed = [s for r in frontier for s in r["settings"] if s["cost_us_per_query"] is not None]
     assert timed and all(s["recall"] >= goal for r in frontier for s in r["settings"])
     assert all(s["graph"]["batch"] == 1 and s["graph"]["calls"] > 0 for s in timed)
-    assert all(len([s for s in r["settings"] if s["cost_us_per_query"] is not None])
-               <= index_search.GRAPH_TIMED_PER_STRUCTURE for r in frontier)
+    assert all(
+        len([s for s in r["settings"] if s["cost_us_per_query"] is not None]) <= index_search.GRAPH_TIMED_PER_STRUCTURE
+        for r in frontier
+    )
     finals = [s for s in timed if "final_us_per_query" in s]
     assert len(finals) == index_search.FINALISTS
     chosen = record["chosen"]
@@ -159,8 +162,14 @@ def test_budget_stops_the_search_after_the_rule_of_thumb(small):
 
 
 def test_throughput_objective_times_calls_of_the_batch_size(small):
-    cfg = index.IndexConfig(algorithm="tree_ah", dimensions_per_block=2, hash_type="lut16", num_leaves=45,
-                            optimize="throughput", throughput_batch_size=4)
+    cfg = index.IndexConfig(
+        algorithm="tree_ah",
+        dimensions_per_block=2,
+        hash_type="lut16",
+        num_leaves=45,
+        optimize="throughput",
+        throughput_batch_size=4,
+    )
     result, _ = _search(small, cfg)
     assert result.record["objective"] == "throughput" and result.record["batch"] == 4
     timed = [s for r in result.record["frontier"] for s in r["settings"] if s["cost_us_per_query"] is not None]
@@ -184,12 +193,23 @@ def test_nothing_reaches_the_goal_falls_back_to_the_rule_of_thumb():
     ids = np.arange(len(base), dtype=np.int64)
     cfg = index.IndexConfig(algorithm="ah", dimensions_per_block=4, hash_type="lut16")
     rule = index.resolve(cfg, len(base), 64, COUNT)
-    result = index_search.search(cfg, rule, base, queries, COUNT, 0.99,
-                                 module_factory(BuildConfig(k=COUNT), Catalogue(ids, None, ids, base)), lambda _: None)
+    result = index_search.search(
+        cfg,
+        rule,
+        base,
+        queries,
+        COUNT,
+        0.99,
+        module_factory(BuildConfig(k=COUNT), Catalogue(ids, None, ids, base)),
+        lambda _: None,
+    )
     record = result.record
     assert record["frontier"][0]["status"] == "no setting reached the recall goal"
     assert record["chosen"]["why"].startswith("fallback") and record["chosen"]["cost_us_per_query"] is None
-    assert result.tuning.recall == pytest.approx(record["frontier"][0]["best_recall"], abs=1e-4) and result.tuning.recall < record["goal"]
+    assert (
+        result.tuning.recall == pytest.approx(record["frontier"][0]["best_recall"], abs=1e-4)
+        and result.tuning.recall < record["goal"]
+    )
     assert result.searcher is not None and result.index.algorithm == "ah"
 
 
@@ -197,8 +217,21 @@ def test_build_records_the_search_and_inspect_prints_it(tmp_path):
     vectors = clustered_embeddings(3_000, 16, num_clusters=40, seed=11)
     path = tmp_path / "items.npz"
     np.savez(path, ids=np.arange(len(vectors), dtype=np.int64) + 7, vectors=vectors)
-    version = support.build(tmp_path / "models", "--candidates", str(path), "--query", "item", "--verify-queries", "200",
-                            "--brute-force-below", "1000", "--search-budget-s", "5", "--optimize", "latency")
+    version = support.build(
+        tmp_path / "models",
+        "--candidates",
+        str(path),
+        "--query",
+        "item",
+        "--verify-queries",
+        "200",
+        "--brute-force-below",
+        "1000",
+        "--search-budget-s",
+        "5",
+        "--optimize",
+        "latency",
+    )
     info = read_build_info(version)
     search = info["index_search"]
     assert search["objective"] == "latency" and search["frontier"] and info["verification"]["passed"]
@@ -211,13 +244,16 @@ def test_build_records_the_search_and_inspect_prints_it(tmp_path):
     assert json.loads(support.run_cli("inspect", str(version), check=True).stdout)["index_search"] == search
 
 
-@pytest.mark.parametrize(("cfg", "message"), [
-    (index.IndexConfig(optimize="speed"), "--optimize 'speed'"),
-    (index.IndexConfig(throughput_batch_size=0), "--throughput-batch-size"),
-    (index.IndexConfig(search_budget_factor=0), "--search-budget-factor"),
-    (index.IndexConfig(search_budget_s=-1.0), "--search-budget-s"),
-    (index.IndexConfig(hash_type="lut8"), "--hash-type 'lut8'"),
-])
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (index.IndexConfig(optimize="speed"), "--optimize 'speed'"),
+        (index.IndexConfig(throughput_batch_size=0), "--throughput-batch-size"),
+        (index.IndexConfig(search_budget_factor=0), "--search-budget-factor"),
+        (index.IndexConfig(search_budget_s=-1.0), "--search-budget-s"),
+        (index.IndexConfig(hash_type="lut8"), "--hash-type 'lut8'"),
+    ],
+)
 def test_bad_search_flags_are_named(cfg, message):
     with pytest.raises(ConfigError, match=message):
         cfg.validate()

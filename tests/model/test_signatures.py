@@ -104,14 +104,16 @@ def test_item_to_item_excludes_the_query_item(item_model):
 
 
 def _alone(fn, key, rows) -> list[dict]:
-    return [{k: v.numpy() for k, v in fn(**{key: tf.constant(rows[i:i + 1])}).items()} for i in range(len(rows))]
+    return [{k: v.numpy() for k, v in fn(**{key: tf.constant(rows[i : i + 1])}).items()} for i in range(len(rows))]
 
 
 @pytest.mark.parametrize("kind", ["string-ids", "int64-ids"])
 def test_unknown_ids_are_not_found_and_leave_the_other_rows_as_if_alone(user_model, item_model, kind):
     loaded, _ = user_model if kind == "string-ids" else item_model
     known = _examples(loaded)["query_ids"][:4]
-    unknown = np.array([b"no-such-user", b""], dtype=object) if kind == "string-ids" else np.array([10**12, -3], np.int64)
+    unknown = (
+        np.array([b"no-such-user", b""], dtype=object) if kind == "string-ids" else np.array([10**12, -3], np.int64)
+    )
     batch = np.concatenate([known[:2], unknown[:1], known[2:], unknown[1:]])
     fn = loaded.signatures["serving_default"]
     out = {k: v.numpy() for k, v in fn(ids=tf.constant(batch)).items()}
@@ -149,7 +151,9 @@ def test_fallback_model_answers_unknown_ids_with_the_most_popular_items(fallback
         counts[item] = counts.get(item, 0) + 1
     assert fallback == sorted(counts, key=lambda item: (-counts[item], item))[:10]
     known = _examples(loaded)["query_ids"][:1]
-    out = {k: v.numpy() for k, v in loaded.signatures["serving_default"](ids=tf.constant([known[0], b"new-user"])).items()}
+    out = {
+        k: v.numpy() for k, v in loaded.signatures["serving_default"](ids=tf.constant([known[0], b"new-user"])).items()
+    }
     assert out["found"].tolist() == [True, False]
     assert [x.decode() for x in out["ids"][1]] == fallback and np.isneginf(out["scores"][1]).all()
     assert out["ids"][0].tolist() != out["ids"][1].tolist()
@@ -157,10 +161,15 @@ def test_fallback_model_answers_unknown_ids_with_the_most_popular_items(fallback
 
 def test_examples_by_index_mark_indices_out_of_range_not_found(user_model):
     loaded, info = user_model
-    out = {k: v.numpy() for k, v in loaded.signatures["examples"](index=tf.constant([0, 7, 8, -1, 63, 1000], tf.int64)).items()}
+    out = {
+        k: v.numpy()
+        for k, v in loaded.signatures["examples"](index=tf.constant([0, 7, 8, -1, 63, 1000], tf.int64)).items()
+    }
     assert out["found"].tolist() == [True, True, False, False, False, False]  # 8 examples (the default)
     assert (out["query_ids"][2:] == b"").all() and (out["candidate_ids"][2:] == b"").all()
-    assert out["candidate_vectors"].shape == (6, info["serving"]["dimensions"]) and not out["candidate_vectors"][2:].any()
+    assert (
+        out["candidate_vectors"].shape == (6, info["serving"]["dimensions"]) and not out["candidate_vectors"][2:].any()
+    )
     assert out["query_ids"][0] != b"" and out["candidate_ids"][1] != b""
 
 
@@ -179,10 +188,14 @@ def test_empty_batches_answer_empty(user_model):
 def test_builder_rejects_candidate_ids_equal_to_the_padding(tmp_path, ids, source):
     path = tmp_path / "items.npz"
     np.savez(path, ids=ids, vectors=np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32))
-    proc = support.run_cli("build", "--out", str(tmp_path / "m"), "--candidates", str(path), "--query", "item", "-k", "1")
+    proc = support.run_cli(
+        "build", "--out", str(tmp_path / "m"), "--candidates", str(path), "--query", "item", "-k", "1"
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     [line] = proc.stderr.strip().splitlines()
-    assert line.startswith(f"error: {path}: ") and ("negative" in line if source == "negative" else "empty string" in line)
+    assert line.startswith(f"error: {path}: ") and (
+        "negative" in line if source == "negative" else "empty string" in line
+    )
 
 
 def test_warmup_records_are_valid_batching_tasks_for_every_signature(synthetic_model, user_model):
@@ -215,8 +228,14 @@ def test_fresh_process_reload_gives_identical_results(synthetic_model, user_mode
         "out = m.signatures['serving_default'](ids=ids)['ids'].numpy()\n"
         "print(json.dumps([[x.decode() for x in row] for row in out.tolist()]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code, str(synthetic_model)], capture_output=True, text=True,
-                          env=support.ENV, check=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(synthetic_model)],
+        capture_output=True,
+        text=True,
+        env=support.ENV,
+        check=True,
+        timeout=300,
+    )
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == [[x.decode() for x in row] for row in here.tolist()]
 
 
@@ -235,14 +254,32 @@ def test_recall_gate_rejects_a_deliberately_bad_index(tmp_path):
 
     path = tmp_path / "items.npz"
     np.savez(path, ids=np.arange(20_000), vectors=clustered_embeddings(20_000, 32, num_clusters=400, seed=5))
-    proc = support.run_cli("build", "--out", str(tmp_path / "m"), "--candidates", str(path), "--query", "item",
-                           "--algorithm", "tree_ah", "--num-leaves", "400", "--num-leaves-to-search", "1",
-                           "--reorder-num-neighbors", "12", "--no-tune", "--verify-queries", "300")
+    proc = support.run_cli(
+        "build",
+        "--out",
+        str(tmp_path / "m"),
+        "--candidates",
+        str(path),
+        "--query",
+        "item",
+        "--algorithm",
+        "tree_ah",
+        "--num-leaves",
+        "400",
+        "--num-leaves-to-search",
+        "1",
+        "--reorder-num-neighbors",
+        "12",
+        "--no-tune",
+        "--verify-queries",
+        "300",
+    )
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: recall@10 below target 0.95") and "was not published" in last
     assert not (tmp_path / "m" / "scann_model").exists() or not [
-        p for p in (tmp_path / "m" / "scann_model").iterdir() if p.name.isdigit() or p.name.startswith(".tmp-")]
+        p for p in (tmp_path / "m" / "scann_model").iterdir() if p.name.isdigit() or p.name.startswith(".tmp-")
+    ]
 
 
 def test_short_index_results_keep_the_contract_width(tmp_path):
@@ -272,6 +309,6 @@ def test_short_index_results_keep_the_contract_width(tmp_path):
     assert not (got[~short] == b"").any() and not np.isnan(scores).any()
     # A lone short query (ScaNN narrows its answer) still gets a [1, k] row.
     for row in np.flatnonzero(short.sum(axis=1) >= 5)[:5]:
-        alone = search(vectors=tf.constant(vectors[row:row + 1]))
+        alone = search(vectors=tf.constant(vectors[row : row + 1]))
         assert alone["ids"].numpy().shape == alone["scores"].numpy().shape == (1, 10)
         assert np.isneginf(alone["scores"].numpy()[0, -1]) or (alone["ids"].numpy() != b"").all()

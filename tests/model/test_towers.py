@@ -56,11 +56,15 @@ def test_movielens_feature_model_reports_cold_start_and_indexes_items_without_in
     assert cold["held_out_users"] == 188 and cold["held_out_items"] == 145, json.dumps(cold)
     for k in (10, 100):
         # The bar: features must beat the most-popular list for users never trained on.
-        assert cold["cold_users"]["features"][f"hit_rate@{k}"] > cold["cold_users"]["most_popular"][f"hit_rate@{k}"], json.dumps(cold)
+        assert cold["cold_users"]["features"][f"hit_rate@{k}"] > cold["cold_users"]["most_popular"][f"hit_rate@{k}"], (
+            json.dumps(cold)
+        )
     assert "id_only" not in cold["cold_users"], "id-only towers cannot embed an unknown user"
     assert cold["cold_items"]["features"]["coverage@100"] > 0.05
     assert cold["cold_items"]["most_popular"]["coverage@100"] == cold["cold_items"]["id_only"]["coverage@100"] == 0
     assert info["training"]["id_only"]["hit_rate@10"] > 0 and info["training"]["towers"] == "features"
     data = info["data"]
-    assert data["catalogue_items"] == 1682 and data["items_without_interactions"] == 235 and data["catalogue_users"] == 943
+    assert (
+        data["catalogue_items"] == 1682 and data["items_without_interactions"] == 235 and data["catalogue_users"] == 943
+    )
     assert info["serving"]["dimensions"] == 32

@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from server import harness
 
 import support
-from server import harness
 
 
 @pytest.fixture(scope="session")
 def bad_input_server(items_model, tmp_path_factory) -> Iterator[support.RunningServer]:
     """The local server on the items model (label stable=1) that every bad input is thrown at."""
-    with harness.shared_server(tmp_path_factory, "bad-input-server", items_model, "--version_labels", "stable=1") as server:
+    with harness.shared_server(
+        tmp_path_factory, "bad-input-server", items_model, "--version_labels", "stable=1"
+    ) as server:
         yield server
 
 
@@ -22,4 +24,3 @@ def raw(bad_input_server) -> Iterator[harness.Raw]:
     channel = harness.Raw(bad_input_server.target)
     yield channel
     channel.close()
-

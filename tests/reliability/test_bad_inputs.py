@@ -13,6 +13,9 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
+from server import harness
+from server.harness import assert_still_serving
+from server.harness import predict_request as req
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from retrieval_client import (
@@ -22,9 +25,6 @@ from retrieval_client import (
     RetrievalClient,
     RetryPolicy,
 )
-from server import harness
-from server.harness import assert_still_serving
-from server.harness import predict_request as req
 
 IA, NF, FP = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION
 ONE_ID = {"ids": np.array([b"sku-1"], dtype=object)}
@@ -50,35 +50,96 @@ def _filtered(request, alias: str):
 # (case id, request, code, fragment of the message the user sees)
 RAW_CASES = [
     ("batch-above-max-ids", req(inputs=_ids(1025)), IA, "Task size 1025 is larger than maximum input batch size 1024"),
-    ("batch-above-max-vectors", req("search_by_vector", {"vectors": np.ones((1025, harness.DIM), np.float32)}), IA,
-     "Task size 1025 is larger than maximum input batch size 1024"),
-    ("wrong-dtype-ids", req(inputs={"ids": np.array([1], np.int64)}), IA, "Expects arg[0] to be string but int64 is provided"),
-    ("wrong-dtype-vectors", req("search_by_vector", {"vectors": VEC.astype(np.float64)}), IA,
-     "Expects arg[0] to be float but double is provided"),
-    ("wrong-rank-ids", req(inputs={"ids": np.array([[b"sku-1"]], dtype=object)}), IA,
-     "[1,1] is not compatible with expected shape [?]"),
-    ("scalar-ids", req(inputs={"ids": np.array(b"sku-1", dtype=object)}), IA,
-     "Batching Run() input tensors must have at least one dimension"),
+    (
+        "batch-above-max-vectors",
+        req("search_by_vector", {"vectors": np.ones((1025, harness.DIM), np.float32)}),
+        IA,
+        "Task size 1025 is larger than maximum input batch size 1024",
+    ),
+    (
+        "wrong-dtype-ids",
+        req(inputs={"ids": np.array([1], np.int64)}),
+        IA,
+        "Expects arg[0] to be string but int64 is provided",
+    ),
+    (
+        "wrong-dtype-vectors",
+        req("search_by_vector", {"vectors": VEC.astype(np.float64)}),
+        IA,
+        "Expects arg[0] to be float but double is provided",
+    ),
+    (
+        "wrong-rank-ids",
+        req(inputs={"ids": np.array([[b"sku-1"]], dtype=object)}),
+        IA,
+        "[1,1] is not compatible with expected shape [?]",
+    ),
+    (
+        "scalar-ids",
+        req(inputs={"ids": np.array(b"sku-1", dtype=object)}),
+        IA,
+        "Batching Run() input tensors must have at least one dimension",
+    ),
     # A [16] vector is 16 rows to the batcher: split into execution batches of 8 (as TF Serving's harness showed).
-    ("wrong-rank-vectors", req("search_by_vector", {"vectors": np.ones(harness.DIM, np.float32)}), IA,
-     "[8] is not compatible with expected shape [?,16]"),
-    ("wrong-dim", req("search_by_vector", {"vectors": np.ones((2, 8), np.float32)}), IA,
-     "[2,8] is not compatible with expected shape [?,16]"),
+    (
+        "wrong-rank-vectors",
+        req("search_by_vector", {"vectors": np.ones(harness.DIM, np.float32)}),
+        IA,
+        "[8] is not compatible with expected shape [?,16]",
+    ),
+    (
+        "wrong-dim",
+        req("search_by_vector", {"vectors": np.ones((2, 8), np.float32)}),
+        IA,
+        "[2,8] is not compatible with expected shape [?,16]",
+    ),
     ("missing-input", req(), IA, "Missing but required: {ids}"),
     ("extra-input", req(inputs={**ONE_ID, "x": np.ones(1, np.float32)}), IA, "Sent extra: {x}"),
-    ("wrong-input-name", req(inputs={"x": np.ones(1, np.float32)}), IA,
-     "input tensor alias not found in signature: x. Inputs expected to be in the set {ids}."),
-    ("unknown-output-filter", _filtered(req(inputs=ONE_ID), "nope"), IA, "output tensor alias not found in signature: nope"),
-    ("duplicate-output-filter", _filtered(_filtered(req(inputs=ONE_ID), "ids"), "ids"), IA, "duplicate output tensor alias: ids"),
-    ("declared-shape-too-large", req(inputs={"ids": _declared(types_pb2.DT_STRING, [2**40], string_val=[b"sku-1"])}), IA,
-     "tensor parsing error: ids: shape [1099511627776] declares"),
-    ("negative-dim", req(inputs={"ids": _declared(types_pb2.DT_STRING, [-3])}), IA, "tensor parsing error: ids: negative"),
+    (
+        "wrong-input-name",
+        req(inputs={"x": np.ones(1, np.float32)}),
+        IA,
+        "input tensor alias not found in signature: x. Inputs expected to be in the set {ids}.",
+    ),
+    (
+        "unknown-output-filter",
+        _filtered(req(inputs=ONE_ID), "nope"),
+        IA,
+        "output tensor alias not found in signature: nope",
+    ),
+    (
+        "duplicate-output-filter",
+        _filtered(_filtered(req(inputs=ONE_ID), "ids"), "ids"),
+        IA,
+        "duplicate output tensor alias: ids",
+    ),
+    (
+        "declared-shape-too-large",
+        req(inputs={"ids": _declared(types_pb2.DT_STRING, [2**40], string_val=[b"sku-1"])}),
+        IA,
+        "tensor parsing error: ids: shape [1099511627776] declares",
+    ),
+    (
+        "negative-dim",
+        req(inputs={"ids": _declared(types_pb2.DT_STRING, [-3])}),
+        IA,
+        "tensor parsing error: ids: negative",
+    ),
     ("resource-dtype", req(inputs={"ids": _declared(types_pb2.DT_RESOURCE, [1])}), IA, "dtype resource cannot be sent"),
-    ("bytes-not-matching-shape", req("search_by_vector", {"vectors": _declared(types_pb2.DT_FLOAT, [1, 16], tensor_content=b"abc")}),
-     IA, "tensor parsing error: vectors"),
+    (
+        "bytes-not-matching-shape",
+        req("search_by_vector", {"vectors": _declared(types_pb2.DT_FLOAT, [1, 16], tensor_content=b"abc")}),
+        IA,
+        "tensor parsing error: vectors",
+    ),
     ("unknown-signature", req("nope", ONE_ID), FP, 'Serving signature key "nope" not found.'),
     ("unknown-model", req(inputs=ONE_ID, model="nope"), NF, "Servable not found for request: Latest(nope)"),
-    ("unknown-version", req(inputs=ONE_ID, version=42), NF, "Servable not found for request: Specific(scann_model, 42)"),
+    (
+        "unknown-version",
+        req(inputs=ONE_ID, version=42),
+        NF,
+        "Servable not found for request: Specific(scann_model, 42)",
+    ),
     ("unknown-label", req(inputs=ONE_ID, label="canary"), IA, "Unrecognized servable version label: canary"),
 ]
 
@@ -90,12 +151,17 @@ UNANSWERED_ROW_CASES = [
     ("empty-batch-ids", req(inputs={"ids": np.array([], dtype=object)}), []),
     ("empty-batch-vectors", req("search_by_vector", {"vectors": np.zeros((0, harness.DIM), np.float32)}), []),
     ("nan", req("search_by_vector", {"vectors": np.concatenate([NAN_ROW, VEC])}), [False, True]),
-    ("inf", req("search_by_vector", {"vectors": np.concatenate([VEC, np.full((1, harness.DIM), -np.inf, np.float32)])}),
-     [True, False]),
+    (
+        "inf",
+        req("search_by_vector", {"vectors": np.concatenate([VEC, np.full((1, harness.DIM), -np.inf, np.float32)])}),
+        [True, False],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("request_", "found"), [c[1:] for c in UNANSWERED_ROW_CASES], ids=[c[0] for c in UNANSWERED_ROW_CASES])
+@pytest.mark.parametrize(
+    ("request_", "found"), [c[1:] for c in UNANSWERED_ROW_CASES], ids=[c[0] for c in UNANSWERED_ROW_CASES]
+)
 def test_rows_that_cannot_be_answered_are_found_false_not_errors(bad_input_server, raw, request_, found):
     out = harness.outputs(raw.predict(request_))
     assert out["found"].tolist() == found
@@ -122,12 +188,18 @@ def test_malformed_request_bytes_are_internal_like_tf_serving(bad_input_server, 
     for method in (harness.STATUS, harness.METADATA):
         assert harness.rpc_error(raw.raw, method, b"\x0a\xff").code() == grpc.StatusCode.INTERNAL
     # TF Serving's Classify/Regress/MultiInference are not offered by the local server.
-    assert harness.rpc_error(raw.raw, "/tensorflow.serving.PredictionService/Classify", b"").code() == grpc.StatusCode.UNIMPLEMENTED
+    assert (
+        harness.rpc_error(raw.raw, "/tensorflow.serving.PredictionService/Classify", b"").code()
+        == grpc.StatusCode.UNIMPLEMENTED
+    )
     assert_still_serving(bad_input_server, raw)
 
 
 def test_request_above_the_max_message_size_is_resource_exhausted(bad_input_server, raw):
-    big = req("search_by_vector", {"vectors": _declared(types_pb2.DT_FLOAT, [1, harness.DIM], tensor_content=b"\0" * (65 << 20))})
+    big = req(
+        "search_by_vector",
+        {"vectors": _declared(types_pb2.DT_FLOAT, [1, harness.DIM], tensor_content=b"\0" * (65 << 20))},
+    )
     err = harness.rpc_error(raw.predict, big)
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "Received message larger than max" in err.details(), err.details()
@@ -144,28 +216,54 @@ FAST = RetryPolicy(max_attempts=2, initial_backoff_s=0.01, max_backoff_s=0.05)
 # Through the client: (case id, client kwargs, call, exception, message fragment). Errors of the
 # client's own checks (ValueError/TypeError) are raised before anything is sent.
 CLIENT_CASES = [
-    ("unknown-id", {}, lambda c: c.search(["sku-1", "no-such-sku"]), InvalidRequestError,
-     "unknown query id(s), not in this model version"),
+    (
+        "unknown-id",
+        {},
+        lambda c: c.search(["sku-1", "no-such-sku"]),
+        InvalidRequestError,
+        "unknown query id(s), not in this model version",
+    ),
     ("unknown-id-not-utf8", {}, lambda c: c.search([b"\xff-sku"]), InvalidRequestError, "unknown query id(s)"),
-    ("batch-above-max", {}, lambda c: c.search([f"sku-{i}" for i in range(1025)]), InvalidRequestError,
-     "larger than maximum input batch size 1024"),
-    ("batch-above-max-vectors", {}, lambda c: c.search_by_vector(np.ones((1025, harness.DIM))), InvalidRequestError,
-     "larger than maximum input batch size 1024"),
+    (
+        "batch-above-max",
+        {},
+        lambda c: c.search([f"sku-{i}" for i in range(1025)]),
+        InvalidRequestError,
+        "larger than maximum input batch size 1024",
+    ),
+    (
+        "batch-above-max-vectors",
+        {},
+        lambda c: c.search_by_vector(np.ones((1025, harness.DIM))),
+        InvalidRequestError,
+        "larger than maximum input batch size 1024",
+    ),
     ("wrong-dtype", {}, lambda c: c.search([True]), TypeError, "is a bool"),
     ("wrong-rank", {}, lambda c: c.search_by_vector(np.ones((1, 2, harness.DIM))), ValueError, "[batch, dim]"),
     ("wrong-dim", {}, lambda c: c.search_by_vector(np.ones((1, 8))), ValueError, "takes 16-dimensional"),
     ("nan", {}, lambda c: c.search_by_vector(np.full(harness.DIM, np.nan)), ValueError, "NaN"),
     ("unknown-model", {"model": "nope"}, lambda c: c.search("sku-1"), ModelNotFoundError, "Latest(nope)"),
     ("unknown-version", {"version": 42}, lambda c: c.search("sku-1"), ModelNotFoundError, "Specific(scann_model, 42)"),
-    ("unknown-label", {"version_label": "canary"}, lambda c: c.search("sku-1"), InvalidRequestError,
-     "Unrecognized servable version label: canary"),
-    ("above-max-message-size", {"max_message_bytes": 128 << 20}, lambda c: c.search(["x" * (65 << 20)]),
-     ResourceExhaustedError, "larger than max"),
+    (
+        "unknown-label",
+        {"version_label": "canary"},
+        lambda c: c.search("sku-1"),
+        InvalidRequestError,
+        "Unrecognized servable version label: canary",
+    ),
+    (
+        "above-max-message-size",
+        {"max_message_bytes": 128 << 20},
+        lambda c: c.search(["x" * (65 << 20)]),
+        ResourceExhaustedError,
+        "larger than max",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("kwargs", "call", "exception", "message"), [c[1:] for c in CLIENT_CASES],
-                         ids=[c[0] for c in CLIENT_CASES])
+@pytest.mark.parametrize(
+    ("kwargs", "call", "exception", "message"), [c[1:] for c in CLIENT_CASES], ids=[c[0] for c in CLIENT_CASES]
+)
 def test_bad_request_through_the_client(bad_input_server, raw, kwargs, call, exception, message):
     with RetrievalClient(bad_input_server.target, **{"model": harness.MODEL, "retry": FAST, **kwargs}) as client:
         with pytest.raises(exception) as info:

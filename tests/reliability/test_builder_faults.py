@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from server import harness
 
 from model_builder import export
-from server import harness
 
 
 def _interactions_csv(rows: int = 400) -> str:
@@ -43,7 +43,9 @@ def _gzip_as_csv(path: Path) -> Path:
 
 def _truncated_parquet(path: Path) -> Path:
     full = path.with_name("full.parquet")
-    pq.write_table(pa.table({"user_id": [f"u{i % 40}" for i in range(400)], "item_id": [f"i{i % 70}" for i in range(400)]}), full)
+    pq.write_table(
+        pa.table({"user_id": [f"u{i % 40}" for i in range(400)], "item_id": [f"i{i % 70}" for i in range(400)]}), full
+    )
     data = full.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
@@ -92,21 +94,63 @@ def _users_nan(path: Path) -> Path:
 
 # (case, {file name: writer}, build args ({stem} = that file), the file the error must name, message fragment)
 CASES = [
-    ("interactions-truncated-mid-row", {"inter.csv": _truncated_csv}, ["--dataset", "{inter}"], "inter", "cannot parse file"),
+    (
+        "interactions-truncated-mid-row",
+        {"inter.csv": _truncated_csv},
+        ["--dataset", "{inter}"],
+        "inter",
+        "cannot parse file",
+    ),
     ("interactions-nul-bytes", {"inter.csv": _nul_csv}, ["--dataset", "{inter}"], "inter", "binary data (NUL bytes)"),
-    ("interactions-gzip-named-csv", {"inter.csv": _gzip_as_csv}, ["--dataset", "{inter}"], "inter", "rename it to inter.csv.gz"),
-    ("interactions-truncated-parquet", {"inter.parquet": _truncated_parquet}, ["--dataset", "{inter}"], "inter",
-     "Parquet magic bytes not found"),
-    ("candidates-nan-row", {"items.npz": _nan_row}, ["--candidates", "{items}", "--query", "item"], "items",
-     "row 17 holds NaN or Inf"),
-    ("candidates-duplicate-ids", {"items.npz": _duplicate_ids}, ["--candidates", "{items}", "--query", "item"], "items",
-     "id 'sku-5' appears 2 times; ids must be unique"),
-    ("candidates-ids-vs-vectors", {"items.npz": _ids_vectors_count}, ["--candidates", "{items}", "--query", "item"], "items",
-     "299 ids but 300 vectors"),
-    ("query-embeddings-dimension-mismatch", {"items.npz": _items_16, "users.npz": _users_8},
-     ["--candidates", "{items}", "--query-embeddings", "{users}"], "users", "queries have 8 dims but"),
-    ("query-embeddings-inf-row", {"items.npz": _items_16, "users.npz": _users_nan},
-     ["--candidates", "{items}", "--query-embeddings", "{users}"], "users", "row 9 holds NaN or Inf"),
+    (
+        "interactions-gzip-named-csv",
+        {"inter.csv": _gzip_as_csv},
+        ["--dataset", "{inter}"],
+        "inter",
+        "rename it to inter.csv.gz",
+    ),
+    (
+        "interactions-truncated-parquet",
+        {"inter.parquet": _truncated_parquet},
+        ["--dataset", "{inter}"],
+        "inter",
+        "Parquet magic bytes not found",
+    ),
+    (
+        "candidates-nan-row",
+        {"items.npz": _nan_row},
+        ["--candidates", "{items}", "--query", "item"],
+        "items",
+        "row 17 holds NaN or Inf",
+    ),
+    (
+        "candidates-duplicate-ids",
+        {"items.npz": _duplicate_ids},
+        ["--candidates", "{items}", "--query", "item"],
+        "items",
+        "id 'sku-5' appears 2 times; ids must be unique",
+    ),
+    (
+        "candidates-ids-vs-vectors",
+        {"items.npz": _ids_vectors_count},
+        ["--candidates", "{items}", "--query", "item"],
+        "items",
+        "299 ids but 300 vectors",
+    ),
+    (
+        "query-embeddings-dimension-mismatch",
+        {"items.npz": _items_16, "users.npz": _users_8},
+        ["--candidates", "{items}", "--query-embeddings", "{users}"],
+        "users",
+        "queries have 8 dims but",
+    ),
+    (
+        "query-embeddings-inf-row",
+        {"items.npz": _items_16, "users.npz": _users_nan},
+        ["--candidates", "{items}", "--query-embeddings", "{users}"],
+        "users",
+        "row 9 holds NaN or Inf",
+    ),
 ]
 
 
@@ -123,8 +167,16 @@ def fault_builds(tmp_path_factory, items_model):
         folder = root / name
         folder.mkdir()
         paths = {Path(f).stem: writer(folder / f) for f, writer in files.items()}
-        proc = harness.cli_async("build", "--out", str(out), "--model-name", harness.MODEL, "--verify-queries", "50",
-                                 *[a.format(**paths) for a in args])
+        proc = harness.cli_async(
+            "build",
+            "--out",
+            str(out),
+            "--model-name",
+            harness.MODEL,
+            "--verify-queries",
+            "50",
+            *[a.format(**paths) for a in args],
+        )
         stdout, stderr = proc.communicate(timeout=600)
         return name, (proc.returncode, stdout, stderr, paths)
 

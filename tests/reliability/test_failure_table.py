@@ -13,7 +13,11 @@ _REF = re.compile(r"`((?:tests/[\w/]+/)?test_\w+\.py)?(::\w+)?(\[[^\]`]+\])?`")
 def _rows() -> list[tuple[str, str]]:
     text = (support.REPO / "README.md").read_text()
     section = text.split("## Failure behaviour", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| Fault") and "---" not in line]
+    rows = [
+        line
+        for line in section.splitlines()
+        if line.startswith("| ") and not line.startswith("| Fault") and "---" not in line
+    ]
     return [(row.split("|")[1].strip(), row.rstrip(" |").rsplit("|", 1)[1]) for row in rows]
 
 

@@ -14,17 +14,25 @@ import grpc
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from server import harness
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
 
-from server import harness
-
 DEADLINE_S = 20.0
-EXPECTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
-            grpc.StatusCode.RESOURCE_EXHAUSTED}
+EXPECTED = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
 DTYPES = [v.number for v in types_pb2.DataType.DESCRIPTOR.values] + [999, -1]
-SETTINGS = settings(max_examples=250, deadline=None, derandomize=True, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=250,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+)
 
 small = st.integers(min_value=-2, max_value=1100)
 dims = st.lists(st.one_of(small, st.sampled_from([0, 1, 16, 1024, 1025, 2**31, 2**62])), max_size=4)
@@ -60,9 +68,18 @@ def tensors(draw) -> tensor_pb2.TensorProto:
 @st.composite
 def requests(draw) -> bytes:
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = draw(st.one_of(st.just(harness.MODEL), st.just(harness.MODEL), st.just(harness.MODEL),
-                                             st.sampled_from(["", "other"]), st.text(max_size=20)))
-    request.model_spec.signature_name = draw(st.sampled_from(["", "serving_default", "search_by_vector", "examples", "x"]))
+    request.model_spec.name = draw(
+        st.one_of(
+            st.just(harness.MODEL),
+            st.just(harness.MODEL),
+            st.just(harness.MODEL),
+            st.sampled_from(["", "other"]),
+            st.text(max_size=20),
+        )
+    )
+    request.model_spec.signature_name = draw(
+        st.sampled_from(["", "serving_default", "search_by_vector", "examples", "x"])
+    )
     version = draw(st.one_of(st.none(), st.none(), st.none(), st.sampled_from([0, 1, 2, -1, 2**62])))
     if version is not None:
         request.model_spec.version.value = version
@@ -78,7 +95,9 @@ def requests(draw) -> bytes:
 def typed(draw) -> bytes:
     """Requests with the right model and input name and dtype, random batch contents and shapes: these reach the graph."""
     if draw(st.booleans()):
-        ids = draw(st.lists(st.one_of(st.sampled_from([f"sku-{i}".encode() for i in (0, 1, 1999)]), strings), max_size=1030))
+        ids = draw(
+            st.lists(st.one_of(st.sampled_from([f"sku-{i}".encode() for i in (0, 1, 1999)]), strings), max_size=1030)
+        )
         proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, string_val=ids)
         proto.tensor_shape.dim.add(size=draw(st.sampled_from([len(ids), len(ids), 0, 1, len(ids) + 1])))
         return harness.predict_request("serving_default", {"ids": proto}).SerializeToString()
@@ -92,10 +111,18 @@ def typed(draw) -> bytes:
 @st.composite
 def mutated(draw) -> bytes:
     """A valid search request with bytes flipped, inserted, deleted or cut off."""
-    data = bytearray(draw(st.sampled_from([
-        harness.ids_request(["sku-1", "sku-2"]).SerializeToString(),
-        harness.predict_request("search_by_vector", {"vectors": np.ones((2, harness.DIM), np.float32)}).SerializeToString(),
-    ])))
+    data = bytearray(
+        draw(
+            st.sampled_from(
+                [
+                    harness.ids_request(["sku-1", "sku-2"]).SerializeToString(),
+                    harness.predict_request(
+                        "search_by_vector", {"vectors": np.ones((2, harness.DIM), np.float32)}
+                    ).SerializeToString(),
+                ]
+            )
+        )
+    )
     for _ in range(draw(st.integers(1, 6))):
         position = draw(st.integers(0, max(len(data) - 1, 0)))
         action = draw(st.sampled_from(["flip", "insert", "delete", "truncate"]))

@@ -22,10 +22,10 @@ import threading
 
 import grpc
 import numpy as np
-
-import support
 from server import harness
 from server.harness import predict_request as req
+
+import support
 
 WARMUP, MEASURED, THREADS = 2_000, 10_000, 4
 BOUND_KIB = 4 * 1024
@@ -105,8 +105,10 @@ def test_rss_is_steady_over_10k_bad_requests(tmp_path, items_model):
         harness.assert_still_serving(server, raw, pid)
         raw.close()
     growth = after - before
-    print(f"RSS before {before} KiB, after {MEASURED} bad requests {after} KiB, growth {growth} KiB "
-          f"(bound {BOUND_KIB} KiB); statuses {counts}")
+    print(
+        f"RSS before {before} KiB, after {MEASURED} bad requests {after} KiB, growth {growth} KiB "
+        f"(bound {BOUND_KIB} KiB); statuses {counts}"
+    )
     answered = sum(1 for i in range(WARMUP, WARMUP + MEASURED) if i % 12 in ANSWERED_KINDS)
     assert 0 < counts.get("OK", 0) <= answered and warm.get("OK", 0) > 0, counts
     assert sum(counts.values()) == MEASURED

@@ -13,10 +13,10 @@ import threading
 import time
 
 import numpy as np
+from server import harness
 
 import support
 from retrieval_client import RetrievalClient
-from server import harness
 
 CLIENTS, BATCH, AFTER, LIMIT_S = 16, 4, 25, 300.0
 QUERIES = [f"sku-{i}" for i in range(0, harness.NUM_ITEMS, 41)]
@@ -47,7 +47,7 @@ class Client(threading.Thread):
             try:
                 rows = [tuple(r.ids.tolist()) for r in self.client.search(batch)]
                 self.records.append((started, time.monotonic() - started, batch, rows))
-            except Exception as err:  # noqa: BLE001 - every failure is a finding
+            except Exception as err:
                 self.errors.append(repr(err))
             self.after += swapped
         self.client.close()
@@ -57,8 +57,12 @@ def _percentiles(latencies: list[float]) -> dict:
     if not latencies:
         return {"count": 0}
     ms = np.asarray(latencies) * 1000
-    return {"count": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "p99_ms": round(float(np.percentile(ms, 99)), 2), "max_ms": round(float(ms.max()), 2)}
+    return {
+        "count": len(ms),
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+        "max_ms": round(float(ms.max()), 2),
+    }
 
 
 def test_16_clients_while_a_new_version_is_built_and_swapped_in(tmp_path, items_model):
@@ -76,8 +80,21 @@ def test_16_clients_while_a_new_version_is_built_and_swapped_in(tmp_path, items_
             client.start()
         harness.wait_for(lambda: all(len(c.records) >= 5 for c in clients), 120, "every client to be running")
         events["build_started"] = time.monotonic()
-        build = harness.cli_async("build", "--out", str(base), "--model-name", harness.MODEL, "--candidates", str(v2_items),
-                                  "--query", "item", "-k", "5", "--verify-queries", "100")
+        build = harness.cli_async(
+            "build",
+            "--out",
+            str(base),
+            "--model-name",
+            harness.MODEL,
+            "--candidates",
+            str(v2_items),
+            "--query",
+            "item",
+            "-k",
+            "5",
+            "--verify-queries",
+            "100",
+        )
         while build.poll() is None or not done.is_set():
             states = raw.states()
             now = time.monotonic()
@@ -114,10 +131,15 @@ def test_16_clients_while_a_new_version_is_built_and_swapped_in(tmp_path, items_
         "during_swap": [lat for start, lat, _, _ in records if window[0] <= start <= window[1]],
         "after_swap": [lat for start, lat, _, _ in records if start > window[1]],
     }
-    report = {"clients": CLIENTS, "batch": BATCH, "requests": len(records), "failed": len(errors),
-              "answers_by_version": {"1": by_version[10], "2": by_version[5]},
-              "swap_window_s": round(window[1] - window[0], 3),
-              "events_s": {k: round(v - events["build_started"], 3) for k, v in sorted(events.items(), key=lambda kv: kv[1])},
-              "latency": {name: _percentiles(lats) for name, lats in phases.items()}}
+    report = {
+        "clients": CLIENTS,
+        "batch": BATCH,
+        "requests": len(records),
+        "failed": len(errors),
+        "answers_by_version": {"1": by_version[10], "2": by_version[5]},
+        "swap_window_s": round(window[1] - window[0], 3),
+        "events_s": {k: round(v - events["build_started"], 3) for k, v in sorted(events.items(), key=lambda kv: kv[1])},
+        "latency": {name: _percentiles(lats) for name, lats in phases.items()},
+    }
     harness.write_json(tmp_path / "load_swap.json", report)
     print(f"load test ({tmp_path / 'load_swap.json'}): {report}")

@@ -23,10 +23,10 @@ import time
 
 import grpc
 import pytest
+from server import harness
 
 import support
 from retrieval_client import RetrievalClient, RetryPolicy, ServerUnavailableError
-from server import harness
 
 SKUS = [f"sku-{i}" for i in range(0, harness.NUM_ITEMS, 131)]
 ROWS = 1024
@@ -56,7 +56,9 @@ class Loop(threading.Thread):
         while not self.stop.is_set():
             i += 1
             try:
-                response = self.raw.predict(harness.ids_request([SKUS[i % len(SKUS)], SKUS[(i + 1) % len(SKUS)]]), timeout=30)
+                response = self.raw.predict(
+                    harness.ids_request([SKUS[i % len(SKUS)], SKUS[(i + 1) % len(SKUS)]]), timeout=30
+                )
                 self.answers.append((response.model_spec.version.value, harness.outputs(response)["ids"].shape[1]))
             except grpc.RpcError as err:
                 self.errors.append(f"{err.code().name}: {err.details()}")
@@ -78,6 +80,7 @@ def _corrupt(how: str):
         elif how == "empty":
             for child in folder.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
+
     return damage
 
 
@@ -148,8 +151,13 @@ def test_deleted_versions_fall_back_like_tf_serving(tmp_path, items_model, items
         raw.close()
     assert loop.errors == [], loop.errors[:5]
     versions = [v for v, _ in loop.answers]
-    assert versions[0] == 2 and versions[-1] == 1 and versions == sorted(versions, reverse=True), "2 ... then 1, never back"
-    assert (gone.code(), gone.details()) == (grpc.StatusCode.NOT_FOUND, "Servable not found for request: Latest(scann_model)")
+    assert versions[0] == 2 and versions[-1] == 1 and versions == sorted(versions, reverse=True), (
+        "2 ... then 1, never back"
+    )
+    assert (gone.code(), gone.details()) == (
+        grpc.StatusCode.NOT_FOUND,
+        "Servable not found for request: Latest(scann_model)",
+    )
     assert back == 3
 
 
@@ -177,7 +185,7 @@ def _slow_requests(target: str, n: int) -> tuple[list, list[threading.Thread]]:
         try:
             results = client.search(ids)
             outcomes[i] = ("ok", [len(r.ids) for r in results], time.monotonic())
-        except Exception as err:  # noqa: BLE001 - recorded and checked
+        except Exception as err:
             outcomes[i] = (err, None, time.monotonic())
 
     threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
@@ -188,8 +196,15 @@ def _slow_requests(target: str, n: int) -> tuple[list, list[threading.Thread]]:
 def test_sigterm_with_requests_in_flight(tmp_path, slow_model, grace_s, expect):
     harness.publish_copy(slow_model, tmp_path / "models" / harness.MODEL, 1)
     (tmp_path / "batching.txt").write_text(DEEP_QUEUE)
-    with support.local_server(tmp_path / "models", harness.MODEL, "--shutdown_grace_seconds", str(grace_s),
-                              "--batching_parameters_file", str(tmp_path / "batching.txt"), log_dir=tmp_path) as server:
+    with support.local_server(
+        tmp_path / "models",
+        harness.MODEL,
+        "--shutdown_grace_seconds",
+        str(grace_s),
+        "--batching_parameters_file",
+        str(tmp_path / "batching.txt"),
+        log_dir=tmp_path,
+    ) as server:
         server.wait_available(1)
         pid = server.proc.pid
         outcomes, threads = _slow_requests(server.target, 4)
@@ -208,7 +223,9 @@ def test_sigterm_with_requests_in_flight(tmp_path, slow_model, grace_s, expect):
         code = server.proc.wait(grace_s + 120)
         exit_s = time.monotonic() - sigterm_at
     done_s = [round(at - sigterm_at, 2) for _, _, at in outcomes]
-    print(f"grace {grace_s} s: requests ended {done_s} s after SIGTERM, process exited after {exit_s:.1f} s, code {code}; {[o[0] for o in outcomes]}")
+    print(
+        f"grace {grace_s} s: requests ended {done_s} s after SIGTERM, process exited after {exit_s:.1f} s, code {code}; {[o[0] for o in outcomes]}"
+    )
     assert code == 0
     assert refused == grpc.StatusCode.UNAVAILABLE, "a new RPC after SIGTERM must be refused"
     assert all(at > sigterm_at for _, _, at in outcomes), "every request was still in flight at SIGTERM"
@@ -217,4 +234,6 @@ def test_sigterm_with_requests_in_flight(tmp_path, slow_model, grace_s, expect):
     else:
         for status, sizes, _ in outcomes:
             assert status == "ok" and sizes == [1500] * ROWS or isinstance(status, ServerUnavailableError), status
-        assert any(isinstance(status, ServerUnavailableError) for status, _, _ in outcomes), "the grace bound was not applied"
+        assert any(isinstance(status, ServerUnavailableError) for status, _, _ in outcomes), (
+            "the grace bound was not applied"
+        )

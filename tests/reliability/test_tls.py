@@ -9,10 +9,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from server import harness
 
 import support
 from retrieval_client import RetrievalClient, RetryPolicy, ServerUnavailableError, TlsConfig
-from server import harness
 
 ONCE = RetryPolicy(max_attempts=1)
 
@@ -22,16 +22,57 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def _ca(folder: Path, name: str) -> None:
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.pem",
-             "-days", "2", "-subj", f"/CN={name}", cwd=folder)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-subj",
+        f"/CN={name}",
+        cwd=folder,
+    )
 
 
 def _signed(folder: Path, name: str, ca: str, extension: str) -> None:
     (folder / f"{name}.ext").write_text(extension + "\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}",
-             cwd=folder)
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-             "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=folder)
+    _openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/CN={name}",
+        cwd=folder,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        f"{ca}.pem",
+        "-CAkey",
+        f"{ca}.key",
+        "-CAcreateserial",
+        "-out",
+        f"{name}.pem",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        cwd=folder,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +89,10 @@ def pki(tmp_path_factory) -> Path:
 
 def _ssl_config(pki: Path, client_verify: bool) -> Path:
     # TF Serving's SSLConfig fields hold the PEM text itself; json.dumps gives valid text-proto string escapes.
-    text = "".join(f"{field}: {json.dumps((pki / name).read_text())}\n"
-                   for field, name in (("server_key", "server.key"), ("server_cert", "server.pem"), ("custom_ca", "ca.pem")))
+    text = "".join(
+        f"{field}: {json.dumps((pki / name).read_text())}\n"
+        for field, name in (("server_key", "server.key"), ("server_cert", "server.pem"), ("custom_ca", "ca.pem"))
+    )
     path = pki / f"ssl-{client_verify}.config"
     path.write_text(text + f"client_verify: {str(client_verify).lower()}\n")
     return path
@@ -58,8 +101,11 @@ def _ssl_config(pki: Path, client_verify: bool) -> Path:
 def _tls(pki: Path, client: str | None = "client", ca: str = "ca") -> TlsConfig:
     if client is None:
         return TlsConfig(ca_cert_path=str(pki / f"{ca}.pem"))
-    return TlsConfig(ca_cert_path=str(pki / f"{ca}.pem"), client_cert_path=str(pki / f"{client}.pem"),
-                     client_key_path=str(pki / f"{client}.key"))
+    return TlsConfig(
+        ca_cert_path=str(pki / f"{ca}.pem"),
+        client_cert_path=str(pki / f"{client}.pem"),
+        client_key_path=str(pki / f"{client}.key"),
+    )
 
 
 def _search(target: str, tls: TlsConfig | None):
@@ -70,8 +116,9 @@ def _search(target: str, tls: TlsConfig | None):
 @pytest.fixture(scope="module")
 def mtls_server(pki, items_model, tmp_path_factory):
     logs = tmp_path_factory.mktemp("mtls-server")
-    with support.local_server(items_model.parent.parent, harness.MODEL, "--ssl_config_file", str(_ssl_config(pki, True)),
-                              log_dir=logs) as server:
+    with support.local_server(
+        items_model.parent.parent, harness.MODEL, "--ssl_config_file", str(_ssl_config(pki, True)), log_dir=logs
+    ) as server:
         server.wait_available(1)
         yield server
 
@@ -83,16 +130,21 @@ def test_mutual_tls_accepts_a_client_cert_from_the_ca(mtls_server, pki):
 
 @pytest.mark.parametrize("tls", ["no-client-cert", "cert-from-another-ca", "plaintext", "server-not-trusted"])
 def test_mutual_tls_refuses(mtls_server, pki, tls):
-    config = {"no-client-cert": _tls(pki, client=None), "cert-from-another-ca": _tls(pki, client="stranger"),
-              "plaintext": None, "server-not-trusted": _tls(pki, client="client", ca="other-ca")}[tls]
+    config = {
+        "no-client-cert": _tls(pki, client=None),
+        "cert-from-another-ca": _tls(pki, client="stranger"),
+        "plaintext": None,
+        "server-not-trusted": _tls(pki, client="client", ca="other-ca"),
+    }[tls]
     with pytest.raises(ServerUnavailableError):
         _search(mtls_server.target, config)
     assert len(_search(mtls_server.target, _tls(pki)).ids) == 10  # still serving
 
 
 def test_tls_without_client_verification(pki, items_model, tmp_path):
-    with support.local_server(items_model.parent.parent, harness.MODEL, "--ssl_config_file", str(_ssl_config(pki, False)),
-                              log_dir=tmp_path) as server:
+    with support.local_server(
+        items_model.parent.parent, harness.MODEL, "--ssl_config_file", str(_ssl_config(pki, False)), log_dir=tmp_path
+    ) as server:
         server.wait_available(1)
         assert len(_search(server.target, _tls(pki, client=None)).ids) == 10  # server CA only, no client cert
         localhost = server.target.replace("127.0.0.1", "localhost")
@@ -107,8 +159,22 @@ def test_tls_without_client_verification(pki, items_model, tmp_path):
 def test_ssl_config_without_a_key_is_a_one_line_error(pki, items_model, tmp_path):
     config = tmp_path / "ssl.config"
     config.write_text(f"server_cert: {json.dumps((pki / 'server.pem').read_text())}\n")
-    proc = support.run_cli("serve", "--model-base-path", str(items_model.parent.parent), "--model-name", harness.MODEL,
-                           "--port", str(support.free_port()), "--rest_api_port", "0", "--ssl_config_file", str(config),
-                           timeout=120)
+    proc = support.run_cli(
+        "serve",
+        "--model-base-path",
+        str(items_model.parent.parent),
+        "--model-name",
+        harness.MODEL,
+        "--port",
+        str(support.free_port()),
+        "--rest_api_port",
+        "0",
+        "--ssl_config_file",
+        str(config),
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr.strip().splitlines()[-1] == f"error: --ssl_config_file {config}: server_key and server_cert are required"
+    assert (
+        proc.stderr.strip().splitlines()[-1]
+        == f"error: --ssl_config_file {config}: server_key and server_cert are required"
+    )

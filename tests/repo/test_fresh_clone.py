@@ -64,7 +64,7 @@ def _offending(text: str) -> list[str]:
             hits.append(path)
         # Temp paths are also container-side paths in Dockerfiles (/tmp/wheelhouse): only one whose
         # first folder under the temp root exists on this machine is the machine's own.
-        elif any(path.startswith(r + "/") and Path(r, path[len(r) + 1:].split("/")[0]).exists() for r in temp):
+        elif any(path.startswith(r + "/") and Path(r, path[len(r) + 1 :].split("/")[0]).exists() for r in temp):
             hits.append(path)
     return hits
 
@@ -79,7 +79,9 @@ def test_no_tracked_text_file_holds_a_build_machine_path():
         except (UnicodeDecodeError, FileNotFoundError):
             continue
         bad += [f"{path}: {hit}" for hit in _offending(text)]
-    assert not bad, "absolute paths of a build machine in tracked files (make them repo-relative or a variable):\n" + "\n".join(bad)
+    assert not bad, (
+        "absolute paths of a build machine in tracked files (make them repo-relative or a variable):\n" + "\n".join(bad)
+    )
 
 
 def test_the_checks_catch_what_they_guard_against(tmp_path):
@@ -89,6 +91,9 @@ def test_the_checks_catch_what_they_guard_against(tmp_path):
     try:
         text = f"VENV={Path.home()}/.pyenv/versions/3.10.13\nX={REPO.parent}/other\nY={existing}/v310\n"
         assert len(_offending(text)) == 3
-        assert _offending("COPY wheelhouse/ /tmp/wheelhouse/\nRUN /opt/venv/bin/pip\n/usr/share/datasets/x /dev/null") == []
+        assert (
+            _offending("COPY wheelhouse/ /tmp/wheelhouse/\nRUN /opt/venv/bin/pip\n/usr/share/datasets/x /dev/null")
+            == []
+        )
     finally:
         os.rmdir(existing)

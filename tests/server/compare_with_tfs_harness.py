@@ -27,12 +27,19 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]
 
-import support  # noqa: E402
 from server import harness  # noqa: E402
 
+import support  # noqa: E402
+
 ROWS = (1, 8, 800, 801, 1024, 1025)
-_HARNESS_KEYS = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads",
-                 "enable_large_batch_splitting", "max_execution_batch_size")
+_HARNESS_KEYS = (
+    "max_batch_size",
+    "batch_timeout_micros",
+    "max_enqueued_batches",
+    "num_batch_threads",
+    "enable_large_batch_splitting",
+    "max_execution_batch_size",
+)
 
 
 def _harness_params(batching_file: Path) -> list[str]:
@@ -48,17 +55,28 @@ def _harness_params(batching_file: Path) -> list[str]:
 
 
 def _run_harness(binary: str, version_dir: Path, runs: Path, mode: str, params: list[str], *extra: str) -> str:
-    scann_so = subprocess.run([str(support.COMPAT_PYTHON), "-c", "import scann,os;print(os.path.dirname(scann.__file__))"],
-                              capture_output=True, text=True, check=True).stdout.strip() + "/scann_ops/cc/_scann_ops.so"
-    proc = subprocess.run([binary, str(version_dir), scann_so, str(runs), mode, *params, *extra],
-                          capture_output=True, text=True, timeout=1200)
+    scann_so = (
+        subprocess.run(
+            [str(support.COMPAT_PYTHON), "-c", "import scann,os;print(os.path.dirname(scann.__file__))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        + "/scann_ops/cc/_scann_ops.so"
+    )
+    proc = subprocess.run(
+        [binary, str(version_dir), scann_so, str(runs), mode, *params, *extra],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     return proc.stdout
 
 
 def _known_ids(version_dir: Path) -> np.ndarray:
-    from model_builder import warmup
-
     import tensorflow as tf
+
+    from model_builder import warmup
 
     for record in warmup.read(version_dir):
         request = record.predict_log.request
@@ -71,7 +89,9 @@ def _local_rows(target: str, model: str, ids: np.ndarray) -> dict:
     raw = harness.Raw(target)
     out = {}
     for n in ROWS:
-        request = harness.predict_request(inputs={"ids": np.array([ids[i % len(ids)] for i in range(n)], dtype=ids.dtype)}, model=model)
+        request = harness.predict_request(
+            inputs={"ids": np.array([ids[i % len(ids)] for i in range(n)], dtype=ids.dtype)}, model=model
+        )
         try:
             raw.predict(request, timeout=120)
             out[f"{n} rows"] = "OK"
@@ -98,15 +118,21 @@ def _local_mixed(target: str, model: str, ids: np.ndarray, per10: int, threads: 
 
     def outcome(i: int, channel) -> str:
         try:
-            got = harness.outputs(channel.predict(harness.predict_request(inputs={"ids": runs[i]}, model=model), timeout=60))
+            got = harness.outputs(
+                channel.predict(harness.predict_request(inputs={"ids": runs[i]}, model=model), timeout=60)
+            )
         except grpc.RpcError as err:
             if isinstance(truth[i], str):
                 return "bad as alone" if err.details() == truth[i] else "bad otherwise"
             return "collateral"
         if isinstance(truth[i], str):
             return "bad otherwise"
-        same = all(got[k].tolist() == truth[i][k].tolist() if got[k].dtype.kind != "f"
-                   else np.allclose(got[k], truth[i][k], rtol=1e-4) for k in truth[i])
+        same = all(
+            got[k].tolist() == truth[i][k].tolist()
+            if got[k].dtype.kind != "f"
+            else np.allclose(got[k], truth[i][k], rtol=1e-4)
+            for k in truth[i]
+        )
         return "valid ok" if same else "valid wrong"
 
     def worker(t: int) -> None:
@@ -136,21 +162,42 @@ def main() -> int:
     params = _harness_params(args.batching_file)
     report: dict = {"batching_file": str(args.batching_file), "harness_params": params, "rows": {}, "mixed": {}}
     with tempfile.TemporaryDirectory() as tmp:
+
         def runs(mode: str, *extra: str) -> Path:
             path = Path(tmp) / f"{mode}{'-'.join(extra)}.runs"
-            subprocess.run([sys.executable, args.make_runs_py, str(version_dir), mode, str(path), *extra],
-                           check=True, capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            subprocess.run(
+                [sys.executable, args.make_runs_py, str(version_dir), mode, str(path), *extra],
+                check=True,
+                capture_output=True,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            )
             return path
 
         text = _run_harness(args.harness_binary, version_dir, runs("rows", *map(str, ROWS)), "warmup", params)
-        report["rows"]["tf_serving_2.11"] = {m.group(1): m.group(2).strip() for m in re.finditer(r"^(\d+ rows)\s+(.*)$", text, re.M)}
+        report["rows"]["tf_serving_2.11"] = {
+            m.group(1): m.group(2).strip() for m in re.finditer(r"^(\d+ rows)\s+(.*)$", text, re.M)
+        }
         for per10 in (1, 3):
-            text = _run_harness(args.harness_binary, version_dir, runs("mixed", str(per10)), "concurrent", params,
-                                "threads=16", "iters=200")
-            report["mixed"][f"{per10}_in_10_unknown"] = {"tf_serving_2.11": text.strip().splitlines()[0] if text.strip() else text}
+            text = _run_harness(
+                args.harness_binary,
+                version_dir,
+                runs("mixed", str(per10)),
+                "concurrent",
+                params,
+                "threads=16",
+                "iters=200",
+            )
+            report["mixed"][f"{per10}_in_10_unknown"] = {
+                "tf_serving_2.11": text.strip().splitlines()[0] if text.strip() else text
+            }
     ids = _known_ids(version_dir)
-    with support.local_server(version_dir.parent.parent, model, "--batching_parameters_file", str(args.batching_file),
-                              log_dir=Path(tempfile.mkdtemp())) as server:
+    with support.local_server(
+        version_dir.parent.parent,
+        model,
+        "--batching_parameters_file",
+        str(args.batching_file),
+        log_dir=Path(tempfile.mkdtemp()),
+    ) as server:
         server.wait_available(int(version_dir.name), timeout=300)
         report["rows"]["local_server"] = _local_rows(server.target, model, ids)
         for per10 in (1, 3):

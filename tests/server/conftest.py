@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from server import harness
 
 import support
-from server import harness
 
 MONITORING = 'prometheus_config { enable: true path: "/monitoring/prometheus/metrics" }\n'
 LABELS = "stable=1,future=7"
@@ -18,8 +18,15 @@ def items_server(items_model, tmp_path_factory) -> Iterator[support.RunningServe
     """The local server on the items model, with TF Serving's monitoring config and version labels."""
     config = tmp_path_factory.mktemp("items-server-config") / "monitoring.config"
     config.write_text(MONITORING)
-    with harness.shared_server(tmp_path_factory, "items-server", items_model, "--monitoring_config_file", str(config),
-                               "--version_labels", LABELS) as server:
+    with harness.shared_server(
+        tmp_path_factory,
+        "items-server",
+        items_model,
+        "--monitoring_config_file",
+        str(config),
+        "--version_labels",
+        LABELS,
+    ) as server:
         yield server
 
 

@@ -31,8 +31,11 @@ PREDICT = "/tensorflow.serving.PredictionService/Predict"
 METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
 STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
 # For channels opened before the server listens: retry the connection every 100 ms, not with gRPC's 1 s+ backoff.
-FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 100), ("grpc.min_reconnect_backoff_ms", 100),
-                  ("grpc.max_reconnect_backoff_ms", 100))
+FAST_RECONNECT = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 100),
+)
 
 
 # -- models ------------------------------------------------------------------
@@ -69,20 +72,53 @@ def shared_build(tmp_path_factory, key: str, *args: str, files: dict | None = No
 
 def items_model(tmp_path_factory) -> Path:
     """2000 string-id items x 16, item -> similar items, K=10, version 1 (brute force: exact)."""
-    return shared_build(tmp_path_factory, "items", "--candidates", "{items}", "--query", "item",
-                        "--verify-queries", "100", files={"items.npz": lambda p: write_items(p, seed=3)})
+    return shared_build(
+        tmp_path_factory,
+        "items",
+        "--candidates",
+        "{items}",
+        "--query",
+        "item",
+        "--verify-queries",
+        "100",
+        files={"items.npz": lambda p: write_items(p, seed=3)},
+    )
 
 
 def items_v2_model(tmp_path_factory) -> Path:
     """Same ids, other vectors, K=5, version 2: every answer says which version gave it."""
-    return shared_build(tmp_path_factory, "items-v2", "--candidates", "{items}", "--query", "item", "-k", "5",
-                        "--version", "2", "--verify-queries", "100", files={"items.npz": lambda p: write_items(p, seed=4)})
+    return shared_build(
+        tmp_path_factory,
+        "items-v2",
+        "--candidates",
+        "{items}",
+        "--query",
+        "item",
+        "-k",
+        "5",
+        "--version",
+        "2",
+        "--verify-queries",
+        "100",
+        files={"items.npz": lambda p: write_items(p, seed=4)},
+    )
 
 
 def slow_model(tmp_path_factory) -> Path:
     """The items with K=1500: a batch of 1024 ids takes seconds (1.5M result strings), for drain tests."""
-    return shared_build(tmp_path_factory, "items-slow", "--candidates", "{items}", "--query", "item", "-k", "1500",
-                        "--verify-queries", "50", files={"items.npz": lambda p: write_items(p, seed=3)})
+    return shared_build(
+        tmp_path_factory,
+        "items-slow",
+        "--candidates",
+        "{items}",
+        "--query",
+        "item",
+        "-k",
+        "1500",
+        "--verify-queries",
+        "50",
+        files={"items.npz": lambda p: write_items(p, seed=3)},
+    )
 
 
 @contextlib.contextmanager
@@ -114,8 +150,14 @@ def tree_digest(folder: Path) -> str:
 
 
 # -- raw gRPC ----------------------------------------------------------------
-def predict_request(signature: str = "serving_default", inputs: dict | None = None, *, model: str = MODEL,
-                    version: int | None = None, label: str | None = None):
+def predict_request(
+    signature: str = "serving_default",
+    inputs: dict | None = None,
+    *,
+    model: str = MODEL,
+    version: int | None = None,
+    label: str | None = None,
+):
     """A tensorflow_serving PredictRequest; `inputs` values are numpy arrays or TensorProtos."""
     import tensorflow as tf
     from tensorflow.core.framework import tensor_pb2
@@ -129,7 +171,9 @@ def predict_request(signature: str = "serving_default", inputs: dict | None = No
     if label:
         request.model_spec.version_label = label
     for name, value in (inputs or {}).items():
-        request.inputs[name].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value))
+        request.inputs[name].CopyFrom(
+            value if isinstance(value, tensor_pb2.TensorProto) else tf.make_tensor_proto(value)
+        )
     return request
 
 
@@ -144,20 +188,33 @@ class Raw:
     def __init__(self, target: str, credentials: grpc.ChannelCredentials | None = None, options=()) -> None:
         from tensorflow_serving.apis import get_model_metadata_pb2, get_model_status_pb2, predict_pb2
 
-        self.channel = grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
-        self._predict = self.channel.unary_unary(PREDICT, request_serializer=lambda m: m.SerializeToString(),
-                                                 response_deserializer=predict_pb2.PredictResponse.FromString)
-        self._metadata = self.channel.unary_unary(METADATA, request_serializer=lambda m: m.SerializeToString(),
-                                                  response_deserializer=get_model_metadata_pb2.GetModelMetadataResponse.FromString)
-        self._status = self.channel.unary_unary(STATUS, request_serializer=lambda m: m.SerializeToString(),
-                                                response_deserializer=get_model_status_pb2.GetModelStatusResponse.FromString)
+        self.channel = (
+            grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
+        )
+        self._predict = self.channel.unary_unary(
+            PREDICT,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=predict_pb2.PredictResponse.FromString,
+        )
+        self._metadata = self.channel.unary_unary(
+            METADATA,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=get_model_metadata_pb2.GetModelMetadataResponse.FromString,
+        )
+        self._status = self.channel.unary_unary(
+            STATUS,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=get_model_status_pb2.GetModelStatusResponse.FromString,
+        )
         self._md_request = get_model_metadata_pb2.GetModelMetadataRequest
         self._status_request = get_model_status_pb2.GetModelStatusRequest
 
     def predict(self, request, timeout: float = 30.0):
         return self._predict(request, timeout=timeout)
 
-    def metadata(self, model: str = MODEL, version: int | None = None, fields=("signature_def",), timeout: float = 30.0):
+    def metadata(
+        self, model: str = MODEL, version: int | None = None, fields=("signature_def",), timeout: float = 30.0
+    ):
         request = self._md_request(metadata_field=list(fields))
         request.model_spec.name = model
         if version is not None:
@@ -247,5 +304,11 @@ def cli_async(*args: str) -> subprocess.Popen:
     """Starts `python -m model_builder ARGS` without waiting (text stdout/stderr pipes)."""
     import sys
 
-    return subprocess.Popen([sys.executable, "-m", "model_builder", *args], env=support.ENV, cwd=support.REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "model_builder", *args],
+        env=support.ENV,
+        cwd=support.REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -22,12 +22,12 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
+from server import harness
 
 import model_builder.scann_import  # noqa: F401  (Scann ops before loading)
 import support
 from model_builder.compat.tfs_batching import BatchingParameters
 from model_builder.serve.batching import RunCounter
-from server import harness
 
 LOCKED = """
 max_batch_size { value: 16 }
@@ -53,9 +53,16 @@ def locked_server(items_model, tmp_path_factory):
     (folder / "batching.txt").write_text(LOCKED)
     (folder / "monitoring.txt").write_text(MONITORING)
     # Warmup off: a lone one-row warmup record would wait the whole 60 s timeout.
-    with support.local_server(items_model.parent.parent, harness.MODEL, "--batching_parameters_file", str(folder / "batching.txt"),
-                              "--monitoring_config_file", str(folder / "monitoring.txt"), "--enable_model_warmup=false",
-                              log_dir=folder) as server:
+    with support.local_server(
+        items_model.parent.parent,
+        harness.MODEL,
+        "--batching_parameters_file",
+        str(folder / "batching.txt"),
+        "--monitoring_config_file",
+        str(folder / "monitoring.txt"),
+        "--enable_model_warmup=false",
+        log_dir=folder,
+    ) as server:
         server.wait_available(1)
         yield server
 
@@ -66,12 +73,17 @@ def direct(items_model):
     loaded = tf.saved_model.load(str(items_model))
 
     def answer(signature: str, **inputs) -> dict:
-        return {k: v.numpy() for k, v in loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()}).items()}
+        return {
+            k: v.numpy()
+            for k, v in loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()}).items()
+        }
+
     return answer
 
 
 def _concurrently(target: str, requests: list) -> list:
     """Sends the requests at once (one channel each); returns responses or RpcErrors in order."""
+
     def send(request):
         raw = harness.Raw(target)
         try:
@@ -80,6 +92,7 @@ def _concurrently(target: str, requests: list) -> list:
             return err
         finally:
             raw.close()
+
     with ThreadPoolExecutor(len(requests)) as pool:
         return list(pool.map(send, requests))
 
@@ -105,10 +118,16 @@ def test_every_request_of_a_merged_batch_gets_the_batchs_status(locked_server):
     """ProcessBatch gives one status to all: a request that cannot be merged fails its batch-mates too."""
     good = np.ones((1, harness.DIM), np.float32)
     for odd, code, message in (
-        (np.ones((1, harness.DIM - 1), np.float32), grpc.StatusCode.FAILED_PRECONDITION,
-         "Tensors with name 'search_by_vector_vectors:0' from different tasks have different shapes and padding is turned off"),
-        (np.ones((1, harness.DIM), np.float64), grpc.StatusCode.INTERNAL,
-         "Tensor concat operation failed: INVALID_ARGUMENT: Cannot concatenate tensors that have different data types."),
+        (
+            np.ones((1, harness.DIM - 1), np.float32),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "Tensors with name 'search_by_vector_vectors:0' from different tasks have different shapes and padding is turned off",
+        ),
+        (
+            np.ones((1, harness.DIM), np.float64),
+            grpc.StatusCode.INTERNAL,
+            "Tensor concat operation failed: INVALID_ARGUMENT: Cannot concatenate tensors that have different data types.",
+        ),
     ):
         requests = [harness.predict_request("search_by_vector", {"vectors": v}) for v in (good, good, odd, good)]
         errors = _concurrently(locked_server.target, requests)
@@ -120,7 +139,9 @@ def test_large_requests_are_split_across_batches_and_reassembled(locked_server, 
     before = _runs(locked_server)
     ten = _ids(*[f"sku-{i * 7}" for i in range(9)], "no-such-sku")
     two = _ids("sku-11", "sku-12")
-    responses = _concurrently(locked_server.target, [harness.predict_request(inputs={"ids": ids}) for ids in (ten, two)])
+    responses = _concurrently(
+        locked_server.target, [harness.predict_request(inputs={"ids": ids}) for ids in (ten, two)]
+    )
     assert _runs(locked_server) == before + 3, "12 rows in execution batches of 4"
     for ids, response in zip((ten, two), responses):
         out, alone = harness.outputs(response), direct("serving_default", ids=ids)
@@ -131,8 +152,10 @@ def test_queue_capacity_and_refusals_follow_tfs_formula(locked_server):
     """Capacity = (max_enqueued_batches - enqueued) x max_execution_batch_size + free slots of the open batch."""
     raw = harness.Raw(locked_server.target)
     too_big = harness.rpc_error(raw.predict, harness.ids_request([f"sku-{i}" for i in range(17)]))
-    assert (too_big.code(), too_big.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                                   "Task size 17 is larger than maximum input batch size 16")
+    assert (too_big.code(), too_big.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Task size 17 is larger than maximum input batch size 16",
+    )
     # An idle queue holds 4 x 4 = 16 rows: a request of max_batch_size fits.
     assert harness.outputs(raw.predict(harness.ids_request([f"sku-{i}" for i in range(16)])))["ids"].shape == (16, 10)
     # 3 rows wait in the open batch (its timeout is 60 s); capacity is now 3 x 4 + 1 = 13 rows.
@@ -141,8 +164,10 @@ def test_queue_capacity_and_refusals_follow_tfs_formula(locked_server):
     time.sleep(1.0)  # ordering only: the 3-row request is queued before the next ones are sent
     assert not waiting.done()
     full = harness.rpc_error(raw.predict, harness.ids_request([f"sku-{i}" for i in range(14)]))
-    assert (full.code(), full.details()) == (grpc.StatusCode.UNAVAILABLE,
-                                             "The batch scheduling queue to which this task was submitted is full")
+    assert (full.code(), full.details()) == (
+        grpc.StatusCode.UNAVAILABLE,
+        "The batch scheduling queue to which this task was submitted is full",
+    )
     # 13 rows fit, fill the open batch and three more: every batch is full, both requests are answered.
     assert harness.outputs(raw.predict(harness.ids_request([f"sku-{i}" for i in range(13)])))["ids"].shape == (13, 10)
     assert harness.outputs(waiting.result(timeout=60))["ids"].shape == (3, 10)
@@ -169,7 +194,10 @@ def test_concurrent_unknown_and_valid_ids_on_the_image_batching_file(items_serve
     requests = []
     for n in range(400):
         size = 1 + n % 3
-        ids = [f"no-such-sku-{n}-{j}" if rng.random() < 0.25 else f"sku-{rng.integers(harness.NUM_ITEMS)}" for j in range(size)]
+        ids = [
+            f"no-such-sku-{n}-{j}" if rng.random() < 0.25 else f"sku-{rng.integers(harness.NUM_ITEMS)}"
+            for j in range(size)
+        ]
         requests.append(_ids(*ids))
     expected = [direct("serving_default", ids=ids) for ids in requests]
     failures: list[str] = []
@@ -180,9 +208,16 @@ def test_concurrent_unknown_and_valid_ids_on_the_image_batching_file(items_serve
         for i in part:
             try:
                 out = harness.outputs(raw.predict(harness.predict_request(inputs={"ids": requests[i]}), timeout=60))
-                ok = (out["ids"].tolist() == expected[i]["ids"].tolist() and out["found"].tolist() == expected[i]["found"].tolist()
-                      and np.allclose(out["scores"], expected[i]["scores"], rtol=1e-5, atol=1e-6))
-                problem = None if ok else f"request {i} {requests[i].tolist()}: got {out['ids'].tolist()} {out['found'].tolist()}"
+                ok = (
+                    out["ids"].tolist() == expected[i]["ids"].tolist()
+                    and out["found"].tolist() == expected[i]["found"].tolist()
+                    and np.allclose(out["scores"], expected[i]["scores"], rtol=1e-5, atol=1e-6)
+                )
+                problem = (
+                    None
+                    if ok
+                    else f"request {i} {requests[i].tolist()}: got {out['ids'].tolist()} {out['found'].tolist()}"
+                )
             except grpc.RpcError as err:
                 problem = f"request {i}: {err.code().name} {err.details()}"
             if problem:
@@ -214,8 +249,10 @@ def test_1024_rows_succeed_on_an_idle_image_batching_server_and_1025_are_refused
     out = harness.outputs(raw.predict(harness.ids_request(ids[:1024]), timeout=120))
     assert out["ids"].shape == (1024, 10) and out["found"].all()
     refused = harness.rpc_error(raw.predict, harness.ids_request(ids), timeout=120)
-    assert (refused.code(), refused.details()) == (grpc.StatusCode.INVALID_ARGUMENT,
-                                                   "Task size 1025 is larger than maximum input batch size 1024")
+    assert (refused.code(), refused.details()) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "Task size 1025 is larger than maximum input batch size 1024",
+    )
     raw.close()
     # Through the client: a clear error, sent once and never retried (it can never succeed).
     before = _invalid_argument_count(items_server)
@@ -228,5 +265,7 @@ def test_1024_rows_succeed_on_an_idle_image_batching_server_and_1025_are_refused
 def _invalid_argument_count(server: support.RunningServer) -> int:
     with urllib.request.urlopen(f"{server.rest}/monitoring/prometheus/metrics", timeout=10) as resp:
         text = resp.read().decode()
-    prefix = f':tensorflow:serving:request_count{{API="Predict",model_name="{harness.MODEL}",status="INVALID_ARGUMENT"}} '
-    return next((int(line[len(prefix):]) for line in text.splitlines() if line.startswith(prefix)), 0)
+    prefix = (
+        f':tensorflow:serving:request_count{{API="Predict",model_name="{harness.MODEL}",status="INVALID_ARGUMENT"}} '
+    )
+    return next((int(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix)), 0)

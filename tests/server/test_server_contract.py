@@ -17,12 +17,16 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-
-import support
 from server import harness
 from server.harness import rpc_error
 
-NOT_FOUND, INVALID, PRECONDITION = grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION
+import support
+
+NOT_FOUND, INVALID, PRECONDITION = (
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+)
 
 
 def _rest(server: support.RunningServer, path: str) -> tuple[int, str]:
@@ -84,16 +88,40 @@ def test_status_over_grpc_and_rest(items_server, raw):
     assert raw.states(version=1) == {1: "AVAILABLE"} and raw.states(label="stable") == {1: "AVAILABLE"}
     code, body = _rest(items_server, f"/v1/models/{harness.MODEL}")
     assert code == 200 and json.loads(body) == {
-        "model_version_status": [{"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
     assert _rest(items_server, f"/v1/models/{harness.MODEL}/versions/1")[0] == 200
-    assert json.loads(_rest(items_server, f"/v1/models/{harness.MODEL}/labels/stable")[1])["model_version_status"][0]["version"] == "1"
+    assert (
+        json.loads(_rest(items_server, f"/v1/models/{harness.MODEL}/labels/stable")[1])["model_version_status"][0][
+            "version"
+        ]
+        == "1"
+    )
 
 
-@pytest.mark.parametrize(("spec", "code", "message", "rest_path", "rest_code"), [
-    ({"model": "nope"}, NOT_FOUND, "Could not find any versions of model nope", "/v1/models/nope", 404),
-    ({"version": 9}, NOT_FOUND, "Could not find version 9 of model scann_model", "/v1/models/scann_model/versions/9", 404),
-    ({"label": "nope"}, INVALID, "Unrecognized servable version label: nope", "/v1/models/scann_model/labels/nope", 400),
-], ids=["unknown-model", "unknown-version", "unknown-label"])
+@pytest.mark.parametrize(
+    ("spec", "code", "message", "rest_path", "rest_code"),
+    [
+        ({"model": "nope"}, NOT_FOUND, "Could not find any versions of model nope", "/v1/models/nope", 404),
+        (
+            {"version": 9},
+            NOT_FOUND,
+            "Could not find version 9 of model scann_model",
+            "/v1/models/scann_model/versions/9",
+            404,
+        ),
+        (
+            {"label": "nope"},
+            INVALID,
+            "Unrecognized servable version label: nope",
+            "/v1/models/scann_model/labels/nope",
+            400,
+        ),
+    ],
+    ids=["unknown-model", "unknown-version", "unknown-label"],
+)
 def test_status_errors(items_server, raw, spec, code, message, rest_path, rest_code):
     err = rpc_error(raw.status, **spec)
     assert (err.code(), err.details()) == (code, message)
@@ -101,13 +129,17 @@ def test_status_errors(items_server, raw, spec, code, message, rest_path, rest_c
     assert status == rest_code and message in json.loads(body)["error"]
 
 
-@pytest.mark.parametrize(("request_kwargs", "code", "message"), [
-    ({"model": "nope"}, NOT_FOUND, "Servable not found for request: Latest(nope)"),
-    ({"version": 9}, NOT_FOUND, "Servable not found for request: Specific(scann_model, 9)"),
-    ({"label": "nope"}, INVALID, "Unrecognized servable version label: nope"),
-    ({"label": "future"}, NOT_FOUND, "Servable not found for request: Specific(scann_model, 7)"),
-    ({"signature": "nope"}, PRECONDITION, 'Serving signature key "nope" not found.'),
-], ids=["unknown-model", "unknown-version", "unknown-label", "label-of-unloaded-version", "unknown-signature"])
+@pytest.mark.parametrize(
+    ("request_kwargs", "code", "message"),
+    [
+        ({"model": "nope"}, NOT_FOUND, "Servable not found for request: Latest(nope)"),
+        ({"version": 9}, NOT_FOUND, "Servable not found for request: Specific(scann_model, 9)"),
+        ({"label": "nope"}, INVALID, "Unrecognized servable version label: nope"),
+        ({"label": "future"}, NOT_FOUND, "Servable not found for request: Specific(scann_model, 7)"),
+        ({"signature": "nope"}, PRECONDITION, 'Serving signature key "nope" not found.'),
+    ],
+    ids=["unknown-model", "unknown-version", "unknown-label", "label-of-unloaded-version", "unknown-signature"],
+)
 def test_model_spec_errors_use_tf_servings_codes(raw, request_kwargs, code, message):
     signature = request_kwargs.pop("signature", "serving_default")
     ids = np.array([b"sku-1"], dtype=object)
@@ -115,18 +147,41 @@ def test_model_spec_errors_use_tf_servings_codes(raw, request_kwargs, code, mess
     assert (err.code(), err.details()) == (code, message)
 
 
-@pytest.mark.parametrize(("signature", "inputs", "message"), [
-    # TF Serving checks no dtype or shape before Session::Run (predict_util.cc): the session checks the dtype
-    # (DirectSession's call frame, TF 2.11's words), the graph the shape (EnsureShape).
-    ("serving_default", {"ids": np.array([1, 2], dtype=np.int64)}, "Expects arg[0] to be string but int64 is provided"),
-    ("serving_default", {"ids": np.array([[b"sku-1"]], dtype=object)}, "[1,1] is not compatible with expected shape [?]"),
-    ("search_by_vector", {"vectors": np.ones((2, 16), np.float64)}, "Expects arg[0] to be float but double is provided"),
-    # 16 rows to the batcher, split into execution batches of 8 (the image's file), each refused by the graph.
-    ("search_by_vector", {"vectors": np.ones(16, np.float32)}, "[8] is not compatible with expected shape [?,16]"),
-    ("search_by_vector", {"vectors": np.ones((1, 15), np.float32)}, "[1,15] is not compatible with expected shape [?,16]"),
-    ("serving_default", {"vectors": np.ones((1, 16), np.float32)},
-     "input tensor alias not found in signature: vectors. Inputs expected to be in the set {ids}."),
-], ids=["dtype", "rank-ids", "dtype-vectors", "rank-vectors", "dim", "wrong-input-name"])
+@pytest.mark.parametrize(
+    ("signature", "inputs", "message"),
+    [
+        # TF Serving checks no dtype or shape before Session::Run (predict_util.cc): the session checks the dtype
+        # (DirectSession's call frame, TF 2.11's words), the graph the shape (EnsureShape).
+        (
+            "serving_default",
+            {"ids": np.array([1, 2], dtype=np.int64)},
+            "Expects arg[0] to be string but int64 is provided",
+        ),
+        (
+            "serving_default",
+            {"ids": np.array([[b"sku-1"]], dtype=object)},
+            "[1,1] is not compatible with expected shape [?]",
+        ),
+        (
+            "search_by_vector",
+            {"vectors": np.ones((2, 16), np.float64)},
+            "Expects arg[0] to be float but double is provided",
+        ),
+        # 16 rows to the batcher, split into execution batches of 8 (the image's file), each refused by the graph.
+        ("search_by_vector", {"vectors": np.ones(16, np.float32)}, "[8] is not compatible with expected shape [?,16]"),
+        (
+            "search_by_vector",
+            {"vectors": np.ones((1, 15), np.float32)},
+            "[1,15] is not compatible with expected shape [?,16]",
+        ),
+        (
+            "serving_default",
+            {"vectors": np.ones((1, 16), np.float32)},
+            "input tensor alias not found in signature: vectors. Inputs expected to be in the set {ids}.",
+        ),
+    ],
+    ids=["dtype", "rank-ids", "dtype-vectors", "rank-vectors", "dim", "wrong-input-name"],
+)
 def test_wrong_dtype_rank_dim_are_invalid_argument(raw, signature, inputs, message):
     err = rpc_error(raw.predict, harness.predict_request(signature, inputs))
     assert err.code() == INVALID and message in err.details(), err.details()
@@ -142,8 +197,14 @@ def test_metadata_lists_the_signatures(raw):
     defs = signatures.signature_def
     assert set(defs) == {"serving_default", "search_by_vector", "examples"}
     shape = lambda info: [d.size for d in info.tensor_shape.dim]  # noqa: E731
-    assert (defs["serving_default"].inputs["ids"].dtype, shape(defs["serving_default"].inputs["ids"])) == (7, [-1])  # DT_STRING
-    assert shape(defs["search_by_vector"].inputs["vectors"]) == [-1, 16] and defs["search_by_vector"].inputs["vectors"].dtype == 1
+    assert (defs["serving_default"].inputs["ids"].dtype, shape(defs["serving_default"].inputs["ids"])) == (
+        7,
+        [-1],
+    )  # DT_STRING
+    assert (
+        shape(defs["search_by_vector"].inputs["vectors"]) == [-1, 16]
+        and defs["search_by_vector"].inputs["vectors"].dtype == 1
+    )
     assert shape(defs["serving_default"].outputs["scores"]) == [-1, 10]
     assert rpc_error(raw.metadata, fields=()).code() == INVALID
     assert rpc_error(raw.metadata, model="nope").code() == NOT_FOUND
@@ -152,7 +213,7 @@ def test_metadata_lists_the_signatures(raw):
 
 def _count(metrics: str, api: str, status: str) -> int:
     prefix = f':tensorflow:serving:request_count{{API="{api}",model_name="{harness.MODEL}",status="{status}"}} '
-    return next((int(line[len(prefix):]) for line in metrics.splitlines() if line.startswith(prefix)), 0)
+    return next((int(line[len(prefix) :]) for line in metrics.splitlines() if line.startswith(prefix)), 0)
 
 
 def test_prometheus_metrics_with_monitoring_config(items_server, raw):
@@ -166,7 +227,9 @@ def test_prometheus_metrics_with_monitoring_config(items_server, raw):
     assert _count(after, "Predict", "OK") == _count(before, "Predict", "OK") + 2
     assert _count(after, "Predict", "INVALID_ARGUMENT") == _count(before, "Predict", "INVALID_ARGUMENT") + 1
     assert "# TYPE :tensorflow:serving:request_latency histogram" in after
-    assert f':tensorflow:serving:request_latency_bucket{{API="Predict",model_name="{harness.MODEL}",le="+Inf"}}' in after
+    assert (
+        f':tensorflow:serving:request_latency_bucket{{API="Predict",model_name="{harness.MODEL}",le="+Inf"}}' in after
+    )
     assert _rest(items_server, "/metrics")[0] == 404
     # TF Serving's batching session counts its Session::Run calls (batching_session.cc wrapped_run_count).
     assert "# TYPE :tensorflow:serving:batching_session:wrapped_run_count counter" in after
@@ -194,6 +257,8 @@ def test_version_labels(items_server):
     with RetrievalClient(items_server.target, harness.MODEL, version_label="stable") as client:
         assert len(client.search("sku-5")[0].ids) == 10
         assert [(s.version, s.state) for s in client.status()] == [(1, "AVAILABLE")]
-    with RetrievalClient(items_server.target, harness.MODEL, version_label="future") as client, \
-            pytest.raises(ModelNotFoundError, match=r"Specific\(scann_model, 7\)"):
+    with (
+        RetrievalClient(items_server.target, harness.MODEL, version_label="future") as client,
+        pytest.raises(ModelNotFoundError, match=r"Specific\(scann_model, 7\)"),
+    ):
         client.search("sku-5")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
+from server import harness
 
 import model_builder.scann_import  # noqa: F401  (Scann ops before loading)
 import support
 from model_builder import warmup
 from model_builder.export import read_build_info
-from server import harness
 
 
 def _same(got: dict, want: dict, exact: bool) -> list[str]:
@@ -41,9 +41,11 @@ def _requests(loaded, info: dict) -> list:
     unknown = np.array([b"no-such-id"], dtype=object) if known.dtype == object else np.array([10**15], np.int64)
     vectors = examples["candidate_vectors"].numpy()[found][:4].copy()
     vectors[1] = np.nan
-    return [("serving_default", {"ids": np.concatenate([known[:3], unknown, known[3:5]])}),
-            ("search_by_vector", {"vectors": vectors}),
-            ("examples", {"index": np.arange(-2, 70, dtype=np.int64)})]
+    return [
+        ("serving_default", {"ids": np.concatenate([known[:3], unknown, known[3:5]])}),
+        ("search_by_vector", {"vectors": vectors}),
+        ("examples", {"index": np.arange(-2, 70, dtype=np.int64)}),
+    ]
 
 
 def test_every_warmup_record_and_signature_of_every_model_kind_through_a_batching_server(model_kinds, tmp_path):
@@ -52,14 +54,23 @@ def test_every_warmup_record_and_signature_of_every_model_kind_through_a_batchin
         info = read_build_info(version_dir)
         loaded = tf.saved_model.load(str(version_dir))
         exact = True  # same TF and ScaNN in-process: even approximate kinds answer identically
-        records = [(r.predict_log.request.model_spec.signature_name, {k: tf.make_ndarray(v) for k, v in r.predict_log.request.inputs.items()})
-                   for r in warmup.read(version_dir)]
+        records = [
+            (
+                r.predict_log.request.model_spec.signature_name,
+                {k: tf.make_ndarray(v) for k, v in r.predict_log.request.inputs.items()},
+            )
+            for r in warmup.read(version_dir)
+        ]
         calls = [*records, *_requests(loaded, info)]
         with support.local_server(version_dir.parent.parent, version_dir.parent.name, log_dir=tmp_path) as server:
-            server.wait_available(int(version_dir.name), timeout=300)  # the load replayed the warmup through the batcher
+            server.wait_available(
+                int(version_dir.name), timeout=300
+            )  # the load replayed the warmup through the batcher
             raw = harness.Raw(server.target)
             for signature, inputs in calls:
-                response = raw.predict(harness.predict_request(signature, inputs, model=version_dir.parent.name), timeout=120)
+                response = raw.predict(
+                    harness.predict_request(signature, inputs, model=version_dir.parent.name), timeout=120
+                )
                 want = loaded.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
                 problems += [f"{kind} {signature}: {p}" for p in _same(harness.outputs(response), want, exact)]
             raw.close()
@@ -67,5 +78,7 @@ def test_every_warmup_record_and_signature_of_every_model_kind_through_a_batchin
     print(counts)
     assert problems == [], problems[:10]
     # Every signature a model exports (feature models add search_by_features) has warmup records.
-    assert all(warmed == exported and {"examples", "search_by_vector", "serving_default"} <= set(exported)
-               for _, warmed, exported in counts.values()), counts
+    assert all(
+        warmed == exported and {"examples", "search_by_vector", "serving_default"} <= set(exported)
+        for _, warmed, exported in counts.values()
+    ), counts

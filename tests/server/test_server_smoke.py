@@ -13,15 +13,31 @@ TESTS = support.REPO / "tests"
 
 
 def _smoke(target: str, model: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "pytest", "-c", str(TESTS / "pytest.ini"), str(TESTS / "smoke"),
-               "--target", target, "--model", model, "--wait-s", "60", "-q"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-c",
+        str(TESTS / "pytest.ini"),
+        str(TESTS / "smoke"),
+        "--target",
+        target,
+        "--model",
+        model,
+        "--wait-s",
+        "60",
+        "-q",
+    ]
     return subprocess.run(command, cwd=support.REPO, capture_output=True, text=True, timeout=600, env=support.ENV)
 
 
-@pytest.mark.parametrize("model_fixture", [
-    pytest.param("movielens_model", marks=pytest.mark.slow),  # int64 user ids, the demo's model
-    "synthetic_model",  # string ids from a CSV
-])
+@pytest.mark.parametrize(
+    "model_fixture",
+    [
+        pytest.param("movielens_model", marks=pytest.mark.slow),  # int64 user ids, the demo's model
+        "synthetic_model",  # string ids from a CSV
+    ],
+)
 def test_smoke_suite_passes_against_the_local_server(request, model_fixture, tmp_path):
     version_dir = request.getfixturevalue(model_fixture)
     model = version_dir.parent.name

@@ -12,10 +12,10 @@ import urllib.error
 import urllib.request
 
 import pytest
+from server import harness
 
 import support
 from retrieval_client import RetrievalClient
-from server import harness
 
 QUERIES = [f"sku-{i}" for i in range(0, harness.NUM_ITEMS, 97)]
 BATCH = 3
@@ -43,7 +43,7 @@ class Loop(threading.Thread):
             i += BATCH
             try:
                 self.records.append((*self.send(batch), batch))
-            except Exception as err:  # noqa: BLE001 - every failure is a finding
+            except Exception as err:
                 self.errors.append(repr(err))
 
 
@@ -51,8 +51,11 @@ def _run_until(loops: list[Loop], predicate, count_after: int, timeout: float) -
     """Waits for predicate(), then until each loop made count_after more requests."""
     harness.wait_for(predicate, timeout, "the swap")
     marks = [len(loop.records) + len(loop.errors) for loop in loops]
-    harness.wait_for(lambda: all(len(lp.records) + len(lp.errors) >= m + count_after for lp, m in zip(loops, marks)),
-                     timeout, "requests after the swap")
+    harness.wait_for(
+        lambda: all(len(lp.records) + len(lp.errors) >= m + count_after for lp, m in zip(loops, marks)),
+        timeout,
+        "requests after the swap",
+    )
 
 
 def test_version_swap_while_clients_loop(tmp_path, items_model, items_v2_model):
@@ -67,7 +70,9 @@ def test_version_swap_while_clients_loop(tmp_path, items_model, items_v2_model):
 
         def via_raw(batch):
             response = raw.predict(harness.ids_request(batch), timeout=30)
-            return response.model_spec.version.value, [tuple(i.decode() for i in row) for row in harness.outputs(response)["ids"]]
+            return response.model_spec.version.value, [
+                tuple(i.decode() for i in row) for row in harness.outputs(response)["ids"]
+            ]
 
         client = RetrievalClient(server.target, harness.MODEL, timeout_s=30)
 
@@ -102,4 +107,3 @@ def test_version_swap_while_clients_loop(tmp_path, items_model, items_v2_model):
     assert min(versions_seen.values()) >= 20, versions_seen
     assert {s["version"]: s["state"] for s in status["model_version_status"]} == {"1": "END", "2": "AVAILABLE"}
     print(f"swap: {sum(len(lp.records) for lp in loops)} requests, 0 failed; raw answers by version {versions_seen}")
-

@@ -1,7 +1,8 @@
 """Fixtures of the smoke suite: one client per session against --target."""
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 from plugin import add_smoke_options, resolve_target

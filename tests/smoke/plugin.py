@@ -10,11 +10,12 @@ of directories named on the command line). So:
 
 Both call add_smoke_options(); the second registration is a no-op.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 SMOKE_DIR = Path(__file__).resolve().parent
 DEFAULT_TARGET = "127.0.0.1:8500"
@@ -33,7 +34,9 @@ def add_smoke_options(parser) -> None:
         )
         group.addoption("--model", default="scann_model", help="model name on that server (default: scann_model)")
         group.addoption(
-            "--wait-s", type=float, default=30.0,
+            "--wait-s",
+            type=float,
+            default=30.0,
             help="first wait this long for an AVAILABLE version (default: 30)",
         )
     except ValueError:
@@ -53,7 +56,7 @@ def smoke_dir_requested(args: Iterable[str], invocation_dir: Path) -> bool:
     return False
 
 
-def resolve_target(config) -> Optional[str]:
+def resolve_target(config) -> str | None:
     """--target, else $SMOKE_TARGET, else the default port when the smoke
     suite was asked for explicitly; None means "no server: skip"."""
     target = config.getoption("target", default=None)

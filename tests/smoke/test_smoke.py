@@ -5,6 +5,7 @@ server, a container or a Kubernetes Service alike:
 
     pytest tests/smoke --target 127.0.0.1:8500 --model scann_model
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -70,7 +71,9 @@ def test_known_query_returns_k_distinct_ids_best_first(smoke_client, examples, t
 
 def test_candidate_vector_finds_its_candidate_first(smoke_client, examples):
     results = smoke_client.search_by_vector(examples.candidate_vectors)
-    for expected, vector, result in zip(examples.candidate_ids.tolist(), examples.candidate_vectors, results, strict=True):
+    for expected, vector, result in zip(
+        examples.candidate_ids.tolist(), examples.candidate_vectors, results, strict=True
+    ):
         if result.ids[0] == expected:
             continue
         # Only a tie (another candidate with the same embedding) may come first.

@@ -12,6 +12,7 @@ See client/README.md for every argument, the errors and their fixes.
 Speaks TF Serving's PredictionService/ModelService over its own wire-compatible
 messages: no TensorFlow or tensorflow-serving-api needed.
 """
+
 from ._async_client import AsyncRetrievalClient
 from ._client import RetrievalClient
 from ._errors import (

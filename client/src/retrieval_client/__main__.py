@@ -1,4 +1,5 @@
 """`python -m retrieval_client ...` runs the CLI."""
+
 import sys
 
 from ._cli import main

@@ -3,10 +3,12 @@
 Nothing here decides anything: requests, parsing, the call deadline, retries
 and polling live in _flows/_requests, shared with the blocking client.
 """
+
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -26,10 +28,10 @@ class AsyncRetrievalClient(_ClientBase):
     """
 
     _INTERCEPTOR_TYPES = (grpc.aio.ClientInterceptor,)
-    _calls: Dict[str, Callable[..., Any]]
-    _inflight: Dict[Tuple[Any, ...], "asyncio.Future[Any]"]
+    _calls: dict[str, Callable[..., Any]]
+    _inflight: dict[tuple[Any, ...], asyncio.Future[Any]]
 
-    def _callables(self) -> Dict[str, Callable[..., Any]]:
+    def _callables(self) -> dict[str, Callable[..., Any]]:
         self._check_open()
         if self._channel is None:
             interceptors = list(self._interceptors) or None
@@ -50,7 +52,7 @@ class AsyncRetrievalClient(_ClientBase):
             self._channel = channel
         return self._calls
 
-    async def _invoke(self, calls: Dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
+    async def _invoke(self, calls: dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
         """One attempt; raises RetrievalError. Shared calls in flight are joined."""
         if not action.shared:
             return await self._attempt(calls, action)
@@ -84,7 +86,7 @@ class AsyncRetrievalClient(_ClientBase):
         finally:
             del self._inflight[key]
 
-    async def _attempt(self, calls: Dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
+    async def _attempt(self, calls: dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
         try:
             return await calls[action.method](action.request, **self._call_kwargs(action.settings, action.timeout_s))
         except grpc.RpcError as exc:
@@ -94,7 +96,7 @@ class AsyncRetrievalClient(_ClientBase):
     async def _run(self, flow: _flows.Flow) -> Any:
         calls = self._callables()
         reply: Any = None
-        error: Optional[RetrievalError] = None
+        error: RetrievalError | None = None
         try:
             while True:
                 action = flow.throw(error) if error is not None else flow.send(reply)
@@ -114,13 +116,13 @@ class AsyncRetrievalClient(_ClientBase):
     async def search(
         self,
         ids: Ids,
-        k: Optional[int] = None,
+        k: int | None = None,
         *,
-        timeout_s: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
-    ) -> List[SearchResult]:
+        timeout_s: float | None = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> list[SearchResult]:
         """See RetrievalClient.search."""
         settings = self._settings(headers, wait_for_ready, compression)
         return await self._run(_flows.search(self._state, ids, k, timeout_s, settings))
@@ -128,13 +130,13 @@ class AsyncRetrievalClient(_ClientBase):
     async def search_by_vector(
         self,
         vectors: Vectors,
-        k: Optional[int] = None,
+        k: int | None = None,
         *,
-        timeout_s: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
-    ) -> List[SearchResult]:
+        timeout_s: float | None = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> list[SearchResult]:
         """See RetrievalClient.search_by_vector."""
         settings = self._settings(headers, wait_for_ready, compression)
         return await self._run(_flows.search_by_vector(self._state, vectors, k, timeout_s, settings))
@@ -142,13 +144,13 @@ class AsyncRetrievalClient(_ClientBase):
     async def search_by_features(
         self,
         rows: FeatureRows,
-        k: Optional[int] = None,
+        k: int | None = None,
         *,
-        timeout_s: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
-    ) -> List[SearchResult]:
+        timeout_s: float | None = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> list[SearchResult]:
         """See RetrievalClient.search_by_features."""
         settings = self._settings(headers, wait_for_ready, compression)
         return await self._run(_flows.search_by_features(self._state, rows, k, timeout_s, settings))
@@ -156,10 +158,10 @@ class AsyncRetrievalClient(_ClientBase):
     async def examples(
         self,
         *,
-        timeout_s: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
+        timeout_s: float | None = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
     ) -> Examples:
         """See RetrievalClient.examples."""
         settings = self._settings(headers, wait_for_ready, compression)
@@ -168,11 +170,11 @@ class AsyncRetrievalClient(_ClientBase):
     async def status(
         self,
         *,
-        timeout_s: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
-    ) -> List[VersionStatus]:
+        timeout_s: float | None = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> list[VersionStatus]:
         """See RetrievalClient.status."""
         settings = self._settings(headers, wait_for_ready, compression)
         return await self._run(_flows.status(self._state, timeout_s, settings))
@@ -181,9 +183,9 @@ class AsyncRetrievalClient(_ClientBase):
         self,
         timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
         *,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
     ) -> VersionStatus:
         """See RetrievalClient.wait_until_available."""
         settings = self._settings(headers, wait_for_ready, compression)
@@ -192,10 +194,10 @@ class AsyncRetrievalClient(_ClientBase):
     async def metadata(
         self,
         *,
-        timeout_s: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
+        timeout_s: float | None = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
     ) -> ModelMetadata:
         """See RetrievalClient.metadata."""
         settings = self._settings(headers, wait_for_ready, compression)
@@ -207,7 +209,7 @@ class AsyncRetrievalClient(_ClientBase):
         if self._channel is not None:
             await self._channel.close()
 
-    async def __aenter__(self) -> "AsyncRetrievalClient":
+    async def __aenter__(self) -> AsyncRetrievalClient:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

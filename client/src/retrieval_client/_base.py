@@ -3,10 +3,12 @@
 Both classes inherit this __init__ and the per-call settings merge, so their
 constructors and defaults cannot drift.
 """
+
 from __future__ import annotations
 
 import threading
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import grpc
 
@@ -21,7 +23,7 @@ DEFAULT_TIMEOUT_S = 5.0
 DEFAULT_WAIT_TIMEOUT_S = 60.0
 
 
-def _headers(headers: Optional[Headers]) -> Tuple[Tuple[str, Any], ...]:
+def _headers(headers: Headers | None) -> tuple[tuple[str, Any], ...]:
     """Validate gRPC metadata early, with a message naming the bad entry."""
     if headers is None:
         return ()
@@ -42,7 +44,7 @@ def _headers(headers: Optional[Headers]) -> Tuple[Tuple[str, Any], ...]:
     return tuple(checked)
 
 
-def _compression(value: Optional[grpc.Compression]) -> Optional[grpc.Compression]:
+def _compression(value: grpc.Compression | None) -> grpc.Compression | None:
     if value is not None and not isinstance(value, grpc.Compression):
         raise TypeError(f"compression must be a grpc.Compression (e.g. grpc.Compression.Gzip) or None, got {value!r}")
     return value
@@ -50,28 +52,28 @@ def _compression(value: Optional[grpc.Compression]) -> Optional[grpc.Compression
 
 class _ClientBase:
     #: Interceptor base classes this client's channel accepts (set by each subclass).
-    _INTERCEPTOR_TYPES: Tuple[type, ...] = ()
+    _INTERCEPTOR_TYPES: tuple[type, ...] = ()
 
     def __init__(
         self,
         target: str,
         model: str = DEFAULT_MODEL,
         *,
-        version: Optional[int] = None,
-        version_label: Optional[str] = None,
+        version: int | None = None,
+        version_label: str | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
-        tls: Optional[TlsConfig] = None,
-        retry: Optional[RetryPolicy] = None,
-        headers: Optional[Headers] = None,
+        tls: TlsConfig | None = None,
+        retry: RetryPolicy | None = None,
+        headers: Headers | None = None,
         interceptors: Sequence[Any] = (),
         wait_for_ready: bool = False,
-        compression: Optional[grpc.Compression] = None,
+        compression: grpc.Compression | None = None,
         keepalive_time_ms: int = _channel.DEFAULT_KEEPALIVE_TIME_MS,
         keepalive_timeout_ms: int = _channel.DEFAULT_KEEPALIVE_TIMEOUT_MS,
         keepalive_permit_without_calls: bool = False,
         max_reconnect_backoff_ms: int = _channel.DEFAULT_MAX_RECONNECT_BACKOFF_MS,
         max_message_bytes: int = _channel.DEFAULT_MAX_MESSAGE_BYTES,
-        channel_options: Sequence[Tuple[str, Any]] = (),
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         """Configure a client; no connection is made until the first call.
 
@@ -145,7 +147,7 @@ class _ClientBase:
             raise RuntimeError(f"{type(self).__name__} for {self._target!r} is closed; create a new client")
 
     def _settings(
-        self, headers: Optional[Headers], wait_for_ready: Optional[bool], compression: Optional[grpc.Compression]
+        self, headers: Headers | None, wait_for_ready: bool | None, compression: grpc.Compression | None
     ) -> CallSettings:
         """The client's defaults with one call's overrides."""
         defaults = self._defaults

@@ -6,11 +6,13 @@ round_robin spreads calls over all of them (a ClusterIP Service would pin
 each connection to one pod). The server's `grpc.max_connection_age_ms`
 makes clients re-resolve, so pods added by the HPA get traffic.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any
 
 import grpc
 
@@ -57,10 +59,10 @@ def channel_options(
     keepalive_time_ms: int,
     keepalive_timeout_ms: int,
     keepalive_permit_without_calls: bool,
-    tls: Optional[TlsConfig],
+    tls: TlsConfig | None,
     max_reconnect_backoff_ms: int = DEFAULT_MAX_RECONNECT_BACKOFF_MS,
-    extra: Sequence[Tuple[str, Any]] = (),
-) -> List[Tuple[str, Any]]:
+    extra: Sequence[tuple[str, Any]] = (),
+) -> list[tuple[str, Any]]:
     """gRPC channel arguments; `extra` entries override the defaults."""
     if max_reconnect_backoff_ms < 1:
         raise ValueError(f"max_reconnect_backoff_ms must be >= 1, got {max_reconnect_backoff_ms!r}")
@@ -86,7 +88,7 @@ def channel_options(
     return list(options.items())
 
 
-def _read(path: Optional[str], what: str) -> Optional[bytes]:
+def _read(path: str | None, what: str) -> bytes | None:
     if path is None:
         return None
     try:

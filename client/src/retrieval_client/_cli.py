@@ -9,13 +9,15 @@ are also one JSON line on stdout: {"error": {"code": ..., "type": ...,
 --version prints this program's version; the model version is --model-version
 (`--version N` after a command still works, with a deprecation warning).
 """
+
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
 import sys
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -42,7 +44,7 @@ class UsageError(ValueError):
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (and still exit code 2), as JSON with --json."""
 
-    def error(self, message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+    def error(self, message: str) -> NoReturn:
         raise UsageError(self.prog, message)
 
 
@@ -56,19 +58,33 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
-def _common_options() -> "_Parser":
+def _common_options() -> _Parser:
     common = _Parser(add_help=False)
     group = common.add_argument_group("server")
-    group.add_argument("--target", default=DEFAULT_TARGET, help="host:port or dns:///name.namespace.svc.cluster.local:port")
+    group.add_argument(
+        "--target", default=DEFAULT_TARGET, help="host:port or dns:///name.namespace.svc.cluster.local:port"
+    )
     group.add_argument("--model", default=DEFAULT_MODEL, help="model name on the server")
     pin = group.add_mutually_exclusive_group()
     pin.add_argument("--model-version", type=int, default=None, help="model version (default: the latest available)")
-    pin.add_argument("--model-version-label", "--version-label", dest="model_version_label", default=None,
-                     help="model version label (TF Serving's version_labels)")
+    pin.add_argument(
+        "--model-version-label",
+        "--version-label",
+        dest="model_version_label",
+        default=None,
+        help="model version label (TF Serving's version_labels)",
+    )
     # Before 0.2 `--version N` meant the model version: still accepted, with a warning.
     # Without a value it prints the program version, as at the top level.
-    pin.add_argument("--version", dest="legacy_version", metavar="N", nargs="?", const=_PROGRAM_VERSION,
-                     default=None, help="without N: print the program version; with N: deprecated, use --model-version")
+    pin.add_argument(
+        "--version",
+        dest="legacy_version",
+        metavar="N",
+        nargs="?",
+        const=_PROGRAM_VERSION,
+        default=None,
+        help="without N: print the program version; with N: deprecated, use --model-version",
+    )
     group.add_argument("--json", action="store_true", help="print JSON instead of a table")
     tls = common.add_argument_group("TLS (any of these flags turns TLS on)")
     tls.add_argument("--tls", action="store_true", help="use TLS with the system's CA roots")
@@ -84,25 +100,27 @@ def _deadline(parser: argparse.ArgumentParser) -> None:
 
 
 def _k(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-k", "--k", type=int, default=None, help="neighbours per query (default: all K the model returns)")
+    parser.add_argument(
+        "-k", "--k", type=int, default=None, help="neighbours per query (default: all K the model returns)"
+    )
 
 
-def _vector(text: str) -> List[float]:
+def _vector(text: str) -> list[float]:
     try:
         return [float(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
-def _feature(text: str) -> Tuple[str, str]:
+def _feature(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
     return name.strip(), value
 
 
-def _feature_row(pairs: Sequence[Tuple[str, str]]) -> Dict[str, str]:
-    row: Dict[str, str] = {}
+def _feature_row(pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+    row: dict[str, str] = {}
     for name, value in pairs:
         if name in row:
             raise ValueError(f"--feature {name} given twice; join the values of a multi-valued feature with '|'")
@@ -113,8 +131,13 @@ def _feature_row(pairs: Sequence[Tuple[str, str]]) -> Dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public for the tests and --help)."""
     parser = _Parser(prog="retrieval-client", description=__doc__, formatter_class=_Formatter)
-    parser.add_argument("--version", "--version-info", action="version", version=f"%(prog)s {__version__}",
-                        help="print the program version and exit")
+    parser.add_argument(
+        "--version",
+        "--version-info",
+        action="version",
+        version=f"%(prog)s {__version__}",
+        help="print the program version and exit",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     common = [_common_options()]
 
@@ -123,20 +146,34 @@ def build_parser() -> argparse.ArgumentParser:
             name, parents=common, help=help_text, description=help_text, formatter_class=_Formatter
         )
 
-    search = command("search", "nearest candidates for query ids (signature serving_default), or for one query "
-                               "described by its features (--feature; signature search_by_features)")
+    search = command(
+        "search",
+        "nearest candidates for query ids (signature serving_default), or for one query "
+        "described by its features (--feature; signature search_by_features)",
+    )
     query = search.add_mutually_exclusive_group(required=True)
     query.add_argument("--id", dest="ids", metavar="ID", action="append", help="query id; repeat for a batch")
-    query.add_argument("--feature", dest="features", metavar="NAME=VALUE", action="append", type=_feature,
-                       help="one feature of the query, e.g. --feature age=24 --feature occupation=technician; "
-                            "multi-valued: --feature 'genres=Action|Comedy'; features left out are sent as missing "
-                            "(leave out the id for a new user); `metadata` lists the names")
+    query.add_argument(
+        "--feature",
+        dest="features",
+        metavar="NAME=VALUE",
+        action="append",
+        type=_feature,
+        help="one feature of the query, e.g. --feature age=24 --feature occupation=technician; "
+        "multi-valued: --feature 'genres=Action|Comedy'; features left out are sent as missing "
+        "(leave out the id for a new user); `metadata` lists the names",
+    )
     _k(search)
     _deadline(search)
 
     vector = command("search-vector", "nearest candidates for query embeddings (signature search_by_vector)")
     vector.add_argument(
-        "--vector", dest="vectors", metavar="FLOATS", action="append", required=True, type=_vector,
+        "--vector",
+        dest="vectors",
+        metavar="FLOATS",
+        action="append",
+        required=True,
+        type=_vector,
         help="comma-separated floats; repeat for a batch; write --vector=-0.1,... for a leading minus",
     )
     _k(vector)
@@ -150,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tls(args: argparse.Namespace) -> Optional[TlsConfig]:
+def _tls(args: argparse.Namespace) -> TlsConfig | None:
     if not (args.tls or args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
         return None
     return TlsConfig(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
@@ -175,7 +212,7 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
-def _show_results(queries: Sequence[Any], results: List[SearchResult]) -> str:
+def _show_results(queries: Sequence[Any], results: list[SearchResult]) -> str:
     blocks = []
     for query, result in zip(queries, results, strict=True):
         pairs = zip(result.ids.tolist(), result.scores.tolist(), strict=True)
@@ -190,20 +227,21 @@ def _show_metadata(meta: ModelMetadata) -> str:
         lines.append(f"signature {name}" + (f" ({sig.method_name})" if sig.method_name else ""))
         for kind, specs in (("input", sig.inputs), ("output", sig.outputs)):
             for tensor, spec in specs.items():
-                lines.append(f"  {kind:6} {tensor}: {spec.dtype} {spec.shape if spec.shape is not None else '<unknown rank>'}")
+                lines.append(
+                    f"  {kind:6} {tensor}: {spec.dtype} {spec.shape if spec.shape is not None else '<unknown rank>'}"
+                )
     return "\n".join(lines)
 
 
 def _show_examples(ex: Examples) -> str:
     rows = [(i, ex.candidate_vectors[n].shape[0]) for n, i in enumerate(ex.candidate_ids.tolist())]
-    return (
-        f"query ids: {' '.join(map(str, ex.query_ids.tolist()))}\n"
-        + _table(rows, ("candidate id", "vector dim"))
-    )
+    return f"query ids: {' '.join(map(str, ex.query_ids.tolist()))}\n" + _table(rows, ("candidate id", "vector dim"))
 
 
-def _show_status(statuses: List[VersionStatus]) -> str:
-    rows = [(s.version, s.state, "" if s.error_code == "OK" else f"{s.error_code}: {s.error_message}") for s in statuses]
+def _show_status(statuses: list[VersionStatus]) -> str:
+    rows = [
+        (s.version, s.state, "" if s.error_code == "OK" else f"{s.error_code}: {s.error_message}") for s in statuses
+    ]
     return _table(rows, ("version", "state", "error")) if rows else "no versions"
 
 
@@ -213,10 +251,12 @@ def _execute(client: RetrievalClient, args: argparse.Namespace) -> tuple:
         row = _feature_row(args.features)
         results = client.search_by_features([row], k=args.k, timeout_s=args.timeout_s)
         shown = [" ".join(f"{name}={value}" for name, value in row.items())]
-        return {"model": client.model, "results": [{"query": row, **_plain(r)} for r in results]}, _show_results(shown, results)
+        return {"model": client.model, "results": [{"query": row, **_plain(r)} for r in results]}, _show_results(
+            shown, results
+        )
     if args.command == "search":
         results = client.search(args.ids, k=args.k, timeout_s=args.timeout_s)
-        data: Dict[str, Any] = {
+        data: dict[str, Any] = {
             "model": client.model,
             "results": [{"query": q, **_plain(r)} for q, r in zip(args.ids, results, strict=True)],
         }
@@ -238,7 +278,7 @@ def _execute(client: RetrievalClient, args: argparse.Namespace) -> tuple:
     return _plain(ex), _show_examples(ex)
 
 
-def _model_version(args: argparse.Namespace) -> Optional[int]:
+def _model_version(args: argparse.Namespace) -> int | None:
     """--model-version, or the deprecated --version N (checked and warned about)."""
     legacy = args.legacy_version
     if legacy is None:
@@ -246,10 +286,14 @@ def _model_version(args: argparse.Namespace) -> Optional[int]:
     try:
         number = int(legacy)
     except ValueError:
-        raise ValueError(f"--version takes no value (program version) or an integer (deprecated model version), "
-                         f"got {legacy!r}; use --model-version N") from None
-    print("retrieval-client: warning: --version N for the model version is deprecated; use --model-version N",
-          file=sys.stderr)
+        raise ValueError(
+            f"--version takes no value (program version) or an integer (deprecated model version), "
+            f"got {legacy!r}; use --model-version N"
+        ) from None
+    print(
+        "retrieval-client: warning: --version N for the model version is deprecated; use --model-version N",
+        file=sys.stderr,
+    )
     return number
 
 
@@ -271,7 +315,7 @@ def _fail(prog: str, exc: BaseException, exit_code: int, as_json: bool) -> int:
     return exit_code
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -285,7 +329,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     try:
         client = RetrievalClient(
-            args.target, args.model, version=_model_version(args), version_label=args.model_version_label,
+            args.target,
+            args.model,
+            version=_model_version(args),
+            version_label=args.model_version_label,
             tls=_tls(args),
         )
         with client:

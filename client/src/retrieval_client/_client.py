@@ -1,9 +1,11 @@
 """The blocking client: runs the shared flows with blocking gRPC calls."""
+
 from __future__ import annotations
 
 import concurrent.futures
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -27,10 +29,10 @@ class RetrievalClient(_ClientBase):
         grpc.StreamUnaryClientInterceptor,
         grpc.StreamStreamClientInterceptor,
     )
-    _calls: Dict[str, Callable[..., Any]]
-    _inflight: Dict[Tuple[Any, ...], "concurrent.futures.Future[Any]"]
+    _calls: dict[str, Callable[..., Any]]
+    _inflight: dict[tuple[Any, ...], concurrent.futures.Future[Any]]
 
-    def _callables(self) -> Dict[str, Callable[..., Any]]:
+    def _callables(self) -> dict[str, Callable[..., Any]]:
         self._check_open()
         if self._channel is None:
             with self._lock:
@@ -53,7 +55,7 @@ class RetrievalClient(_ClientBase):
                     self._channel = channel
         return self._calls
 
-    def _invoke(self, calls: Dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
+    def _invoke(self, calls: dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
         """One attempt; raises RetrievalError. Shared calls in flight are joined."""
         if not action.shared:
             return self._attempt(calls, action)
@@ -66,7 +68,7 @@ class RetrievalClient(_ClientBase):
         if leader:
             try:
                 future.set_result(self._attempt(calls, action))
-            except BaseException as exc:  # noqa: BLE001 - handed to every waiter, re-raised below
+            except BaseException as exc:
                 future.set_exception(exc)
             finally:
                 with self._lock:
@@ -79,7 +81,7 @@ class RetrievalClient(_ClientBase):
                 "Deadline Exceeded (waiting for the metadata another call is fetching)",
             ) from None
 
-    def _attempt(self, calls: Dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
+    def _attempt(self, calls: dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
         try:
             return calls[action.method](action.request, **self._call_kwargs(action.settings, action.timeout_s))
         except grpc.RpcError as exc:
@@ -89,7 +91,7 @@ class RetrievalClient(_ClientBase):
     def _run(self, flow: _flows.Flow) -> Any:
         calls = self._callables()
         reply: Any = None
-        error: Optional[RetrievalError] = None
+        error: RetrievalError | None = None
         try:
             while True:
                 action = flow.throw(error) if error is not None else flow.send(reply)
@@ -110,13 +112,13 @@ class RetrievalClient(_ClientBase):
     def search(
         self,
         ids: Ids,
-        k: Optional[int] = None,
+        k: int | None = None,
         *,
-        timeout_s: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
-    ) -> List[SearchResult]:
+        timeout_s: float | None = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> list[SearchResult]:
         """Nearest candidates for each query id (signature serving_default).
 
         ids: one id or a 1-D sequence/array of str, bytes or int ids; they
@@ -136,13 +138,13 @@ class RetrievalClient(_ClientBase):
     def search_by_vector(
         self,
         vectors: Vectors,
-        k: Optional[int] = None,
+        k: int | None = None,
         *,
-        timeout_s: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
-    ) -> List[SearchResult]:
+        timeout_s: float | None = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> list[SearchResult]:
         """Nearest candidates for query embeddings (signature search_by_vector).
 
         vectors: float [dim] (one query) or [batch, dim]; sent as float32.
@@ -156,13 +158,13 @@ class RetrievalClient(_ClientBase):
     def search_by_features(
         self,
         rows: FeatureRows,
-        k: Optional[int] = None,
+        k: int | None = None,
         *,
-        timeout_s: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
-    ) -> List[SearchResult]:
+        timeout_s: float | None = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> list[SearchResult]:
         """Nearest candidates for queries described by their features (signature search_by_features).
 
         rows: a list of dicts, one per query ({"age": 24, "occupation": "technician"}),
@@ -180,10 +182,10 @@ class RetrievalClient(_ClientBase):
     def examples(
         self,
         *,
-        timeout_s: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
+        timeout_s: float | None = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
     ) -> Examples:
         """Known query ids, candidate ids and candidate vectors (signature examples)."""
         settings = self._settings(headers, wait_for_ready, compression)
@@ -192,11 +194,11 @@ class RetrievalClient(_ClientBase):
     def status(
         self,
         *,
-        timeout_s: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
-    ) -> List[VersionStatus]:
+        timeout_s: float | None = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
+    ) -> list[VersionStatus]:
         """Every version the server knows for the model, oldest first."""
         settings = self._settings(headers, wait_for_ready, compression)
         return self._run(_flows.status(self._state, timeout_s, settings))
@@ -205,9 +207,9 @@ class RetrievalClient(_ClientBase):
         self,
         timeout_s: float = DEFAULT_WAIT_TIMEOUT_S,
         *,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
     ) -> VersionStatus:
         """Poll status() with backoff until a version is AVAILABLE; return it.
 
@@ -220,10 +222,10 @@ class RetrievalClient(_ClientBase):
     def metadata(
         self,
         *,
-        timeout_s: Optional[float] = None,
-        headers: Optional[Headers] = None,
-        wait_for_ready: Optional[bool] = None,
-        compression: Optional[grpc.Compression] = None,
+        timeout_s: float | None = None,
+        headers: Headers | None = None,
+        wait_for_ready: bool | None = None,
+        compression: grpc.Compression | None = None,
     ) -> ModelMetadata:
         """The answering version's signatures with their inputs and outputs."""
         settings = self._settings(headers, wait_for_ready, compression)
@@ -235,9 +237,8 @@ class RetrievalClient(_ClientBase):
         if self._channel is not None:
             self._channel.close()
 
-    def __enter__(self) -> "RetrievalClient":
+    def __enter__(self) -> RetrievalClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-

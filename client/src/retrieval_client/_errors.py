@@ -7,10 +7,10 @@ server's own message in `details`. Every error carries a `hint` saying how to
 fix it; client/README.md's error table lists them, and
 tests/client/test_client_errors.py checks that table against this module.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 import grpc
 
@@ -19,9 +19,9 @@ class RetrievalError(Exception):
     """A failed call: the gRPC status `code`, the server's `details` and a `hint`."""
 
     #: Default advice for this class; an instance may carry a more specific one.
-    hint: Optional[str] = None
+    hint: str | None = None
 
-    def __init__(self, code: grpc.StatusCode, details: str, hint: Optional[str] = None) -> None:
+    def __init__(self, code: grpc.StatusCode, details: str, hint: str | None = None) -> None:
         super().__init__(code, details)
         self.code = code
         self.details = details
@@ -40,7 +40,7 @@ class RetrievalError(Exception):
         return (_rebuild, (type(self), self.code, self.details, self.__dict__.get("hint")))
 
 
-def _rebuild(cls: type, code: grpc.StatusCode, details: str, hint: Optional[str] = None) -> RetrievalError:
+def _rebuild(cls: type, code: grpc.StatusCode, details: str, hint: str | None = None) -> RetrievalError:
     error = cls.__new__(cls)
     RetrievalError.__init__(error, code, details, hint)
     return error
@@ -117,7 +117,7 @@ class IncompatibleModelError(RetrievalError):
 
     hint = "point the client at a model exported by model_builder"
 
-    def __init__(self, details: str, hint: Optional[str] = None) -> None:
+    def __init__(self, details: str, hint: str | None = None) -> None:
         super().__init__(grpc.StatusCode.FAILED_PRECONDITION, details, hint)
 
 
@@ -179,7 +179,7 @@ _CLOSED_HINTS = {
 }
 
 
-def _tls_error(details: str, transport: Optional[str]) -> Optional[RetrievalError]:
+def _tls_error(details: str, transport: str | None) -> RetrievalError | None:
     if _NAME_MISMATCH.search(details):
         hint = "the server certificate does not name the target host; set TlsConfig(server_name_override=...)"
     elif _TLS_FAILED.search(details):
@@ -195,7 +195,7 @@ def _tls_error(details: str, transport: Optional[str]) -> Optional[RetrievalErro
     return TlsHandshakeError(grpc.StatusCode.UNAVAILABLE, details, hint)
 
 
-def error_for(code: grpc.StatusCode, details: str, transport: Optional[str] = None) -> RetrievalError:
+def error_for(code: grpc.StatusCode, details: str, transport: str | None = None) -> RetrievalError:
     """Build the most specific RetrievalError subclass for a status.
 
     transport: PLAINTEXT, TLS or MUTUAL_TLS when the status comes from our
@@ -219,7 +219,7 @@ def error_for(code: grpc.StatusCode, details: str, transport: Optional[str] = No
     return _BY_CODE.get(code, RetrievalError)(code, details)
 
 
-def from_rpc_error(error: grpc.RpcError, transport: Optional[str] = None) -> RetrievalError:
+def from_rpc_error(error: grpc.RpcError, transport: str | None = None) -> RetrievalError:
     """Convert a raised `grpc.RpcError` (sync or aio) into a RetrievalError.
 
     The only conversion point: both clients call it and raise the result with

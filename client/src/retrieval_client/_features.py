@@ -7,10 +7,12 @@ float32 (numeric) or int64 (an int64 id). Everything is checked against the
 metadata before sending: under TF Serving's batching a request whose tensors
 do not fit the signature fails the whole merged batch, other callers included.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -27,17 +29,19 @@ MULTI_SEPARATOR = "|"
 _SEQUENCES = (list, tuple, set, frozenset, np.ndarray)
 
 
-def feature_columns(rows: Any) -> Tuple[Dict[str, List[Any]], int]:
+def feature_columns(rows: Any) -> tuple[dict[str, list[Any]], int]:
     """(columns, batch) from a list of dicts (one per query) or a dict of columns (name -> values).
 
     A key missing from some rows, or a None value, is a missing value.
     """
     if isinstance(rows, Mapping):
-        columns: Dict[str, List[Any]] = {}
+        columns: dict[str, list[Any]] = {}
         for name, values in rows.items():
             if isinstance(values, (str, bytes)) or not hasattr(values, "__len__"):
-                raise TypeError(f"column {name!r} must be a sequence with one value per query, got {type(values).__name__}"
-                                " (for one query, pass a list with one dict)")
+                raise TypeError(
+                    f"column {name!r} must be a sequence with one value per query, got {type(values).__name__}"
+                    " (for one query, pass a list with one dict)"
+                )
             columns[str(name)] = list(values)
         lengths = {name: len(values) for name, values in columns.items()}
         if len(set(lengths.values())) > 1:
@@ -53,8 +57,8 @@ def feature_columns(rows: Any) -> Tuple[Dict[str, List[Any]], int]:
 
 
 def feature_tensors(
-    columns: Dict[str, List[Any]], batch: int, specs: Dict[str, TensorSpec], what: str
-) -> Dict[str, tensor_pb2.TensorProto]:
+    columns: dict[str, list[Any]], batch: int, specs: dict[str, TensorSpec], what: str
+) -> dict[str, tensor_pb2.TensorProto]:
     """One [batch] tensor per input of the signature, converted to its dtype.
 
     Unknown feature names raise ValueError (a typo would otherwise be sent as a missing value);
@@ -68,13 +72,15 @@ def feature_tensors(
     tensors = {}
     for name, spec in sorted(specs.items()):
         if spec.shape is not None and len(spec.shape) != 1:
-            raise IncompatibleModelError(f"{what} input {name!r} has shape {spec.shape}; the client sends [batch] features")
+            raise IncompatibleModelError(
+                f"{what} input {name!r} has shape {spec.shape}; the client sends [batch] features"
+            )
         values = columns.get(name, [None] * batch)
         tensors[name] = _tensor(values, spec.dtype, f"feature {name!r} of {what}")
     return tensors
 
 
-def _tensor(values: List[Any], dtype: str, what: str) -> tensor_pb2.TensorProto:
+def _tensor(values: list[Any], dtype: str, what: str) -> tensor_pb2.TensorProto:
     if dtype == "float32":
         return to_tensor_proto(np.array([_number(v, n, what) for n, v in enumerate(values)], dtype=np.float32))
     if dtype == "string":
@@ -96,7 +102,9 @@ def _number(value: Any, row: int, what: str) -> float:
         try:
             return float(text)
         except ValueError:
-            raise ValueError(f"{what}, row {row}: {text!r} is not a number (it takes float32; None = missing)") from None
+            raise ValueError(
+                f"{what}, row {row}: {text!r} is not a number (it takes float32; None = missing)"
+            ) from None
     if isinstance(value, (int, float, np.integer, np.floating)):
         return float(value)
     raise TypeError(f"{what}, row {row}: {value!r} ({type(value).__name__}) is not a number")
@@ -108,7 +116,9 @@ def _token(value: Any, row: int, what: str) -> str:
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         value = str(int(value))
     if not isinstance(value, str):
-        raise TypeError(f"{what}, row {row}: {value!r} ({type(value).__name__}) is not text (it takes strings; None = missing)")
+        raise TypeError(
+            f"{what}, row {row}: {value!r} ({type(value).__name__}) is not text (it takes strings; None = missing)"
+        )
     return value
 
 
@@ -119,7 +129,9 @@ def _text(value: Any, row: int, what: str) -> str:
         tokens = [_token(v, row, what) for v in (sorted(value) if isinstance(value, (set, frozenset)) else value)]
         bad = [t for t in tokens if MULTI_SEPARATOR in t]
         if bad:
-            raise ValueError(f"{what}, row {row}: value {bad[0]!r} contains {MULTI_SEPARATOR!r}, the separator of multi-valued features")
+            raise ValueError(
+                f"{what}, row {row}: value {bad[0]!r} contains {MULTI_SEPARATOR!r}, the separator of multi-valued features"
+            )
         return MULTI_SEPARATOR.join(tokens)
     return _token(value, row, what)
 

@@ -6,13 +6,15 @@ the async client with awaits; the logic (one deadline per call, retries,
 lazy metadata, the one-time refresh when a new model version changed the id
 dtype, K or dimension, polling) exists once.
 """
+
 from __future__ import annotations
 
 import random
 import re
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import Any, Generator, List, Optional
+from typing import Any
 
 import grpc
 
@@ -73,10 +75,10 @@ class ClientState:
         self.ref = ref
         self.timeout_s = float(timeout_s)
         self.retry = retry
-        self.contract: Optional[rs.Contract] = None
+        self.contract: rs.Contract | None = None
         self.rng = random.Random()
 
-    def deadline(self, timeout_s: Optional[float]) -> "Deadline":
+    def deadline(self, timeout_s: float | None) -> Deadline:
         """The deadline of one call: the per-call override, else the client's default."""
         if timeout_s is None:
             return Deadline(self.timeout_s)
@@ -110,7 +112,7 @@ def backoff_s(policy: RetryPolicy, attempt: int, rng: random.Random) -> float:
     return step * (0.5 + 0.5 * rng.random())
 
 
-def retry_delay(policy: RetryPolicy, attempt: int, error: RetrievalError, rng: random.Random) -> Optional[float]:
+def retry_delay(policy: RetryPolicy, attempt: int, error: RetrievalError, rng: random.Random) -> float | None:
     """Seconds to wait before retrying after `attempt` failed, or None to give up."""
     if attempt >= policy.max_attempts or error.code not in _RETRYABLE or isinstance(error, TlsHandshakeError):
         return None
@@ -124,7 +126,7 @@ def call(state: ClientState, deadline: Deadline, rpc: Rpc) -> Flow:
     remains than its backoff, so the call never outlives its deadline.
     """
     attempt = 1
-    last_error: Optional[RetrievalError] = None
+    last_error: RetrievalError | None = None
     while True:
         remaining = deadline.remaining()
         if remaining <= 0:
@@ -166,12 +168,12 @@ def _contract(state: ClientState, deadline: Deadline, settings: CallSettings) ->
     return contract, True
 
 
-def _check_k(state: ClientState, k: Optional[int], top_k: Optional[int], signature: str, contract: rs.Contract) -> None:
+def _check_k(state: ClientState, k: int | None, top_k: int | None, signature: str, contract: rs.Contract) -> None:
     if k is not None and top_k is not None and k > top_k:
         raise rq.k_too_large(k, top_k, f"{state.ref.describe(contract.version)} ({signature})")
 
 
-def search(state: ClientState, ids: Any, k: Optional[int], timeout_s: Optional[float], settings: CallSettings) -> Flow:
+def search(state: ClientState, ids: Any, k: int | None, timeout_s: float | None, settings: CallSettings) -> Flow:
     """serving_default: ids -> neighbours; unknown ids raise InvalidRequestError."""
     deadline = state.deadline(timeout_s)
     rq.check_k(k)
@@ -212,12 +214,12 @@ def search(state: ClientState, ids: Any, k: Optional[int], timeout_s: Optional[f
         unknown = neighbours.unknown_rows(id_dtype)
         if unknown:
             raise rq.unknown_ids_error([items[i] for i in unknown], what)
-        result: List[SearchResult] = neighbours.results(k)
+        result: list[SearchResult] = neighbours.results(k)
         return result
 
 
 def search_by_vector(
-    state: ClientState, vectors: Any, k: Optional[int], timeout_s: Optional[float], settings: CallSettings
+    state: ClientState, vectors: Any, k: int | None, timeout_s: float | None, settings: CallSettings
 ) -> Flow:
     """search_by_vector: float32 [batch, dim] query embeddings -> neighbours.
 
@@ -246,12 +248,12 @@ def search_by_vector(
     response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
     what = state.ref.describe(rs.response_version(response.model_spec))
     neighbours = rs.parse_neighbours(response, k, array.shape[0], f"{what} ({rq.VECTOR_SIGNATURE})")
-    result: List[SearchResult] = neighbours.results(k)
+    result: list[SearchResult] = neighbours.results(k)
     return result
 
 
 def search_by_features(
-    state: ClientState, rows: Any, k: Optional[int], timeout_s: Optional[float], settings: CallSettings
+    state: ClientState, rows: Any, k: int | None, timeout_s: float | None, settings: CallSettings
 ) -> Flow:
     """search_by_features: one dict of features per query -> neighbours (users the model never saw too).
 
@@ -281,11 +283,11 @@ def search_by_features(
     response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
     what = state.ref.describe(rs.response_version(response.model_spec))
     neighbours = rs.parse_neighbours(response, k, batch, f"{what} ({ft.FEATURES_SIGNATURE})")
-    result: List[SearchResult] = neighbours.results(k)
+    result: list[SearchResult] = neighbours.results(k)
     return result
 
 
-def examples(state: ClientState, timeout_s: Optional[float], settings: CallSettings) -> Flow:
+def examples(state: ClientState, timeout_s: float | None, settings: CallSettings) -> Flow:
     """The examples signature: known ids and vectors (asks for 0..63, keeps the found rows)."""
     deadline = state.deadline(timeout_s)
     contract, _ = yield from _contract(state, deadline, settings)
@@ -296,21 +298,21 @@ def examples(state: ClientState, timeout_s: Optional[float], settings: CallSetti
     return result
 
 
-def status(state: ClientState, timeout_s: Optional[float], settings: CallSettings) -> Flow:
+def status(state: ClientState, timeout_s: float | None, settings: CallSettings) -> Flow:
     """GetModelStatus -> one VersionStatus per version."""
     deadline = state.deadline(timeout_s)
     response = yield from call(state, deadline, Rpc(rq.GET_MODEL_STATUS, rq.status_request(state.ref), 0.0, settings))
-    result: List[VersionStatus] = rs.parse_status(response)
+    result: list[VersionStatus] = rs.parse_status(response)
     return result
 
 
-def model_metadata(state: ClientState, timeout_s: Optional[float], settings: CallSettings) -> Flow:
+def model_metadata(state: ClientState, timeout_s: float | None, settings: CallSettings) -> Flow:
     """metadata(): GetModelMetadata within one call deadline."""
     result = yield from metadata(state, state.deadline(timeout_s), settings)
     return result
 
 
-def _describe_statuses(statuses: List[VersionStatus]) -> str:
+def _describe_statuses(statuses: list[VersionStatus]) -> str:
     if not statuses:
         return "the server lists no versions"
     parts = []

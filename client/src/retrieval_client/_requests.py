@@ -3,11 +3,13 @@
 No I/O here; both clients build every request with these functions, so they
 cannot drift apart.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
@@ -20,7 +22,7 @@ from .protos import get_model_metadata_pb2, get_model_status_pb2, model_pb2, pre
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 GET_MODEL_METADATA = "/tensorflow.serving.PredictionService/GetModelMetadata"
 GET_MODEL_STATUS = "/tensorflow.serving.ModelService/GetModelStatus"
-RESPONSE_TYPES: Dict[str, Any] = {
+RESPONSE_TYPES: dict[str, Any] = {
     PREDICT: predict_pb2.PredictResponse,
     GET_MODEL_METADATA: get_model_metadata_pb2.GetModelMetadataResponse,
     GET_MODEL_STATUS: get_model_status_pb2.GetModelStatusResponse,
@@ -52,8 +54,8 @@ class ModelRef:
     """Which model (and optionally which version) every request targets."""
 
     name: str
-    version: Optional[int] = None
-    version_label: Optional[str] = None
+    version: int | None = None
+    version_label: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -69,7 +71,7 @@ class ModelRef:
             spec.version_label = self.version_label
         return spec
 
-    def describe(self, version: Optional[int] = None) -> str:
+    def describe(self, version: int | None = None) -> str:
         shown = version if version is not None else self.version
         if shown is not None:
             return f"model {self.name!r} version {shown}"
@@ -82,7 +84,7 @@ class ModelRef:
 
 
 def predict_request(
-    ref: ModelRef, signature: str, inputs: Dict[str, tensor_pb2.TensorProto]
+    ref: ModelRef, signature: str, inputs: dict[str, tensor_pb2.TensorProto]
 ) -> predict_pb2.PredictRequest:
     """A PredictRequest for one signature of the referenced model."""
     request = predict_pb2.PredictRequest(model_spec=ref.spec(signature))
@@ -93,9 +95,7 @@ def predict_request(
 
 def metadata_request(ref: ModelRef) -> get_model_metadata_pb2.GetModelMetadataRequest:
     """GetModelMetadata asking for the signatures (the only field TF Serving has)."""
-    return get_model_metadata_pb2.GetModelMetadataRequest(
-        model_spec=ref.spec(), metadata_field=["signature_def"]
-    )
+    return get_model_metadata_pb2.GetModelMetadataRequest(model_spec=ref.spec(), metadata_field=["signature_def"])
 
 
 def status_request(ref: ModelRef) -> get_model_status_pb2.GetModelStatusRequest:
@@ -103,7 +103,7 @@ def status_request(ref: ModelRef) -> get_model_status_pb2.GetModelStatusRequest:
     return get_model_status_pb2.GetModelStatusRequest(model_spec=ref.spec())
 
 
-def as_id_list(ids: Any) -> List[Any]:
+def as_id_list(ids: Any) -> list[Any]:
     """Accept one id or a 1-D sequence/array of ids; never split a string."""
     if isinstance(ids, (str, bytes, int, np.generic)):
         return [ids]
@@ -129,7 +129,7 @@ def _id_as_bytes(value: Any) -> bytes:
     raise TypeError(f"id {value!r} ({type(value).__name__}) cannot be sent as a string id; pass str, bytes or int")
 
 
-def _id_as_int(value: Any, model: str) -> Optional[int]:
+def _id_as_int(value: Any, model: str) -> int | None:
     """The int64 id, or None for a str/bytes/int that no int64 model can hold."""
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"id {value!r} is a bool; {model} takes int64 ids")
@@ -187,7 +187,7 @@ def ids_tensor(ids: Sequence[Any], id_dtype: str, model: str) -> tensor_pb2.Tens
     raise IncompatibleModelError(f"{model} takes ids of dtype {id_dtype}; the client supports {ID_DTYPES}")
 
 
-def impossible_ids(ids: Sequence[Any], id_dtype: str, model: str) -> List[Any]:
+def impossible_ids(ids: Sequence[Any], id_dtype: str, model: str) -> list[Any]:
     """The ids that cannot exist in a model with this id dtype (see ids_tensor)."""
     if id_dtype != "int64":
         return []
@@ -209,7 +209,7 @@ def vectors_array(vectors: Any) -> np.ndarray:
     return array
 
 
-def check_k(k: Optional[int]) -> None:
+def check_k(k: int | None) -> None:
     """k is None (all K) or a positive int."""
     if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
         raise ValueError(f"k must be a positive integer or None (all K), got {k!r}")

@@ -2,10 +2,11 @@
 
 No I/O here; both clients parse every response with these functions.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 from google.protobuf.message import DecodeError
@@ -29,16 +30,14 @@ from ._types import Examples, ModelMetadata, SearchResult, SignatureInfo, Tensor
 from .protos import get_model_metadata_pb2, get_model_status_pb2, model_pb2, predict_pb2
 
 
-def response_version(spec: model_pb2.ModelSpec) -> Optional[int]:
+def response_version(spec: model_pb2.ModelSpec) -> int | None:
     """The version a response says it came from, if it says."""
     return spec.version.value if spec.HasField("version") else None
 
 
 def _output(response: predict_pb2.PredictResponse, name: str, what: str) -> np.ndarray:
     if name not in response.outputs:
-        raise IncompatibleModelError(
-            f"{what} returned no output {name!r}; outputs: {sorted(response.outputs)}"
-        )
+        raise IncompatibleModelError(f"{what} returned no output {name!r}; outputs: {sorted(response.outputs)}")
     return from_tensor_proto(response.outputs[name], f"output {name!r} of {what}")
 
 
@@ -53,16 +52,16 @@ class Neighbours:
     ids: np.ndarray
     scores: np.ndarray
     found: np.ndarray  # bool [batch]; all True for models without a `found` output
-    version: Optional[int]
+    version: int | None
 
-    def unknown_rows(self, id_dtype: Optional[str]) -> List[int]:
+    def unknown_rows(self, id_dtype: str | None) -> list[int]:
         """Rows not found whose ids are all padding: the query id is unknown to the model."""
         if id_dtype not in PADDING:
             return [int(i) for i in np.flatnonzero(~self.found)]
         pad = PADDING[id_dtype]
         return [int(i) for i in np.flatnonzero(~self.found) if all(v == pad for v in self.ids[i].tolist())]
 
-    def results(self, k: Optional[int]) -> List[SearchResult]:
+    def results(self, k: int | None) -> list[SearchResult]:
         """One SearchResult per row, truncated to k.
 
         A found row's trailing padding entries (score -inf: the index yielded fewer than K
@@ -79,14 +78,13 @@ class Neighbours:
         return results
 
 
-def parse_neighbours(response: predict_pb2.PredictResponse, k: Optional[int], batch: int, what: str) -> Neighbours:
+def parse_neighbours(response: predict_pb2.PredictResponse, k: int | None, batch: int, what: str) -> Neighbours:
     """ids/scores [batch, K] (+ found [batch]) -> Neighbours; k checked against K."""
     ids = _output(response, "ids", what)
     scores = _output(response, "scores", what)
     if ids.ndim != 2 or ids.shape != scores.shape or ids.shape[0] != batch:
         raise IncompatibleModelError(
-            f"{what} returned ids {list(ids.shape)} and scores {list(scores.shape)}; "
-            f"expected both [{batch}, K]"
+            f"{what} returned ids {list(ids.shape)} and scores {list(scores.shape)}; expected both [{batch}, K]"
         )
     if FOUND in response.outputs:
         found = _output(response, FOUND, what)
@@ -142,7 +140,9 @@ def parse_metadata(response: Any, ref: ModelRef) -> ModelMetadata:
     try:
         signature_map = get_model_metadata_pb2.SignatureDefMap.FromString(packed.value)
     except DecodeError as exc:
-        raise IncompatibleModelError(f"metadata 'signature_def' of {what} is not a valid SignatureDefMap: {exc}") from None
+        raise IncompatibleModelError(
+            f"metadata 'signature_def' of {what} is not a valid SignatureDefMap: {exc}"
+        ) from None
     signatures = {
         name: SignatureInfo(
             inputs={k: _tensor_spec(v) for k, v in sorted(sig.inputs.items())},
@@ -165,7 +165,7 @@ def _enum_name(enum_type: Any, number: int, prefix: str) -> str:
         return f"{prefix}{number}"
 
 
-def parse_status(response: get_model_status_pb2.GetModelStatusResponse) -> List[VersionStatus]:
+def parse_status(response: get_model_status_pb2.GetModelStatusResponse) -> list[VersionStatus]:
     """Every version the server reports, oldest first."""
     state_enum = get_model_status_pb2.ModelVersionStatus.State
     return sorted(
@@ -189,18 +189,18 @@ def parse_status(response: get_model_status_pb2.GetModelStatusResponse) -> List[
 class Contract:
     """The facts the client caches from ModelMetadata (refreshed on mismatch)."""
 
-    version: Optional[int]
-    id_dtype: Optional[str]  # serving_default input "ids", if present
-    dim: Optional[int]  # search_by_vector input "vectors" [-1, dim], if known
-    k: Optional[int] = None  # serving_default output "scores" [-1, K], if known
-    vector_k: Optional[int] = None  # the same for search_by_vector
+    version: int | None
+    id_dtype: str | None  # serving_default input "ids", if present
+    dim: int | None  # search_by_vector input "vectors" [-1, dim], if known
+    k: int | None = None  # serving_default output "scores" [-1, K], if known
+    vector_k: int | None = None  # the same for search_by_vector
     examples_take_index: bool = False  # examples has the contract-v2 input "index"
     # search_by_features inputs (name, spec), sorted by name; None when the model has no such signature.
-    features: Optional[Tuple[Tuple[str, TensorSpec], ...]] = None
-    features_k: Optional[int] = None  # search_by_features output "scores" [-1, K], if known
+    features: tuple[tuple[str, TensorSpec], ...] | None = None
+    features_k: int | None = None  # search_by_features output "scores" [-1, K], if known
 
     @classmethod
-    def from_metadata(cls, metadata: ModelMetadata) -> "Contract":
+    def from_metadata(cls, metadata: ModelMetadata) -> Contract:
         """Read the id dtype, vector dimension, K and the examples input out of the signatures."""
         search = metadata.signatures.get(SEARCH_SIGNATURE, SignatureInfo())
         by_vector = metadata.signatures.get(VECTOR_SIGNATURE, SignatureInfo())
@@ -231,7 +231,7 @@ class Contract:
         return self.id_dtype
 
 
-def _known_dim(spec: Optional[TensorSpec]) -> Optional[int]:
+def _known_dim(spec: TensorSpec | None) -> int | None:
     """The second dimension of a [-1, n] tensor, when the metadata states it."""
     if spec is None or spec.shape is None or len(spec.shape) != 2 or spec.shape[1] <= 0:
         return None

@@ -6,11 +6,12 @@ Receiving: TF Serving and other servers answer with either `tensor_content`
 or the typed `*_val` fields, so both are accepted, including TensorFlow's
 rule that fewer values than elements means "repeat the last value".
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ _KINDS = (
     _Kind(_DT.DT_BOOL, "bool", np.dtype(np.bool_), "bool_val"),
     _Kind(_DT.DT_STRING, "string", np.dtype(object), "string_val"),
 )
-_BY_ENUM: Dict[int, _Kind] = {int(k.enum): k for k in _KINDS}
+_BY_ENUM: dict[int, _Kind] = {int(k.enum): k for k in _KINDS}
 _BY_NAME = {k.name: k for k in _KINDS}
 # Keyed by (kind, itemsize) so byte order does not matter on lookup.
 _BY_NUMPY = {(k.np_dtype.kind, k.np_dtype.itemsize): k for k in _KINDS if k.name != "string"}
@@ -56,7 +57,7 @@ def dtype_name(enum: int) -> str:
     if kind is not None:
         return kind.name
     try:
-        return tensor_pb2.DataType.Name(enum)[len("DT_"):].lower()
+        return tensor_pb2.DataType.Name(enum)[len("DT_") :].lower()
     except ValueError:
         return f"unknown_dtype_{enum}"
 
@@ -85,7 +86,7 @@ def _looks_like_strings(values: Any) -> bool:
     return isinstance(values, (str, bytes, bytearray, np.str_, np.bytes_))
 
 
-def to_tensor_proto(values: Any, dtype: Optional[str] = None) -> tensor_pb2.TensorProto:
+def to_tensor_proto(values: Any, dtype: str | None = None) -> tensor_pb2.TensorProto:
     """Build a TensorProto from an array-like.
 
     dtype is a TensorFlow dtype name ("float32", "int64", "string", ...); by
@@ -109,9 +110,7 @@ def to_tensor_proto(values: Any, dtype: Optional[str] = None) -> tensor_pb2.Tens
         if dtype is None:
             kind = _BY_NUMPY.get((array.dtype.kind, array.dtype.itemsize))
             if kind is None:
-                raise TypeError(
-                    f"unsupported numpy dtype {array.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}"
-                )
+                raise TypeError(f"unsupported numpy dtype {array.dtype}; supported: {', '.join(SUPPORTED_DTYPES)}")
         else:
             kind = _BY_NAME.get(dtype)
             if kind is None:

@@ -1,24 +1,26 @@
 """Public value types: configuration in, results out. All frozen."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import grpc
 import numpy as np
 
 #: One query id: str, bytes or int (numpy scalars included).
-Id = Union[str, bytes, int, np.integer]
+Id = str | bytes | int | np.integer
 #: One id or a 1-D batch of them.
-Ids = Union[Id, Sequence[Id], np.ndarray]
+Ids = Id | Sequence[Id] | np.ndarray
 #: One embedding [dim] or a batch [batch, dim] of numbers.
-Vectors = Union[Sequence[float], Sequence[Sequence[float]], np.ndarray]
+Vectors = Sequence[float] | Sequence[Sequence[float]] | np.ndarray
 #: Query features for search_by_features: a list of dicts (one per query) or a dict of
 #: columns (feature name -> one value per query).
-FeatureRows = Union[Sequence[Mapping[str, Any]], Mapping[str, Any]]
+FeatureRows = Sequence[Mapping[str, Any]] | Mapping[str, Any]
 #: gRPC metadata to send: a mapping or (key, value) pairs; keys lowercase ASCII,
 #: values str (bytes for keys ending in "-bin").
-Headers = Union[Mapping[str, Union[str, bytes]], Sequence[Tuple[str, Union[str, bytes]]]]
+Headers = Mapping[str, str | bytes] | Sequence[tuple[str, str | bytes]]
 
 
 @dataclass(frozen=True)
@@ -33,10 +35,10 @@ class TlsConfig:
         substitute for a correct certificate.
     """
 
-    ca_cert_path: Optional[str] = None
-    client_cert_path: Optional[str] = None
-    client_key_path: Optional[str] = None
-    server_name_override: Optional[str] = None
+    ca_cert_path: str | None = None
+    client_cert_path: str | None = None
+    client_key_path: str | None = None
+    server_name_override: str | None = None
 
     def __post_init__(self) -> None:
         if (self.client_cert_path is None) != (self.client_key_path is None):
@@ -75,9 +77,9 @@ class RetryPolicy:
 class CallSettings:
     """Per-RPC gRPC settings (internal): the client's defaults merged with a call's overrides."""
 
-    headers: Tuple[Tuple[str, Union[str, bytes]], ...] = ()
-    wait_for_ready: Optional[bool] = None
-    compression: Optional[grpc.Compression] = None
+    headers: tuple[tuple[str, str | bytes], ...] = ()
+    wait_for_ready: bool | None = None
+    compression: grpc.Compression | None = None
 
 
 def _frozen(array: np.ndarray) -> np.ndarray:
@@ -172,15 +174,15 @@ class TensorSpec:
     shape uses -1 for unknown dimensions and is None for an unknown rank."""
 
     dtype: str
-    shape: Optional[List[int]]
+    shape: list[int] | None
 
 
 @dataclass(frozen=True)
 class SignatureInfo:
     """Inputs and outputs of one signature, keyed by tensor name."""
 
-    inputs: Dict[str, TensorSpec] = field(default_factory=dict)
-    outputs: Dict[str, TensorSpec] = field(default_factory=dict)
+    inputs: dict[str, TensorSpec] = field(default_factory=dict)
+    outputs: dict[str, TensorSpec] = field(default_factory=dict)
     method_name: str = ""
 
 
@@ -189,5 +191,5 @@ class ModelMetadata:
     """The model version that answered and its signatures, keyed by name."""
 
     model: str
-    version: Optional[int]
-    signatures: Dict[str, SignatureInfo]
+    version: int | None
+    signatures: dict[str, SignatureInfo]

@@ -12,11 +12,12 @@ model built with --unknown-ids fallback.)
 Under the normal test run (main venv) the same fixture starts those servers
 itself (tests/client/conftest.py, `local_live_servers`).
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Dict, Iterator
 
 import pytest
 from grpc_stand_ins import RecordingServer, make_pki, recording_server
@@ -33,7 +34,7 @@ class Live:
     target: str
 
 
-def parse_live_targets(spec: str) -> Dict[str, Live]:
+def parse_live_targets(spec: str) -> dict[str, Live]:
     """'string=m@h:p,int64=m2@h:p2' -> {"string": Live(...), "int64": Live(...)}."""
     live = {}
     for part in filter(None, spec.split(",")):
@@ -44,15 +45,17 @@ def parse_live_targets(spec: str) -> Dict[str, Live]:
 
 
 @pytest.fixture(scope="session")
-def live_servers(request) -> Dict[str, Live]:
+def live_servers(request) -> dict[str, Live]:
     spec = os.environ.get(LIVE_TARGETS)
     if spec:
         return parse_live_targets(spec)
     try:
         local = request.getfixturevalue("local_live_servers")
     except pytest.FixtureLookupError:
-        pytest.fail(f"no local servers: set {LIVE_TARGETS}=string=MODEL@host:port,int64=...,fallback=... "
-                    "(python -m model_builder serve ...), or run from the repository's tests/ with the main venv")
+        pytest.fail(
+            f"no local servers: set {LIVE_TARGETS}=string=MODEL@host:port,int64=...,fallback=... "
+            "(python -m model_builder serve ...), or run from the repository's tests/ with the main venv"
+        )
     return parse_live_targets(",".join(f"{dtype}={where}" for dtype, where in local.items()))
 
 

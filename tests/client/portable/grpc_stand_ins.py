@@ -10,6 +10,7 @@
 - dead_port(): a port nothing listens on.
 - make_pki(): a throw-away CA, a server certificate and client certificates.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +18,9 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -43,8 +44,12 @@ def _tensor(values: np.ndarray, dtype: int) -> tensor_pb2.TensorProto:
     for size in values.shape:
         proto.tensor_shape.dim.add(size=size)
     flat = values.reshape(-1).tolist()
-    {_DT.DT_STRING: proto.string_val, _DT.DT_FLOAT: proto.float_val, _DT.DT_BOOL: proto.bool_val,
-     _DT.DT_INT64: proto.int64_val}[dtype].extend(flat)
+    {
+        _DT.DT_STRING: proto.string_val,
+        _DT.DT_FLOAT: proto.float_val,
+        _DT.DT_BOOL: proto.bool_val,
+        _DT.DT_INT64: proto.int64_val,
+    }[dtype].extend(flat)
     return proto
 
 
@@ -59,7 +64,7 @@ def _values(proto: tensor_pb2.TensorProto) -> np.ndarray:
     return np.array(list(field), dtype=dtype).reshape(shape)
 
 
-def _info(dtype: int, shape: List[int]) -> get_model_metadata_pb2.TensorInfo:
+def _info(dtype: int, shape: list[int]) -> get_model_metadata_pb2.TensorInfo:
     info = get_model_metadata_pb2.TensorInfo(name="t:0", dtype=dtype)
     for size in shape:
         info.tensor_shape.dim.add(size=size)
@@ -69,21 +74,27 @@ def _info(dtype: int, shape: List[int]) -> get_model_metadata_pb2.TensorInfo:
 class RecordingServer:
     """start() binds 127.0.0.1 (or `port`); `target` is then host:port; thread-safe records."""
 
-    def __init__(self, *, credentials: Optional[grpc.ServerCredentials] = None, port: int = 0,
-                 metadata_delay_s: float = 0.0, predict_delay_s: float = 0.0) -> None:
-        self.calls: List[Tuple[str, Dict[str, object]]] = []  # (method, invocation metadata)
+    def __init__(
+        self,
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+        port: int = 0,
+        metadata_delay_s: float = 0.0,
+        predict_delay_s: float = 0.0,
+    ) -> None:
+        self.calls: list[tuple[str, dict[str, object]]] = []  # (method, invocation metadata)
         self.metadata_delay_s = metadata_delay_s
         self.predict_delay_s = predict_delay_s
         self.predict_started = threading.Event()
-        self._in_flight: List[grpc.ServicerContext] = []
+        self._in_flight: list[grpc.ServicerContext] = []
         self._credentials = credentials
         self._port = port
         self._lock = threading.Lock()
-        self._server: Optional[grpc.Server] = None
+        self._server: grpc.Server | None = None
         self._vectors = _vectors()
         self.target = ""
 
-    def start(self) -> "RecordingServer":
+    def start(self) -> RecordingServer:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
         methods = {
             "tensorflow.serving.PredictionService": {
@@ -103,12 +114,16 @@ class RecordingServer:
             }
             server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         address = f"127.0.0.1:{self._port}"
-        port = server.add_insecure_port(address) if self._credentials is None else server.add_secure_port(address, self._credentials)
+        port = (
+            server.add_insecure_port(address)
+            if self._credentials is None
+            else server.add_secure_port(address, self._credentials)
+        )
         server.start()
         self._server, self.target = server, f"127.0.0.1:{port}"
         return self
 
-    def stop(self, grace: Optional[float] = None) -> None:
+    def stop(self, grace: float | None = None) -> None:
         if self._server is not None:
             self._server.stop(grace).wait()
 
@@ -125,12 +140,12 @@ class RecordingServer:
         with self._lock:
             return sum(1 for name, _ in self.calls if name == method)
 
-    def headers(self, method: str) -> List[Dict[str, object]]:
+    def headers(self, method: str) -> list[dict[str, object]]:
         with self._lock:
             return [meta for name, meta in self.calls if name == method]
 
     def _record(self, method: str, context: grpc.ServicerContext) -> None:
-        meta: Dict[str, object] = {}
+        meta: dict[str, object] = {}
         for key, value in context.invocation_metadata():
             meta.setdefault(key, value)
         with self._lock:
@@ -160,14 +175,19 @@ class RecordingServer:
             index = _values(request.inputs["index"]).reshape(-1)
             found = (index >= 0) & (index < len(IDS))
             rows = np.where(found, index, 0)
-            outputs = {"query_ids": (np.array(IDS, dtype=object)[rows], _DT.DT_STRING),
-                       "candidate_ids": (np.array(IDS, dtype=object)[rows], _DT.DT_STRING),
-                       "candidate_vectors": (self._vectors[rows], _DT.DT_FLOAT), "found": (found, _DT.DT_BOOL)}
+            outputs = {
+                "query_ids": (np.array(IDS, dtype=object)[rows], _DT.DT_STRING),
+                "candidate_ids": (np.array(IDS, dtype=object)[rows], _DT.DT_STRING),
+                "candidate_vectors": (self._vectors[rows], _DT.DT_FLOAT),
+                "found": (found, _DT.DT_BOOL),
+            }
         else:
             if signature == "serving_default":
                 keys = [key.decode() for key in _values(request.inputs["ids"]).reshape(-1)]
                 found = np.array([key in IDS for key in keys])
-                queries = np.array([self._vectors[IDS.index(k)] if k in IDS else np.zeros(DIM) for k in keys], np.float32)
+                queries = np.array(
+                    [self._vectors[IDS.index(k)] if k in IDS else np.zeros(DIM) for k in keys], np.float32
+                )
             else:
                 queries = _values(request.inputs["vectors"])
                 found = np.ones(len(queries), dtype=bool)
@@ -189,8 +209,10 @@ class RecordingServer:
         if self.metadata_delay_s:
             time.sleep(self.metadata_delay_s)
         signatures = get_model_metadata_pb2.SignatureDefMap()
-        for name, input_name, input_info in (("serving_default", "ids", _info(_DT.DT_STRING, [-1])),
-                                             ("search_by_vector", "vectors", _info(_DT.DT_FLOAT, [-1, DIM]))):
+        for name, input_name, input_info in (
+            ("serving_default", "ids", _info(_DT.DT_STRING, [-1])),
+            ("search_by_vector", "vectors", _info(_DT.DT_FLOAT, [-1, DIM])),
+        ):
             sig = signatures.signature_def[name]
             sig.inputs[input_name].CopyFrom(input_info)
             sig.outputs["ids"].CopyFrom(_info(_DT.DT_STRING, [-1, K]))
@@ -198,8 +220,12 @@ class RecordingServer:
             sig.outputs["found"].CopyFrom(_info(_DT.DT_BOOL, [-1]))
         sig = signatures.signature_def["examples"]
         sig.inputs["index"].CopyFrom(_info(_DT.DT_INT64, [-1]))
-        for name, dtype, shape in (("query_ids", _DT.DT_STRING, [-1]), ("candidate_ids", _DT.DT_STRING, [-1]),
-                                   ("candidate_vectors", _DT.DT_FLOAT, [-1, DIM]), ("found", _DT.DT_BOOL, [-1])):
+        for name, dtype, shape in (
+            ("query_ids", _DT.DT_STRING, [-1]),
+            ("candidate_ids", _DT.DT_STRING, [-1]),
+            ("candidate_vectors", _DT.DT_FLOAT, [-1, DIM]),
+            ("found", _DT.DT_BOOL, [-1]),
+        ):
             sig.outputs[name].CopyFrom(_info(dtype, shape))
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name, response.model_spec.version.value = MODEL, VERSION
@@ -240,7 +266,7 @@ def unresponsive_peer() -> Iterator[str]:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(64)
-    accepted: List[socket.socket] = []
+    accepted: list[socket.socket] = []
     stop = threading.Event()
 
     def accept() -> None:
@@ -248,7 +274,7 @@ def unresponsive_peer() -> Iterator[str]:
         while not stop.is_set():
             try:
                 conn, _ = listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             accepted.append(conn)  # kept open, never read from or written to
 
@@ -264,7 +290,7 @@ def unresponsive_peer() -> Iterator[str]:
         listener.close()
 
 
-def make_pki(folder: Path) -> Dict[str, Path]:
+def make_pki(folder: Path) -> dict[str, Path]:
     """ca.pem, server.{pem,key} for 127.0.0.1 and DNS:retrieval.test, client.{pem,key} from the same CA,
     stranger.{pem,key} from another CA (openssl CLI)."""
 
@@ -272,21 +298,61 @@ def make_pki(folder: Path) -> Dict[str, Path]:
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
 
     for ca in ("ca", "other-ca"):
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{ca}.key", "-out", f"{ca}.pem",
-                "-days", "2", "-subj", f"/CN={ca}")
-    for name, ca, ext in (("server", "ca", "subjectAltName=DNS:retrieval.test"),
-                          ("client", "ca", "extendedKeyUsage=clientAuth"),
-                          ("stranger", "other-ca", "extendedKeyUsage=clientAuth")):
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{ca}.key",
+            "-out",
+            f"{ca}.pem",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={ca}",
+        )
+    for name, ca, ext in (
+        ("server", "ca", "subjectAltName=DNS:retrieval.test"),
+        ("client", "ca", "extendedKeyUsage=clientAuth"),
+        ("stranger", "other-ca", "extendedKeyUsage=clientAuth"),
+    ):
         (folder / f"{name}.ext").write_text(ext + "\n")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", f"/CN={name}")
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext")
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            f"{ca}.pem",
+            "-CAkey",
+            f"{ca}.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+        )
     return {p.name: p for p in folder.iterdir()}
 
 
 @contextlib.contextmanager
-def counting_proxy(upstream: str) -> Iterator[Tuple[str, Dict[str, int]]]:
+def counting_proxy(upstream: str) -> Iterator[tuple[str, dict[str, int]]]:
     """A TCP proxy to `upstream`: yields (its host:port, {"sent": bytes client -> server})."""
     host, port = upstream.rsplit(":", 1)
     listener = socket.socket()
@@ -295,7 +361,7 @@ def counting_proxy(upstream: str) -> Iterator[Tuple[str, Dict[str, int]]]:
     listener.settimeout(0.1)
     counts = {"sent": 0}
     stop = threading.Event()
-    sockets: List[socket.socket] = []
+    sockets: list[socket.socket] = []
 
     def pump(src: socket.socket, dst: socket.socket, count: bool) -> None:
         while not stop.is_set():
@@ -316,7 +382,7 @@ def counting_proxy(upstream: str) -> Iterator[Tuple[str, Dict[str, int]]]:
         while not stop.is_set():
             try:
                 client, _ = listener.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             server = socket.create_connection((host, int(port)))
             sockets.extend((client, server))

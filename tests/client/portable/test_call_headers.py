@@ -1,5 +1,6 @@
 """Headers (gRPC metadata), interceptors, wait_for_ready and compression, sync and async,
 observed where they land: at a real gRPC server and on the wire."""
+
 from __future__ import annotations
 
 import asyncio
@@ -51,12 +52,15 @@ def test_constructor_and_per_call_headers_reach_the_server_async(recorder):
         assert (first["authorization"], first["x-request-id"]) == ("Bearer t0k3n", "req-43"), (method, first)
 
 
-@pytest.mark.parametrize("headers, error", [
-    ({"Authorization": "x"}, ValueError),  # gRPC keys are lowercase
-    ({"grpc-timeout": "1"}, ValueError),  # reserved
-    ({"x-bin": "text"}, TypeError),  # -bin keys carry bytes
-    ({"x-id": "line\nbreak"}, ValueError),
-])
+@pytest.mark.parametrize(
+    "headers, error",
+    [
+        ({"Authorization": "x"}, ValueError),  # gRPC keys are lowercase
+        ({"grpc-timeout": "1"}, ValueError),  # reserved
+        ({"x-bin": "text"}, TypeError),  # -bin keys carry bytes
+        ({"x-id": "line\nbreak"}, ValueError),
+    ],
+)
 def test_bad_headers_are_refused_before_sending(recorder, headers, error):
     with pytest.raises(error):
         RetrievalClient(recorder.target, MODEL, headers=headers)
@@ -65,8 +69,12 @@ def test_bad_headers_are_refused_before_sending(recorder, headers, error):
     assert recorder.calls == []
 
 
-class _Details(collections.namedtuple("_Details", ("method", "timeout", "metadata", "credentials",
-                                                   "wait_for_ready", "compression")), grpc.ClientCallDetails):
+class _Details(
+    collections.namedtuple(
+        "_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
+    grpc.ClientCallDetails,
+):
     pass
 
 
@@ -79,8 +87,17 @@ class SyncTracing(grpc.UnaryUnaryClientInterceptor):
     def intercept_unary_unary(self, continuation, details, request):
         self.seen.append((details.method, details.timeout, details.wait_for_ready))
         metadata = list(details.metadata or ()) + [("x-trace-id", "sync-trace")]
-        return continuation(_Details(details.method, details.timeout, metadata, details.credentials,
-                                     details.wait_for_ready, details.compression), request)
+        return continuation(
+            _Details(
+                details.method,
+                details.timeout,
+                metadata,
+                details.credentials,
+                details.wait_for_ready,
+                details.compression,
+            ),
+            request,
+        )
 
 
 class AsyncTracing(grpc.aio.UnaryUnaryClientInterceptor):
@@ -125,12 +142,14 @@ def _bytes_sent(recorder, compression_default, compression_call, use_async: bool
     ids = ["item-1"] * 2000  # compresses ~100x
     with counting_proxy(recorder.target) as (target, counts):
         if use_async:
+
             async def run():
                 async with AsyncRetrievalClient(target, MODEL, compression=compression_default) as client:
                     await client.metadata()
                     before = counts["sent"]
                     results = await client.search(ids, compression=compression_call)
                     return before, results
+
             before, results = asyncio.run(run())
         else:
             with RetrievalClient(target, MODEL, compression=compression_default) as client:
@@ -147,7 +166,9 @@ def test_compression_on_the_constructor_and_per_call_shrinks_what_is_sent(record
     by_default = _bytes_sent(recorder, grpc.Compression.Gzip, None, use_async)
     per_call = _bytes_sent(recorder, None, grpc.Compression.Gzip, use_async)
     overridden = _bytes_sent(recorder, grpc.Compression.Gzip, grpc.Compression.NoCompression, use_async)
-    print(f"bytes sent for 2000 ids: plain {plain}, gzip by default {by_default}, gzip per call {per_call}, "
-          f"default overridden {overridden}")
+    print(
+        f"bytes sent for 2000 ids: plain {plain}, gzip by default {by_default}, gzip per call {per_call}, "
+        f"default overridden {overridden}"
+    )
     assert by_default < plain / 5 and per_call < plain / 5
     assert overridden > plain / 2

@@ -3,6 +3,7 @@
 Works with models of either serving contract: before v2 the graph rejects unknown ids
 itself; with v2 the client reads the per-row `found` flag and raises the same error.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -115,7 +116,9 @@ def test_async_client_answers_the_same(live):
         async with AsyncRetrievalClient(live.target, live.model, retry=FAST, timeout_s=15) as aclient:
             got_examples = await aclient.examples()
             searches = await asyncio.gather(*(aclient.search(q) for q in examples.query_ids[:2]))
-            return got_examples, [r for [r] in searches] + await aclient.search_by_vector(examples.candidate_vectors[:2])
+            return got_examples, [r for [r] in searches] + await aclient.search_by_vector(
+                examples.candidate_vectors[:2]
+            )
 
     got_examples, got = asyncio.run(run())
     assert got_examples == examples
@@ -126,8 +129,10 @@ def test_async_client_answers_the_same(live):
 
 def test_a_new_user_described_by_features_gets_neighbours(live_servers):
     live = live_servers["int64"]  # the demo's MovieLens 100K model, built with user/item features
-    rows = [{"age": 24, "gender": "M", "occupation": "technician", "zip_code": "85711"},
-            {"age": 61, "gender": "F", "occupation": "retired", "zip_code": None}]
+    rows = [
+        {"age": 24, "gender": "M", "occupation": "technician", "zip_code": "85711"},
+        {"age": 61, "gender": "F", "occupation": "retired", "zip_code": None},
+    ]
     with client_for(live) as client:
         assert "search_by_features" in client.metadata().signatures
         young, retired = client.search_by_features(rows, k=5)

@@ -1,12 +1,13 @@
 """One metadata fetch for many concurrent first calls (sync threads and asyncio tasks); k
 checked against the cached K before anything is sent."""
+
 from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from grpc_stand_ins import IDS, K, MODEL
+from grpc_stand_ins import IDS, MODEL, K
 
 from retrieval_client import AsyncRetrievalClient, RetrievalClient
 
@@ -43,7 +44,7 @@ def test_a_failed_shared_fetch_reaches_every_waiter_and_the_next_call_fetches_ag
 def _error_name(call) -> str:
     try:
         call()
-    except Exception as exc:  # noqa: BLE001 - compared by name
+    except Exception as exc:
         return type(exc).__name__
     return "ok"
 
@@ -55,6 +56,7 @@ def test_k_above_the_models_k_is_refused_before_sending(recorder, use_async):
             search()
 
     if use_async:
+
         async def run():
             async with AsyncRetrievalClient(recorder.target, MODEL) as client:
                 await client.metadata()
@@ -63,6 +65,7 @@ def test_k_above_the_models_k_is_refused_before_sending(recorder, use_async):
                 except ValueError as exc:
                     return exc
                 return None
+
         error = asyncio.run(run())
         assert isinstance(error, ValueError) and f"K={K}" in str(error)
     else:
