@@ -118,7 +118,8 @@ serve: venv ## Serve MODELS/MODEL with the local TF-Serving-API server, batching
 
 ##@ Test
 .PHONY: test test-fast smoke check protos compat-snapshot
-test: venv compat-venv tools-venv datasets docker-engine ## Set up everything and run the whole test suite.
+test: venv compat-venv tools-venv datasets docker-engine ## Set up everything, run `make lint`, then the whole test suite.
+	scripts/lint.sh
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-fast: venv ## Tests that need neither Docker nor the compat env.
@@ -145,7 +146,7 @@ compat-snapshot: compat-venv ## Regenerate the serving runtime's op-registry sna
 docker-engine: ## Make sure a Docker engine is reachable (installs docker.io/debootstrap if root).
 	scripts/engine.sh ensure
 
-lint: tools-venv ## hadolint, kustomize + kubernetes-validate --strict, checkov, for every overlay and component.
+lint: tools-venv ## ruff (lint + format) and shellcheck on the code; hadolint, kustomize + kubernetes-validate --strict, checkov on images and manifests.
 	scripts/lint.sh
 
 image: venv compat-venv docker-engine ## Builder image -> verified model -> memory measured in the compat env -> serving image <model>-v<version>-<gitsha>-<digest>.

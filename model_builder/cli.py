@@ -22,8 +22,8 @@ _FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
 
 def _add_build(sub) -> None:
+    from model_builder.build_config import BuildConfig
     from model_builder.index import IndexConfig
-    from model_builder.pipeline import BuildConfig
     from model_builder.towers import TrainConfig
 
     p = sub.add_parser(
@@ -39,8 +39,9 @@ def _add_build(sub) -> None:
 
 
 def _run_build(args: argparse.Namespace) -> int:
+    from model_builder.build_config import BuildConfig
     from model_builder.index import IndexConfig
-    from model_builder.pipeline import BuildConfig, build
+    from model_builder.pipeline import build
     from model_builder.towers import TrainConfig
 
     result = build(
@@ -54,7 +55,7 @@ def _run_build(args: argparse.Namespace) -> int:
 
 
 def _add_train(sub) -> None:
-    from model_builder.pipeline import BuildConfig
+    from model_builder.build_config import BuildConfig
     from model_builder.towers import TrainConfig
 
     p = sub.add_parser(
@@ -72,7 +73,8 @@ def _add_train(sub) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from model_builder.pipeline import BuildConfig, prepare_trained
+    from model_builder.build_config import BuildConfig
+    from model_builder.pipeline import prepare_trained
     from model_builder.towers import TrainConfig
 
     cfg = config_from_args(BuildConfig, args)

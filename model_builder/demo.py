@@ -88,8 +88,9 @@ def _show(title: str, ids: list, scores: list, titles: dict) -> None:
 
 
 def _build_models(args: argparse.Namespace):
+    from model_builder.build_config import BuildConfig
     from model_builder.index import IndexConfig
-    from model_builder.pipeline import BuildConfig, build, prepare_trained
+    from model_builder.pipeline import build, prepare_trained
     from model_builder.towers import TrainConfig
 
     users_cfg = BuildConfig(dataset="movielens-100k", out=str(args.out), model_name=args.model_name)

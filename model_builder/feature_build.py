@@ -25,7 +25,7 @@ from model_builder.towers import TrainConfig
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    """The build options the feature path needs (see pipeline.BuildConfig for their help)."""
+    """The build options the feature path needs (see build_config.BuildConfig for their help)."""
 
     holdout_per_user: int = 1
     cold_users: float = 0.2

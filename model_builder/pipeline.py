@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from model_builder import embeddings, evaluate, export, index, index_search, verify, warmup
-from model_builder.build_config import QUERY_KINDS, BuildConfig  # noqa: F401  (re-exported: pipeline.BuildConfig is the CLI's entry)
+from model_builder.build_config import BuildConfig
 from model_builder.compat import memory, serving_rules
 from model_builder.errors import ConfigError, DataError
 from model_builder.serving_module import (

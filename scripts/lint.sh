@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# `make lint`: every static check on the container and Kubernetes files, with
-# the pinned tools from the tools venv (make tools-venv). Runs all checks,
+# `make lint`: every static check on the code, the container and the Kubernetes files,
+# with the pinned tools from the tools venv (make tools-venv). Runs all checks,
 # reports each, and exits 1 if any failed.
+#   0. ruff check + ruff format --check on every Python file (ruff.toml), shellcheck on
+#      every tracked shell script (.shellcheckrc)
 #   1. hadolint on every Dockerfile under docker/
 #   2. kubectl kustomize of every rendering deploy can produce: each overlay alone, each
 #      overlay with the per-model component scripts/deploy.sh generates, each overlay with
@@ -35,6 +37,8 @@ K8S_SKIPS=(
   CKV_K8S_15
 )
 
+RUFF="$(tool ruff)"
+SHELLCHECK="$(tool shellcheck)"
 HADOLINT="$(tool hadolint)"
 KUBECTL="$(tool kubectl)"
 KVALIDATE="$(tool kubernetes-validate)"
@@ -51,6 +55,18 @@ step() {
     failed+=("$name")
   fi
 }
+
+step "ruff check" "$RUFF" check --quiet .
+step "ruff format --check" "$RUFF" format --check --quiet .
+# Every tracked file with a sh/bash shebang, but the two verbatim copies of TF Serving's
+# tools/docker/tf_serving_entrypoint.sh (the image's entrypoint, kept byte-identical to upstream).
+shell_scripts=()
+while IFS= read -r -d '' f; do
+  [[ "$f" == */tf_serving_entrypoint.sh ]] && continue
+  head -n 1 "$f" 2>/dev/null | grep -qE '^#!.*/(env )?(ba)?sh( |$)' && shell_scripts+=("$f")
+done < <(git ls-files -z)
+((${#shell_scripts[@]})) || die "no shell scripts found"
+step "shellcheck (${#shell_scripts[@]} scripts)" "$SHELLCHECK" "${shell_scripts[@]}"
 
 mapfile -t dockerfiles < <(find docker -name Dockerfile -type f | sort)
 ((${#dockerfiles[@]})) || die "no Dockerfiles found under docker/"

@@ -42,6 +42,8 @@ def test_make_lint_passes():
     proc = run("make", "lint", f"TOOLS_VENV={tools_venv()}", env=env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "lint: all checks passed" in proc.stdout
+    for check in ("ruff check", "ruff format --check", "shellcheck ("):
+        assert f"lint: ok   {check}" in proc.stdout, check
     # Every Dockerfile and overlay was actually checked.
     for dockerfile in sorted(REPO.joinpath("docker").rglob("Dockerfile")):
         rel = dockerfile.relative_to(REPO)
@@ -71,6 +73,36 @@ def test_lint_fails_when_a_check_fails():
     proc = run("scripts/lint.sh", env=env, timeout=900)
     assert proc.returncode == 1
     assert "lint: FAIL kubernetes-validate --strict -k 0.1.0 k8s/overlays/prod" in proc.stderr
+
+
+def _scratch_copy(dest):
+    """The tracked files as they are now (committed or not), in a git repository of their own."""
+    files = subprocess.run(["git", "ls-files", "-z"], capture_output=True, cwd=REPO, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).write_bytes(src.read_bytes())
+            (dest / name).chmod(src.stat().st_mode)
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    return dest
+
+
+def test_lint_fails_on_an_unused_import_and_an_unquoted_shell_variable(tmp_path):
+    scratch = _scratch_copy(tmp_path / "repo")
+    export = scratch / "model_builder" / "export.py"
+    export.write_text(export.read_text().replace("import shutil\n", "import shutil\nimport zipfile\n", 1))
+    engine = scratch / "scripts" / "engine.sh"
+    engine.write_text(engine.read_text() + "\nls $HOME\n")
+    subprocess.run(["git", "add", "-A"], cwd=scratch, check=True)
+    env = dict(os.environ, TOOLS_VENV=str(tools_venv()), BUILD_DIR=str(tmp_path / "build"))
+    proc = subprocess.run(["scripts/lint.sh"], capture_output=True, text=True, cwd=scratch, env=env, timeout=900)
+    assert proc.returncode == 1, proc.stdout[-2000:]
+    assert "F401 [*] `zipfile` imported but unused" in proc.stdout + proc.stderr
+    assert "SC2086" in proc.stdout + proc.stderr
+    failed = proc.stderr.strip().splitlines()[-1]
+    assert failed.startswith("lint: 2 check(s) failed: ruff check shellcheck ("), proc.stderr[-2000:]
 
 
 def test_hadolint_rejects_a_sloppy_dockerfile(tmp_path):

@@ -13,10 +13,11 @@ import pytest
 
 import support
 from model_builder import graph_timing, index, index_search, index_space, serving_batch, tune
+from model_builder.build_config import BuildConfig
 from model_builder.data.synthetic import clustered_embeddings
 from model_builder.errors import ConfigError
 from model_builder.export import read_build_info
-from model_builder.pipeline import BuildConfig, module_factory
+from model_builder.pipeline import module_factory
 from model_builder.serving_module import Catalogue
 from model_builder.verify import exact_kth_scores
 
