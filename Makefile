@@ -69,7 +69,7 @@ $(VENV)/$(STAMP): requirements/build.txt requirements/dev.txt requirements/bench
 	$(PY) -m pip install --quiet --no-deps -e ./client
 	touch $@
 
-compat-venv: $(COMPAT_VENV)/$(STAMP) ## Create the Python $(COMPAT_PYTHON_VERSION) env that mirrors the serving image's TF + ScaNN.
+compat-venv: $(COMPAT_VENV)/$(STAMP) ## Create the compat env (Python COMPAT_PYTHON_VERSION of versions.env) that mirrors the serving image's TF + ScaNN.
 $(COMPAT_VENV)/$(STAMP): requirements/compat.txt
 	test -x $(COMPAT_VENV)/bin/python || { \
 	  py="$$(pyenv prefix $(COMPAT_PYTHON_VERSION) 2>/dev/null)/bin/python"; \
@@ -101,8 +101,8 @@ datasets: ## Install the Debian dataset packages the benchmarks read: Fashion-MN
 	    || { DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null && \
 	         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wordnet-base >/dev/null; }; }
 
-lock: ## Re-freeze requirements/*.txt from requirements/*.in.
-	requirements/lock.sh build dev compat tools protoc
+lock: ## Re-freeze every requirements/*.txt from its requirements/*.in (make check fails on a stale one).
+	requirements/lock.sh build dev compat tools bench protoc
 
 ##@ Model
 .PHONY: build demo serve verify
@@ -133,7 +133,8 @@ protos: venv ## Regenerate the client's protobuf modules from client/.../protos/
 
 COMPAT_SNAPSHOT := model_builder/compat/registry/tf-$(COMPAT_TF_VERSION)_scann-$(COMPAT_SCANN_VERSION).json
 
-check: venv compat-venv ## Fail if generated files (client protos, serving-runtime op snapshot) are stale.
+check: venv compat-venv ## Fail if generated files (locks, client protos, serving-runtime op snapshot) are stale.
+	$(PY) requirements/check_locks.py
 	$(PY) client/tools/gen_protos.py --check
 	$(COMPAT_VENV)/bin/python model_builder/compat/snapshot.py 2>/dev/null | diff -q - $(COMPAT_SNAPSHOT) >/dev/null || \
 	  { echo "error: $(COMPAT_SNAPSHOT) is stale: run make compat-snapshot" >&2; exit 1; }

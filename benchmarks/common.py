@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import time
@@ -115,13 +114,6 @@ def rss_mb(pid: int | None = None) -> float:
     import psutil
 
     return round(psutil.Process(pid or os.getpid()).memory_info().rss / 1e6, 1)
-
-
-def free_port() -> int:
-    """An unused TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_streaming(cmd: list[str], prefix: str, timeout_s: float, log_path: Path | None = None) -> tuple[int, list[str]]:

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ENV, PYTHON, REPO, free_port, log, percentiles, rss_mb
+from benchmarks.common import ENV, PYTHON, REPO, log, percentiles, rss_mb
+from model_builder.serve import process
+from model_builder.serve.process import free_port
 
 K = 10
 
@@ -43,11 +45,8 @@ class Server:
 
 def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = open(log_path, "w")
-    try:
+    with open(log_path, "w") as handle:
         return subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=ENV, cwd=REPO)
-    finally:
-        handle.close()
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -67,47 +66,32 @@ def _died(proc: subprocess.Popen, log_path: Path) -> RuntimeError:
 
 @contextlib.contextmanager
 def local_server(
-    base_path: Path, model_name: str, log_path: Path, extra: tuple[str, ...] = (), timeout_s: float = 600
+    base_path: Path,
+    model_name: str,
+    log_path: Path,
+    extra: tuple[str, ...] = (),
+    timeout_s: float = 600,
+    batching: bool = False,
 ) -> Iterator[Server]:
-    """Our local TF-Serving-API server on free ports; yields once the model is AVAILABLE."""
-    from retrieval_client import RetrievalClient, RetrievalError
+    """Our local TF-Serving-API server on free ports (the tests' and the demo's launcher); yields once AVAILABLE.
 
-    port, rest = free_port(), free_port()
-    started = time.perf_counter()
-    proc = _spawn(
-        [
-            PYTHON,
-            "-m",
-            "model_builder",
-            "serve",
-            "--model-base-path",
-            str(base_path),
-            "--model-name",
-            model_name,
-            "--port",
-            str(port),
-            "--rest_api_port",
-            str(rest),
-            "--file_system_poll_wait_seconds",
-            "0",
-            *extra,
-        ],
+    batching=True serves with the image's --enable_batching and batching file.
+    """
+    with process.running(
+        base_path,
+        model_name,
         log_path,
-    )
-    try:
-        target = f"127.0.0.1:{port}"
-        with RetrievalClient(target, model_name) as client:
-            while True:
-                if proc.poll() is not None:
-                    raise _died(proc, log_path)
-                with contextlib.suppress(RetrievalError):
-                    client.wait_until_available(timeout_s=5)
-                    break
-                if time.perf_counter() - started > timeout_s:
-                    raise TimeoutError(f"{model_name} not AVAILABLE after {timeout_s:.0f} s; see {log_path}")
-        yield Server("grpc", proc, ("grpc", target, model_name), log_path, time.perf_counter() - started)
-    finally:
-        _stop(proc)
+        "--file_system_poll_wait_seconds",
+        "0",
+        *extra,
+        batching=batching,
+        env=ENV,
+        cwd=REPO,
+    ) as server:
+        server.wait_available(timeout=timeout_s)
+        yield Server(
+            "grpc", server.proc, ("grpc", server.target, model_name), log_path, time.perf_counter() - server.started
+        )
 
 
 @contextlib.contextmanager

@@ -1,10 +1,9 @@
 """Serving knobs: TF's intra/inter-op thread pools (measured through the local server) and batching.
 
-The local server runs concurrent requests side by side without merging them
-(its --enable_batching is accepted for parity only), so TF Serving's batching
-cannot be measured here. What can be measured is what a merged batch costs
-the model: one signature call per batch size (the batch curve). From it we
-derive the batching parameters: merge up to the size where the cost per query
+The thread knobs are measured without batching, so that each request is one signature call;
+the served e2e path (runner.py) runs with the image's batching file and without it. What a
+merged batch costs the model is measured as one signature call per batch size (the batch
+curve). From it we derive the batching advice: merge up to the size where the cost per query
 stops falling, and wait at most about one single-query search for company.
 """
 

@@ -153,7 +153,7 @@ def python_harness(versions: dict[str, Path], rounds: int, calls: int) -> dict:
     import tensorflow as tf
     from tensorflow.core.protobuf import config_pb2
 
-    import model_builder.scann_import  # noqa: F401
+    import model_builder.scann_import  # noqa: F401  (registers the ScaNN ops before loading)
 
     runs = {}
     for label, path in versions.items():

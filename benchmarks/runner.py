@@ -13,7 +13,7 @@ import numpy as np
 from benchmarks import builds, datasets, e2e, faiss_index, knobs, plots, report, timing
 from benchmarks.common import load_average, log, machine, run_worker, versions, write_json
 from benchmarks.profiles import DatasetSpec, Profile
-from model_builder import settings
+from model_builder.serve import process
 
 K = 10
 
@@ -180,13 +180,12 @@ def run_serving(result: dict, profile: Profile, work: Path) -> dict:
     threads = knobs.measure_threads(models, "tuned", test, profile, logs)
     chosen = knobs.thread_flags(threads["chosen"]["intra_op"], threads["chosen"]["inter_op"])
     curve = result["served"]["tuned"].get("batch_curve")
-    batching = knobs.batching_advice(curve, machine()["cores"], report.TARGET_E2E_P99_MS) if curve else None
+    advice = knobs.batching_advice(curve, machine()["cores"], report.TARGET_E2E_P99_MS) if curve else None
     cfg = profile.e2e_config()
     # As the image runs it: TF Serving's batching with the shipped batching file (issue 10); the
     # same server without batching is measured beside it.
-    batching = ("--enable_batching", "--batching_parameters_file", str(settings.IMAGE_BATCHING_FILE))
     log("e2e: exact model through the local server (single client, batching on)")
-    with e2e.local_server(models, "exact", logs / "server-exact.log", (*chosen, *batching)) as server:
+    with e2e.local_server(models, "exact", logs / "server-exact.log", chosen, batching=True) as server:
         exact = timing.latency(e2e.make_search(server.spec), test, profile.exact_e2e_requests, profile.e2e_max_s)
     log(
         f"e2e: our client -> local server ({' '.join(chosen)}, batching on and off) vs JSON client -> FastAPI + Faiss, "
@@ -195,10 +194,10 @@ def run_serving(result: dict, profile: Profile, work: Path) -> dict:
     with contextlib.ExitStack() as stack:
         servers = {
             "ours": stack.enter_context(
-                e2e.local_server(models, "tuned", logs / "server-e2e.log", (*chosen, *batching))
+                e2e.local_server(models, "tuned", logs / "server-e2e.log", chosen, batching=True)
             ),
             "ours_unbatched": stack.enter_context(
-                e2e.local_server(models, "tuned", logs / "server-e2e-unbatched.log", chosen)
+                e2e.local_server(models, "tuned", logs / "server-e2e-unbatched.log", chosen, batching=False)
             ),
         }
         for kind, peer in result["faiss"].items():
@@ -219,14 +218,14 @@ def run_serving(result: dict, profile: Profile, work: Path) -> dict:
     return {
         "dataset": result["dataset"]["name"],
         "threads": threads,
-        "batching": batching,
+        "batching": advice,
         "e2e": {
             "ours": ours,
             "ours_unbatched": unbatched,
             "exact_single_client": exact,
             "fastapi_faiss": theirs,
             "config": cfg,
-            "server_flags": [*chosen, *batching],
+            "server_flags": [*chosen, *process.BATCHING_FLAGS],
         },
         "cold_start": cold,
         "load_average": load_average(),

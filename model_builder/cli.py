@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from model_builder import settings
+from model_builder import settings, tf_startup
 from model_builder.cli_args import add_config_arguments, config_from_args
 from model_builder.errors import BuilderError
 
@@ -198,6 +195,7 @@ def _add_demo(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    tf_startup.quiet_import()  # before anything imports TensorFlow
     args = parser().parse_args(argv)
     try:
         return args.run(args)

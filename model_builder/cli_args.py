@@ -27,6 +27,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, title: str)
         flags = ["--" + f.name.replace("_", "-")] + ([_SHORT[f.name]] if f.name in _SHORT else [])
         kind = _scalar_type(hints[f.name])
         help_text = f.metadata.get("help", "")
+        if "default" in help_text:
+            # The help already says what the default means; "%(default).0s" prints nothing but
+            # stops ArgumentDefaultsHelpFormatter from appending "(default: None)" after it.
+            help_text += "%(default).0s"
         if kind is bool:
             group.add_argument(
                 *flags, dest=f.name, default=default, action=argparse.BooleanOptionalAction, help=help_text

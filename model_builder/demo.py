@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from model_builder import settings
 from model_builder.errors import BuilderError, ConfigError
+from model_builder.serve import process
 
 SAMPLE_USER = 1
 SAMPLE_MOVIE = 50  # Star Wars (1977): a title most readers can judge similar movies for
@@ -53,32 +53,10 @@ def _cli(*args: str) -> dict | list:
 BATCHING_FILE = settings.IMAGE_BATCHING_FILE
 
 
-def _start_server(out: Path, name: str, port: int, rest_port: int, log_dir: Path) -> subprocess.Popen:
+def _start_server(out: Path, name: str, port: int, rest_port: int, log_dir: Path) -> process.ServerProcess:
     if not BATCHING_FILE.is_file():
         raise ConfigError(f"{BATCHING_FILE} not found: run the demo from a checkout of the repository")
-    log = open(log_dir / f"{name}.server.log", "w")
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "model_builder",
-            "serve",
-            "--model-base-path",
-            str(out),
-            "--model-name",
-            name,
-            "--port",
-            str(port),
-            "--rest_api_port",
-            str(rest_port),
-            "--enable_batching",
-            "--batching_parameters_file",
-            str(BATCHING_FILE),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
+    return process.start(out, name, log_dir / f"{name}.server.log", port=port, rest_port=rest_port, batching=True)
 
 
 def _show(title: str, ids: list, scores: list, titles: dict) -> None:
@@ -179,9 +157,9 @@ def run(args: argparse.Namespace) -> int:
                 titles,
             )
     finally:
-        for proc in servers.values():
-            proc.send_signal(signal.SIGTERM)
-        codes = [proc.wait(timeout=60) for proc in servers.values()]
+        for server in servers.values():  # all at once: each drains in parallel
+            server.proc.send_signal(signal.SIGTERM)
+        codes = [server.proc.wait(timeout=60) for server in servers.values()]
     _banner("summary")
     if "cold_start" in q:
         from model_builder.feature_build import quality_table

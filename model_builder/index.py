@@ -4,7 +4,7 @@ Rule of thumb (ScaNN's own advice for its algorithms, by catalogue size N):
   N < 20k          brute force (exact; quantization would cost recall for little speed)
   20k <= N < 100k  asymmetric hashing (2 dims per block) + exact reordering
   N >= 100k        tree partitioning (~sqrt(N) leaves) + AH + exact reordering
-Reordering always rescales more candidates than k so the final top-k is exact
+Reordering always re-scores more candidates than k so the final top-k is exact
 among them. The rule is where the build's index search starts and what it falls
 back to (model_builder/index_search.py): other families and knobs are tried
 within a time budget and the fastest served configuration reaching the recall

@@ -372,7 +372,6 @@ def build(
         )
         log(f"verify: loading the export in a fresh process; recall@{cfg.k} must be >= {cfg.target_recall}")
         report = verify.verify_in_fresh_process(tmp, cfg.target_recall, cfg.verify_queries)
-        info["verification"] = report
         recalls = ", ".join(f"{k} {v:.4f}" for k, v in report["recall_at_k"].items())
         log(
             f"verify: recall@{report['k']} vs exact search: {recalls}; {report['warmup_records_replayed']} warmup requests replayed"

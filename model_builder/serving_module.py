@@ -155,7 +155,6 @@ class RetrievalModule(tf.Module):
         self._k = options.k
         self._dim = int(catalogue.candidate_vectors.shape[1])
         self._options = options
-        self._index = index
         self._exclude_query = catalogue.items_are_queries
         self._negate = index.distance == "squared_l2"
         self.candidate_ids = tf.Variable(_id_tensor(catalogue.candidate_ids), trainable=False, name="candidate_ids")

@@ -32,7 +32,7 @@ freeze() {
   fi
   echo "locked $name: $(grep -vc '^#' "$here/$name.txt") packages"
 }
-for name in "${@:-build dev compat tools protoc}"; do
+for name in "${@:-build dev compat tools bench protoc}"; do
   for n in $name; do
     case "$n" in
       build|compat|tools|protoc) freeze "$n" -r "$here/$n.in" ;;

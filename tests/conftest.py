@@ -14,9 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 for _var in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES"):
     os.environ.pop(_var, None)
 
-from server import harness  # noqa: E402
-
-import support  # noqa: E402
+import support  # noqa: E402  (after the environment is cleaned above)
+from support import harness  # noqa: E402  (idem)
 
 # --target/--model for the target-only smoke suite (tests/smoke), also under `pytest tests`.
 pytest_plugins = ["smoke.plugin"]

@@ -30,8 +30,9 @@ def add_check_compat(sub) -> None:
         "--batching-parameters",
         type=Path,
         default=default,
-        help="TF Serving BatchingParameters file the server runs with (default: the image's, from a checkout; "
-        "none: the model is checked alone)",
+        help="TF Serving BatchingParameters file the server runs with (default: the image's "
+        "k8s/base/config/batching_parameters.txt when run from a checkout; none: the model is checked alone)"
+        "%(default).0s",
     )
     p.add_argument(
         "--runtime", default=ops.default_runtime(), help="registry snapshot under model_builder/compat/registry/"

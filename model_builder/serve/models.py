@@ -1,4 +1,5 @@
-"""Model versions on disk -> loaded, warmed, served, swapped. Knows nothing of gRPC.
+"""Model versions on disk -> loaded, warmed, served, swapped. Serves no RPC itself: its errors (serve/errors.py)
+carry the gRPC status TF Serving answers with, and the servicers send them.
 
 Mirrors TF Serving's defaults: the "latest" version policy (serve the highest
 numbered folder), availability-preserving swaps (load and warm the new version,

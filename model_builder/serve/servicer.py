@@ -14,7 +14,9 @@ import time
 
 import grpc
 import numpy as np
+import tensorflow as tf
 from google.protobuf.message import DecodeError
+from tensorflow.core.protobuf import error_codes_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
@@ -115,9 +117,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return _call(context, self._metrics, model, "Predict", lambda: self._predict(request, deadline))
 
     def _predict(self, request, deadline: float | None):
-        import tensorflow as tf
-        from tensorflow_serving.apis import predict_pb2
-
         spec = request.model_spec
         version, label = _version_of(spec)
         # TF Serving finds the servable first (NOT_FOUND), then validates the request (predict_util.cc).
@@ -144,8 +143,6 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         return _call(context, self._metrics, model, "GetModelMetadata", lambda: self._metadata(request))
 
     def _metadata(self, request):
-        from tensorflow_serving.apis import get_model_metadata_pb2 as md
-
         fields = list(request.metadata_field)
         if fields != ["signature_def"]:
             raise predictor.InvalidInputError(
@@ -154,7 +151,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         spec = request.model_spec
         version, label = _version_of(spec)
         with self._manager.lease(spec.name, version, label) as loaded:
-            sig_map = md.SignatureDefMap()
+            sig_map = get_model_metadata_pb2.SignatureDefMap()
             for key, value in loaded.signature_defs.items():
                 sig_map.signature_def[key].CopyFrom(value)
             response = get_model_metadata_pb2.GetModelMetadataResponse()
@@ -232,6 +229,4 @@ def status_response(manager: ModelManager, spec) -> get_model_status_pb2.GetMode
 
 
 def _error_code(name: str) -> int:
-    from tensorflow.core.protobuf import error_codes_pb2
-
     return error_codes_pb2.Code.Value(name)

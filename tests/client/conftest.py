@@ -9,17 +9,20 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 import support
+from support import harness, tls
 
 CLIENT_DIR = support.REPO / "client"
 
 # Before fake_tfs imports TensorFlow: keep its C++ start-up chatter out of the test logs.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from fake_tfs import FakeModel, FakeTfServing  # noqa: E402
+from fake_tfs import FakeModel, FakeTfServing  # noqa: E402  (after the log-level default above)
 
 
 @pytest.fixture
@@ -43,63 +46,52 @@ def server(make_server) -> FakeTfServing:
     return make_server()
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+def _write_fake_catalogue(path: Path) -> Path:
+    model = FakeModel()
+    np.savez(path, ids=np.array([i.decode() for i in model.ids]), vectors=model.vectors)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fake_catalogue_server(tmp_path_factory) -> Iterator[SimpleNamespace]:
+    """FakeModel's catalogue (40 x 8, ids item-N, K=5, version 3) built for real and served by the local server.
+
+    Queries are the candidates themselves (--query-embeddings with the same file), as in the fake.
+    """
+    version_dir = harness.shared_build(
+        tmp_path_factory,
+        "fake-catalogue",
+        "--candidates",
+        "{fake}",
+        "--query-embeddings",
+        "{fake}",
+        "-k",
+        "5",
+        "--version",
+        "3",
+        "--verify-queries",
+        "40",
+        files={"fake.npz": _write_fake_catalogue},
+    )
+    logs = tmp_path_factory.mktemp("fake-catalogue-server")
+    with support.local_server(version_dir.parent.parent, harness.MODEL, log_dir=logs) as running:
+        running.wait_available(3)
+        yield SimpleNamespace(target=running.target, model=FakeModel())
+
+
+@pytest.fixture(params=["fake", "local-server"])
+def any_server(request):
+    """For assertions that hold for any server: the fake, then the real local server on the fake's catalogue."""
+    return request.getfixturevalue("server" if request.param == "fake" else "fake_catalogue_server")
 
 
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory) -> dict[str, Path]:
     """A throw-away CA, a server certificate for DNS:retrieval.test only, and a client pair."""
     tmp = tmp_path_factory.mktemp("tls")
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-        cwd=tmp,
-    )
-    for name, ext in (("server", "subjectAltName=DNS:retrieval.test"), ("client", "extendedKeyUsage=clientAuth")):
-        (tmp / f"{name}.ext").write_text(ext + "\n")
-        _openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            f"/CN={name}",
-            cwd=tmp,
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.pem",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            cwd=tmp,
-        )
+    tls.make_ca(tmp, "ca")
+    tls.make_signed(tmp, "server", "ca", "subjectAltName=DNS:retrieval.test")
+    tls.make_signed(tmp, "client", "ca", "extendedKeyUsage=clientAuth")
     return {p.stem + p.suffix.replace(".", "_"): p for p in tmp.iterdir()}
 
 

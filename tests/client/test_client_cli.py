@@ -23,11 +23,11 @@ def run(capsys, *args):
     return code, out, err
 
 
-def test_search_table_and_json(server, capsys):
-    code, out, _ = run(capsys, "search", "--target", server.target, "--id", "item-1", "--id", "item-2", "-k", "3")
+def test_search_table_and_json(any_server, capsys):
+    code, out, _ = run(capsys, "search", "--target", any_server.target, "--id", "item-1", "--id", "item-2", "-k", "3")
     assert code == 0
     assert "query item-1:" in out and "query item-2:" in out and out.count("\n") >= 8
-    code, out, _ = run(capsys, "search", "--target", server.target, "--id", "item-1", "--json")
+    code, out, _ = run(capsys, "search", "--target", any_server.target, "--id", "item-1", "--json")
     data = json.loads(out)
     assert data["results"][0]["query"] == "item-1"
     assert data["results"][0]["ids"][0] == "item-1" and len(data["results"][0]["ids"]) == 5
@@ -41,20 +41,20 @@ def test_int_model_takes_numeric_ids_from_the_command_line(make_server, capsys):
     assert code == 2 and err.count("\n") == 1 and "not in this model version: [abc]" in err
 
 
-def test_search_vector_status_metadata_examples_wait(server, capsys):
-    vector = ",".join(str(v) for v in server.model.vectors[4])
-    code, out, _ = run(capsys, "search-vector", "--target", server.target, f"--vector={vector}", "--json")
+def test_search_vector_status_metadata_examples_wait(any_server, capsys):
+    vector = ",".join(str(v) for v in any_server.model.vectors[4])
+    code, out, _ = run(capsys, "search-vector", "--target", any_server.target, f"--vector={vector}", "--json")
     assert code == 0 and json.loads(out)["results"][0]["ids"][0] == "item-4"
-    code, out, _ = run(capsys, "status", "--target", server.target)
+    code, out, _ = run(capsys, "status", "--target", any_server.target)
     assert code == 0 and "AVAILABLE" in out
-    code, out, _ = run(capsys, "metadata", "--target", server.target, "--json")
+    code, out, _ = run(capsys, "metadata", "--target", any_server.target, "--json")
     assert json.loads(out)["signatures"]["search_by_vector"]["inputs"]["vectors"] == {
         "dtype": "float32",
         "shape": [-1, 8],
     }
-    code, out, _ = run(capsys, "examples", "--target", server.target)
+    code, out, _ = run(capsys, "examples", "--target", any_server.target)
     assert code == 0 and "query ids: item-0 item-1" in out
-    code, out, _ = run(capsys, "wait", "--target", server.target, "--timeout-s", "5")
+    code, out, _ = run(capsys, "wait", "--target", any_server.target, "--timeout-s", "5")
     assert code == 0 and out.strip() == "model scann_model version 3 AVAILABLE"
 
 
@@ -70,8 +70,8 @@ def test_search_vector_status_metadata_examples_wait(server, capsys):
         (["search", "--id", "1", "--version", "x"], "--model-version"),
     ],
 )
-def test_usage_and_rejected_requests_exit_2_with_one_line(server, capsys, args, needle):
-    code, _, err = run(capsys, *args, "--target", server.target)
+def test_usage_and_rejected_requests_exit_2_with_one_line(any_server, capsys, args, needle):
+    code, _, err = run(capsys, *args, "--target", any_server.target)
     assert code == 2
     assert err.count("\n") == 1 and needle in err, err
 

@@ -77,8 +77,8 @@ def test_int_ids_are_converted_for_each_model_dtype(make_server):
         assert int_server.calls["GetModelMetadata"] == 2
 
 
-def test_k_truncates_and_rejects_more_than_k(server):
-    with client_for(server) as client:
+def test_k_truncates_and_rejects_more_than_k(any_server):
+    with client_for(any_server) as client:
         full = client.search("item-2")[0]
         top2 = client.search("item-2", k=2)[0]
         assert top2 == SearchResult(full.ids[:2], full.scores[:2])
@@ -88,9 +88,9 @@ def test_k_truncates_and_rejects_more_than_k(server):
             client.search("item-2", k=0)
 
 
-def test_search_by_vector_finds_the_candidate_itself(server):
-    model = server.model
-    with client_for(server) as client:
+def test_search_by_vector_finds_the_candidate_itself(any_server):
+    model = any_server.model
+    with client_for(any_server) as client:
         batch = client.search_by_vector(model.vectors[:4], k=1)
         single = client.search_by_vector(model.vectors[5].astype(np.float64))
         with pytest.raises(ValueError, match="dimension 3.*8-dimensional"):
@@ -101,13 +101,13 @@ def test_search_by_vector_finds_the_candidate_itself(server):
     assert single[0].ids[0] == "item-5" and len(single[0].ids) == 5
 
 
-def test_examples_status_metadata(server):
-    with client_for(server) as client:
+def test_examples_status_metadata(any_server):
+    with client_for(any_server) as client:
         examples = client.examples()
         statuses = client.status()
         metadata = client.metadata()
     assert examples.query_ids.tolist()[:2] == ["item-0", "item-1"]
-    np.testing.assert_array_equal(examples.candidate_vectors, server.model.vectors[:8])
+    np.testing.assert_array_equal(examples.candidate_vectors, any_server.model.vectors[:8])
     assert [(s.version, s.state, s.error_code) for s in statuses] == [(3, "AVAILABLE", "OK")]
     assert metadata.model == "scann_model" and metadata.version == 3
     serving = metadata.signatures["serving_default"]
@@ -144,8 +144,8 @@ def test_version_and_label_reach_the_server(server):
         RetrievalClient(server.target, version=1, version_label="stable")
 
 
-def test_unknown_model_is_model_not_found_and_unchained(server):
-    with client_for(server, model="other_model") as client, pytest.raises(ModelNotFoundError) as info:
+def test_unknown_model_is_model_not_found_and_unchained(any_server):
+    with client_for(any_server, model="other_model") as client, pytest.raises(ModelNotFoundError) as info:
         client.metadata()
     error = info.value
     assert error.code == grpc.StatusCode.NOT_FOUND and "other_model" in error.details
@@ -174,8 +174,8 @@ def test_wait_until_available_times_out_naming_the_last_state(server):
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def test_closed_client_refuses_calls(server):
-    client = client_for(server)
+def test_closed_client_refuses_calls(any_server):
+    client = client_for(any_server)
     client.close()
     client.close()
     with pytest.raises(RuntimeError, match="closed"):
@@ -209,9 +209,9 @@ def test_async_client_returns_the_same_as_sync(make_server):
     assert async_results == sync_results
 
 
-def test_async_errors_are_converted(server):
+def test_async_errors_are_converted(any_server):
     async def run():
-        async with AsyncRetrievalClient(server.target, retry=FAST_RETRY) as client:
+        async with AsyncRetrievalClient(any_server.target, retry=FAST_RETRY) as client:
             await client.search("__missing__")
 
     with pytest.raises(InvalidRequestError, match="__missing__") as info:
@@ -244,8 +244,8 @@ def test_tls_with_server_name_override_and_client_certificates(make_server, tls_
         TlsConfig(client_cert_path="x.pem")
 
 
-def test_dns_target_with_round_robin_reaches_the_server(server):
-    with RetrievalClient(f"dns:///localhost:{server.target.rsplit(':', 1)[1]}", retry=FAST_RETRY) as client:
+def test_dns_target_with_round_robin_reaches_the_server(any_server):
+    with RetrievalClient(f"dns:///localhost:{any_server.target.rsplit(':', 1)[1]}", retry=FAST_RETRY) as client:
         assert client.search("item-9")[0].ids[0] == "item-9"
 
 

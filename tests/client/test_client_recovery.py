@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import support
+from model_builder.serve import process
 from retrieval_client import RetrievalClient, RetrievalError
 
 OUTAGE_S = 42.0
@@ -24,39 +23,18 @@ RECOVERY_BOUND_S = 10.0
 GRPC_DEFAULT_BACKOFF = [("grpc.initial_reconnect_backoff_ms", 1000), ("grpc.max_reconnect_backoff_ms", 120_000)]
 
 
-@contextlib.contextmanager
 def serve(version_dir: Path, port: int, rest: int, log: Path):
-    """python -m model_builder serve on fixed ports (the restart must reuse the address)."""
-    with open(log, "a") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "model_builder",
-                "serve",
-                "--model-base-path",
-                str(version_dir.parent.parent),
-                "--model-name",
-                version_dir.parent.name,
-                "--port",
-                str(port),
-                "--rest_api_port",
-                str(rest),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=support.ENV,
-            cwd=support.REPO,
-        )
-        server = support.RunningServer(
-            proc, f"127.0.0.1:{port}", f"http://127.0.0.1:{rest}", version_dir.parent.name, log
-        )
-        try:
-            yield server
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    """The local server on fixed ports (the restart must reuse the address); stopped on exit."""
+    return process.running(
+        version_dir.parent.parent,
+        version_dir.parent.name,
+        log,
+        port=port,
+        rest_port=rest,
+        batching=False,
+        env=support.ENV,
+        cwd=support.REPO,
+    )
 
 
 def first_success_after(client: RetrievalClient, query, since: float, give_up_s: float) -> float | None:
@@ -73,13 +51,13 @@ def first_success_after(client: RetrievalClient, query, since: float, give_up_s:
 @pytest.mark.slow
 def test_client_serves_again_within_seconds_after_a_40s_outage(synthetic_model, tmp_path):
     port, rest = support.free_port(), support.free_port()
-    log = tmp_path / "server.log"
+    logs = tmp_path
     ours = RetrievalClient(f"127.0.0.1:{port}", synthetic_model.parent.name, timeout_s=2.0)
     defaults = RetrievalClient(
         f"127.0.0.1:{port}", synthetic_model.parent.name, timeout_s=2.0, channel_options=GRPC_DEFAULT_BACKOFF
     )
     with ours, defaults:
-        with serve(synthetic_model, port, rest, log) as server:
+        with serve(synthetic_model, port, rest, logs / "server-before.log") as server:
             server.wait_available(int(synthetic_model.name))
             query = ours.examples().query_ids[:1]
             assert ours.search(query)[0].found and defaults.search(query)[0].found
@@ -93,7 +71,7 @@ def test_client_serves_again_within_seconds_after_a_40s_outage(synthetic_model, 
                     client.search(query, timeout_s=0.5)
                     pytest.fail("the server is down; no call can succeed")
             time.sleep(0.5)
-        with serve(synthetic_model, port, rest, log) as server:
+        with serve(synthetic_model, port, rest, logs / "server-after.log") as server:
             server.wait_available(int(synthetic_model.name), timeout=180)
             back_at = time.monotonic()
             outage = back_at - down_at

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import model_builder.scann_import  # noqa: F401
+import model_builder.scann_import  # noqa: F401  (registers the ScaNN ops before loading)
 import support
 from model_builder.compat import ops
 from model_builder.export import read_build_info

@@ -94,7 +94,7 @@ def test_check_compat_fails_on_a_signature_without_a_batch_input(tmp_path):
 
 
 def _record(signature: str, inputs: dict) -> prediction_log_pb2.PredictionLog:
-    from server import harness
+    from support import harness
 
     return prediction_log_pb2.PredictionLog(
         predict_log=prediction_log_pb2.PredictLog(request=harness.predict_request(signature, inputs))

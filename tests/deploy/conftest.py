@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
-from deploy_helpers import OVERLAYS, REPO, read_versions, render
+
+from support import REPO, free_port
+from support.deploy import OVERLAYS, REGISTRY_BINARY, http_service, read_versions, render, tool
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +58,37 @@ def python_standin(docker_client) -> str:
     assert proc.returncode == 0, proc.stderr
     docker_client.images.get(image)
     return image
+
+
+@pytest.fixture
+def moto(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with http_service(
+        [tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        f"{url}/moto-api/",
+        tmp_path / "moto.log",
+        "moto_server",
+    ):
+        yield url
+
+
+@pytest.fixture
+def registry(tmp_path):
+    if not Path(REGISTRY_BINARY).exists():
+        pytest.fail(f"{REGISTRY_BINARY} missing: scripts/engine.sh ensure installs Debian's docker-registry")
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
+        f"http:\n  addr: 127.0.0.1:{port}\n"
+    )
+    with http_service(
+        [REGISTRY_BINARY, "serve", str(config)],
+        f"http://127.0.0.1:{port}/v2/",
+        tmp_path / "registry.log",
+        "docker-registry",
+    ):
+        yield f"127.0.0.1:{port}"

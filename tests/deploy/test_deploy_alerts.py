@@ -12,7 +12,9 @@ import json
 import subprocess
 
 import pytest
-from deploy_helpers import REPO, by_kind, load_yaml_documents, run_deploy, tool
+
+from support import REPO
+from support.deploy import by_kind, load_yaml_documents, run_deploy, tool
 
 pytestmark = pytest.mark.tools
 

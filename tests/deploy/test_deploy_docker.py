@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy_helpers import REPO, by_kind, http_get, load_yaml_documents, read_versions, run_deploy, wait_for
+
+from support import REPO, wait_for
+from support.deploy import by_kind, http_get, load_yaml_documents, read_versions, run_deploy
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -247,7 +249,7 @@ def serving(docker_client, built):
             return container.exec_run(["/usr/local/bin/model-ready"]).exit_code == 0
 
         try:
-            wait_for(available, timeout_s=300, what="the model to be AVAILABLE (model-ready)", interval_s=1)
+            wait_for(available, 300, "the model to be AVAILABLE (model-ready)", interval=1)
         except BaseException:
             print(container.logs().decode(errors="replace")[-4000:])
             raise
@@ -300,7 +302,7 @@ def test_docker_healthcheck_turns_healthy(serving):
         serving.container.reload()
         return serving.container.attrs["State"]["Health"]["Status"] == "healthy"
 
-    wait_for(healthy, timeout_s=90, what="Docker HEALTHCHECK (model-ready) to report healthy", interval_s=2)
+    wait_for(healthy, 90, "Docker HEALTHCHECK (model-ready) to report healthy", interval=2)
 
 
 def test_smoke_suite_passes_against_the_container(serving):

@@ -14,7 +14,9 @@ import re
 from pathlib import Path
 
 import pytest
-from deploy_helpers import REPO, read_versions
+
+from support import REPO
+from support.deploy import read_versions
 
 DOCS = ["README.md", "client/README.md", "k8s/README.md"]
 CLIENT_LABEL = "scann-serving/client"

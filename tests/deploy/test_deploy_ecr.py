@@ -12,60 +12,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from deploy_helpers import REPO, clean_env, free_port, http_get, http_service, tool, tools_venv
+
+from support import REPO
+from support.deploy import ACCOUNT, REGION, aws_env, http_get, tool
 
 pytestmark = [pytest.mark.docker, pytest.mark.tools]
-
-ACCOUNT = "123456789012"  # moto's default account
-REGION = "us-east-1"
-REGISTRY_BINARY = "/usr/bin/docker-registry"
-
-
-@pytest.fixture
-def moto(tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with http_service(
-        [tool("moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        f"{url}/moto-api/",
-        tmp_path / "moto.log",
-        "moto_server",
-    ):
-        yield url
-
-
-@pytest.fixture
-def registry(tmp_path):
-    if not Path(REGISTRY_BINARY).exists():
-        pytest.fail(f"{REGISTRY_BINARY} missing: scripts/engine.sh ensure installs Debian's docker-registry")
-    port = free_port()
-    config = tmp_path / "registry.yml"
-    config.write_text(
-        "version: 0.1\n"
-        "log:\n  level: warn\n"
-        f"storage:\n  filesystem:\n    rootdirectory: {tmp_path / 'registry'}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n"
-    )
-    with http_service(
-        [REGISTRY_BINARY, "serve", str(config)],
-        f"http://127.0.0.1:{port}/v2/",
-        tmp_path / "registry.log",
-        "docker-registry",
-    ):
-        yield f"127.0.0.1:{port}"
-
-
-def aws_env(moto_url: str, **extra) -> dict:
-    return clean_env(
-        AWS_ENDPOINT_URL=moto_url,
-        AWS_ACCESS_KEY_ID="testing",
-        AWS_SECRET_ACCESS_KEY="testing",
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_CONFIG_FILE="/dev/null",
-        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
-        TOOLS_VENV=str(tools_venv()),
-        **extra,
-    )
 
 
 def test_make_push_creates_the_repository_and_pushes(docker_client, python_standin, moto, registry, tmp_path):

@@ -7,7 +7,9 @@ import math
 import re
 
 import pytest
-from deploy_helpers import OVERLAYS, REPO, by_kind
+
+from support import REPO
+from support.deploy import OVERLAYS, by_kind
 
 pytestmark = pytest.mark.tools
 

@@ -8,7 +8,9 @@ import re
 import subprocess
 
 import pytest
-from deploy_helpers import REPO, read_versions, tool, tools_venv
+
+from support import REPO
+from support.deploy import read_versions, tool, tools_venv
 
 pytestmark = pytest.mark.tools
 

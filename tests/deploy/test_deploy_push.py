@@ -16,10 +16,10 @@ import uuid
 
 import numpy as np
 import pytest
-from deploy_helpers import REPO, by_kind, http_get, load_yaml_documents, run_deploy
-from test_deploy_ecr import ACCOUNT, REGION, aws_env, moto, registry  # noqa: F401 (fixtures)
 
 import support
+from support import REPO
+from support.deploy import ACCOUNT, REGION, aws_env, by_kind, http_get, load_yaml_documents, run_deploy
 
 pytestmark = [pytest.mark.docker, pytest.mark.tools, pytest.mark.compat]
 
@@ -129,7 +129,7 @@ def _manifest_config(registry_url, repository, tag):
         return json.loads(response.read())["config"]["digest"]
 
 
-def test_push_never_replaces_a_tag_with_other_model_files(docker_client, images, moto, registry, tmp_path):  # noqa: F811
+def test_push_never_replaces_a_tag_with_other_model_files(docker_client, images, moto, registry, tmp_path):
     repository = f"scann-serving-test-{uuid.uuid4().hex[:6]}"
     env = aws_env(
         moto,

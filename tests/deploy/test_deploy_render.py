@@ -11,7 +11,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from deploy_helpers import LABEL, PUSHED_DIGEST, REPO, by_kind, load_yaml_documents, run_deploy, tool, write_push_record
+
+from support import REPO
+from support.deploy import LABEL, PUSHED_DIGEST, by_kind, load_yaml_documents, run_deploy, tool, write_push_record
 
 pytestmark = pytest.mark.tools
 

@@ -11,7 +11,9 @@ import subprocess
 import threading
 
 import pytest
-from deploy_helpers import REPO, clean_env, free_port
+
+from support import REPO, free_port
+from support.deploy import clean_env
 
 SCRIPTS = (
     sorted((REPO / "scripts").glob("*.sh"))

@@ -8,7 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
-from deploy_helpers import REPO, by_kind
+
+from support import REPO
+from support.deploy import by_kind
 
 DOCKERFILES = sorted((REPO / "docker").rglob("Dockerfile"))
 

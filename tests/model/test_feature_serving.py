@@ -12,10 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from server import harness
 
 import support
 from model_builder.data import load_dataset
+from support import harness
 
 pytestmark = pytest.mark.slow
 BATCHING = (

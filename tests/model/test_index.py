@@ -88,7 +88,7 @@ def test_each_regime_against_exact_search(regime, catalogues, tmp_path):
     assert info["index"]["algorithm"] == regime, info["index"]
     assert info["verification"]["passed"]
 
-    import model_builder.scann_import  # noqa: F401
+    import model_builder.scann_import  # noqa: F401  (registers the ScaNN ops before loading)
 
     loaded = tf.saved_model.load(str(version))
     queries = clustered_embeddings(200, 32, num_clusters=200, seed=len(vectors)) + 0.01

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from server import harness
 
 import support
+from support import harness
 
 
 @pytest.fixture(scope="session")

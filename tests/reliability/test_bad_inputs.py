@@ -13,9 +13,6 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from server import harness
-from server.harness import assert_still_serving
-from server.harness import predict_request as req
 from tensorflow.core.framework import tensor_pb2, types_pb2
 
 from retrieval_client import (
@@ -25,6 +22,9 @@ from retrieval_client import (
     RetrievalClient,
     RetryPolicy,
 )
+from support import harness
+from support.harness import assert_still_serving
+from support.harness import predict_request as req
 
 IA, NF, FP = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION
 ONE_ID = {"ids": np.array([b"sku-1"], dtype=object)}

@@ -15,9 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from server import harness
 
 from model_builder import export
+from support import harness
 
 
 def _interactions_csv(rows: int = 400) -> str:

@@ -14,9 +14,10 @@ import grpc
 import numpy as np
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from server import harness
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import predict_pb2
+
+from support import harness
 
 DEADLINE_S = 20.0
 EXPECTED = {

@@ -22,10 +22,10 @@ import threading
 
 import grpc
 import numpy as np
-from server import harness
-from server.harness import predict_request as req
 
 import support
+from support import harness
+from support.harness import predict_request as req
 
 WARMUP, MEASURED, THREADS = 2_000, 10_000, 4
 BOUND_KIB = 4 * 1024

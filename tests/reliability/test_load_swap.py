@@ -13,10 +13,10 @@ import threading
 import time
 
 import numpy as np
-from server import harness
 
 import support
 from retrieval_client import RetrievalClient
+from support import harness
 
 CLIENTS, BATCH, AFTER, LIMIT_S = 16, 4, 25, 300.0
 QUERIES = [f"sku-{i}" for i in range(0, harness.NUM_ITEMS, 41)]
@@ -78,7 +78,7 @@ def test_16_clients_while_a_new_version_is_built_and_swapped_in(tmp_path, items_
         clients = [Client(server.target, seed, done) for seed in range(CLIENTS)]
         for client in clients:
             client.start()
-        harness.wait_for(lambda: all(len(c.records) >= 5 for c in clients), 120, "every client to be running")
+        support.wait_for(lambda: all(len(c.records) >= 5 for c in clients), 120, "every client to be running")
         events["build_started"] = time.monotonic()
         build = harness.cli_async(
             "build",

@@ -23,10 +23,10 @@ import time
 
 import grpc
 import pytest
-from server import harness
 
 import support
 from retrieval_client import RetrievalClient, RetryPolicy, ServerUnavailableError
+from support import harness
 
 SKUS = [f"sku-{i}" for i in range(0, harness.NUM_ITEMS, 131)]
 ROWS = 1024
@@ -102,13 +102,13 @@ def test_corrupt_new_versions_keep_the_previous_one_serving(tmp_path, items_mode
         errors = {}
         for version, how in ((2, "truncated-saved-model"), (3, "truncated-variables"), (4, "empty")):
             _publish_damaged(items_model, model_dir, version, how)
-            harness.wait_for(lambda v=version: raw.states().get(v) == "END", 120, f"version {version} to fail")
+            support.wait_for(lambda v=version: raw.states().get(v) == "END", 120, f"version {version} to fail")
             entry = next(s for s in raw.status().model_version_status if s.version == version)
             errors[version] = (how, entry.status.error_code, entry.status.error_message)
             assert raw.states()[1] == "AVAILABLE"
         harness.publish_copy(items_v2_model, model_dir, 5)
-        harness.wait_for(lambda: raw.states().get(5) == "AVAILABLE" and raw.states().get(1) == "END", 120, "version 5")
-        harness.wait_for(lambda: sum(v == 5 for v, _ in loop.answers) >= 10, 60, "answers from version 5")
+        support.wait_for(lambda: raw.states().get(5) == "AVAILABLE" and raw.states().get(1) == "END", 120, "version 5")
+        support.wait_for(lambda: sum(v == 5 for v, _ in loop.answers) >= 10, 60, "answers from version 5")
         loop.finish()
         rest = {int(s["version"]): s for s in server.status()["model_version_status"]}
         final = raw.predict(harness.ids_request(["sku-1"]))
@@ -136,17 +136,17 @@ def test_deleted_versions_fall_back_like_tf_serving(tmp_path, items_model, items
         assert raw.states() == {2: "AVAILABLE"}
         loop = Loop(server.target)
         loop.start()
-        harness.wait_for(lambda: len(loop.answers) >= 20, 60, "requests before the delete")
+        support.wait_for(lambda: len(loop.answers) >= 20, 60, "requests before the delete")
         shutil.rmtree(model_dir / "2")
-        harness.wait_for(lambda: raw.states() == {1: "AVAILABLE", 2: "END"}, 120, "fallback to version 1")
+        support.wait_for(lambda: raw.states() == {1: "AVAILABLE", 2: "END"}, 120, "fallback to version 1")
         mark = len(loop.answers)
-        harness.wait_for(lambda: len(loop.answers) >= mark + 20, 60, "requests after the fallback")
+        support.wait_for(lambda: len(loop.answers) >= mark + 20, 60, "requests after the fallback")
         loop.finish()
         shutil.rmtree(model_dir / "1")
-        harness.wait_for(lambda: raw.states() == {1: "END", 2: "END"}, 120, "every version unloaded")
+        support.wait_for(lambda: raw.states() == {1: "END", 2: "END"}, 120, "every version unloaded")
         gone = harness.rpc_error(raw.predict, harness.ids_request(["sku-1"]))
         harness.publish_copy(items_model, model_dir, 3)
-        harness.wait_for(lambda: raw.states().get(3) == "AVAILABLE", 120, "version 3")
+        support.wait_for(lambda: raw.states().get(3) == "AVAILABLE", 120, "version 3")
         back = raw.predict(harness.ids_request(["sku-1"])).model_spec.version.value
         raw.close()
     assert loop.errors == [], loop.errors[:5]
@@ -212,12 +212,12 @@ def test_sigterm_with_requests_in_flight(tmp_path, slow_model, grace_s, expect):
         for thread in threads:
             thread.start()
         # In flight: the idle server is now burning CPU on them (each takes seconds).
-        harness.wait_for(lambda: _cpu_seconds(pid) - cpu >= 1.0, 120, "the server to work on the requests")
+        support.wait_for(lambda: _cpu_seconds(pid) - cpu >= 1.0, 120, "the server to work on the requests")
         sigterm_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
-        harness.wait_for(lambda: "shutting down: draining" in server.log(), 30, "the drain to start")
+        support.wait_for(lambda: "shutting down: draining" in server.log(), 30, "the drain to start")
         probe = harness.Raw(server.target)
-        refused = harness.wait_for(lambda: _refused(probe), 10, "new RPCs to be refused")
+        refused = support.wait_for(lambda: _refused(probe), 10, "new RPCs to be refused")
         for thread in threads:
             thread.join(grace_s + 120)
         code = server.proc.wait(grace_s + 120)

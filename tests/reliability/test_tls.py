@@ -4,86 +4,27 @@ including client-certificate verification. Certificates are made with openssl fo
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import grpc
 import pytest
-from server import harness
 
 import support
 from retrieval_client import RetrievalClient, RetryPolicy, ServerUnavailableError, TlsConfig
+from support import harness, tls
 
 ONCE = RetryPolicy(max_attempts=1)
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def _ca(folder: Path, name: str) -> None:
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.pem",
-        "-days",
-        "2",
-        "-subj",
-        f"/CN={name}",
-        cwd=folder,
-    )
-
-
-def _signed(folder: Path, name: str, ca: str, extension: str) -> None:
-    (folder / f"{name}.ext").write_text(extension + "\n")
-    _openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        "-subj",
-        f"/CN={name}",
-        cwd=folder,
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        f"{ca}.pem",
-        "-CAkey",
-        f"{ca}.key",
-        "-CAcreateserial",
-        "-out",
-        f"{name}.pem",
-        "-days",
-        "2",
-        "-extfile",
-        f"{name}.ext",
-        cwd=folder,
-    )
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Path:
     """A CA with a server cert for 127.0.0.1/localhost and a client cert; a second CA with its own client cert."""
     folder = tmp_path_factory.mktemp("pki")
-    _ca(folder, "ca")
-    _signed(folder, "server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost")
-    _signed(folder, "client", "ca", "extendedKeyUsage=clientAuth")
-    _ca(folder, "other-ca")
-    _signed(folder, "stranger", "other-ca", "extendedKeyUsage=clientAuth")
+    tls.make_ca(folder, "ca")
+    tls.make_signed(folder, "server", "ca", "subjectAltName=IP:127.0.0.1,DNS:localhost")
+    tls.make_signed(folder, "client", "ca", "extendedKeyUsage=clientAuth")
+    tls.make_ca(folder, "other-ca")
+    tls.make_signed(folder, "stranger", "other-ca", "extendedKeyUsage=clientAuth")
     return folder
 
 

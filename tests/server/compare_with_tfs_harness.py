@@ -1,7 +1,7 @@
 """Development check (not a test; CI cannot build the harness): the same runs through TF Serving 2.11's own
 BatchingSession (tools/tfs_batching_harness) and through the local server with --enable_batching.
 
-    .venv/bin/python tests/server/compare_with_tfs_harness.py VERSION_DIR HARNESS_BINARY MAKE_RUNS_PY \\
+    PYTHONPATH=.:tests .venv/bin/python tests/server/compare_with_tfs_harness.py VERSION_DIR HARNESS_BINARY MAKE_RUNS_PY \\
         [--batching-file k8s/base/config/batching_parameters.txt]
 
 Scenarios: one request of N known ids for N in 1, 8, 800, 801, 1024, 1025 on an idle queue, and
@@ -24,12 +24,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]
-
-from server import harness  # noqa: E402
-
-import support  # noqa: E402
+import support
+from support import harness
 
 ROWS = (1, 8, 800, 801, 1024, 1025)
 _HARNESS_KEYS = (

@@ -22,12 +22,12 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from server import harness
 
 import model_builder.scann_import  # noqa: F401  (Scann ops before loading)
 import support
 from model_builder.compat.tfs_batching import BatchingParameters
 from model_builder.serve.batching import RunCounter
+from support import harness
 
 LOCKED = """
 max_batch_size { value: 16 }

@@ -1,17 +1,15 @@
-"""retrieval_client (sync and async) against the real local server, every method; plus the client's own
-end-to-end and CLI tests re-run against a real model that mirrors their fake one (tests/client/fake_tfs.py)."""
+"""retrieval_client (sync and async) against the real local server, every method.
+
+The client's own end-to-end and CLI tests whose assertions hold for any server run against
+a real model mirroring their fake one too (tests/client/conftest.py: any_server)."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from server import harness
 
-import support
 from retrieval_client import (
     AsyncRetrievalClient,
     InvalidRequestError,
@@ -19,61 +17,9 @@ from retrieval_client import (
     RetrievalClient,
     RetryPolicy,
 )
-
-sys.path.insert(0, str(support.REPO / "tests" / "client"))
-from fake_tfs import FakeModel
-
-# The client's own tests whose assertions hold for any server serving FakeModel's catalogue
-# (the others count calls or script failures, which only the fake can do).
-from test_client_cli import (  # noqa: F401
-    test_search_table_and_json,
-    test_search_vector_status_metadata_examples_wait,
-    test_usage_and_rejected_requests_exit_2_with_one_line,
-)
-from test_client_e2e import (  # noqa: F401
-    test_async_errors_are_converted,
-    test_closed_client_refuses_calls,
-    test_dns_target_with_round_robin_reaches_the_server,
-    test_examples_status_metadata,
-    test_k_truncates_and_rejects_more_than_k,
-    test_search_by_vector_finds_the_candidate_itself,
-    test_unknown_model_is_model_not_found_and_unchained,
-)
+from support import harness
 
 FAST = RetryPolicy(max_attempts=2, initial_backoff_s=0.01, max_backoff_s=0.05)
-
-
-def _write_fake_catalogue(path):
-    model = FakeModel()
-    np.savez(path, ids=np.array([i.decode() for i in model.ids]), vectors=model.vectors)
-    return path
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """FakeModel's catalogue (40 x 8, ids item-N, K=5, version 3) built for real and served by the local server.
-
-    Queries are the candidates themselves (--query user with the same file), as in the fake.
-    """
-    version_dir = harness.shared_build(
-        tmp_path_factory,
-        "fake-catalogue",
-        "--candidates",
-        "{fake}",
-        "--query-embeddings",
-        "{fake}",
-        "-k",
-        "5",
-        "--version",
-        "3",
-        "--verify-queries",
-        "40",
-        files={"fake.npz": _write_fake_catalogue},
-    )
-    logs = tmp_path_factory.mktemp("fake-catalogue-server")
-    with support.local_server(version_dir.parent.parent, harness.MODEL, log_dir=logs) as running:
-        running.wait_available(3)
-        yield SimpleNamespace(target=running.target, model=FakeModel())
 
 
 def test_every_method_sync_and_async_agree(items_server):

@@ -17,10 +17,10 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-from server import harness
-from server.harness import rpc_error
 
 import support
+from support import harness
+from support.harness import rpc_error
 
 NOT_FOUND, INVALID, PRECONDITION = (
     grpc.StatusCode.NOT_FOUND,
@@ -196,7 +196,10 @@ def test_metadata_lists_the_signatures(raw):
     response.metadata["signature_def"].Unpack(signatures)
     defs = signatures.signature_def
     assert set(defs) == {"serving_default", "search_by_vector", "examples"}
-    shape = lambda info: [d.size for d in info.tensor_shape.dim]  # noqa: E731
+
+    def shape(info):
+        return [d.size for d in info.tensor_shape.dim]
+
     assert (defs["serving_default"].inputs["ids"].dtype, shape(defs["serving_default"].inputs["ids"])) == (
         7,
         [-1],

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from server import harness
 
 import model_builder.scann_import  # noqa: F401  (Scann ops before loading)
 import support
 from model_builder import warmup
 from model_builder.export import read_build_info
+from support import harness
 
 
 def _same(got: dict, want: dict, exact: bool) -> list[str]:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from server import harness
 from tensorflow_serving.apis import prediction_log_pb2
 
 import model_builder.scann_import  # noqa: F401  (Scann ops before loading)
 import support
 from model_builder import warmup
+from support import harness
 
 
 def _exit(server: support.RunningServer, timeout: float = 180) -> tuple[int, str]:

@@ -12,10 +12,10 @@ import urllib.error
 import urllib.request
 
 import pytest
-from server import harness
 
 import support
 from retrieval_client import RetrievalClient
+from support import harness
 
 QUERIES = [f"sku-{i}" for i in range(0, harness.NUM_ITEMS, 97)]
 BATCH = 3
@@ -49,9 +49,9 @@ class Loop(threading.Thread):
 
 def _run_until(loops: list[Loop], predicate, count_after: int, timeout: float) -> None:
     """Waits for predicate(), then until each loop made count_after more requests."""
-    harness.wait_for(predicate, timeout, "the swap")
+    support.wait_for(predicate, timeout, "the swap")
     marks = [len(loop.records) + len(loop.errors) for loop in loops]
-    harness.wait_for(
+    support.wait_for(
         lambda: all(len(lp.records) + len(lp.errors) >= m + count_after for lp, m in zip(loops, marks)),
         timeout,
         "requests after the swap",
@@ -82,7 +82,7 @@ def test_version_swap_while_clients_loop(tmp_path, items_model, items_v2_model):
         loops = [Loop(via_raw), Loop(via_client)]
         for loop in loops:
             loop.start()
-        harness.wait_for(lambda: all(len(lp.records) >= 20 for lp in loops), 60, "requests before the swap")
+        support.wait_for(lambda: all(len(lp.records) >= 20 for lp in loops), 60, "requests before the swap")
         harness.publish_copy(items_v2_model, model_dir, 2)
         _run_until(loops, lambda: raw.states() == {1: "END", 2: "AVAILABLE"}, count_after=20, timeout=120)
         for loop in loops:

@@ -55,7 +55,7 @@ class ModelNotFoundError(RetrievalError):
     """NOT_FOUND: the server has no such model, version or version label."""
 
     hint = (
-        "check the model name, version and signature; TF Serving also answers "
+        "check the model name, version and version label; TF Serving also answers "
         "NOT_FOUND until the first version has loaded, see wait_until_available()"
     )
 

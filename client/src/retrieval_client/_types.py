@@ -151,7 +151,7 @@ class Examples:
             for name in ("query_ids", "candidate_ids", "candidate_vectors")
         )
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None  # type: ignore[assignment]  # arrays are not hashable
 
 
 @dataclass(frozen=True)

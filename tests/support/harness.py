@@ -1,6 +1,6 @@
-"""Shared by tests/server and tests/reliability: small real models, atomic copies, raw TF Serving gRPC calls.
+"""Shared by tests/server, tests/reliability and tests/client: small real models, atomic copies, raw TF Serving gRPC calls.
 
-Import it as `from server import harness` from both folders (one module object).
+Import it as `from support import harness` (one module object for every folder).
 Models are built once per pytest session through the real CLI and memoized on
 disk under the session's base temp folder, so the session fixtures of both
 folders' conftests share one build (pytest cannot share a fixture between
@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -260,21 +259,6 @@ def outputs(response) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     return {name: tf.make_ndarray(proto) for name, proto in response.outputs.items()}
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    """Polls predicate() until it returns a truthy value; fails naming `what`."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except (grpc.RpcError, OSError, ValueError) as err:
-            last = err
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 def assert_still_serving(server: support.RunningServer, raw: Raw, pid: int | None = None) -> None:

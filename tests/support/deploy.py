@@ -1,5 +1,4 @@
-"""Helpers shared by the tests in tests/deploy (imported by name; pytest puts
-this folder on sys.path)."""
+"""Helpers for tests/deploy: the pinned tools, rendered manifests, push records, local HTTP services."""
 
 from __future__ import annotations
 
@@ -7,19 +6,18 @@ import contextlib
 import hashlib
 import json
 import os
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import support
+from model_builder import settings
+from support import REPO, wait_for
 
-REPO = Path(__file__).resolve().parents[2]
 OVERLAYS = sorted(p.name for p in (REPO / "k8s" / "overlays").iterdir() if p.is_dir())
 
 
@@ -36,13 +34,8 @@ def tool(name: str) -> str:
 
 
 def read_versions() -> dict[str, str]:
-    pairs = {}
-    for line in (REPO / "versions.env").read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            pairs[key] = value
-    return pairs
+    """versions.env's KEY=VALUE pairs (the same reader model_builder uses)."""
+    return dict(settings.versions())
 
 
 def load_yaml_documents(text: str) -> list[dict]:
@@ -79,21 +72,6 @@ def clean_env(**overrides: str) -> dict[str, str]:
     return env
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(check: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(interval_s)
-    pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
 def http_get(url: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
     """(status, body); status 0 when nothing answers."""
     try:
@@ -111,11 +89,30 @@ def http_service(cmd: list[str], ready_url: str, log_path: Path, what: str) -> I
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: http_get(ready_url)[0] == 200, 60, what)
+            wait_for(lambda: http_get(ready_url)[0] == 200, 60, what, interval=0.5)
             yield
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+# Local stand-ins for AWS (tests/deploy/conftest.py: the moto and registry fixtures).
+ACCOUNT = "123456789012"  # moto's default account
+REGION = "us-east-1"
+REGISTRY_BINARY = "/usr/bin/docker-registry"
+
+
+def aws_env(moto_url: str, **extra) -> dict:
+    return clean_env(
+        AWS_ENDPOINT_URL=moto_url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE="/dev/null",
+        AWS_SHARED_CREDENTIALS_FILE="/dev/null",
+        TOOLS_VENV=str(tools_venv()),
+        **extra,
+    )
 
 
 PUSHED_DIGEST = "sha256:" + "ab" * 32
