@@ -10,6 +10,7 @@ stops falling, and wait at most about one single-query search for company.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from pathlib import Path
 
@@ -94,14 +95,16 @@ def measure_threads(base_path: Path, model: str, test: np.ndarray, profile, logs
     }
 
 
-def batching_advice(curve: list[dict], cores: int, p99_budget_ms: float) -> dict:
+def batching_advice(curve: list[dict], cores: int, p99_budget_ms: float, max_request_rows: int = 1024) -> dict:
     """BatchingParameters derived from the measured batch curve (see the module docstring).
 
-    max_batch_size: among batch sizes whose one call fits the p99 budget, the
-    smallest within 15% of the cheapest cost per query (past that knee a bigger
-    batch adds waiting and call time for little saving). batch_timeout_micros:
-    about one single-query call (waiting longer for company costs a lone
-    request more than merging saves). One batch thread per core.
+    max_execution_batch_size: among batch sizes whose one call fits the p99 budget, the
+    smallest within 15% of the cheapest cost per query (past that knee a bigger batch adds
+    waiting and call time for little saving). batch_timeout_micros: about one single-query
+    call (waiting longer for company costs a lone request more than merging saves).
+    max_enqueued_batches: the fewest execution batches whose rows hold one request of
+    max_batch_size (the build's --max-batch-size) on an idle queue, TF's capacity rule with
+    large-batch splitting (shared_batch_scheduler.h). One batch thread per core.
     """
     fits = [p for p in curve if p["median_call_ms"] <= p99_budget_ms] or curve[:1]
     best = min(p["us_per_query"] for p in fits)
@@ -109,15 +112,17 @@ def batching_advice(curve: list[dict], cores: int, p99_budget_ms: float) -> dict
     single = min(curve, key=lambda p: p["batch"])
     timeout_us = int(max(100, round(single["median_call_ms"] * 1000, -2)))
     return {
-        "max_batch_size": knee["batch"],
+        "max_batch_size": max_request_rows,
+        "enable_large_batch_splitting": True,
+        "max_execution_batch_size": knee["batch"],
         "batch_timeout_micros": timeout_us,
         "num_batch_threads": cores,
-        "max_enqueued_batches": 100,
+        "max_enqueued_batches": math.ceil(max_request_rows / knee["batch"]),
         "p99_budget_ms": p99_budget_ms,
         "single_call_ms": single["median_call_ms"],
-        "call_ms_at_max_batch": knee["median_call_ms"],
+        "call_ms_at_execution_batch": knee["median_call_ms"],
         "us_per_query_single": single["us_per_query"],
-        "us_per_query_at_max_batch": knee["us_per_query"],
+        "us_per_query_at_execution_batch": knee["us_per_query"],
         "merge_gain": round(single["us_per_query"] / knee["us_per_query"], 1),
     }
 

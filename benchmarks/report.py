@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 # The issue's targets (ratios on one 2-core machine, same run).
 TARGET_RECALL = 0.95
 TARGET_SPEEDUP = 50.0
@@ -191,6 +194,20 @@ def summary(results: dict, serving: dict, meta: dict) -> dict:
     }
     out["targets"] = _targets(out)
     return out
+
+
+def overhead_breakdown(path: Path) -> dict | None:
+    """One search_by_vector call through TF 2.11's C API, before/after the graph changes (benchmarks/overhead.py)."""
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    runs = data.get("tf_2_11_c_api", {})
+    return {
+        "what": data.get("what"),
+        "median_us": {key: run["untraced"]["median_us"] for key, run in runs.items()},
+        "traced_categories_us": {key: run.get("traced_categories_us") for key, run in runs.items()},
+        "source": path.name,
+    }
 
 
 def _targets(s: dict) -> dict:

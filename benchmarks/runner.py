@@ -261,6 +261,7 @@ def run(profile: Profile, out: Path, work: Path) -> dict:
     meta["seconds"] = round(time.perf_counter() - started, 1)
     meta["load_average_end"] = load_average()
     summary = report.summary(results, serving or {}, meta)
+    summary["overhead_breakdown"] = report.overhead_breakdown(out / "overhead.json")
     write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report.markdown(results, serving or {}, summary))
     log(f"done in {meta['seconds'] / 60:.1f} min: {out / 'summary.json'}, {out / 'report.md'}")
@@ -294,6 +295,7 @@ def rerender(out: Path) -> dict:
     previous = json.loads((out / "summary.json").read_text()) if (out / "summary.json").is_file() else {}
     meta.update({"seconds": previous.get("run_seconds"), "load_average_end": previous.get("load_average_end")})
     summary = report.summary(results, serving, meta)
+    summary["overhead_breakdown"] = report.overhead_breakdown(out / "overhead.json")
     write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report.markdown(results, serving, summary))
     log(f"re-rendered {out / 'summary.json'}, {out / 'report.md'} and {len(results)} chart(s)")

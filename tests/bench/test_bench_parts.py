@@ -64,10 +64,13 @@ def test_batching_advice_picks_the_knee_within_the_latency_budget():
         for b, ms in ((1, 0.4), (8, 0.8), (64, 3.2), (256, 12.0))
     ]
     advice = knobs.batching_advice(curve, cores=2, p99_budget_ms=5.0)
-    assert advice["max_batch_size"] == 64 and advice["num_batch_threads"] == 2
+    assert advice["max_execution_batch_size"] == 64 and advice["num_batch_threads"] == 2
     assert advice["batch_timeout_micros"] == 400 and advice["merge_gain"] == 8.0
-    # A tighter budget rules out the 3.2 ms batch of 64.
-    assert knobs.batching_advice(curve, cores=2, p99_budget_ms=1.0)["max_batch_size"] == 8
+    # The queue holds one request of max_batch_size on an idle server: 16 x 64 = 1024 rows.
+    assert advice["max_batch_size"] == 1024 and advice["max_enqueued_batches"] == 16
+    # A tighter budget rules out the 3.2 ms batch of 64; 128 batches of 8 hold 1024 rows.
+    tight = knobs.batching_advice(curve, cores=2, p99_budget_ms=1.0)
+    assert (tight["max_execution_batch_size"], tight["max_enqueued_batches"]) == (8, 128)
 
 
 def test_targets_report_missed_ones():

@@ -5,35 +5,20 @@ from __future__ import annotations
 
 import importlib.util
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from fake_tfs import FakeModel
 
+import support
+
 TESTS = Path(__file__).resolve().parents[1]
 SMOKE = TESTS / "smoke"
 
 
 def run_smoke(target: str, *extra: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-c",
-        str(TESTS / "pytest.ini"),
-        str(SMOKE),
-        "--target",
-        target,
-        "--model",
-        "scann_model",
-        "--wait-s",
-        "5",
-        "-q",
-        *extra,
-    ]
-    return subprocess.run(command, cwd=TESTS.parent, capture_output=True, text=True, timeout=600)
+    return support.run_smoke_suite(target, "scann_model", *extra, wait_s=5)
 
 
 @pytest.mark.parametrize("id_dtype", ["string", "int64"])

@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 import support
-
-TESTS = support.REPO / "tests"
-
-
-def _smoke(target: str, model: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "pytest",
-        "-c",
-        str(TESTS / "pytest.ini"),
-        str(TESTS / "smoke"),
-        "--target",
-        target,
-        "--model",
-        model,
-        "--wait-s",
-        "60",
-        "-q",
-    ]
-    return subprocess.run(command, cwd=support.REPO, capture_output=True, text=True, timeout=600, env=support.ENV)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +19,6 @@ def test_smoke_suite_passes_against_the_local_server(request, model_fixture, tmp
     model = version_dir.parent.name
     with support.local_server(version_dir.parent.parent, model, log_dir=tmp_path) as server:
         server.wait_available()
-        run = _smoke(server.target, model)
+        run = support.run_smoke_suite(server.target, model)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "9 passed" in run.stdout and "skipped" not in run.stdout, run.stdout[-2000:]

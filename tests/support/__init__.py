@@ -112,3 +112,13 @@ def local_server(
         cwd=REPO,
     ) as server:
         yield server
+
+
+def run_smoke_suite(
+    target: str, model: str = "scann_model", *extra: str, wait_s: float = 60
+) -> subprocess.CompletedProcess:
+    """The target-only smoke suite (tests/smoke, what `make smoke` runs) against TARGET, in its own pytest."""
+    tests = REPO / "tests"
+    command = [sys.executable, "-m", "pytest", "-c", str(tests / "pytest.ini"), str(tests / "smoke")]
+    command += ["--target", target, "--model", model, "--wait-s", f"{wait_s:g}", "-q", *extra]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, env=ENV)
