@@ -212,6 +212,10 @@ def test_client_across_python_protobuf_and_grpcio(client_dist, local_live_server
     portable_copy = tmp_path / "portable"
     shutil.copytree(PORTABLE, portable_copy, ignore=shutil.ignore_patterns("__pycache__"))
     (portable_copy / "pytest.ini").write_text("[pytest]\naddopts = -ra\n")
+    # Their one helper from tests/support (certificates, standard library only), without the rest of it.
+    (portable_copy / "support").mkdir()
+    (portable_copy / "support" / "__init__.py").write_text("")
+    shutil.copy(PORTABLE.parent.parent / "support" / "tls.py", portable_copy / "support" / "tls.py")
     live_targets = ",".join(f"{dtype}={where}" for dtype, where in local_live_servers.items())
     with ThreadPoolExecutor(len(MATRIX)) as pool:
         outcomes = list(pool.map(lambda env: run_env(env, client_dist["wheel"], portable_copy, live_targets), MATRIX))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -291,63 +290,16 @@ def unresponsive_peer() -> Iterator[str]:
 
 
 def make_pki(folder: Path) -> dict[str, Path]:
-    """ca.pem, server.{pem,key} for 127.0.0.1 and DNS:retrieval.test, client.{pem,key} from the same CA,
+    """ca.pem, server.{pem,key} for DNS:retrieval.test, client.{pem,key} from the same CA,
     stranger.{pem,key} from another CA (openssl CLI)."""
+    # tests/support/tls.py: standard library only; the matrix runs copy it next to this folder.
+    from support.tls import make_ca, make_signed
 
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    for ca in ("ca", "other-ca"):
-        openssl(
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{ca}.key",
-            "-out",
-            f"{ca}.pem",
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={ca}",
-        )
-    for name, ca, ext in (
-        ("server", "ca", "subjectAltName=DNS:retrieval.test"),
-        ("client", "ca", "extendedKeyUsage=clientAuth"),
-        ("stranger", "other-ca", "extendedKeyUsage=clientAuth"),
-    ):
-        (folder / f"{name}.ext").write_text(ext + "\n")
-        openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            f"{name}.key",
-            "-out",
-            f"{name}.csr",
-            "-subj",
-            f"/CN={name}",
-        )
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            f"{ca}.pem",
-            "-CAkey",
-            f"{ca}.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.pem",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-        )
+    make_ca(folder, "ca")
+    make_ca(folder, "other-ca")
+    make_signed(folder, "server", "ca", "subjectAltName=DNS:retrieval.test")
+    make_signed(folder, "client", "ca", "extendedKeyUsage=clientAuth")
+    make_signed(folder, "stranger", "other-ca", "extendedKeyUsage=clientAuth")
     return {p.name: p for p in folder.iterdir()}
 
 
