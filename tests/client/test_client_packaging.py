@@ -7,12 +7,15 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from email.message import Message
 from email.parser import Parser
 
 import pytest
 
+import support
 
-def wheel_metadata(wheel) -> Message:  # noqa: F821 - email.message.Message
+
+def wheel_metadata(wheel) -> Message:
     with zipfile.ZipFile(wheel) as archive:
         [name] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
         return Parser().parsestr(archive.read(name).decode())
@@ -62,6 +65,15 @@ def test_wheel_and_sdist_hold_the_license_protos_and_stubs(client_dist):
     with tarfile.open(client_dist["sdist"]) as archive:
         members = {m.name.split("/", 1)[1] for m in archive.getmembers() if "/" in m.name}
     assert {"LICENSE", "README.md", "pyproject.toml"} <= members
+
+
+def test_nothing_in_the_client_package_names_tensorflow(client_dist):
+    # The client installs into services without TensorFlow: neither its requirements nor any
+    # other field of its metadata or pyproject.toml may name it.
+    assert "tensorflow" not in (support.REPO / "client" / "pyproject.toml").read_text().lower()
+    metadata = wheel_metadata(client_dist["wheel"])
+    assert not [r for r in metadata.get_all("Requires-Dist", []) if "tensorflow" in r.lower()]
+    assert "tensorflow" not in str(metadata.get("Keywords", "")).lower()
 
 
 @pytest.mark.parametrize("field", ["Summary", "Keywords"])
