@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from model_builder.serve.config import DEFAULT_MAX_MESSAGE_BYTES
 from model_builder.serve.errors import InternalError, InvalidInputError, ServingError, SignatureNotFoundError
@@ -36,8 +37,6 @@ MAX_WARMUP_RECORDS = 1000
 
 def parse_tensor(alias: str, proto, max_elements: int = DEFAULT_MAX_TENSOR_ELEMENTS) -> np.ndarray:
     """Tensor::FromProto; a failure is INVALID_ARGUMENT "tensor parsing error: ALIAS" (TF Serving's words, + why)."""
-    import tensorflow as tf
-
     dims = [d.size for d in proto.tensor_shape.dim]
     if any(d < 0 for d in dims):
         raise InvalidInputError(f"tensor parsing error: {alias}: negative dimension in shape {dims}")

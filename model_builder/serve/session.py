@@ -14,6 +14,8 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import config_pb2
 
 from model_builder.serve.batching import Feeds, tf_dtype_name
 from model_builder.serve.errors import InvalidInputError, from_tensorflow
@@ -40,8 +42,6 @@ class SessionRunner:
         return dtype
 
     def _callable(self, key: tuple):
-        from tensorflow.core.protobuf import config_pb2
-
         with self._lock:
             fn = self._callables.get(key)
             if fn is None:
@@ -50,8 +50,6 @@ class SessionRunner:
             return fn
 
     def __call__(self, feeds: Feeds, fetches: list[str]) -> list[np.ndarray]:
-        import tensorflow as tf
-
         for position, (name, value) in enumerate(feeds):
             want, got = self._dtype(name), tf_dtype_name(value)
             if want != got:
