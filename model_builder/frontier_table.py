@@ -11,6 +11,7 @@ _COLUMNS = (
     "leaves_to_search",
     "reorder",
     "recall",
+    "margin",
     "us/query",
     "final us/query",
     "status",
@@ -44,12 +45,19 @@ def _rows(record: dict) -> list[tuple]:
                     _dash(setting.get("leaves_to_search")),
                     _dash(setting.get("reorder")),
                     recall,
+                    "-" if setting.get("margin") is None else f"{setting['margin']:.4f}",
                     "-" if cost is None else f"{cost:.0f}",
                     "-" if final is None else f"{final:.0f}",
                     structure["status"],
                 )
             )
     return rows
+
+
+def _confidence(record: dict) -> str:
+    if record.get("confidence_z") is None:
+        return ""
+    return f" with a margin of {record['confidence_z']:g} standard errors ({record['gate_queries']}-query gate)"
 
 
 def _dash(value) -> str:
@@ -67,7 +75,7 @@ def render(record: dict | None) -> str:
     lines += [
         "",
         f"objective: {record['objective']} (calls of {record['batch']} queries); "
-        f"recall goal {record['goal']}; "
+        f"recall goal {record['goal']}{_confidence(record)}; "
         f"search {record['seconds']} s of a {record['budget_s']} s budget"
         f"{'' if record['within_budget'] else ' (OVER BUDGET)'}",
         f"chosen: {chosen['family']} leaves={chosen.get('num_leaves')} dpb={chosen.get('dimensions_per_block')} "

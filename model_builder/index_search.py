@@ -36,7 +36,7 @@ import numpy as np
 
 from model_builder import graph_timing, index_space, tune
 from model_builder.index import IndexConfig, ResolvedIndex, build_searcher
-from model_builder.verify import exact_kth_scores
+from model_builder.verify import DEFAULT_QUERIES, exact_kth_scores
 
 GRAPH_TIMED_PER_STRUCTURE = 2
 FINALISTS = 3
@@ -104,7 +104,12 @@ class SearchResult:
 
 
 def _point(p: tune.Point) -> dict:
-    return {"leaves_to_search": p.leaves_to_search, "reorder": p.reorder, "recall": round(p.recall, 4)}
+    return {
+        "leaves_to_search": p.leaves_to_search,
+        "reorder": p.reorder,
+        "recall": round(p.recall, 4),
+        "margin": round(p.margin, 4),
+    }
 
 
 @dataclass
@@ -143,9 +148,13 @@ def search(
     target: float,
     make_module: MakeModule,
     log: Callable[[str], None] = print,
+    gate_queries: int = DEFAULT_QUERIES,
 ) -> SearchResult:
-    """Runs the search (see the module docstring); `count` results per query, `queries` held out."""
-    goal = min(1.0, target + tune.MARGIN)
+    """Runs the search (see the module docstring); `count` results per query, `queries` held out.
+
+    `gate_queries` is the recall gate's sample size: settings must clear `target` by the confidence
+    margin that sample needs (tune.CONFIDENCE_Z).
+    """
     batch = 1 if cfg.optimize == "latency" else cfg.throughput_batch_size
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     # Exact ground truth is needed whatever is searched: computed before the clock starts.
@@ -154,7 +163,8 @@ def search(
     plan = index_space.candidates(cfg, rule) if cfg.index_search else [rule]
     unit = "per query" if batch == 1 else f"per query in calls of {batch}"
     log(
-        f"index search: {len(plan)} structure(s), recall@{count} goal {goal:.3f} on {len(queries)} held-out queries, "
+        f"index search: {len(plan)} structure(s), recall@{count} goal {target:.3f} on {len(queries)} held-out queries "
+        f"(+ {tune.CONFIDENCE_Z:g} standard errors against a {gate_queries}-query gate), "
         f"cost = serving-graph time {unit} (--optimize {cfg.optimize})"
     )
     outcomes: list[Outcome] = []
@@ -184,7 +194,7 @@ def search(
                 queries,
                 kth,
                 count,
-                goal,
+                target,
                 batch,
                 make_module,
                 deadline,
@@ -193,6 +203,7 @@ def search(
                 workdir / str(number),
                 finalists,
                 alone,
+                gate_queries,
             )
             outcomes.append(outcome)
             if budget_s is None:
@@ -207,7 +218,8 @@ def search(
         winner = _final_round(finalists, queries, batch, log)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    return _result(cfg, outcomes, winner, target, goal, batch, budget_s, time.monotonic() - started, log)
+    elapsed = time.monotonic() - started
+    return _result(cfg, outcomes, winner, target, gate_queries, batch, budget_s, elapsed, log)
 
 
 def _fmt_budget(budget_s: float | None) -> str:
@@ -273,6 +285,7 @@ def _evaluate(
     folder: Path,
     finalists: _Finalists,
     alone: bool = False,
+    gate_queries: int = DEFAULT_QUERIES,
 ) -> Outcome:
     """Build, recall sweep, proxy ranking, serving-graph timing of one structure."""
     started = time.monotonic()
@@ -280,10 +293,10 @@ def _evaluate(
     log(f"{label}: building")
     searcher, outcome.build_s = build_searcher(vectors, index, count)
     outcome.searcher = searcher
-    sweep = outcome.sweep = tune.sweep(searcher, index, queries, kth, vectors, count, goal, deadline)
+    sweep = outcome.sweep = tune.sweep(searcher, index, queries, kth, vectors, count, goal, deadline, gate_queries)
     log(
         f"{label}: built in {outcome.build_s:.1f} s; {len(sweep.measured)} recall measurements, "
-        f"{len(sweep.frontier)} setting(s) reach {goal:.3f} (best recall {sweep.best_recall().recall:.4f})"
+        f"{len(sweep.frontier)} setting(s) reach {goal:.3f} with the margin (best recall {sweep.best_recall().recall:.4f})"
         + ("" if sweep.complete else "; sweep stopped at the deadline")
     )
     if not sweep.frontier:
@@ -351,7 +364,7 @@ def _result(
     outcomes: list[Outcome],
     winner: _Timed | None,
     target: float,
-    goal: float,
+    gate_queries: int,
     batch: int,
     budget_s: float | None,
     seconds: float,
@@ -376,7 +389,7 @@ def _result(
         chosen, setting = rule, {**_point(fallback), "cost_us_per_query": None}
         why = "fallback: no structure reached the recall goal; the rule of thumb's highest-recall setting"
         log(
-            f"index search: no structure reached recall {goal:.3f}; serving the rule of thumb at its best "
+            f"index search: no structure reached recall {target:.3f}; serving the rule of thumb at its best "
             f"({fallback.recall:.4f}, leaves_to_search={fallback.leaves_to_search}, reorder={fallback.reorder})"
         )
     assert chosen.searcher is not None and chosen.sweep is not None
@@ -390,7 +403,9 @@ def _result(
     record = {
         "objective": cfg.optimize,
         "batch": batch,
-        "goal": goal,
+        "goal": target,
+        "confidence_z": tune.CONFIDENCE_Z,
+        "gate_queries": gate_queries,
         "enabled": cfg.index_search,
         "budget_s": None if budget_s is None else round(budget_s, 1),
         "seconds": round(seconds, 1),

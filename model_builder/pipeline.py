@@ -317,6 +317,7 @@ def build(
             search_target,
             module_factory(cfg, catalogue, fallback_ids, query_tower),
             log,
+            gate_queries=cfg.verify_queries,
         )
         resolved, searcher, index_seconds, tuning = (
             searched.index,

@@ -3,8 +3,8 @@
 How many leaves a query scans and how many candidates get exact re-scoring can
 change per search without rebuilding the index. For one built index we measure
 recall@k against exact search on held-out queries and keep, for each reorder
-count, the fewest leaves that reach the goal (target + MARGIN): the knob
-frontier. Which frontier point is fastest is decided by timing it through the
+count, the fewest leaves whose recall clears the goal by a confidence margin
+(see CONFIDENCE_Z): the knob frontier. Which frontier point is fastest is decided by timing it through the
 serving graph (model_builder/index_search.py, graph_timing.py), not here.
 
 Recall grows with both knobs, so each reorder count needs a binary search over
@@ -23,19 +23,38 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from model_builder.index import ResolvedIndex
-from model_builder.verify import recall_against
+from model_builder.verify import DEFAULT_QUERIES, per_query_recall
 
-# Tune a little above the gate so a different query sample at verification still passes.
-MARGIN = 0.01
+# The recall gate (verify.py) measures the served setting again on its own sample of
+# --verify-queries queries. A setting is accepted only when its recall clears the goal by
+# CONFIDENCE_Z standard errors of the difference between the two sample means, so one accepted
+# right at the bound still passes the gate 99 times in 100. A fixed margin does not do that:
+# per-query recall of a tree spreads widely (a query near a leaf boundary misses half its
+# neighbours; sd 0.14-0.32 measured on a 3,000-item tree_ah index): with a margin of 0.01, a
+# build accepted a setting at 0.965 (with the query item) that its 200-query gate measured at 0.936.
+CONFIDENCE_Z = 2.33
+
+
+def margin(per_query: np.ndarray, gate_queries: int) -> float:
+    """How far a mean recall over `per_query` must clear the goal (see CONFIDENCE_Z)."""
+    if len(per_query) < 2:
+        return 0.0
+    spread = float(np.std(per_query, ddof=1))
+    return CONFIDENCE_Z * spread * float(np.sqrt(1 / len(per_query) + 1 / max(1, gate_queries)))
 
 
 @dataclass(frozen=True)
 class Point:
-    """One search setting of a built index (None = the index default) and its recall."""
+    """One search setting of a built index (None = the index default), its recall and confidence margin."""
 
     leaves_to_search: int | None
     reorder: int | None
     recall: float
+    margin: float = 0.0
+
+    def reaches(self, goal: float) -> bool:
+        """True when the recall clears `goal` with the confidence margin."""
+        return self.recall - self.margin >= goal
 
 
 @dataclass(frozen=True)
@@ -99,11 +118,13 @@ def sweep(
     count: int,
     goal: float,
     deadline: float | None = None,
+    gate_queries: int = DEFAULT_QUERIES,
 ) -> Sweep:
     """Measures recall@count of `searcher` over its knob grid; returns the settings reaching `goal`.
 
     `kth` holds each query's exact count-th best score (verify.exact_kth_scores).
     `deadline` (time.monotonic()) stops the sweep between measurements.
+    `gate_queries`: the recall gate's sample size, which sets the confidence margin.
     Brute force has no knobs: one measurement.
     """
     started = time.perf_counter()
@@ -120,15 +141,15 @@ def sweep(
             rows, _ = searcher.search_batched_parallel(
                 q, final_num_neighbors=count, pre_reorder_num_neighbors=reorder, leaves_to_search=leaves
             )
-            recall = recall_against(kth, q, candidates, rows.numpy(), index.distance)
-            cache[(leaves, reorder)] = Point(leaves, reorder, recall)
+            each = per_query_recall(kth, q, candidates, rows.numpy(), index.distance)
+            cache[(leaves, reorder)] = Point(leaves, reorder, float(each.mean()), margin(each, gate_queries))
         return cache[(leaves, reorder)]
 
     leaves, reorders = leaves_grid(index), reorder_grid(index, count)
     frontier: list[Point] = []
     if not reorders:
         point = measure(None, None)
-        frontier = [point] if point and point.recall >= goal else []
+        frontier = [point] if point and point.reaches(goal) else []
     elif not leaves:
         frontier = _smallest_reaching(lambda r: measure(None, r), reorders, goal)
     else:
@@ -146,14 +167,14 @@ def sweep(
 
 
 def _smallest_reaching(measure: Callable[[int], Point | None], grid: list[int], goal: float) -> list[Point]:
-    """Binary search for the first grid value whose recall reaches goal (recall grows along the grid)."""
+    """Binary search for the first grid value that reaches goal (recall grows along the grid)."""
     low, high, best = 0, len(grid) - 1, None
     while low <= high:
         mid = (low + high) // 2
         point = measure(grid[mid])
         if point is None:  # deadline
             break
-        if point.recall >= goal:
+        if point.reaches(goal):
             best, high = point, mid - 1
         else:
             low = mid + 1

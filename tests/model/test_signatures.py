@@ -18,7 +18,7 @@ import tensorflow as tf
 
 import model_builder.scann_import  # noqa: F401  (Scann ops before loading)
 import support
-from model_builder import warmup
+from model_builder import verify, warmup
 from model_builder.compat import ops
 from model_builder.export import read_build_info
 from model_builder.serving_module import MAX_EXAMPLES
@@ -246,6 +246,40 @@ def test_build_info_records_the_serving_contract_and_the_mixed_batch_check(synth
     mixed = info["verification"]["mixed_batch"]
     assert mixed == {"rows": 32, "unknown_ids_rows_ok": True, "nan_vector_rows_ok": True, "passed": True}
     assert info["verification"]["known_rows_found"] is True
+
+
+def _mixed_check(loaded, by_id, by_vector) -> dict:
+    known = _examples(loaded)["query_ids"][:8]
+    vectors = loaded.query_vectors.numpy()[:8]
+    all_ids = {x.decode() if isinstance(x, bytes) else x for x in loaded.query_ids.numpy().tolist()}
+    known = np.asarray([x.decode() for x in known.tolist()], dtype=object)
+    return verify.mixed_batch_check(by_id, by_vector, known, vectors, all_ids, [""] * 10)
+
+
+def test_the_mixed_batch_check_catches_a_graph_whose_bad_rows_change_their_neighbours(user_model):
+    loaded, _ = user_model
+    by_id, by_vector = loaded.signatures["serving_default"], loaded.signatures["search_by_vector"]
+    assert _mixed_check(loaded, by_id, by_vector)["passed"]
+
+    def poisoned_by_id(ids):
+        # A graph that lets an unknown row shift every score of its batch (what the check must catch).
+        out = dict(by_id(ids=ids))
+        shift = tf.reduce_sum(tf.cast(tf.logical_not(out["found"]), tf.float32)) * 1e-3
+        return {**out, "scores": out["scores"] + shift}
+
+    caught = _mixed_check(loaded, poisoned_by_id, by_vector)
+    assert not caught["passed"] and not caught["unknown_ids_rows_ok"] and caught["nan_vector_rows_ok"]
+
+
+def test_a_failed_verification_names_each_check_that_failed():
+    ok = {"recall_at_k": {"serving_default": 0.97}, "target_recall": 0.95, "k": 10, "items_are_queries": True}
+    ok.update({"self_excluded": True, "known_rows_found": True, "mixed_batch": {"passed": True}})
+    mixed = {"passed": False, "unknown_ids_rows_ok": False, "nan_vector_rows_ok": True}
+    (message,) = verify.failures({**ok, "mixed_batch": mixed})
+    assert "mixed-batch check failed (unknown_ids_rows_ok)" in message and "recall" not in message
+    (message,) = verify.failures({**ok, "recall_at_k": {"serving_default": 0.94}})
+    assert message.startswith("recall@10 below target 0.95: serving_default 0.940")
+    assert len(verify.failures({**ok, "self_excluded": False, "known_rows_found": False})) == 2
 
 
 @pytest.mark.slow
