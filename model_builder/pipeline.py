@@ -317,7 +317,7 @@ def build(
             search_target,
             module_factory(cfg, catalogue, fallback_ids, query_tower),
             log,
-            gate_queries=cfg.verify_queries,
+            gate_queries=min(cfg.verify_queries, len(catalogue.vectors_of_queries())),  # what the gate samples
         )
         resolved, searcher, index_seconds, tuning = (
             searched.index,
