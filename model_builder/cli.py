@@ -122,7 +122,7 @@ def _run_verify(args: argparse.Namespace) -> int:
     else:
         for name, value in report["recall_at_k"].items():
             print(f"{name}: recall@{report['k']} = {value:.4f} (target {args.target_recall})")
-        print("PASSED" if report["passed"] else "FAILED")
+        print("PASSED" if report["passed"] else "FAILED: " + "; ".join(verify.failures(report)))
     return 0 if report["passed"] else 1
 
 

@@ -304,8 +304,8 @@ def build(
     query_tower = exported.towers[cfg.query] if exported else None
     tuning = searched = None
     if cfg.tune and resolved.algorithm != "exact":
-        # With items as queries the search measures recall@(k+1) including the query item, which
-        # is always found, while the gate measures the k others: ask for the recall that means the
+        # With items as queries the search measures recall@(k+1) including the query item (nearly
+        # always found; a tree may miss it), while the gate measures the k others: ask for the recall that means the
         # gate's target (at k=10, 0.95 of the others is (1 + 9.5) / 11 = 0.9545 with the item).
         search_target = (1 + cfg.k * cfg.target_recall) / (cfg.k + 1) if extra else cfg.target_recall
         searched = index_search.search(

@@ -50,7 +50,7 @@ class Point:
     leaves_to_search: int | None
     reorder: int | None
     recall: float
-    margin: float = 0.0
+    margin: float
 
     def reaches(self, goal: float) -> bool:
         """True when the recall clears `goal` with the confidence margin."""

@@ -274,6 +274,7 @@ def test_the_mixed_batch_check_catches_a_graph_whose_bad_rows_change_their_neigh
 def test_a_failed_verification_names_each_check_that_failed():
     ok = {"recall_at_k": {"serving_default": 0.97}, "target_recall": 0.95, "k": 10, "items_are_queries": True}
     ok.update({"self_excluded": True, "known_rows_found": True, "mixed_batch": {"passed": True}})
+    assert verify.failures(ok) == []
     mixed = {"passed": False, "unknown_ids_rows_ok": False, "nan_vector_rows_ok": True}
     (message,) = verify.failures({**ok, "mixed_batch": mixed})
     assert "mixed-batch check failed (unknown_ids_rows_ok)" in message and "recall" not in message
