@@ -8,13 +8,13 @@ test queries never overlap.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import PYTHON, dir_size_mb, log, run_streaming
 from benchmarks.profiles import CONFIGS, TUNED_FALLBACKS
+from model_builder.build_runner import BuildRun, build_command, version_dir_of
 
 
 @dataclass(frozen=True)
@@ -63,11 +63,7 @@ class Built:
 def build(config: str, flags: list[str], paths: dict[str, Path], models: Path, timeout_s: float, logs: Path) -> Built:
     """One `model_builder build` in a fresh process; a failed recall gate is a result, not a crash."""
     name = config.replace("_", "-")
-    cmd = [
-        PYTHON,
-        "-m",
-        "model_builder",
-        "build",
+    cmd = build_command(
         "--candidates",
         str(paths["candidates"]),
         "--query-embeddings",
@@ -79,7 +75,8 @@ def build(config: str, flags: list[str], paths: dict[str, Path], models: Path, t
         "--model-name",
         name,
         *flags,
-    ]
+        python=PYTHON,
+    )
     log(f"build {config}: {' '.join(flags) or '(defaults)'}")
     started = time.perf_counter()
     code, lines = run_streaming(cmd, f"build {config}", timeout_s, logs / f"build-{name}.log")
@@ -89,8 +86,8 @@ def build(config: str, flags: list[str], paths: dict[str, Path], models: Path, t
         search_line = next((line for line in reversed(lines) if line.startswith("index search: chose")), "")
         log(f"build {config}: FAILED after {wall:.0f} s: {error}")
         return Built(config, flags, False, wall, error=(search_line + " | " + error).strip(" |"))
-    version_dir = Path(json.loads(lines[-1])["version_dir"])
-    info = json.loads((version_dir / "assets.extra" / "build_info.json").read_text())
+    version_dir = version_dir_of("\n".join(lines))
+    info = BuildRun(version_dir, "", "").build_info()
     log(f"build {config}: {version_dir} in {wall:.0f} s")
     return Built(config, flags, True, wall, version_dir, info)
 

@@ -199,7 +199,7 @@ def replicate_with_noise(ds: Dataset, target: int, noise: float = 0.05, seed: in
 
 def write_inputs(ds: Dataset, folder: Path, k: int) -> dict[str, Path]:
     """Writes the builder's inputs and the test set with exact ground truth; returns their paths."""
-    from model_builder.verify import exact_kth_scores
+    from model_builder.index.recall import exact_kth_scores
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = {

@@ -6,7 +6,7 @@ one signature call at batch 1 and 8 for serving_default (a table lookup of the s
 search_by_features (the tower runs: hash-table lookups, embedding gathers, token bags, two dense
 layers) on the same loaded version, in alternating rounds so drifting load hits both alike.
 
-Two figures per call (FACTS: "Where a signature call's time goes"):
+Two figures per call (benchmarks/README.md, findings: where the call's time goes):
 - `session`: `tf.compat.v1.Session.run` on the signature's tensors, as our local server calls it
   (includes ~0.2 ms of Python harness per call that TF Serving's C++ Session::Run does not pay);
 - `graph`: the graph's own time from step stats (RunOptions FULL_TRACE: first op start to last op
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import ENV, PYTHON, REPO, dir_size_mb, log, machine, percentiles, versions, write_json
+from model_builder.build_runner import BuildRunError, run_build
 
 ROUNDS = 20
 CALLS_PER_ROUND = 50
@@ -32,7 +33,6 @@ BATCHES = (1, 8)
 
 def build(work: Path, name: str, *flags: str) -> Path:
     """A version built through the CLI (reused when `work` already holds it)."""
-    import subprocess
 
     model_dir = work / name
     done = (
@@ -43,17 +43,10 @@ def build(work: Path, name: str, *flags: str) -> Path:
     if done:
         return done[-1]
     log(f"building {name} ({' '.join(flags) or 'default flags'})")
-    proc = subprocess.run(
-        [PYTHON, "-m", "model_builder", "build", "--out", str(work), "--model-name", name, *flags],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=REPO,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"build {name} failed:\n{proc.stderr[-3000:]}")
-    return Path(json.loads(proc.stdout.strip().splitlines()[-1])["version_dir"])
+    try:
+        return run_build("--out", str(work), "--model-name", name, *flags, python=PYTHON, env=ENV, cwd=REPO).version_dir
+    except BuildRunError as err:
+        raise SystemExit(str(err)) from None
 
 
 class Signatures:

@@ -89,9 +89,10 @@ def capi_worker(versions: dict[str, str], rounds: int, calls: int, traced: int) 
     import ctypes
 
     import c_api_runner as runner
+    import tf_c_api
     from tensorflow.core.protobuf import config_pb2
 
-    api = runner.CApi()
+    api = tf_c_api.CApi()
     sessions = {label: runner.Session(api, path) for label, path in versions.items()}
     dim = next(iter(sessions.values())).signatures["search_by_vector"].inputs["vectors"].tensor_shape.dim[1].size
     queries = _queries(dim)
@@ -100,16 +101,15 @@ def capi_worker(versions: dict[str, str], rounds: int, calls: int, traced: int) 
         sig = session.signatures["search_by_vector"]
         outs = sorted(sig.outputs)
         for b in BATCHES:
-            feeds = (runner._Output * 1)(session._endpoint(sig.inputs["vectors"].name))
-            values = (ctypes.c_void_p * 1)(session._tensor({"dtype": "float32", "value": queries[:b].tolist()}))
-            fetches = (runner._Output * len(outs))(*[session._endpoint(sig.outputs[n].name) for n in outs])
+            feeds = (tf_c_api.Output * 1)(session.endpoint(sig.inputs["vectors"].name))
+            values = (ctypes.c_void_p * 1)(session.tensor({"dtype": "float32", "value": queries[:b].tolist()}))
+            fetches = (tf_c_api.Output * len(outs))(*[session.endpoint(sig.outputs[n].name) for n in outs])
             prepared[(label, b)] = (session, feeds, values, fetches, (ctypes.c_void_p * len(outs))(), len(outs))
 
     def once(key, options=None, metadata=None):
-        session, feeds, values, fetches, results, n_out = prepared[key]
-        api.run(session.session, options, feeds, values, 1, fetches, results, n_out, None, 0, metadata, session.status)
-        if api.code(session.status) != 0:
-            raise RuntimeError(api.message(session.status).decode())
+        session, feeds, values, fetches, results, _ = prepared[key]
+        api.session_run(session.session, feeds, values, fetches, results, session.status, options, metadata)
+        api.check(session.status, "TF_SessionRun")
         for tensor in results:
             api.delete_tensor(tensor)
 
@@ -134,7 +134,7 @@ def capi_worker(versions: dict[str, str], rounds: int, calls: int, traced: int) 
             metadata = api.new_buffer()
             once(key, options, metadata)
             meta = config_pb2.RunMetadata.FromString(ctypes.string_at(metadata.contents.data, metadata.contents.length))
-            step, per_op = runner._step_breakdown(meta.step_stats)
+            step, per_op = runner.step_breakdown(meta.step_stats)
             steps.append(step)
             for op, us in per_op.items():
                 ops.setdefault(op, []).append(us)
@@ -191,31 +191,23 @@ def _categories(ops: dict[str, float]) -> dict[str, float]:
 
 def _build(catalogue: Path, out: Path, source: Path) -> Path:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(source)}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "model_builder",
-            "build",
-            "--candidates",
-            str(catalogue),
-            "--query",
-            "item",
-            "--out",
-            str(out),
-            "--model-name",
-            "scann_model",
-            *INDEX_FLAGS,
-        ],
-        cwd=source,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"build with {source} failed:\n{proc.stderr[-3000:]}")
-    return Path(json.loads(proc.stdout.strip().splitlines()[-1])["version_dir"])
+    from model_builder.build_runner import BuildRunError, run_build
+
+    args = [
+        "--candidates",
+        str(catalogue),
+        "--query",
+        "item",
+        "--out",
+        str(out),
+        "--model-name",
+        "scann_model",
+        *INDEX_FLAGS,
+    ]
+    try:
+        return run_build(*args, env=env, cwd=source).version_dir
+    except BuildRunError as err:
+        raise SystemExit(f"build with {source} failed: {err}") from None
 
 
 def _checkout(rev: str, folder: Path) -> Path:

@@ -72,7 +72,7 @@ def recall(
     search: Search, queries: np.ndarray, kth: np.ndarray, base: np.ndarray, distance: str, batch: int = 64
 ) -> float:
     """recall@k of the engine on every query against exact search (ties with the k-th score count)."""
-    from model_builder.verify import recall_against
+    from model_builder.index.recall import recall_against
 
     rows = np.concatenate([search(queries[s : s + batch]) for s in range(0, len(queries), batch)])
     return round(recall_against(kth, queries, base, rows.astype(np.int64), distance), 4)

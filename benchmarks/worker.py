@@ -126,9 +126,9 @@ def run_savedmodel(args) -> dict:
 
 def _graph_figures(version_dir: Path, test: np.ndarray, args) -> dict:
     """The same signature without the Python session harness: TF's C-API loader and a TF_SessionRun loop
-    (model_builder/graph_timing.py), what TF Serving's C++ Session::Run pays. Measured after the RSS
+    (model_builder/index/graph_timing.py), what TF Serving's C++ Session::Run pays. Measured after the RSS
     figures: it loads a second copy of the version."""
-    from model_builder import graph_timing
+    from model_builder.index import graph_timing
 
     session = graph_timing.GraphSession(version_dir)
     try:
@@ -162,7 +162,7 @@ def _scann_sweep(args, test: np.ndarray, kth: np.ndarray) -> list[dict]:
     """ScaNN's knobs swept on the version's own serialized index (eager TF ops, loaded a second time)."""
     import tensorflow as tf
 
-    from model_builder.export import read_build_info
+    from model_builder.export.version_store import read_build_info
     from model_builder.scann_import import scann_ops
 
     module = tf.saved_model.load(str(args.version_dir))

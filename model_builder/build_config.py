@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from model_builder import settings, verify
+from model_builder import settings
+from model_builder.contract import MAX_EXAMPLES, UNKNOWN_ID_POLICIES
 from model_builder.errors import ConfigError
-from model_builder.serving_module import MAX_EXAMPLES, UNKNOWN_ID_POLICIES
+from model_builder.index import recall
 
 QUERY_KINDS = ("user", "item")
 
@@ -119,7 +120,7 @@ class BuildConfig:
         },
     )
     target_recall: float = field(
-        default=verify.DEFAULT_TARGET_RECALL,
+        default=recall.DEFAULT_TARGET_RECALL,
         metadata={"help": "recall@k vs exact search the version must reach to be published"},
     )
     tune: bool = field(
@@ -129,7 +130,7 @@ class BuildConfig:
         },
     )
     verify_queries: int = field(
-        default=verify.DEFAULT_QUERIES, metadata={"help": "held-out queries used by the recall gate"}
+        default=recall.DEFAULT_QUERIES, metadata={"help": "held-out queries used by the recall gate"}
     )
 
     def validate(self) -> None:

@@ -20,8 +20,8 @@ _FORMATTER = argparse.ArgumentDefaultsHelpFormatter
 
 def _add_build(sub) -> None:
     from model_builder.build_config import BuildConfig
-    from model_builder.index import IndexConfig
-    from model_builder.towers import TrainConfig
+    from model_builder.index.config import IndexConfig
+    from model_builder.towers.training import TrainConfig
 
     p = sub.add_parser(
         "build",
@@ -37,9 +37,9 @@ def _add_build(sub) -> None:
 
 def _run_build(args: argparse.Namespace) -> int:
     from model_builder.build_config import BuildConfig
-    from model_builder.index import IndexConfig
+    from model_builder.index.config import IndexConfig
     from model_builder.pipeline import build
-    from model_builder.towers import TrainConfig
+    from model_builder.towers.training import TrainConfig
 
     result = build(
         config_from_args(BuildConfig, args),
@@ -53,7 +53,7 @@ def _run_build(args: argparse.Namespace) -> int:
 
 def _add_train(sub) -> None:
     from model_builder.build_config import BuildConfig
-    from model_builder.towers import TrainConfig
+    from model_builder.towers.training import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -71,8 +71,8 @@ def _run_train(args: argparse.Namespace) -> int:
     import numpy as np
 
     from model_builder.build_config import BuildConfig
-    from model_builder.pipeline import prepare_trained
-    from model_builder.towers import TrainConfig
+    from model_builder.towers.prepare import prepare_trained
+    from model_builder.towers.training import TrainConfig
 
     cfg = config_from_args(BuildConfig, args)
     prepared = prepare_trained(cfg, config_from_args(TrainConfig, args), _log)
@@ -95,7 +95,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_verify(sub) -> None:
-    from model_builder import verify
+    from model_builder.index import recall
 
     p = sub.add_parser(
         "verify",
@@ -104,8 +104,8 @@ def _add_verify(sub) -> None:
         description="Loads a version folder and checks recall@k of both search signatures against exact search.",
     )
     p.add_argument("version_dir", type=Path, help="a version folder: BASE/NAME/VERSION")
-    p.add_argument("--target-recall", type=float, default=verify.DEFAULT_TARGET_RECALL, help="minimum recall@k")
-    p.add_argument("--queries", type=int, default=verify.DEFAULT_QUERIES, help="number of held-out queries")
+    p.add_argument("--target-recall", type=float, default=recall.DEFAULT_TARGET_RECALL, help="minimum recall@k")
+    p.add_argument("--queries", type=int, default=recall.DEFAULT_QUERIES, help="number of held-out queries")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.set_defaults(run=_run_verify)
 
@@ -138,7 +138,7 @@ def _add_inspect(sub) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from model_builder.export import read_build_info
+    from model_builder.export.version_store import read_build_info
 
     info = read_build_info(args.version_dir)
     if not info:
@@ -146,7 +146,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
         raise DataError(f"{args.version_dir}: no assets.extra/build_info.json (not a version built by model_builder)")
     if args.frontier:
-        from model_builder.frontier_table import render
+        from model_builder.index.frontier_table import render
 
         print(render(info.get("index_search")))
     else:
@@ -195,6 +195,7 @@ def _add_demo(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
+    tf_startup.filter_native_logs()
     tf_startup.quiet_import()  # before anything imports TensorFlow
     args = parser().parse_args(argv)
     try:

@@ -67,9 +67,9 @@ def _show(title: str, ids: list, scores: list, titles: dict) -> None:
 
 def _build_models(args: argparse.Namespace):
     from model_builder.build_config import BuildConfig
-    from model_builder.index import IndexConfig
+    from model_builder.index.config import IndexConfig
     from model_builder.pipeline import build, prepare_trained
-    from model_builder.towers import TrainConfig
+    from model_builder.towers.training import TrainConfig
 
     users_cfg = BuildConfig(dataset="movielens-100k", out=str(args.out), model_name=args.model_name)
     items_cfg = BuildConfig(
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         codes = [server.proc.wait(timeout=60) for server in servers.values()]
     _banner("summary")
     if "cold_start" in q:
-        from model_builder.feature_build import quality_table
+        from model_builder.towers.feature_build import quality_table
 
         print("\n".join(quality_table(q)))
     else:

@@ -23,69 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from model_builder.errors import VerificationError
+from model_builder.index.recall import DEFAULT_QUERIES, DEFAULT_TARGET_RECALL, recall_at_k
 
-DEFAULT_TARGET_RECALL = 0.95
-DEFAULT_QUERIES = 1000
 # Noise added to query vectors for search_by_vector (queries the index has never seen), as a
 # fraction of each query's norm: per-dimension noise would swamp high-dimensional unit vectors.
 _VECTOR_NOISE = 0.05
 # Rows of the mixed-batch check (known rows, each also run alone).
 _MIXED_ROWS = 16
-
-
-def _exact_scores(queries: np.ndarray, candidates: np.ndarray, distance: str) -> np.ndarray:
-    sims = queries @ candidates.T
-    if distance == "squared_l2":
-        sims = 2 * sims - (queries**2).sum(1, keepdims=True) - (candidates**2).sum(1)[None, :]
-    return sims
-
-
-def exact_kth_scores(
-    queries: np.ndarray, candidates: np.ndarray, k: int, distance: str, exclude_rows: np.ndarray | None = None
-) -> np.ndarray:
-    """The exact k-th best score of every query (computed once, reused for many configs)."""
-    out = np.empty(len(queries), np.float32)
-    for start in range(0, len(queries), 256):
-        sims = _exact_scores(queries[start : start + 256], candidates, distance)
-        if exclude_rows is not None:
-            sims[np.arange(len(sims)), exclude_rows[start : start + 256]] = -np.inf
-        out[start : start + 256] = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
-    return out
-
-
-def per_query_recall(
-    kth: np.ndarray, queries: np.ndarray, candidates: np.ndarray, returned_rows: np.ndarray, distance: str
-) -> np.ndarray:
-    """Each query's fraction of returned rows whose exact score reaches its exact k-th best score.
-
-    A row of -1 (a padding entry: the index yielded fewer than k candidates) counts as a miss.
-    """
-    returned = returned_rows >= 0
-    picked = candidates[np.where(returned, returned_rows, 0)]  # [n, k, dim]
-    got = np.einsum("nd,nkd->nk", queries, picked)
-    if distance == "squared_l2":
-        got = 2 * got - (queries**2).sum(1)[:, None] - (picked**2).sum(2)
-    tolerance = 1e-4 * np.maximum(1.0, np.abs(kth))
-    return ((got >= (kth - tolerance)[:, None]) & returned).mean(axis=1)
-
-
-def recall_against(
-    kth: np.ndarray, queries: np.ndarray, candidates: np.ndarray, returned_rows: np.ndarray, distance: str
-) -> float:
-    """Mean recall over the queries (per_query_recall)."""
-    return float(per_query_recall(kth, queries, candidates, returned_rows, distance).mean())
-
-
-def recall_at_k(
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    returned_rows: np.ndarray,
-    distance: str,
-    exclude_rows: np.ndarray | None = None,
-) -> float:
-    """Recall@k of returned rows against exact search (ties with the k-th score count as correct)."""
-    kth = exact_kth_scores(queries, candidates, returned_rows.shape[1], distance, exclude_rows)
-    return recall_against(kth, queries, candidates, returned_rows, distance)
 
 
 def _rows_of(returned_ids: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
@@ -97,7 +41,7 @@ def _rows_of(returned_ids: np.ndarray, candidate_ids: np.ndarray) -> np.ndarray:
 def _replay_warmup(loaded, version_dir: Path) -> int:
     import tensorflow as tf
 
-    from model_builder import warmup
+    from model_builder.export import warmup
 
     logs = warmup.read(version_dir)
     for log in logs:
@@ -114,8 +58,8 @@ def verify_version(
     import tensorflow as tf
 
     import model_builder.scann_import  # noqa: F401  (registers Scann ops before loading)
-    from model_builder.export import read_build_info
-    from model_builder.serving_module import SERVING_SIGNATURE, VECTOR_SIGNATURE
+    from model_builder.contract import SERVING_SIGNATURE, VECTOR_SIGNATURE
+    from model_builder.export.version_store import read_build_info
 
     info = read_build_info(version_dir)
     distance = info.get("index", {}).get("distance", "dot_product")
@@ -196,9 +140,8 @@ def mixed_batch_check(
 
     The reference is a batch of the same size with each bad row replaced by a copy of the known
     row before it, not each row alone: ScaNN's tree search picks leaves with slightly different
-    arithmetic for one row, a few rows and many rows (measured on a 3,000-item tree_ah index,
-    55 leaves, 5 searched: 1-5 of 400 queries changed a result between a one-row call and a
-    batch), so only a same-size batch isolates what a bad row does to its neighbours.
+    arithmetic for one row, a few rows and many rows (model_builder/README.md, "The model
+    contract"), so only a same-size batch isolates what a bad row does to its neighbours.
     """
     import tensorflow as tf
 

@@ -16,7 +16,6 @@ RunOptions FULL_TRACE: {"timing": {"median_us", "p10_us", "p90_us"}, "trace": {"
 
 import ctypes
 import json
-import os
 import sys
 
 import numpy as np
@@ -24,132 +23,49 @@ import scann  # noqa: F401  registers the Scann>* ops before the graph is import
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
-_TSTRING_SIZE = 24  # sizeof(TF_TString)
-_DTYPES = {"float32": 1, "int32": 3, "string": 7, "int64": 9, "bool": 10}
+if __package__:
+    from model_builder.compat import tf_c_api
+else:  # run as a script in the serving-runtime env, which has none of our packages
+    import tf_c_api
+
 _NUMPY = {1: np.float32, 3: np.int32, 9: np.int64, 10: np.bool_}
-_NAMES = {v: k for k, v in _DTYPES.items()}
-
-
-class _Buffer(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("length", ctypes.c_size_t), ("deallocator", ctypes.c_void_p)]
-
-
-class _Output(ctypes.Structure):
-    _fields_ = [("oper", ctypes.c_void_p), ("index", ctypes.c_int)]
-
-
-class CApi:
-    """The handful of C API functions we need, typed for ctypes."""
-
-    def __init__(self):
-        path = os.path.join(os.path.dirname(tf.__file__), "python", "_pywrap_tensorflow_internal.so")
-        lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-        v, i, s = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
-
-        def fn(name, restype, argtypes):
-            f = getattr(lib, name)
-            f.restype, f.argtypes = restype, argtypes
-            return f
-
-        self.new_status = fn("TF_NewStatus", v, [])
-        self.code = fn("TF_GetCode", i, [v])
-        self.message = fn("TF_Message", ctypes.c_char_p, [v])
-        self.new_options = fn("TF_NewSessionOptions", v, [])
-        self.new_graph = fn("TF_NewGraph", v, [])
-        self.new_buffer = fn("TF_NewBuffer", ctypes.POINTER(_Buffer), [])
-        self.load = fn(
-            "TF_LoadSessionFromSavedModel",
-            v,
-            [v, v, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), i, v, ctypes.POINTER(_Buffer), v],
-        )
-        self.operation = fn("TF_GraphOperationByName", v, [v, ctypes.c_char_p])
-        self.run = fn(
-            "TF_SessionRun",
-            None,
-            [
-                v,
-                v,
-                ctypes.POINTER(_Output),
-                ctypes.POINTER(v),
-                i,
-                ctypes.POINTER(_Output),
-                ctypes.POINTER(v),
-                i,
-                v,
-                i,
-                v,
-                v,
-            ],
-        )
-        self.allocate = fn("TF_AllocateTensor", v, [i, ctypes.POINTER(ctypes.c_int64), i, s])
-        self.data = fn("TF_TensorData", v, [v])
-        self.num_dims = fn("TF_NumDims", i, [v])
-        self.dim = fn("TF_Dim", ctypes.c_int64, [v, i])
-        self.tensor_type = fn("TF_TensorType", i, [v])
-        self.delete_tensor = fn("TF_DeleteTensor", None, [v])
-        self.string_init = fn("TF_StringInit", None, [v])
-        self.string_copy = fn("TF_StringCopy", None, [v, ctypes.c_char_p, s])
-        self.string_data = fn("TF_StringGetDataPointer", v, [v])
-        self.string_size = fn("TF_StringGetSize", s, [v])
+_NAMES = {v: k for k, v in tf_c_api.DTYPES.items()}
 
 
 class Session:
     """A SavedModel loaded with TF_LoadSessionFromSavedModel (tag 'serve')."""
 
-    def __init__(self, api, export_dir):
+    def __init__(self, api: tf_c_api.CApi, export_dir):
         self.api = api
         self.status = api.new_status()
         self.graph = api.new_graph()
-        meta = api.new_buffer()
-        tags = (ctypes.c_char_p * 1)(b"serve")
-        self.session = api.load(api.new_options(), None, export_dir.encode(), tags, 1, self.graph, meta, self.status)
-        if api.code(self.status) != 0:
-            raise RuntimeError("load failed: " + api.message(self.status).decode())
-        raw = ctypes.string_at(meta.contents.data, meta.contents.length)
-        self.signatures = meta_graph_pb2.MetaGraphDef.FromString(raw).signature_def
+        self.session, meta = api.load_saved_model(export_dir, api.new_options(), self.graph, self.status)
+        self.signatures = meta_graph_pb2.MetaGraphDef.FromString(meta).signature_def
 
-    def _endpoint(self, tensor_name):
-        op, index = tensor_name.rsplit(":", 1)
-        handle = self.api.operation(self.graph, op.encode())
-        if not handle:
-            raise RuntimeError("operation not in graph: " + op)
-        return _Output(handle, int(index))
+    def endpoint(self, tensor_name):
+        """The TF_Output of one of the loaded graph's tensor names."""
+        return self.api.endpoint(self.graph, tensor_name)
 
-    def _tensor(self, spec):
-        api = self.api
+    def tensor(self, spec):
+        """A TF_Tensor from {"dtype", "value"} (nested lists); the caller deletes it."""
         if spec["dtype"] == "string":
             values = [str(x).encode() for x in np.asarray(spec["value"], dtype=object).ravel()]
-            shape = np.shape(spec["value"])
-            dims = (ctypes.c_int64 * len(shape))(*shape)
-            tensor = api.allocate(7, dims, len(shape), _TSTRING_SIZE * len(values))
-            base = api.data(tensor)
-            for n, value in enumerate(values):
-                api.string_init(base + _TSTRING_SIZE * n)
-                api.string_copy(base + _TSTRING_SIZE * n, value, len(value))
-            return tensor
+            return self.api.string_tensor(values, list(np.shape(spec["value"])))
         array = np.ascontiguousarray(np.asarray(spec["value"], dtype=spec["dtype"]))
-        dims = (ctypes.c_int64 * array.ndim)(*array.shape)
-        tensor = api.allocate(_DTYPES[spec["dtype"]], dims, array.ndim, array.nbytes)
-        ctypes.memmove(api.data(tensor), array.ctypes.data, array.nbytes)
-        return tensor
+        return self.api.raw_tensor(spec["dtype"], array.tobytes(), list(array.shape))
 
     def _to_json(self, tensor):
         api = self.api
-        shape = [api.dim(tensor, d) for d in range(api.num_dims(tensor))]
+        shape = api.shape_of(tensor)
         count = int(np.prod(shape)) if shape else 1
         kind = api.tensor_type(tensor)
-        base = api.data(tensor)
-        if kind == 7:
-            values = [
-                ctypes.string_at(
-                    api.string_data(base + _TSTRING_SIZE * n), api.string_size(base + _TSTRING_SIZE * n)
-                ).decode()
-                for n in range(count)
-            ]
-            array = np.asarray(values, dtype=object).reshape(shape)
+        if kind == tf_c_api.DTYPES["string"]:
+            array = np.asarray([v.decode() for v in api.strings_of(tensor, count)], dtype=object).reshape(shape)
         else:
             dtype = np.dtype(_NUMPY[kind])
-            array = np.frombuffer(ctypes.string_at(base, count * dtype.itemsize), dtype=dtype).reshape(shape)
+            array = np.frombuffer(ctypes.string_at(api.data(tensor), count * dtype.itemsize), dtype=dtype).reshape(
+                shape
+            )
         return {"dtype": _NAMES[kind], "shape": shape, "value": array.tolist()}
 
     def time(self, signature, inputs, calls):
@@ -160,26 +76,13 @@ class Session:
 
         sig = self.signatures[signature]
         in_names, out_names = sorted(inputs), sorted(sig.outputs)
-        feeds = (_Output * len(in_names))(*[self._endpoint(sig.inputs[n].name) for n in in_names])
-        values = (ctypes.c_void_p * len(in_names))(*[self._tensor(inputs[n]) for n in in_names])
-        fetches = (_Output * len(out_names))(*[self._endpoint(sig.outputs[n].name) for n in out_names])
+        feeds = (tf_c_api.Output * len(in_names))(*[self.endpoint(sig.inputs[n].name) for n in in_names])
+        values = (ctypes.c_void_p * len(in_names))(*[self.tensor(inputs[n]) for n in in_names])
+        fetches = (tf_c_api.Output * len(out_names))(*[self.endpoint(sig.outputs[n].name) for n in out_names])
         results = (ctypes.c_void_p * len(out_names))()
 
         def once(options=None, metadata=None):
-            self.api.run(
-                self.session,
-                options,
-                feeds,
-                values,
-                len(in_names),
-                fetches,
-                results,
-                len(out_names),
-                None,
-                0,
-                metadata,
-                self.status,
-            )
+            self.api.session_run(self.session, feeds, values, fetches, results, self.status, options, metadata)
             if self.api.code(self.status) != 0:
                 raise RuntimeError(self.api.message(self.status).decode())
             for tensor in results:
@@ -201,7 +104,7 @@ class Session:
             metadata = self.api.new_buffer()
             once(options, metadata)
             meta = config_pb2.RunMetadata.FromString(ctypes.string_at(metadata.contents.data, metadata.contents.length))
-            step, per_op = _step_breakdown(meta.step_stats)
+            step, per_op = step_breakdown(meta.step_stats)
             steps.append(step)
             for op, us in per_op.items():
                 ops.setdefault(op, []).append(us)
@@ -221,24 +124,11 @@ class Session:
         sig = self.signatures[signature]
         in_names = sorted(inputs)
         out_names = sorted(sig.outputs)
-        feeds = (_Output * len(in_names))(*[self._endpoint(sig.inputs[n].name) for n in in_names])
-        values = (ctypes.c_void_p * len(in_names))(*[self._tensor(inputs[n]) for n in in_names])
-        fetches = (_Output * len(out_names))(*[self._endpoint(sig.outputs[n].name) for n in out_names])
+        feeds = (tf_c_api.Output * len(in_names))(*[self.endpoint(sig.inputs[n].name) for n in in_names])
+        values = (ctypes.c_void_p * len(in_names))(*[self.tensor(inputs[n]) for n in in_names])
+        fetches = (tf_c_api.Output * len(out_names))(*[self.endpoint(sig.outputs[n].name) for n in out_names])
         results = (ctypes.c_void_p * len(out_names))()
-        self.api.run(
-            self.session,
-            None,
-            feeds,
-            values,
-            len(in_names),
-            fetches,
-            results,
-            len(out_names),
-            None,
-            0,
-            None,
-            self.status,
-        )
+        self.api.session_run(self.session, feeds, values, fetches, results, self.status)
         for tensor in values:
             self.api.delete_tensor(tensor)
         if self.api.code(self.status) != 0:
@@ -249,7 +139,7 @@ class Session:
         return {"outputs": outputs}
 
 
-def _step_breakdown(step_stats):
+def step_breakdown(step_stats):
     """Wall time of one traced step and the summed node time per op type (from "name = Op(...)" labels), in us."""
     starts, ends, per_op = [], [], {}
     for device in step_stats.dev_stats:
@@ -269,7 +159,7 @@ def main():
     export_dir = sys.argv[1]
     calls = int(sys.argv[3]) if len(sys.argv) > 3 and sys.argv[2] == "--time" else 0
     requests = json.load(sys.stdin)
-    session = Session(CApi(), export_dir)
+    session = Session(tf_c_api.CApi(), export_dir)
     if calls:
         results = [session.time(r["signature"], r["inputs"], calls) for r in requests]
     else:

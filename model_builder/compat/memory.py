@@ -35,9 +35,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE_FLAG = "--probe"
-# TF_DataType codes (tensorflow/c/tf_datatype.h) and array typecodes for the dtypes our signatures use.
-_TF_DTYPES = {"float32": (1, "f"), "int32": (3, "i"), "int64": (9, "q"), "string": (7, None)}
-_TSTRING_SIZE = 24  # sizeof(TF_TString), tensorflow/core/platform/ctstring_internal.h
+# array typecodes of the dtypes our signatures use (strings go through TF_TString).
+_ARRAY_TYPECODES = {"float32": "f", "int32": "i", "int64": "q", "string": None}
+
+if __package__:
+    from model_builder.compat import tf_c_api
+else:  # the probe runs as a script in the serving-runtime env, standard library only
+    import tf_c_api
 
 
 # ---------------------------------------------------------------- build-env half
@@ -59,7 +63,7 @@ def _tensor_spec(name: str, proto) -> dict:
         values = [v if isinstance(v, bytes) else str(v).encode() for v in value.ravel().tolist()]
         return {"name": name, "dtype": "string", "shape": list(value.shape), "values": [v.hex() for v in values]}
     dtype = np.dtype(value.dtype).name
-    if dtype not in _TF_DTYPES:
+    if dtype not in _ARRAY_TYPECODES:
         raise ValueError(f"warmup input {name} has dtype {dtype}, which the memory probe does not handle")
     return {"name": name, "dtype": dtype, "shape": list(value.shape), "values": value.ravel().tolist()}
 
@@ -68,7 +72,7 @@ def warmup_runs(version_dir: Path) -> list[dict]:
     """The warmup file as Session runs: feed/fetch tensor names from the MetaGraph's signatures."""
     from tensorflow.core.protobuf import saved_model_pb2
 
-    from model_builder import warmup
+    from model_builder.export import warmup
 
     saved = saved_model_pb2.SavedModel.FromString((version_dir / "saved_model.pb").read_bytes())
     graphs = [g for g in saved.meta_graphs if "serve" in g.meta_info_def.tags]
@@ -131,11 +135,11 @@ def measure(version_dir: Path, python: Path | None = None, timeout_s: float = 36
 
 
 def _write_memory(version_dir: Path, report: dict) -> None:
-    from model_builder import export
+    from model_builder.export import version_store
 
-    info = export.read_build_info(version_dir)
+    info = version_store.read_build_info(version_dir)
     info["memory"] = report
-    path = version_dir / export.BUILD_INFO_FILE
+    path = version_dir / version_store.BUILD_INFO_FILE
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
     tmp.write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
     os.replace(tmp, path)  # readers see the old or the new file, never half of one
@@ -198,134 +202,34 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-class _Output(ctypes.Structure):
-    _fields_ = [("oper", ctypes.c_void_p), ("index", ctypes.c_int)]
-
-
-class _Buffer(ctypes.Structure):
-    _fields_ = [("data", ctypes.c_void_p), ("length", ctypes.c_size_t), ("deallocator", ctypes.c_void_p)]
-
-
-class _Runtime:
-    """TF 2.11's C API from the wheel's shared library, without TensorFlow's Python package."""
-
-    def __init__(self) -> None:
-        import importlib.util
-
-        # find_spec locates a top-level package without running its __init__.
-        tf_dir = importlib.util.find_spec("tensorflow").submodule_search_locations[0]
-        scann_dir = importlib.util.find_spec("scann").submodule_search_locations[0]
-        lib = ctypes.CDLL(os.path.join(tf_dir, "python", "_pywrap_tensorflow_internal.so"), mode=ctypes.RTLD_GLOBAL)
-        v, i = ctypes.c_void_p, ctypes.c_int
-
-        def fn(name, restype, argtypes):
-            f = getattr(lib, name)
-            f.restype, f.argtypes = restype, argtypes
-            return f
-
-        self.status = fn("TF_NewStatus", v, [])()
-        self._code = fn("TF_GetCode", i, [v])
-        self._message = fn("TF_Message", ctypes.c_char_p, [v])
-        self.load_library = fn("TF_LoadLibrary", v, [ctypes.c_char_p, v])
-        self.new_options = fn("TF_NewSessionOptions", v, [])
-        self.new_graph = fn("TF_NewGraph", v, [])
-        self.new_buffer = fn("TF_NewBuffer", ctypes.POINTER(_Buffer), [])
-        self.load = fn(
-            "TF_LoadSessionFromSavedModel",
-            v,
-            [v, v, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p), i, v, ctypes.POINTER(_Buffer), v],
-        )
-        self.operation = fn("TF_GraphOperationByName", v, [v, ctypes.c_char_p])
-        self.run = fn(
-            "TF_SessionRun",
-            None,
-            [
-                v,
-                v,
-                ctypes.POINTER(_Output),
-                ctypes.POINTER(v),
-                i,
-                ctypes.POINTER(_Output),
-                ctypes.POINTER(v),
-                i,
-                v,
-                i,
-                v,
-                v,
-            ],
-        )
-        self.allocate = fn("TF_AllocateTensor", v, [i, ctypes.POINTER(ctypes.c_int64), i, ctypes.c_size_t])
-        self.data = fn("TF_TensorData", v, [v])
-        self.delete_tensor = fn("TF_DeleteTensor", None, [v])
-        self.string_init = fn("TF_StringInit", None, [v])
-        self.string_copy = fn("TF_StringCopy", None, [v, ctypes.c_char_p, ctypes.c_size_t])
-        # What `import scann` does: register the Scann>* ops and kernels with the runtime.
-        self.load_library(os.path.join(scann_dir, "scann_ops", "cc", "_scann_ops.so").encode(), self.status)
-        self.check("loading ScaNN's ops")
-
-    def check(self, what: str) -> None:
-        if self._code(self.status) != 0:
-            raise RuntimeError(f"{what}: {self._message(self.status).decode(errors='replace')}")
-
-    def tensor(self, spec: dict):
-        shape = spec["shape"]
-        dims = (ctypes.c_int64 * len(shape))(*shape)
-        code, typecode = _TF_DTYPES[spec["dtype"]]
-        if typecode is None:
-            values = [bytes.fromhex(v) for v in spec["values"]]
-            tensor = self.allocate(code, dims, len(shape), _TSTRING_SIZE * len(values))
-            base = self.data(tensor)
-            for n, value in enumerate(values):
-                self.string_init(base + _TSTRING_SIZE * n)
-                self.string_copy(base + _TSTRING_SIZE * n, value, len(value))
-            return tensor
-        raw = array(typecode, spec["values"]).tobytes()
-        tensor = self.allocate(code, dims, len(shape), len(raw))
-        ctypes.memmove(self.data(tensor), raw, len(raw))
-        return tensor
+def _tensor(api: tf_c_api.CApi, spec: dict):
+    shape = spec["shape"]
+    typecode = _ARRAY_TYPECODES[spec["dtype"]]
+    if typecode is None:
+        return api.string_tensor([bytes.fromhex(v) for v in spec["values"]], shape)
+    return api.raw_tensor(spec["dtype"], array(typecode, spec["values"]).tobytes(), shape)
 
 
 def _probe(version_dir: str, runs: list[dict]) -> dict:
     """Loads the version, replays the warmup runs, reports resident-set sizes (bytes) and seconds."""
     started = time.perf_counter()
-    rt = _Runtime()
+    api = tf_c_api.CApi()
+    status = api.new_status()
+    api.load_scann_ops(status)
     baseline = _rss_kib("VmRSS")
-    graph, meta = rt.new_graph(), rt.new_buffer()
-    tags = (ctypes.c_char_p * 1)(b"serve")
-    session = rt.load(rt.new_options(), None, version_dir.encode(), tags, 1, graph, meta, rt.status)
-    rt.check("TF_LoadSessionFromSavedModel")
+    graph = api.new_graph()
+    session, _ = api.load_saved_model(version_dir, api.new_options(), graph, status)
     loaded_at = time.perf_counter()
     loaded = _rss_kib("VmRSS")
-
-    def endpoint(name: str) -> _Output:
-        op, index = name.rsplit(":", 1)
-        handle = rt.operation(graph, op.encode())
-        if not handle:
-            raise RuntimeError(f"operation {op} is not in the loaded graph")
-        return _Output(handle, int(index))
-
     for n, run in enumerate(runs):
-        feeds = (_Output * len(run["feeds"]))(*[endpoint(f["name"]) for f in run["feeds"]])
-        values = (ctypes.c_void_p * len(run["feeds"]))(*[rt.tensor(f) for f in run["feeds"]])
-        fetches = (_Output * len(run["fetches"]))(*[endpoint(name) for name in run["fetches"]])
+        feeds = (tf_c_api.Output * len(run["feeds"]))(*[api.endpoint(graph, f["name"]) for f in run["feeds"]])
+        values = (ctypes.c_void_p * len(run["feeds"]))(*[_tensor(api, f) for f in run["feeds"]])
+        fetches = (tf_c_api.Output * len(run["fetches"]))(*[api.endpoint(graph, name) for name in run["fetches"]])
         results = (ctypes.c_void_p * len(run["fetches"]))()
-        rt.run(
-            session,
-            None,
-            feeds,
-            values,
-            len(run["feeds"]),
-            fetches,
-            results,
-            len(run["fetches"]),
-            None,
-            0,
-            None,
-            rt.status,
-        )
+        api.session_run(session, feeds, values, fetches, results, status)
         for tensor in list(values) + [r for r in results if r]:
-            rt.delete_tensor(tensor)
-        rt.check(f"warmup record {n} ({run['signature']})")
+            api.delete_tensor(tensor)
+        api.check(status, f"warmup record {n} ({run['signature']})")
     finished = time.perf_counter()
     return {
         "runtime": f"tensorflow {_version('tensorflow-cpu', 'tensorflow')} C API + scann {_version('scann')}",

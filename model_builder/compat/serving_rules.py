@@ -140,7 +140,7 @@ def check_version(version_dir: Path, params: BatchingParameters | None) -> list[
     --max-batch-size.
     """
     from model_builder.compat.ops import saved_model_signatures
-    from model_builder.export import read_build_info
+    from model_builder.export.version_store import read_build_info
 
     signatures = saved_model_signatures(version_dir)
     out = _signature_rules(signatures)
@@ -187,7 +187,7 @@ def _signature_rules(signatures: dict) -> list[Violation]:
 
 
 def _warmup_rules(version_dir: Path, signatures: dict, options: QueueOptions) -> list[Violation]:
-    from model_builder import warmup
+    from model_builder.export import warmup
 
     try:
         records = warmup.read(version_dir)

@@ -148,11 +148,11 @@ def _split_task(task: _Task, sizes: list[int]) -> list[_Task]:
 _TF_DTYPE_NAMES = {"O": "string", "S": "string", "U": "string"}
 
 
-def tf_dtype_name(value: np.ndarray) -> str:
-    """The DataTypeString TF would report for a fed numpy array ("float", "int64", "string", ...)."""
-    if value.dtype.kind in _TF_DTYPE_NAMES:
+def tf_dtype_name(dtype: np.dtype) -> str:
+    """TF's DataTypeString for a numpy dtype ("float", "int64", "string", ...), as its errors name it."""
+    if dtype.kind in _TF_DTYPE_NAMES:
         return "string"
-    return {"float32": "float", "float64": "double"}.get(value.dtype.name, value.dtype.name)
+    return {"float32": "float", "float64": "double"}.get(dtype.name, dtype.name)
 
 
 class BatchingSession:
@@ -266,8 +266,8 @@ class BatchingSession:
         merged = []
         for name in signature.inputs:
             values = per_name[name]
-            first = tf_dtype_name(values[0])
-            other = next((tf_dtype_name(v) for v in values if tf_dtype_name(v) != first), None)
+            first = tf_dtype_name(values[0].dtype)
+            other = next((tf_dtype_name(v.dtype) for v in values if tf_dtype_name(v.dtype) != first), None)
             if other is not None:
                 # tensor::Concat's status, wrapped by MergeInputTensors (a DCHECK there only fires in debug builds).
                 raise InternalError(

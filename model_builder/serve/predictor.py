@@ -119,7 +119,7 @@ def predict(
 
 def replay_warmup(version: LoadedVersion, path: Path, iterations: int = 1) -> int:
     """RunSavedModelWarmup: every record of assets.extra/tf_serving_warmup_requests, in order; any failure fails the load."""
-    from model_builder import warmup as warmup_file
+    from model_builder.export import warmup as warmup_file
 
     warmup_path = path / warmup_file.WARMUP_FILE
     count = 0

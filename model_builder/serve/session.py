@@ -21,10 +21,6 @@ from model_builder.serve.batching import Feeds, tf_dtype_name
 from model_builder.serve.errors import InvalidInputError, from_tensorflow
 
 
-def _tf_name(dtype) -> str:
-    return "string" if dtype.name == "string" else {"float32": "float", "float64": "double"}.get(dtype.name, dtype.name)
-
-
 class SessionRunner:
     """Callable: (feeds [(tensor name, array)], fetch tensor names) -> arrays; one cached TF callable per tensor set."""
 
@@ -38,7 +34,9 @@ class SessionRunner:
     def _dtype(self, name: str) -> str:
         dtype = self._dtypes.get(name)
         if dtype is None:
-            dtype = self._dtypes[name] = _tf_name(self._graph.get_tensor_by_name(name).dtype)
+            dtype = self._dtypes[name] = tf_dtype_name(
+                np.dtype(self._graph.get_tensor_by_name(name).dtype.as_numpy_dtype)
+            )
         return dtype
 
     def _callable(self, key: tuple):
@@ -51,7 +49,7 @@ class SessionRunner:
 
     def __call__(self, feeds: Feeds, fetches: list[str]) -> list[np.ndarray]:
         for position, (name, value) in enumerate(feeds):
-            want, got = self._dtype(name), tf_dtype_name(value)
+            want, got = self._dtype(name), tf_dtype_name(value.dtype)
             if want != got:
                 raise InvalidInputError(f"Expects arg[{position}] to be {want} but {got} is provided")
         try:

@@ -18,7 +18,7 @@ import tensorflow as tf
 import model_builder.scann_import  # noqa: F401  (registers the ScaNN ops before loading)
 import support
 from model_builder.compat import ops
-from model_builder.export import read_build_info
+from model_builder.export.version_store import read_build_info
 
 pytestmark = pytest.mark.compat
 RUNNER = support.REPO / "model_builder" / "compat" / "c_api_runner.py"
@@ -68,7 +68,7 @@ MAX_RECALL_DROP = 0.01
 
 
 def _recall(loaded, queries: np.ndarray, ids: list) -> float:
-    from model_builder.verify import recall_at_k
+    from model_builder.index.recall import recall_at_k
 
     candidates = loaded.candidate_vectors.numpy()
     lookup = {v: i for i, v in enumerate(_decoded(loaded.candidate_ids.numpy()[None, :])[0])}

@@ -13,9 +13,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 import support
-from model_builder import warmup
 from model_builder.compat import serving_rules, tfs_config
 from model_builder.compat.tfs_batching import BatchingParameters
+from model_builder.export import warmup
 
 SHIPPED = sorted((support.REPO / "k8s").rglob("batching_parameters.txt"))
 # The image's numbers before issue 10: an idle queue held 100 x 8 = 800 rows of a 1024 limit.

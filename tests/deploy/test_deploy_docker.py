@@ -119,8 +119,8 @@ def test_builder_checks_versions_against_the_images_batching_file(docker_client,
     # The build's serving-rules gate and --optimize throughput read the serving image's batching
     # file; the builder image carries the same file where a checkout has it.
     script = (
-        "from model_builder import serving_batch, settings; "
-        "print(settings.IMAGE_BATCHING_FILE.read_text() == open('/dev/stdin').read(), serving_batch.execution_batch_size())"
+        "from model_builder import settings; from model_builder.index import execution_batch; "
+        "print(settings.IMAGE_BATCHING_FILE.read_text() == open('/dev/stdin').read(), execution_batch.execution_batch_size())"
     )
     code, out = run_in(
         docker_client,
@@ -134,9 +134,12 @@ def test_builder_checks_versions_against_the_images_batching_file(docker_client,
         docker_client, built.builder, ["/opt/scann-serving/k8s/base/config/batching_parameters.txt"], entrypoint=["cat"]
     )
     assert code == 0 and copy == shipped
-    from model_builder import serving_batch
+    from model_builder.index import execution_batch
 
-    assert out.split()[-2:] == ["True", str(serving_batch.read_execution_batch_size(serving_batch.BATCHING_FILE))], out
+    assert out.split()[-2:] == [
+        "True",
+        str(execution_batch.read_execution_batch_size(execution_batch.BATCHING_FILE)),
+    ], out
 
 
 def test_builder_cli_runs_read_only_without_network(docker_client, built):

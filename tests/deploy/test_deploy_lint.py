@@ -93,7 +93,7 @@ def _scratch_copy(dest):
 
 def test_lint_fails_on_an_unused_import_and_an_unquoted_shell_variable(tmp_path):
     scratch = _scratch_copy(tmp_path / "repo")
-    export = scratch / "model_builder" / "export.py"
+    export = scratch / "model_builder" / "export" / "version_store.py"
     export.write_text(export.read_text().replace("import shutil\n", "import shutil\nimport zipfile\n", 1))
     engine = scratch / "scripts" / "engine.sh"
     engine.write_text(engine.read_text() + "\nls $HOME\n")

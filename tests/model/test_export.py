@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 import support
-from model_builder import export, warmup
 from model_builder.data.synthetic import clustered_embeddings
 from model_builder.errors import ExportError
+from model_builder.export import version_store, warmup
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_tf_serving_layout_and_build_info(synthetic_model):
     assert (version_dir / "saved_model.pb").is_file()
     assert (version_dir / "variables" / "variables.index").is_file()
     assert (version_dir / warmup.WARMUP_FILE).is_file()
-    info = export.read_build_info(version_dir)
+    info = version_store.read_build_info(version_dir)
     assert info["versions"]["tensorflow"] == "2.20.0" and info["versions"]["scann"] == "1.4.2"
     assert info["index"]["algorithm"] == "brute_force" and info["serving"]["k"] == 10
     assert info["data"]["users"] == 300 and info["verification"]["passed"] is True
@@ -56,7 +56,7 @@ def test_next_version_is_max_plus_one_and_existing_is_never_overwritten(tmp_path
     proc = support.run_cli("build", "--out", str(tmp_path), "--version", "7", *_build_args(candidates_file))
     assert proc.returncode == 2 and "already exists: versions are immutable" in proc.stderr
     assert (model_dir / "7" / "marker").read_text() == "keep me"
-    assert export.versions(model_dir) == [7, 8]
+    assert version_store.versions(model_dir) == [7, 8]
 
 
 def test_publish_removes_the_temp_folder_when_the_check_fails(tmp_path):
@@ -67,7 +67,7 @@ def test_publish_removes_the_temp_folder_when_the_check_fails(tmp_path):
         raise ExportError("check failed on purpose")
 
     with pytest.raises(ExportError, match="on purpose"):
-        export.publish(tmp_path, "m", None, write, check)
+        version_store.publish(tmp_path, "m", None, write, check)
     assert [p.name for p in (tmp_path / "m").iterdir() if not p.name.startswith(".build")] == []
 
 
@@ -81,7 +81,7 @@ def test_publish_never_reads_another_builds_temp_folder(tmp_path):
     def write(tmp: Path, version: int) -> None:
         (tmp / "saved_model.pb").write_bytes(b"x")
 
-    final = export.publish(tmp_path, "m", None, write, lambda tmp: None)
+    final = version_store.publish(tmp_path, "m", None, write, lambda tmp: None)
     assert final.name == "8" and (final / "saved_model.pb").read_bytes() == b"x"
     assert other.is_dir(), "a live build's temp folder was swept"
 
@@ -112,7 +112,9 @@ def test_a_killed_export_never_leaves_a_version_folder(tmp_path, candidates_file
         time.sleep(rng.uniform(0.0, 1.5))  # somewhere inside save / warmup / verification
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        assert export.versions(model_dir) == [], f"attempt {attempt}: a version folder was published by a killed build"
+        assert version_store.versions(model_dir) == [], (
+            f"attempt {attempt}: a version folder was published by a killed build"
+        )
     # The next build sweeps the dead builds' temp folders and publishes version 1.
     assert support.build(tmp_path, *_build_args(candidates_file)).name == "1"
     assert not [p for p in model_dir.iterdir() if p.name.startswith(".tmp-")]
@@ -147,6 +149,8 @@ def test_out_of_disk_space_leaves_nothing_half_written(tmp_path, candidates_file
         assert proc.returncode == 2, proc.stderr
         assert "no space left on device" in proc.stderr.strip().splitlines()[-1]
         model_dir = mount / "scann_model"
-        assert export.versions(model_dir) == [] and not [p for p in model_dir.iterdir() if p.name.startswith(".tmp-")]
+        assert version_store.versions(model_dir) == [] and not [
+            p for p in model_dir.iterdir() if p.name.startswith(".tmp-")
+        ]
     finally:
         subprocess.run(["umount", str(mount)], check=False)

@@ -105,7 +105,7 @@ def test_concurrent_feature_requests_are_answered_as_if_alone(served):
 
 def test_items_never_trained_on_show_up_for_new_users(served, feature_model):
     """Cold items (held out of training, or without a positive at all) enter the index from their features."""
-    from model_builder.export import read_build_info
+    from model_builder.export.version_store import read_build_info
 
     dataset = load_dataset("movielens-100k")
     positives = set(dataset.interactions.item_ids[dataset.interactions.weights >= 4].tolist())

@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 import model_builder.scann_import  # noqa: F401  (registers the ScaNN ops before loading)
-from model_builder import warmup
 from model_builder.data import load_dataset
-from model_builder.export import read_build_info
+from model_builder.export import warmup
+from model_builder.export.version_store import read_build_info
 
 pytestmark = pytest.mark.slow
 NEW_USER = 10**9  # not a MovieLens user id

@@ -10,12 +10,12 @@ import pytest
 import tensorflow as tf
 
 import support
-from model_builder import feature_build, towers
 from model_builder.compat import ops
 from model_builder.data import synthetic
-from model_builder.feature_tower import ServingTower, TowerModule, embed
+from model_builder.towers import feature_build, training
+from model_builder.towers.served_tower import ServingTower, TowerModule, embed
 
-FAST = towers.TrainConfig(epochs=4, batch_size=128, embedding_dim=16, hidden_units="32", feature_dim=8)
+FAST = training.TrainConfig(epochs=4, batch_size=128, embedding_dim=16, hidden_units="32", feature_dim=8)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_an_unknown_id_is_embedded_from_its_features(trained):
 @pytest.mark.parametrize("ids", [np.array([-1, 3, 5], np.int64), np.array(["", "a", "b"], dtype=object)])
 def test_padding_ids_never_get_an_id_row(ids):
     """Clients send -1 / "" for a new user without an id: it must mean "unknown" in every model."""
-    from model_builder.features import fit_schema
+    from model_builder.towers.feature_encoding import fit_schema
 
     schema = fit_schema("user", "user_id", ids, np.array([9, 9, 9]), None)
     assert list(schema.encoders[0].vocab) == ids[1:].tolist()

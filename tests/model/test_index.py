@@ -7,11 +7,11 @@ import pytest
 import tensorflow as tf
 
 import support
-from model_builder import index
 from model_builder.data.synthetic import clustered_embeddings
 from model_builder.errors import ConfigError
-from model_builder.export import read_build_info
-from model_builder.verify import recall_at_k
+from model_builder.export.version_store import read_build_info
+from model_builder.index import config as index_config
+from model_builder.index.recall import recall_at_k
 
 
 @pytest.mark.parametrize(
@@ -19,7 +19,7 @@ from model_builder.verify import recall_at_k
     [(19_999, "brute_force"), (20_000, "ah"), (99_999, "ah"), (100_000, "tree_ah"), (1_000_000, "tree_ah")],
 )
 def test_rule_of_thumb_thresholds(n, algorithm):
-    resolved = index.resolve(index.IndexConfig(), n, 64, 10)
+    resolved = index_config.resolve(index_config.IndexConfig(), n, 64, 10)
     assert resolved.algorithm == algorithm
     if algorithm != "brute_force":
         assert resolved.reorder_num_neighbors > 10 and resolved.dimensions_per_block == 2
@@ -29,7 +29,7 @@ def test_rule_of_thumb_thresholds(n, algorithm):
 
 
 def test_every_knob_is_overridable():
-    cfg = index.IndexConfig(
+    cfg = index_config.IndexConfig(
         algorithm="tree_ah",
         num_leaves=50,
         num_leaves_to_search=7,
@@ -37,7 +37,7 @@ def test_every_knob_is_overridable():
         reorder_num_neighbors=64,
         training_sample_size=1000,
     )
-    r = index.resolve(cfg, 5000, 32, 10)
+    r = index_config.resolve(cfg, 5000, 32, 10)
     assert (
         r.algorithm,
         r.num_leaves,
@@ -52,15 +52,19 @@ def test_every_knob_is_overridable():
 @pytest.mark.parametrize(
     ("cfg", "k", "message"),
     [
-        (index.IndexConfig(reorder_num_neighbors=10), 10, "must exceed k=10"),
-        (index.IndexConfig(algorithm="hnsw"), 10, "--algorithm 'hnsw'"),
-        (index.IndexConfig(num_leaves=10, num_leaves_to_search=11, algorithm="tree_ah"), 10, "exceeds --num-leaves"),
-        (index.IndexConfig(), 6000, "exceeds the number of candidates"),
+        (index_config.IndexConfig(reorder_num_neighbors=10), 10, "must exceed k=10"),
+        (index_config.IndexConfig(algorithm="hnsw"), 10, "--algorithm 'hnsw'"),
+        (
+            index_config.IndexConfig(num_leaves=10, num_leaves_to_search=11, algorithm="tree_ah"),
+            10,
+            "exceeds --num-leaves",
+        ),
+        (index_config.IndexConfig(), 6000, "exceeds the number of candidates"),
     ],
 )
 def test_invalid_overrides_are_rejected_with_the_flag(cfg, k, message):
     with pytest.raises(ConfigError, match=message):
-        index.resolve(cfg, 5000, 32, k)
+        index_config.resolve(cfg, 5000, 32, k)
 
 
 @pytest.fixture(scope="module")

@@ -12,28 +12,30 @@ import numpy as np
 import pytest
 
 import support
-from model_builder import graph_timing, index, index_search, index_space, serving_batch, tune, verify
 from model_builder.build_config import BuildConfig
+from model_builder.contract import Catalogue
 from model_builder.data.synthetic import clustered_embeddings
 from model_builder.errors import ConfigError
-from model_builder.export import read_build_info
-from model_builder.pipeline import module_factory
-from model_builder.serving_module import Catalogue
-from model_builder.verify import exact_kth_scores
+from model_builder.export.version_store import read_build_info
+from model_builder.index import config as index_config
+from model_builder.index import execution_batch, graph_timing, recall, recall_sweep, structures
+from model_builder.index import search as index_search
+from model_builder.index.recall import exact_kth_scores
+from model_builder.pipeline import module_factory, serving_module
 
 COUNT = 10
 
 
-def _keys(structures):
-    return [index_space.structure_key(s) for s in structures]
+def _keys(plan):
+    return [structures.structure_key(s) for s in plan]
 
 
 @pytest.mark.parametrize(("n", "dim"), [(1_000_000, 64), (60_000, 784), (30_000, 32), (5_000, 16)])
 def test_candidates_start_with_the_rule_of_thumb_and_cover_every_family(n, dim):
-    cfg = index.IndexConfig(brute_force_below=1_000)
-    rule = index.resolve(cfg, n, dim, COUNT)
-    plan = index_space.candidates(cfg, rule)
-    assert _keys(plan)[0] == index_space.structure_key(rule)
+    cfg = index_config.IndexConfig(brute_force_below=1_000)
+    rule = index_config.resolve(cfg, n, dim, COUNT)
+    plan = structures.candidates(cfg, rule)
+    assert _keys(plan)[0] == structures.structure_key(rule)
     assert len(set(_keys(plan))) == len(plan), "no structure is built twice"
     assert {s.algorithm for s in plan} == {"brute_force", "ah", "tree_ah"}
     assert {s.dimensions_per_block for s in plan if s.algorithm == "ah"} == {1, 2, 4}
@@ -45,27 +47,27 @@ def test_candidates_start_with_the_rule_of_thumb_and_cover_every_family(n, dim):
 
 
 def test_small_catalogues_keep_exact_scoring_unless_asked():
-    cfg = index.IndexConfig()
-    rule = index.resolve(cfg, 5_000, 16, COUNT)
-    assert _keys(index_space.candidates(cfg, rule)) == [("brute_force", None, None, None)]
-    cfg = index.IndexConfig(algorithm="tree_ah")
-    assert {s.algorithm for s in index_space.candidates(cfg, index.resolve(cfg, 5_000, 16, COUNT))} == {"tree_ah"}
+    cfg = index_config.IndexConfig()
+    rule = index_config.resolve(cfg, 5_000, 16, COUNT)
+    assert _keys(structures.candidates(cfg, rule)) == [("brute_force", None, None, None)]
+    cfg = index_config.IndexConfig(algorithm="tree_ah")
+    assert {s.algorithm for s in structures.candidates(cfg, index_config.resolve(cfg, 5_000, 16, COUNT))} == {"tree_ah"}
 
 
 def test_flags_the_user_set_pin_the_structure():
-    cfg = index.IndexConfig(algorithm="tree_ah", num_leaves=100, dimensions_per_block=4, hash_type="lut256")
-    plan = index_space.candidates(cfg, index.resolve(cfg, 50_000, 32, COUNT))
+    cfg = index_config.IndexConfig(algorithm="tree_ah", num_leaves=100, dimensions_per_block=4, hash_type="lut256")
+    plan = structures.candidates(cfg, index_config.resolve(cfg, 50_000, 32, COUNT))
     assert _keys(plan) == [("tree_ah", 100, 4, "lut256")]
-    cfg = index.IndexConfig(algorithm="ah")
-    plan = index_space.candidates(cfg, index.resolve(cfg, 50_000, 32, COUNT))
+    cfg = index_config.IndexConfig(algorithm="ah")
+    plan = structures.candidates(cfg, index_config.resolve(cfg, 50_000, 32, COUNT))
     assert {s.algorithm for s in plan} == {"ah"} and len(plan) == 4
 
 
 def test_throughput_batch_defaults_to_the_shipped_batching_file():
-    assert serving_batch.BATCHING_FILE.is_file()
-    shipped = serving_batch.read_execution_batch_size(serving_batch.BATCHING_FILE)
-    assert shipped == serving_batch.FALLBACK_EXECUTION_BATCH_SIZE, "builder images (no k8s/) must use the same value"
-    assert index.IndexConfig().throughput_batch_size == shipped
+    assert execution_batch.BATCHING_FILE.is_file()
+    shipped = execution_batch.read_execution_batch_size(execution_batch.BATCHING_FILE)
+    assert shipped == execution_batch.FALLBACK_EXECUTION_BATCH_SIZE, "builder images (no k8s/) must use the same value"
+    assert index_config.IndexConfig().throughput_batch_size == shipped
 
 
 @pytest.fixture(scope="module")
@@ -77,22 +79,25 @@ def small():
     return base, queries, Catalogue(ids, None, ids, base)
 
 
-def _search(small, cfg: index.IndexConfig, target: float = 0.95):
+def _search(small, cfg: index_config.IndexConfig, target: float = 0.95):
     base, queries, catalogue = small
-    rule = index.resolve(cfg, len(base), base.shape[1], COUNT)
+    rule = index_config.resolve(cfg, len(base), base.shape[1], COUNT)
     lines: list[str] = []
-    result = index_search.search(
-        cfg, rule, base, queries, COUNT, target, module_factory(BuildConfig(k=COUNT), catalogue), lines.append
+    inputs = index_search.SearchInputs(
+        cfg, rule, base, queries, COUNT, target, module_factory(BuildConfig(k=COUNT), catalogue)
     )
+    result = index_search.search(inputs, lines.append)
     return result, lines
 
 
 def test_graph_timing_runs_the_exported_serving_signature(small, tmp_path):
     base, queries, catalogue = small
-    resolved = index.resolve(index.IndexConfig(algorithm="tree_ah"), len(base), base.shape[1], COUNT)
-    searcher, _ = index.build_searcher(base, resolved, COUNT)
-    module = module_factory(BuildConfig(k=COUNT), catalogue)(resolved, searcher, 3, 50)
-    folder = graph_timing.export(module, tmp_path / "export")
+    resolved = index_config.resolve(index_config.IndexConfig(algorithm="tree_ah"), len(base), base.shape[1], COUNT)
+    searcher, _ = index_config.build_searcher(base, resolved, COUNT)
+    module = serving_module(BuildConfig(k=COUNT), catalogue, resolved, searcher, index_search.Knobs(3, 50))
+    folder = module_factory(BuildConfig(k=COUNT), catalogue)(
+        resolved, searcher, index_search.Knobs(3, 50), tmp_path / "x"
+    )
     session = graph_timing.GraphSession(folder)
     try:
         # Whatever the serving graph returns is fetched, as TF Serving's Predict does (contract v2: found too).
@@ -114,34 +119,35 @@ def test_graph_timing_runs_the_exported_serving_signature(small, tmp_path):
 
 def test_sweep_keeps_only_settings_that_reach_the_goal(small):
     base, queries, _ = small
-    cfg = index.IndexConfig(algorithm="tree_ah")
-    resolved = index.resolve(cfg, len(base), base.shape[1], COUNT)
-    searcher, _ = index.build_searcher(base, resolved, COUNT)
+    cfg = index_config.IndexConfig(algorithm="tree_ah")
+    resolved = index_config.resolve(cfg, len(base), base.shape[1], COUNT)
+    searcher, _ = index_config.build_searcher(base, resolved, COUNT)
     kth = exact_kth_scores(queries, base, COUNT, "dot_product")
-    sweep = tune.sweep(searcher, resolved, queries, kth, base, COUNT, goal=0.96)
+    sweep = recall_sweep.sweep(searcher, resolved, queries, kth, base, COUNT, goal=0.96)
     assert sweep.frontier and all(p.recall - p.margin >= 0.96 for p in sweep.frontier)
     assert any(not p.reaches(0.96) for p in sweep.measured), "the sweep measured settings that fail the gate"
     assert len({p.leaves_to_search for p in sweep.frontier}) == len(sweep.frontier), "dominated settings dropped"
-    impossible = tune.sweep(searcher, resolved, queries, kth, base, COUNT, goal=1.01)
+    impossible = recall_sweep.sweep(searcher, resolved, queries, kth, base, COUNT, goal=1.01)
     assert impossible.frontier == () and impossible.best_recall().recall <= 1.0
 
 
 def test_the_margin_covers_both_samples_of_the_gate_comparison():
-    assert tune.margin(np.ones(500), 200) == 0.0, "every query perfect: nothing to be unsure of"
+    assert recall_sweep.margin(np.ones(500), 200) == 0.0, "every query perfect: nothing to be unsure of"
     split = np.array([1.0, 0.0] * 50)
-    expected = tune.CONFIDENCE_Z * split.std(ddof=1) * np.sqrt(1 / 100 + 1 / 400)
-    assert tune.margin(split, 400) == pytest.approx(expected)
-    assert tune.margin(split, 50) > tune.margin(split, 400) > tune.margin(split, 10**9)
+    expected = recall_sweep.CONFIDENCE_Z * split.std(ddof=1) * np.sqrt(1 / 100 + 1 / 400)
+    assert recall_sweep.margin(split, 400) == pytest.approx(expected)
+    assert recall_sweep.margin(split, 50) > recall_sweep.margin(split, 400) > recall_sweep.margin(split, 10**9)
 
 
 def test_a_smaller_gate_sample_needs_a_wider_margin(small):
     base, queries, _ = small
-    cfg = index.IndexConfig(algorithm="tree_ah", num_leaves=60)
-    resolved = index.resolve(cfg, len(base), base.shape[1], COUNT)
-    searcher, _ = index.build_searcher(base, resolved, COUNT)
+    cfg = index_config.IndexConfig(algorithm="tree_ah", num_leaves=60)
+    resolved = index_config.resolve(cfg, len(base), base.shape[1], COUNT)
+    searcher, _ = index_config.build_searcher(base, resolved, COUNT)
     kth = exact_kth_scores(queries, base, COUNT, "dot_product")
     sweeps = {
-        gate: tune.sweep(searcher, resolved, queries, kth, base, COUNT, 0.9, gate_queries=gate) for gate in (20, 10**9)
+        gate: recall_sweep.sweep(searcher, resolved, queries, kth, base, COUNT, 0.9, gate_queries=gate)
+        for gate in (20, 10**9)
     }
     for sweep in sweeps.values():
         assert sweep.frontier and all(p.recall - p.margin >= 0.9 for p in sweep.frontier)
@@ -152,7 +158,9 @@ def test_a_smaller_gate_sample_needs_a_wider_margin(small):
 
 def test_search_times_only_gated_settings_and_records_the_frontier(small):
     # Five structures (codes pinned): brute force, AH, tree at three leaf counts.
-    cfg = index.IndexConfig(dimensions_per_block=2, hash_type="lut16", brute_force_below=500, search_budget_s=600)
+    cfg = index_config.IndexConfig(
+        dimensions_per_block=2, hash_type="lut16", brute_force_below=500, search_budget_s=600
+    )
     result, lines = _search(small, cfg)
     record = result.record
     frontier = record["frontier"]
@@ -161,7 +169,7 @@ def test_search_times_only_gated_settings_and_records_the_frontier(small):
     goal = record["goal"]
     timed = [s for r in frontier for s in r["settings"] if s["cost_us_per_query"] is not None]
     assert timed and all(s["recall"] - s["margin"] >= goal for r in frontier for s in r["settings"])
-    assert record["gate_queries"] == verify.DEFAULT_QUERIES and record["confidence_z"] == tune.CONFIDENCE_Z
+    assert record["gate_queries"] == recall.DEFAULT_QUERIES and record["confidence_z"] == recall_sweep.CONFIDENCE_Z
     assert all(s["graph"]["batch"] == 1 and s["graph"]["calls"] > 0 for s in timed)
     assert all(
         len([s for s in r["settings"] if s["cost_us_per_query"] is not None]) <= index_search.GRAPH_TIMED_PER_STRUCTURE
@@ -179,7 +187,7 @@ def test_search_times_only_gated_settings_and_records_the_frontier(small):
 
 
 def test_budget_stops_the_search_after_the_rule_of_thumb(small):
-    result, lines = _search(small, index.IndexConfig(brute_force_below=500, search_budget_s=0.001))
+    result, lines = _search(small, index_config.IndexConfig(brute_force_below=500, search_budget_s=0.001))
     frontier = result.record["frontier"]
     assert frontier[0]["status"] == "timed"  # the rule always runs: it sets the budget and is the fallback
     assert frontier[1:] and all(r["status"].startswith("skipped") for r in frontier[1:])
@@ -188,7 +196,7 @@ def test_budget_stops_the_search_after_the_rule_of_thumb(small):
 
 
 def test_throughput_objective_times_calls_of_the_batch_size(small):
-    cfg = index.IndexConfig(
+    cfg = index_config.IndexConfig(
         algorithm="tree_ah",
         dimensions_per_block=2,
         hash_type="lut16",
@@ -203,7 +211,7 @@ def test_throughput_objective_times_calls_of_the_batch_size(small):
 
 
 def test_below_the_brute_force_threshold_exact_scoring_is_kept_untimed(small):
-    result, lines = _search(small, index.IndexConfig())
+    result, lines = _search(small, index_config.IndexConfig())
     (only,) = result.record["frontier"]
     assert only["family"] == "brute_force" and only["best_recall"] == 1.0 and only["status"].startswith("the only")
     assert result.record["chosen"]["cost_us_per_query"] is None and "only structure" in result.record["chosen"]["why"]
@@ -217,17 +225,11 @@ def test_nothing_reaches_the_goal_falls_back_to_the_rule_of_thumb():
     base = rng.normal(size=(20_000, 64)).astype(np.float32)
     queries = rng.normal(size=(200, 64)).astype(np.float32)
     ids = np.arange(len(base), dtype=np.int64)
-    cfg = index.IndexConfig(algorithm="ah", dimensions_per_block=4, hash_type="lut16")
-    rule = index.resolve(cfg, len(base), 64, COUNT)
+    cfg = index_config.IndexConfig(algorithm="ah", dimensions_per_block=4, hash_type="lut16")
+    rule = index_config.resolve(cfg, len(base), 64, COUNT)
+    factory = module_factory(BuildConfig(k=COUNT), Catalogue(ids, None, ids, base))
     result = index_search.search(
-        cfg,
-        rule,
-        base,
-        queries,
-        COUNT,
-        0.99,
-        module_factory(BuildConfig(k=COUNT), Catalogue(ids, None, ids, base)),
-        lambda _: None,
+        index_search.SearchInputs(cfg, rule, base, queries, COUNT, 0.99, factory), lambda _: None
     )
     record = result.record
     assert record["frontier"][0]["status"] == "no setting reached the recall goal"
@@ -273,11 +275,11 @@ def test_build_records_the_search_and_inspect_prints_it(tmp_path):
 @pytest.mark.parametrize(
     ("cfg", "message"),
     [
-        (index.IndexConfig(optimize="speed"), "--optimize 'speed'"),
-        (index.IndexConfig(throughput_batch_size=0), "--throughput-batch-size"),
-        (index.IndexConfig(search_budget_factor=0), "--search-budget-factor"),
-        (index.IndexConfig(search_budget_s=-1.0), "--search-budget-s"),
-        (index.IndexConfig(hash_type="lut8"), "--hash-type 'lut8'"),
+        (index_config.IndexConfig(optimize="speed"), "--optimize 'speed'"),
+        (index_config.IndexConfig(throughput_batch_size=0), "--throughput-batch-size"),
+        (index_config.IndexConfig(search_budget_factor=0), "--search-budget-factor"),
+        (index_config.IndexConfig(search_budget_s=-1.0), "--search-budget-s"),
+        (index_config.IndexConfig(hash_type="lut8"), "--hash-type 'lut8'"),
     ],
 )
 def test_bad_search_flags_are_named(cfg, message):

@@ -18,10 +18,11 @@ import tensorflow as tf
 
 import model_builder.scann_import  # noqa: F401  (Scann ops before loading)
 import support
-from model_builder import verify, warmup
+from model_builder import verify
 from model_builder.compat import ops
-from model_builder.export import read_build_info
-from model_builder.serving_module import MAX_EXAMPLES
+from model_builder.contract import MAX_EXAMPLES
+from model_builder.export import warmup
+from model_builder.export.version_store import read_build_info
 
 EXAMPLE_INDEX = tf.range(MAX_EXAMPLES, dtype=tf.int64)
 
@@ -323,17 +324,21 @@ def test_short_index_results_keep_the_contract_width(tmp_path):
     # back [1, 0]); under TF Serving's batching the width would then depend on the merged
     # neighbours, and a padded index 0 would pass for a result. Every row must stay [k] wide, short
     # tails "" / -inf, found true. (Built in-process: the build's gates would refuse such an index.)
-    from model_builder import export, index
+    from model_builder.contract import Catalogue
     from model_builder.data.synthetic import clustered_embeddings
-    from model_builder.serving_module import Catalogue, RetrievalModule, ServingOptions
+    from model_builder.export import version_store
+    from model_builder.export.serving_graph import RetrievalModule, ServingOptions
+    from model_builder.index import config as index_config
 
     vectors = clustered_embeddings(2_000, 16, num_clusters=40, seed=3)
     ids = np.asarray([f"sku-{i}" for i in range(2_000)], dtype=object)
-    cfg = index.IndexConfig(algorithm="tree_ah", num_leaves=400, num_leaves_to_search=1, reorder_num_neighbors=12)
-    resolved = index.resolve(cfg, len(vectors), 16, 10)
-    searcher, _ = index.build_searcher(vectors, resolved, 10)
+    cfg = index_config.IndexConfig(
+        algorithm="tree_ah", num_leaves=400, num_leaves_to_search=1, reorder_num_neighbors=12
+    )
+    resolved = index_config.resolve(cfg, len(vectors), 16, 10)
+    searcher, _ = index_config.build_searcher(vectors, resolved, 10)
     module = RetrievalModule(Catalogue(ids, vectors, ids, vectors), resolved, searcher, ServingOptions(k=10))
-    export.save_module(module, module.signatures(), tmp_path / "1")
+    version_store.save_module(module, module.signatures(), tmp_path / "1")
     search = tf.saved_model.load(str(tmp_path / "1")).signatures["search_by_vector"]
     out = search(vectors=tf.constant(vectors[:300]))
     got, scores, found = out["ids"].numpy(), out["scores"].numpy(), out["found"].numpy()

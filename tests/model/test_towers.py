@@ -7,37 +7,37 @@ import json
 import numpy as np
 import pytest
 
-from model_builder import evaluate, towers
 from model_builder.data import synthetic
 from model_builder.errors import ConfigError
-from model_builder.export import read_build_info
+from model_builder.export.version_store import read_build_info
+from model_builder.towers import evaluation, training
 
 
 def test_leave_last_out_holds_out_each_users_latest():
     users = np.array([0, 0, 0, 1, 1, 2])
     items = np.array([5, 6, 7, 8, 9, 4])
     stamps = np.array([3.0, 1.0, 2.0, 1.0, 2.0, 1.0])
-    split = evaluate.leave_last_out(users, items, stamps, 1)
+    split = evaluation.leave_last_out(users, items, stamps, 1)
     assert sorted(zip(split.test_users.tolist(), split.test_items.tolist())) == [(0, 5), (1, 9)]
     assert 4 in split.train_items, "a user with one positive keeps it for training"
 
 
 def test_two_tower_beats_popularity_on_planted_clusters():
     inter = synthetic.interactions(num_users=300, num_items=400, seed=1).interactions
-    users, items = evaluate.Vocab.build(inter.user_ids), evaluate.Vocab.build(inter.item_ids)
-    split = evaluate.leave_last_out(users.rows, items.rows, inter.timestamps, 1)
-    cfg = towers.TrainConfig(epochs=5, batch_size=128, embedding_dim=16)
-    trained = towers.train(split.train_users, split.train_items, len(users.ids), len(items.ids), cfg, verbose=0)
+    users, items = evaluation.Vocab.build(inter.user_ids), evaluation.Vocab.build(inter.item_ids)
+    split = evaluation.leave_last_out(users.rows, items.rows, inter.timestamps, 1)
+    cfg = training.TrainConfig(epochs=5, batch_size=128, embedding_dim=16)
+    trained = training.train(split.train_users, split.train_items, len(users.ids), len(items.ids), cfg, verbose=0)
     assert np.allclose(np.linalg.norm(trained.item_vectors, axis=1), 1.0, atol=1e-4)
-    model = evaluate.model_metrics(trained.user_vectors, trained.item_vectors, split)
-    popular = evaluate.popularity_metrics(split, len(items.ids))
+    model = evaluation.model_metrics(trained.user_vectors, trained.item_vectors, split)
+    popular = evaluation.popularity_metrics(split, len(items.ids))
     assert model["hit_rate@10"] > popular["hit_rate@10"]
 
 
 @pytest.mark.parametrize("field,value", [("hidden_units", "64,x"), ("embedding_dim", 1), ("temperature", 0.0)])
 def test_bad_training_config_names_the_flag(field, value):
     with pytest.raises(ConfigError, match=f"--{field.replace('_', '-')}"):
-        towers.TrainConfig(**{field: value}).validate()
+        training.TrainConfig(**{field: value}).validate()
 
 
 @pytest.mark.slow

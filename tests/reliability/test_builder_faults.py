@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from model_builder import export
+from model_builder.export import version_store
 from support import harness
 
 
@@ -197,6 +197,6 @@ def test_bad_input_file_exits_2_with_one_line_naming_it(fault_builds, name, name
 
 def test_the_last_good_version_stays_untouched(fault_builds):
     _, model_dir, good, digest = fault_builds
-    assert export.versions(model_dir) == [1]
+    assert version_store.versions(model_dir) == [1]
     assert harness.tree_digest(good) == digest
     assert [p.name for p in model_dir.iterdir() if p.name != ".build.lock"] == ["1"], "no temp folder left behind"

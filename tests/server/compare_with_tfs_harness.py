@@ -72,7 +72,7 @@ def _run_harness(binary: str, version_dir: Path, runs: Path, mode: str, params: 
 def _known_ids(version_dir: Path) -> np.ndarray:
     import tensorflow as tf
 
-    from model_builder import warmup
+    from model_builder.export import warmup
 
     for record in warmup.read(version_dir):
         request = record.predict_log.request

@@ -43,7 +43,7 @@ def _slow_warmup(version_dir, records: int = 120) -> None:
     """Replaces a version's warmup file with many batch-512 requests, so a load lasts long enough to be seen."""
     from tensorflow_serving.apis import prediction_log_pb2
 
-    from model_builder import warmup
+    from model_builder.export import warmup
 
     request = harness.ids_request([f"sku-{i}" for i in range(512)])
     log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))

@@ -14,8 +14,8 @@ import tensorflow as tf
 
 import model_builder.scann_import  # noqa: F401  (Scann ops before loading)
 import support
-from model_builder import warmup
-from model_builder.export import read_build_info
+from model_builder.export import warmup
+from model_builder.export.version_store import read_build_info
 from support import harness
 
 

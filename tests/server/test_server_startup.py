@@ -16,7 +16,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 import model_builder.scann_import  # noqa: F401  (Scann ops before loading)
 import support
-from model_builder import warmup
+from model_builder.export import warmup
 from support import harness
 
 

@@ -8,7 +8,6 @@ local services for tests/deploy). Import them as `from support import harness`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import grpc
 
 from model_builder import settings
+from model_builder.build_runner import run_build
 from model_builder.serve import process
 from model_builder.serve.process import free_port
 
@@ -58,8 +58,7 @@ def run_cli(*args: str, timeout: float = 600, check: bool = False, **kwargs) -> 
 
 def build(out: Path, *args: str, model_name: str = "scann_model") -> Path:
     """Builds a model version through the CLI; returns its version folder."""
-    proc = run_cli("build", "--out", str(out), "--model-name", model_name, *args, check=True)
-    return Path(json.loads(proc.stdout.strip().splitlines()[-1])["version_dir"])
+    return run_build("--out", str(out), "--model-name", model_name, *args, env=ENV, cwd=REPO, timeout=600).version_dir
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):

@@ -5,7 +5,7 @@ change per search without rebuilding the index. For one built index we measure
 recall@k against exact search on held-out queries and keep, for each reorder
 count, the fewest leaves whose recall clears the goal by a confidence margin
 (see CONFIDENCE_Z): the knob frontier. Which frontier point is fastest is decided by timing it through the
-serving graph (model_builder/index_search.py, graph_timing.py), not here.
+serving graph (model_builder/index/search.py, graph_timing.py), not here.
 
 Recall grows with both knobs, so each reorder count needs a binary search over
 the leaves grid only, and a smaller reorder count never needs fewer leaves than
@@ -22,16 +22,15 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from model_builder.index import ResolvedIndex
-from model_builder.verify import DEFAULT_QUERIES, per_query_recall
+from model_builder.index.config import ResolvedIndex
+from model_builder.index.recall import DEFAULT_QUERIES, per_query_recall
 
 # The recall gate (verify.py) measures the served setting again on its own sample of
 # --verify-queries queries. A setting is accepted only when its recall clears the goal by
 # CONFIDENCE_Z standard errors of the difference between the two sample means, so one accepted
 # right at the bound still passes the gate 99 times in 100. A fixed margin does not do that:
 # per-query recall of a tree spreads widely (a query near a leaf boundary misses half its
-# neighbours; sd 0.14-0.32 measured on a 3,000-item tree_ah index): with a margin of 0.01, a
-# build accepted a setting at 0.965 (with the query item) that its 200-query gate measured at 0.936.
+# neighbours), so a fixed margin lets the gate's own sample land below the goal.
 CONFIDENCE_Z = 2.33
 
 
@@ -122,7 +121,7 @@ def sweep(
 ) -> Sweep:
     """Measures recall@count of `searcher` over its knob grid; returns the settings reaching `goal`.
 
-    `kth` holds each query's exact count-th best score (verify.exact_kth_scores).
+    `kth` holds each query's exact count-th best score (recall.exact_kth_scores).
     `deadline` (time.monotonic()) stops the sweep between measurements.
     `gate_queries`: the recall gate's sample size, which sets the confidence margin.
     Brute force has no knobs: one measurement.

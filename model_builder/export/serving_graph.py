@@ -3,7 +3,7 @@
 No Keras in here: the query tower is exported as its materialized output table
 for `serving_default` (ids only, so each id's tower output is fixed at build
 time) and, for feature models, also as the tower itself (plain variables and
-hash tables, feature_tower.py) behind `search_by_features`; the candidates as a ScaNN searcher serialized with
+hash tables, towers/served_tower.py) behind `search_by_features`; the candidates as a ScaNN searcher serialized with
 `serialize_to_module()` and rebuilt with `searcher_from_module()` inside the
 functions (the searcher resource is built once per load, then reused).
 
@@ -31,53 +31,22 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from model_builder.errors import DataError
-from model_builder.index import ResolvedIndex
-
-SERVING_SIGNATURE = "serving_default"
-VECTOR_SIGNATURE = "search_by_vector"
-EXAMPLES_SIGNATURE = "examples"
-SIGNATURES = (SERVING_SIGNATURE, VECTOR_SIGNATURE, EXAMPLES_SIGNATURE)
-# Models with feature towers also take the query's features (one [B] input per feature, see
-# feature_tower.py): a user never seen in training is answered from them.
-FEATURES_SIGNATURE = "search_by_features"
-IDS = "ids"
-VECTORS = "vectors"
-SCORES = "scores"
-FOUND = "found"
-INDEX = "index"
-EXAMPLE_OUTPUTS = ("query_ids", "candidate_ids", "candidate_vectors", FOUND)
-# The examples signature publishes at most this many known ids; a caller that does not know n
-# asks for 0..MAX_EXAMPLES-1 and keeps the found rows.
-MAX_EXAMPLES = 64
-UNKNOWN_ID_POLICIES = ("error", "fallback")
-# What a row that found nothing holds in `ids`. Unambiguous: the builder rejects candidate ids
-# equal to these (check_not_padding).
-STRING_PADDING = ""
-INT64_PADDING = -1
-
-
-@dataclass(frozen=True)
-class Catalogue:
-    """What gets served: query id -> query vector, and candidate id -> candidate vector.
-
-    `query_vectors is None` means the queries are the candidates themselves
-    (item -> similar items); the table is then stored once.
-    """
-
-    query_ids: np.ndarray
-    query_vectors: np.ndarray | None
-    candidate_ids: np.ndarray
-    candidate_vectors: np.ndarray
-
-    @property
-    def items_are_queries(self) -> bool:
-        """True for item -> similar items models."""
-        return self.query_vectors is None
-
-    def vectors_of_queries(self) -> np.ndarray:
-        """The query tower's output for every query id, row-aligned with `query_ids`."""
-        return self.candidate_vectors if self.query_vectors is None else self.query_vectors
+from model_builder.contract import (
+    EXAMPLES_SIGNATURE,
+    FEATURES_SIGNATURE,
+    FOUND,
+    IDS,
+    INDEX,
+    MAX_EXAMPLES,
+    SCORES,
+    SERVING_SIGNATURE,
+    UNKNOWN_ID_POLICIES,
+    VECTOR_SIGNATURE,
+    VECTORS,
+    Catalogue,
+    padding_id,
+)
+from model_builder.index.config import ResolvedIndex
 
 
 @dataclass(frozen=True)
@@ -99,28 +68,6 @@ class ServingOptions:
 def tf_dtype(ids: np.ndarray) -> tf.DType:
     """int64 ids stay int64 on the wire; everything else is served as strings."""
     return tf.int64 if ids.dtype == np.int64 else tf.string
-
-
-def padding_id(ids: np.ndarray):
-    """The id a not-found row holds for this id column's dtype ("" or -1)."""
-    return INT64_PADDING if ids.dtype == np.int64 else STRING_PADDING
-
-
-def check_not_padding(ids: np.ndarray, source: str) -> None:
-    """Rejects candidate ids a client could not tell from padding ("" or a negative int64)."""
-    if ids.dtype == np.int64:
-        bad = ids[ids < 0]
-        if len(bad):
-            raise DataError(
-                f"{source}: candidate id {int(bad[0])} is negative; negative ids are reserved "
-                f"(a row that found nothing holds {INT64_PADDING}): renumber the items from 0"
-            )
-        return
-    if any(str(i) == STRING_PADDING for i in ids.tolist()):
-        raise DataError(
-            f"{source}: a candidate id is the empty string, which is reserved "
-            '(a row that found nothing holds ""): give every item a non-empty id'
-        )
 
 
 def _id_tensor(ids: np.ndarray) -> tf.Tensor:
@@ -187,7 +134,7 @@ class RetrievalModule(tf.Module):
             self._search_vectors, input_signature=[tf.TensorSpec([None, self._dim], tf.float32, name=VECTORS)]
         )
         self.examples = tf.function(self._examples_fn, input_signature=[tf.TensorSpec([None], tf.int64, name=INDEX)])
-        # The query tower itself (feature_tower.ServingTower: plain variables + hash tables, loads under
+        # The query tower itself (served_tower.ServingTower: plain variables + hash tables, loads under
         # TF 2.11), run at request time. serving_default keeps the table above: a known id's row is
         # this tower's output on the id's stored features, computed at build time.
         self.query_tower = query_tower

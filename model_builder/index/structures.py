@@ -2,7 +2,7 @@
 
 A structure is what needs a (re)build: the family (brute force, AH, tree + AH),
 the number of leaves, AH's dimensions per code block and code size. Search-time
-knobs (leaves to search, reorder depth) are swept per structure (tune.py).
+knobs (leaves to search, reorder depth) are swept per structure (recall_sweep.py).
 
 Order matters because the time budget cuts the tail: the rule of thumb first
 (it is also the fallback), then the structures most likely to serve faster at
@@ -17,7 +17,13 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from model_builder.index import DEFAULT_DIMENSIONS_PER_BLOCK, DEFAULT_HASH_TYPE, IndexConfig, ResolvedIndex, resolve
+from model_builder.index.config import (
+    DEFAULT_DIMENSIONS_PER_BLOCK,
+    DEFAULT_HASH_TYPE,
+    IndexConfig,
+    ResolvedIndex,
+    resolve,
+)
 
 # A leaf of fewer points than this wastes the tree: its centre costs as much to score as its members.
 MIN_POINTS_PER_LEAF = 20

@@ -6,7 +6,7 @@ item's side features, with id dropout so the out-of-vocabulary id row learns
 to stand for "a user/item we know only from its features". Entities reach the
 towers as row numbers; the serving graph never needs Keras: after training the
 towers are evaluated on every entity, and feature towers are re-built in plain
-TensorFlow by feature_tower.py from `export_weights()`.
+TensorFlow by served_tower.py from `export_weights()`.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def train_features(
     verbose: int = 2,
 ) -> TrainedFeatureTowers:
     """Trains feature towers; `*_inputs` are the encoded features of every entity row (features.py)."""
-    from model_builder.feature_keras import FeatureTower
+    from model_builder.towers.keras_feature_tower import FeatureTower
 
     num_users, num_items = _rows(user_inputs), _rows(item_inputs)
     item_drop = item_id_dropout(np.bincount(items, minlength=num_items), cfg.item_id_dropout_rows)

@@ -6,7 +6,7 @@ Rule of thumb (ScaNN's own advice for its algorithms, by catalogue size N):
   N >= 100k        tree partitioning (~sqrt(N) leaves) + AH + exact reordering
 Reordering always re-scores more candidates than k so the final top-k is exact
 among them. The rule is where the build's index search starts and what it falls
-back to (model_builder/index_search.py): other families and knobs are tried
+back to (model_builder/index/search.py): other families and knobs are tried
 within a time budget and the fastest served configuration reaching the recall
 target wins.
 """
@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from model_builder import serving_batch
 from model_builder.errors import ConfigError
+from model_builder.index import execution_batch
 
 ALGORITHMS = ("auto", "brute_force", "ah", "tree_ah", "exact")
 DISTANCES = ("dot_product", "squared_l2")
@@ -101,7 +101,7 @@ class IndexConfig:
         },
     )
     throughput_batch_size: int = field(
-        default_factory=serving_batch.execution_batch_size,
+        default_factory=execution_batch.execution_batch_size,
         metadata={
             "help": "rows per call timed under --optimize throughput; default: max_execution_batch_size of k8s/base/config/batching_parameters.txt"
         },

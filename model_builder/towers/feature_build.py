@@ -3,7 +3,7 @@
 Entities are every user (item) that has a positive interaction *or* a
 features row, so an item nobody has interacted with yet still enters the
 index, embedded by the item tower from its features. Quality is measured
-with a share of users and items held out of training entirely (evaluate.py),
+with a share of users and items held out of training entirely (evaluation.py),
 next to the most-popular baseline and, on warm users, the id-only towers
 trained on the same split. Then (with refit) the towers are trained again on
 every positive and rebuilt as plain-TF `ServingTower`s, which also compute the
@@ -17,10 +17,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from model_builder import evaluate, features, towers
 from model_builder.data.features import FeatureTable
-from model_builder.feature_tower import ServingTower, embed
-from model_builder.towers import TrainConfig
+from model_builder.towers import evaluation, feature_encoding, training
+from model_builder.towers.served_tower import ServingTower, embed
+from model_builder.towers.training import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -85,19 +85,19 @@ def fit(users: Universe, items: Universe, train_users: np.ndarray, train_items: 
     """Fits both schemas on the training pairs and trains the feature towers; returns (trained, user schema, item schema)."""
     user_counts = np.bincount(train_users, minlength=len(users.ids))
     item_counts = np.bincount(train_items, minlength=len(items.ids))
-    user_schema = features.fit_schema(
+    user_schema = feature_encoding.fit_schema(
         "user", "user_id", users.ids, user_counts, dataset.user_features, cfg.feature_min_count
     )
-    item_schema = features.fit_schema(
+    item_schema = feature_encoding.fit_schema(
         "item",
         "item_id",
         items.ids,
         item_counts,
         dataset.item_features,
         cfg.feature_min_count,
-        towers.item_vocabulary_min_count(cfg.item_id_dropout_rows),
+        training.item_vocabulary_min_count(cfg.item_id_dropout_rows),
     )
-    trained = towers.train_features(
+    trained = training.train_features(
         train_users,
         train_items,
         user_schema.encode(users.ids, dataset.user_features),
@@ -117,7 +117,7 @@ def train_and_evaluate(
     users = Universe.build(inter.user_ids[keep], dataset.user_features)
     items = Universe.build(inter.item_ids[keep], dataset.item_features)
     n_items = len(items.ids)
-    split = evaluate.cold_start_split(
+    split = evaluation.cold_start_split(
         users.rows, items.rows, stamps, opts.holdout_per_user, opts.cold_users, opts.cold_items, cfg.seed
     )
     warm = split.warm
@@ -129,14 +129,14 @@ def train_and_evaluate(
     started = time.perf_counter()
     trained, user_schema, item_schema = fit(users, items, warm.train_users, warm.train_items, dataset, cfg)
     scored = {
-        "features": evaluate.vector_score_rows(trained.user_vectors, trained.item_vectors),
-        "most_popular": evaluate.popularity_score_rows(warm.train_items, n_items),
+        "features": evaluation.vector_score_rows(trained.user_vectors, trained.item_vectors),
+        "most_popular": evaluation.popularity_score_rows(warm.train_items, n_items),
     }
     if opts.compare_id_only:
         log("id-only towers on the same split (comparison on warm users)")
-        ids_only = towers.train(warm.train_users, warm.train_items, len(users.ids), n_items, cfg)
+        ids_only = training.train(warm.train_users, warm.train_items, len(users.ids), n_items, cfg)
         servable = np.bincount(warm.train_items, minlength=n_items) > 0  # the id-only index holds trained items only
-        scored["id_only"] = evaluate.vector_score_rows(ids_only.user_vectors, ids_only.item_vectors, servable)
+        scored["id_only"] = evaluation.vector_score_rows(ids_only.user_vectors, ids_only.item_vectors, servable)
     quality = _quality(split, scored, n_items)
     # Which items were never trained on (tests look for them in new users' results).
     quality["cold_start"]["held_out_item_ids"] = items.ids[split.cold_items].tolist()
@@ -185,10 +185,10 @@ def _describe(table: FeatureTable | None) -> str:
     return f"{len(table)} rows, " + ", ".join(f"{c.name} ({c.kind})" for c in table.columns)
 
 
-def _quality(split: evaluate.ColdStartSplit, scored: dict, n_items: int) -> dict:
-    warm = {name: evaluate.split_metrics(score, split.warm, n_items, 0) for name, score in scored.items()}
+def _quality(split: evaluation.ColdStartSplit, scored: dict, n_items: int) -> dict:
+    warm = {name: evaluation.split_metrics(score, split.warm, n_items, 0) for name, score in scored.items()}
     cold = {
-        name: evaluate.cold_start_metrics(split, score, n_items, cold_users=name != "id_only")
+        name: evaluation.cold_start_metrics(split, score, n_items, cold_users=name != "id_only")
         for name, score in scored.items()
     }
     return {
@@ -222,11 +222,11 @@ def quality_table(quality: dict) -> list[str]:
             cells.append(f"{value:10.4f}" if value is not None else f"{'n/a':>10}")
         lines.append(f"  {label:38}" + "".join(cells))
 
-    for k in evaluate.KS:
+    for k in evaluation.KS:
         row(f"warm users hit-rate@{k}", cold["warm_users"], f"hit_rate@{k}")
-    for k in evaluate.KS:
+    for k in evaluation.KS:
         row(f"held-out users hit-rate@{k}", cold["cold_users"], f"hit_rate@{k}")
-    for k in evaluate.KS:
+    for k in evaluation.KS:
         row(f"held-out items hit-rate@{k}", cold["cold_items"], f"hit_rate@{k}")
         row(f"held-out items reachable in a top-{k}", cold["cold_items"], f"coverage@{k}")
     lines.append("  n/a: id-only towers cannot embed a user they never saw (unknown id)")

@@ -4,7 +4,7 @@ Inputs are encoded by features.py. The tower concatenates, in schema order:
 the id embedding, each categorical embedding, for each numeric feature its
 standardized value and its bucket embedding, and for each multi-valued feature
 the mean embedding of its known tokens; then dense ReLU layers, a linear layer
-to the output size, and L2 normalization. feature_tower.py re-computes exactly
+to the output size, and L2 normalization. served_tower.py re-computes exactly
 this with plain TF ops and the weights from `export_weights()`.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from model_builder.features import OOV, VALUE_SUFFIX, TowerSchema
+from model_builder.towers.feature_encoding import OOV, VALUE_SUFFIX, TowerSchema
 
 
 class FeatureTower(keras.layers.Layer):
@@ -85,6 +85,6 @@ class FeatureTower(keras.layers.Layer):
 
 def _unit(x):
     # keras.layers.UnitNormalization's formula (x * min(rsqrt(sum x^2), 1/eps)), written out so
-    # feature_tower.py can repeat it op for op.
+    # served_tower.py can repeat it op for op.
     inv_norm = keras.ops.minimum(keras.ops.rsqrt(keras.ops.sum(keras.ops.square(x), axis=-1, keepdims=True)), 1e12)
     return x * inv_norm

@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from model_builder.serving_module import (
+from model_builder.contract import (
     EXAMPLES_SIGNATURE,
     FEATURES_SIGNATURE,
     IDS,

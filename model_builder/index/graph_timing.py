@@ -11,7 +11,7 @@ Session::Run on the signature's tensor names, including the session's own
 feed/fetch and executor start-up, which step stats leave out; FULL_TRACE also
 adds its own per-node bookkeeping (on a 70-node graph the traced span was
 ~150 us against ~65-110 us for the untraced C-API call here). The Python
-session harness (numpy feed and fetch conversion, ~0.2 ms a call, FACTS.md)
+session harness (numpy feed and fetch conversion, ~0.2 ms a call: benchmarks/README.md, overhead)
 is what TF Serving does not pay, and what this loop leaves out: one ctypes call
 (~0.2 us) remains. The session gets TF Serving's thread flags as shipped
 (docker/serving/Dockerfile CMD: intra-op 1, inter-op 2).
@@ -20,19 +20,18 @@ is what TF Serving does not pay, and what this loop leaves out: one ctypes call
 from __future__ import annotations
 
 import ctypes
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from model_builder.contract import VECTOR_SIGNATURE
+
 # tensorflow_model_server --tensorflow_intra_op_parallelism=1 --tensorflow_inter_op_parallelism=2
 # (docker/serving/Dockerfile; k8s sets inter-op to the pod's CPUs).
 INTRA_OP_THREADS = 1
 INTER_OP_THREADS = 2
-VECTOR_SIGNATURE = "search_by_vector"
-_FLOAT = 1  # TF_FLOAT
 
 
 @dataclass(frozen=True)
@@ -56,56 +55,16 @@ class GraphCost:
         }
 
 
-class _Api:
-    """The C API functions the loop needs (the library TF's own Python package ships)."""
-
-    def __init__(self) -> None:
-        import tensorflow as tf
-
-        from model_builder.compat.c_api_runner import CApi
-
-        base = CApi()  # load, run, tensors: one typed definition shared with the compat runner
-        lib = ctypes.CDLL(
-            os.path.join(os.path.dirname(tf.__file__), "python", "_pywrap_tensorflow_internal.so"),
-            mode=ctypes.RTLD_GLOBAL,
-        )
-        v, s = ctypes.c_void_p, ctypes.c_size_t
-        for name in (
-            "new_status",
-            "code",
-            "message",
-            "new_options",
-            "new_graph",
-            "new_buffer",
-            "load",
-            "operation",
-            "run",
-            "allocate",
-            "data",
-            "delete_tensor",
-        ):
-            setattr(self, name, getattr(base, name))
-
-        def fn(name, restype, argtypes):
-            f = getattr(lib, name)
-            f.restype, f.argtypes = restype, argtypes
-            return f
-
-        self.set_config = fn("TF_SetConfig", None, [v, v, s, v])
-        self.close_session = fn("TF_CloseSession", None, [v, v])
-        self.delete_session = fn("TF_DeleteSession", None, [v, v])
-        self.delete_graph = fn("TF_DeleteGraph", None, [v])
-        self.delete_options = fn("TF_DeleteSessionOptions", None, [v])
-        self.delete_status = fn("TF_DeleteStatus", None, [v])
+_API = None
 
 
-_API: _Api | None = None
-
-
-def _api() -> _Api:
+def _api():
+    """The C API binding, made once per process (compat/tf_c_api.py)."""
     global _API
     if _API is None:
-        _API = _Api()
+        from model_builder.compat.tf_c_api import CApi
+
+        _API = CApi()
     return _API
 
 
@@ -117,52 +76,33 @@ class GraphSession:
         from tensorflow.core.protobuf import meta_graph_pb2
 
         import model_builder.scann_import  # noqa: F401  (Scann ops registered before the graph is imported)
-        from model_builder.compat.c_api_runner import _Output
+        from model_builder.compat.tf_c_api import Output
 
         api = self.api = _api()
-        self._output = _Output
         self.status = api.new_status()
         self.options = api.new_options()
         config = tf.compat.v1.ConfigProto(
             intra_op_parallelism_threads=INTRA_OP_THREADS, inter_op_parallelism_threads=INTER_OP_THREADS
         ).SerializeToString()
         api.set_config(self.options, config, len(config), self.status)
-        self._check("session options")
+        api.check(self.status, "session options")
         self.graph = api.new_graph()
-        meta = api.new_buffer()
-        tags = (ctypes.c_char_p * 1)(b"serve")
         started = time.perf_counter()
-        self.session = api.load(self.options, None, str(export_dir).encode(), tags, 1, self.graph, meta, self.status)
-        self._check(f"loading {export_dir}")
+        self.session, meta = api.load_saved_model(export_dir, self.options, self.graph, self.status)
         self.load_s = time.perf_counter() - started
-        meta_graph = meta_graph_pb2.MetaGraphDef.FromString(ctypes.string_at(meta.contents.data, meta.contents.length))
-        sig = meta_graph.signature_def[signature]
+        sig = meta_graph_pb2.MetaGraphDef.FromString(meta).signature_def[signature]
         if len(sig.inputs) != 1:
             raise ValueError(f"{signature}: expected one input, found {sorted(sig.inputs)}")
         (self.input_name,) = sig.inputs
         names = self.output_names = sorted(sig.outputs)  # every output, as a Predict without output_filter fetches
-        self._feeds = (_Output * 1)(self._endpoint(sig.inputs[self.input_name].name))
-        self._fetches = (_Output * len(names))(*[self._endpoint(sig.outputs[n].name) for n in names])
+        self._feeds = (Output * 1)(api.endpoint(self.graph, sig.inputs[self.input_name].name))
+        self._fetches = (Output * len(names))(*[api.endpoint(self.graph, sig.outputs[n].name) for n in names])
         self._results = (ctypes.c_void_p * len(names))()
-
-    def _check(self, what: str) -> None:
-        if self.api.code(self.status) != 0:
-            raise RuntimeError(f"{what}: {self.api.message(self.status).decode()}")
-
-    def _endpoint(self, tensor_name: str):
-        op, index = tensor_name.rsplit(":", 1)
-        handle = self.api.operation(self.graph, op.encode())
-        if not handle:
-            raise RuntimeError(f"operation {op} not in the loaded graph")
-        return self._output(handle, int(index))
 
     def tensor(self, rows: np.ndarray) -> int:
         """A TF_Tensor holding float32 rows (the caller frees it with free())."""
         rows = np.ascontiguousarray(rows, dtype=np.float32)
-        dims = (ctypes.c_int64 * rows.ndim)(*rows.shape)
-        handle = self.api.allocate(_FLOAT, dims, rows.ndim, rows.nbytes)
-        ctypes.memmove(self.api.data(handle), rows.ctypes.data, rows.nbytes)
-        return handle
+        return self.api.raw_tensor("float32", rows.tobytes(), list(rows.shape))
 
     def free(self, handle: int) -> None:
         """Deletes a tensor made by tensor()."""
@@ -171,21 +111,10 @@ class GraphSession:
     def run(self, handle: int) -> None:
         """One TF_SessionRun of the signature (outputs fetched, then freed)."""
         api = self.api
-        api.run(
-            self.session,
-            None,
-            self._feeds,
-            (ctypes.c_void_p * 1)(handle),
-            1,
-            self._fetches,
-            self._results,
-            len(self._results),
-            None,
-            0,
-            None,
-            self.status,
+        api.session_run(
+            self.session, self._feeds, (ctypes.c_void_p * 1)(handle), self._fetches, self._results, self.status
         )
-        self._check("TF_SessionRun")
+        api.check(self.status, "TF_SessionRun")
         for out in self._results:
             api.delete_tensor(out)
 
@@ -230,14 +159,6 @@ def time_calls(
     finally:
         for handle in inputs:
             session.free(handle)
-
-
-def export(module, folder: Path) -> Path:
-    """Saves `module` with its signatures() into `folder` (what the build would publish, minus warmup)."""
-    from model_builder.export import save_module
-
-    save_module(module, module.signatures(), folder)
-    return folder
 
 
 def measure(folder: Path, queries: np.ndarray, batch: int, max_s: float = 2.0) -> GraphCost:

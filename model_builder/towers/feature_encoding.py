@@ -13,7 +13,7 @@ value) by an `Encoder` fitted on the entities that have training interactions:
   multi        tokens -> their indices; unknown tokens are dropped; the tower
                averages the embeddings of the known ones (none known -> zeros)
 
-`feature_tower.py` computes the same thing in the serving graph from raw
+`served_tower.py` computes the same thing in the serving graph from raw
 values (strings, float32, "|"-joined tokens); a test holds them equal.
 """
 

@@ -3,11 +3,12 @@
 Keras 3 layers called inside a serving tf.function create their variable
 handles inside the function body; TF 2.11's SavedModel loader (the one TF
 Serving 2.11 runs) does not restore those, and every call fails with "Could
-not find variable ..." (measured, see the project's FACTS). So the exported
+not find variable ..." (tests/model/test_feature_towers.py runs this graph through TF 2.11's
+C-API loader; a Keras tower inside the function fails there). So the exported
 tower holds only what that loader restores: `tf.Variable`s created in
 `__init__` (weights copied from the Keras tower) and `tf.lookup.StaticHashTable`s
 with a default value (vocabularies, unknown -> row 0). The math is the Keras
-tower's (feature_keras.py), op for op; tests hold both to 1e-6 and run this
+tower's (keras_feature_tower.py), op for op; tests hold both to 1e-6 and run this
 graph through TF 2.11's C-API loader.
 
 Every input is a [B] tensor: ids (the model's id dtype), categorical strings,
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from model_builder.features import MULTI_SEPARATOR, Encoder, TowerSchema
+from model_builder.towers.feature_encoding import MULTI_SEPARATOR, Encoder, TowerSchema
 
 _DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
 

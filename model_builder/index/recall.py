@@ -1,0 +1,68 @@
+"""Recall against exact search: the measure the index search tunes with and the recall gate checks.
+
+A returned row counts as correct when its exact score reaches the query's exact k-th best score,
+so ties between equal vectors are not punished; a padding row (-1) is a miss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The gate's defaults: build --target-recall and --verify-queries, verify --target-recall/--queries.
+DEFAULT_TARGET_RECALL = 0.95
+DEFAULT_QUERIES = 1000
+
+
+def _exact_scores(queries: np.ndarray, candidates: np.ndarray, distance: str) -> np.ndarray:
+    sims = queries @ candidates.T
+    if distance == "squared_l2":
+        sims = 2 * sims - (queries**2).sum(1, keepdims=True) - (candidates**2).sum(1)[None, :]
+    return sims
+
+
+def exact_kth_scores(
+    queries: np.ndarray, candidates: np.ndarray, k: int, distance: str, exclude_rows: np.ndarray | None = None
+) -> np.ndarray:
+    """The exact k-th best score of every query (computed once, reused for many configs)."""
+    out = np.empty(len(queries), np.float32)
+    for start in range(0, len(queries), 256):
+        sims = _exact_scores(queries[start : start + 256], candidates, distance)
+        if exclude_rows is not None:
+            sims[np.arange(len(sims)), exclude_rows[start : start + 256]] = -np.inf
+        out[start : start + 256] = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+    return out
+
+
+def per_query_recall(
+    kth: np.ndarray, queries: np.ndarray, candidates: np.ndarray, returned_rows: np.ndarray, distance: str
+) -> np.ndarray:
+    """Each query's fraction of returned rows whose exact score reaches its exact k-th best score.
+
+    A row of -1 (a padding entry: the index yielded fewer than k candidates) counts as a miss.
+    """
+    returned = returned_rows >= 0
+    picked = candidates[np.where(returned, returned_rows, 0)]  # [n, k, dim]
+    got = np.einsum("nd,nkd->nk", queries, picked)
+    if distance == "squared_l2":
+        got = 2 * got - (queries**2).sum(1)[:, None] - (picked**2).sum(2)
+    tolerance = 1e-4 * np.maximum(1.0, np.abs(kth))
+    return ((got >= (kth - tolerance)[:, None]) & returned).mean(axis=1)
+
+
+def recall_against(
+    kth: np.ndarray, queries: np.ndarray, candidates: np.ndarray, returned_rows: np.ndarray, distance: str
+) -> float:
+    """Mean recall over the queries (per_query_recall)."""
+    return float(per_query_recall(kth, queries, candidates, returned_rows, distance).mean())
+
+
+def recall_at_k(
+    queries: np.ndarray,
+    candidates: np.ndarray,
+    returned_rows: np.ndarray,
+    distance: str,
+    exclude_rows: np.ndarray | None = None,
+) -> float:
+    """Recall@k of returned rows against exact search (ties with the k-th score count as correct)."""
+    kth = exact_kth_scores(queries, candidates, returned_rows.shape[1], distance, exclude_rows)
+    return recall_against(kth, queries, candidates, returned_rows, distance)
