@@ -52,8 +52,9 @@ def quiet_import() -> None:
         print("\n".join(kept), file=sys.stderr)
 
 
-# absl's C++ log line: severity letter, MMDD, time, thread id, file:line] (absl/log/internal/log_format.cc).
-_NATIVE_LINE = re.compile(rb"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^ \]]+:\d+\] ")
+# absl's C++ log line: severity letter, MMDD, time (raw seconds before absl::InitializeLog), thread id,
+# file:line] (absl/log/internal/log_format.cc).
+_NATIVE_LINE = re.compile(rb"^([IWEF])\d{4} [\d:.]+ +\d+ [^ \]]+:\d+\] ")
 _ABSL_PREAMBLE = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 # What each TF_CPP_MIN_LOG_LEVEL hides (tensorflow/core/platform/default/logging.cc: 1 INFO, 2 +WARNING, 3 +ERROR).
 _HIDDEN = {"0": b"", "1": b"I", "2": b"IW", "3": b"IWE"}
