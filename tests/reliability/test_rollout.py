@@ -1,0 +1,103 @@
+"""A rolling update of 3 pods to 3 new ones on loopback, under load from our client and a raw gRPC stub.
+
+Pods are local servers that shut down like TF Serving 2.11 in its image (SIGTERM does nothing,
+the process ends at SIGKILL), on 127.0.0.N with one port; clients resolve a headless name through a
+DNS server on 127.0.0.1 (support/rollout.py). Kubernetes' timings are scaled by SCALE with their
+ratios kept. Two rolls: with the product's grace period (k8s/base/deployment.yaml, checked against
+the same Budget in tests/deploy) and with the 40 s it had before. Failed calls per client go to the
+test output and build/rollout-simulation.json; only ours is asserted (0 with the fix): the raw
+stub's count depends on where its single pick_first connection happens to be.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from retrieval_client import RetrievalClient
+from support import REPO, harness
+from support.rollout import Budget, Cluster, HeadlessDns, Load
+
+SCALE = 0.1  # 50 s of Kubernetes time take 5 s here
+PRODUCT = Budget()  # terminationGracePeriodSeconds and the image's connection age, as shipped
+BEFORE = PRODUCT.with_grace(40.0)  # the grace period before the fix
+# Between two surge pods: the Deployment starts the next one as soon as an old one terminates;
+# readiness (model AVAILABLE, probe every 5 s) takes about this long.
+SURGE_INTERVAL_S = 5.0
+STEADY_S = 10.0  # load before and after the roll
+
+
+def _roll(cluster: Cluster, old, new, budget: Budget, callers: dict) -> dict:
+    """Replaces `old` with `new` one pod at a time (maxSurge 1, maxUnavailable 0) under load."""
+    loads = [Load(name, call).start() for name, call in callers.items()]
+    time.sleep(STEADY_S * SCALE)
+    begun = time.monotonic()
+    for old_pod, new_pod in zip(old, new):
+        cluster.ready(new_pod)
+        cluster.terminate(old_pod, budget)
+        time.sleep(SURGE_INTERVAL_S * SCALE)
+    cluster.join(budget.grace_period_s + 30)
+    time.sleep(STEADY_S * SCALE)
+    for load in loads:
+        load.stop()
+    return {
+        load.name: {
+            "ok": load.ok,
+            "failed": len(load.failures),
+            "failures": [(round(at - begun, 2), code) for at, code in load.failures[:20]],
+        }
+        for load in loads
+    }
+
+
+def test_rolling_update_drops_no_call_of_our_client(items_model, tmp_path):
+    fixed, before = PRODUCT.scaled(SCALE), BEFORE.scaled(SCALE)
+    raw_min_resolution_ms = round(PRODUCT.for_raw_caller().scaled(SCALE).client_min_resolution_s * 1000)
+    generations = [[f"127.0.0.{10 * g + i}" for i in (1, 2, 3)] for g in (1, 2, 3)]
+    with HeadlessDns() as dns:
+        cluster = Cluster(dns, items_model.parent.parent, harness.MODEL, tmp_path)
+        try:
+            pods = [[cluster.start(host, *fixed.server_flags()) for host in hosts] for hosts in generations]
+            for pod in pods[0]:
+                cluster.ready(pod)
+            target = dns.target(cluster.port)
+            ours = RetrievalClient(
+                target,
+                model=harness.MODEL,
+                timeout_s=fixed.call_deadline_s,
+                channel_options=[
+                    ("grpc.dns_min_time_between_resolutions_ms", round(fixed.client_min_resolution_s * 1000))
+                ],
+            )
+            # A raw caller: gRPC's defaults (pick_first; re-resolution at most every 30 s, scaled).
+            raw = harness.Raw(target, options=[("grpc.dns_min_time_between_resolutions_ms", raw_min_resolution_ms)])
+            request = harness.ids_request(["sku-1"])
+            callers = {
+                "retrieval_client": lambda: ours.search(["sku-1"]),
+                "raw_grpc_stub": lambda: raw.predict(request, timeout=fixed.call_deadline_s),
+            }
+            for pod in pods[1] + pods[2]:
+                pod.wait_available()
+            results = {
+                f"grace {PRODUCT.grace_period_s:g} s (fix)": _roll(cluster, pods[0], pods[1], fixed, callers),
+                f"grace {BEFORE.grace_period_s:g} s (before)": _roll(cluster, pods[1], pods[2], before, callers),
+            }
+            ours.close()
+            raw.close()
+        finally:
+            cluster.stop_all()
+    report = {
+        "scale": SCALE,
+        "budget_s": PRODUCT.__dict__,
+        "last_call_s": {"ours": PRODUCT.last_call_s(), "raw": PRODUCT.for_raw_caller().last_call_s()},
+        "rolls": results,
+        "events": [(round(at - cluster.events[0][0], 2), what) for at, what in cluster.events],
+    }
+    out = REPO / "build" / "rollout-simulation.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for roll, counts in results.items():
+        print(roll, {name: (c["ok"], c["failed"]) for name, c in counts.items()}, "(ok, failed)")
+    fix = results[f"grace {PRODUCT.grace_period_s:g} s (fix)"]
+    assert all(c["ok"] > 0 for roll in results.values() for c in roll.values()), results
+    assert fix["retrieval_client"]["failed"] == 0, fix["retrieval_client"]
