@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +30,9 @@ from support import ENV, REPO
 
 # gRPC's own default for grpc.dns_min_time_between_resolutions_ms: what a raw caller gets.
 GRPC_DEFAULT_MIN_RESOLUTION_S = 30.0
+# The image's monitoring config: request counters on the REST port, read to see when a pod last served.
+MONITORING_FLAGS = ("--monitoring_config_file", str(REPO / "k8s" / "base" / "config" / "monitoring_config.txt"))
+_REQUEST_COUNT = re.compile(r"^:tensorflow:serving:request_count\{.*\} (\d+)$", re.M)
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,8 @@ class Cluster:
     port: int = field(default_factory=process.free_port)
     pods: list[process.ServerProcess] = field(default_factory=list)
     events: list[tuple[float, str]] = field(default_factory=list)
+    # Seconds from a pod's deletion to the last request it answered, by pod address.
+    last_served_s: dict[str, float] = field(default_factory=dict)
     _threads: list[threading.Thread] = field(default_factory=list)
 
     def start(self, host: str, *flags: str) -> process.ServerProcess:
@@ -143,6 +150,7 @@ class Cluster:
             self.base_path,
             self.model,
             self.logs / f"pod-{host}.log",
+            *MONITORING_FLAGS,
             *flags,
             port=self.port,
             rest_port=process.free_port(),
@@ -155,7 +163,7 @@ class Cluster:
 
     def ready(self, pod: process.ServerProcess) -> None:
         """Readiness passed (model AVAILABLE): the endpoint controller adds it to the Service."""
-        pod.wait_available()
+        pod.wait_available(timeout=600)
         self.dns.add(pod.host)
         self._log(f"{pod.host} ready, in DNS")
 
@@ -174,8 +182,22 @@ class Cluster:
             code = pod.terminate(max(0.0, budget.grace_period_s - (time.monotonic() - begun)))
             self._log(f"{pod.host} exited {code}")
 
+        def watch() -> None:
+            count, last = None, begun
+            while pod.proc.poll() is None:
+                try:
+                    with urllib.request.urlopen(f"{pod.rest}/monitoring/prometheus/metrics", timeout=1) as resp:
+                        now = sum(int(n) for n in _REQUEST_COUNT.findall(resp.read().decode()))
+                except OSError:
+                    break
+                if count is not None and now > count:
+                    last = time.monotonic()
+                count = now
+                time.sleep(0.05)
+            self.last_served_s[pod.host] = round(last - begun, 2)
+
         self._log(f"{pod.host} terminating")
-        for target in (leave_dns, kubelet):
+        for target in (leave_dns, kubelet, watch):
             thread = threading.Thread(target=target, daemon=True)
             thread.start()
             self._threads.append(thread)
