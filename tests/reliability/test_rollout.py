@@ -21,7 +21,7 @@ from support import REPO, harness
 from support.rollout import Budget, Cluster, HeadlessDns, Load
 
 SCALE = 0.1  # 50 s of Kubernetes time take 5 s here
-PRODUCT = Budget()  # terminationGracePeriodSeconds and the image's connection age, as shipped
+PRODUCT = Budget.product()  # terminationGracePeriodSeconds and the connection age, as shipped
 BEFORE_S = 40.0  # the grace period before the fix
 # Between two surge pods: the Deployment starts the next one as soon as an old one terminates;
 # readiness (model AVAILABLE, probe every 5 s) takes about this long.

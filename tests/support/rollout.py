@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import grpc
+import yaml
 from dnslib import QTYPE, RR, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
@@ -46,15 +47,24 @@ class Budget:
     subchannel, and its calls there end within call_deadline_s.
     """
 
+    connection_age_s: float  # grpc.max_connection_age_ms (the Deployment's args = the image's CMD)
+    connection_age_grace_s: float  # grpc.max_connection_age_grace_ms
+    grace_period_s: float  # terminationGracePeriodSeconds
     endpoint_removal_s: float = 2.0  # EndpointSlice update reaching CoreDNS
     dns_ttl_s: float = 5.0  # CoreDNS kubernetes plugin's default TTL
-    connection_age_s: float = 30.0  # grpc.max_connection_age_ms (docker/serving/Dockerfile CMD)
-    connection_age_grace_s: float = 5.0  # grpc.max_connection_age_grace_ms
     # grpc.dns_min_time_between_resolutions_ms and the deadline: retrieval_client's defaults.
     client_min_resolution_s: float = _channel.DEFAULT_DNS_MIN_RESOLUTION_INTERVAL_MS / 1000
     call_deadline_s: float = _base.DEFAULT_TIMEOUT_S
-    grace_period_s: float = 50.0  # terminationGracePeriodSeconds
     pre_stop_s: float = 0.0  # a preStop sleep (none: SIGTERM does nothing in TF Serving 2.11's image)
+
+    @classmethod
+    def product(cls, deployment: Path = REPO / "k8s" / "base" / "deployment.yaml") -> Budget:
+        """The shipped settings, read from the base Deployment."""
+        pod = yaml.safe_load(deployment.read_text())["spec"]["template"]["spec"]
+        args = " ".join(pod["containers"][0]["args"])
+        age_ms = int(re.search(r"grpc\.max_connection_age_ms=(\d+)", args).group(1))
+        grace_ms = int(re.search(r"grpc\.max_connection_age_grace_ms=(\d+)", args).group(1))
+        return cls(age_ms / 1000, grace_ms / 1000, float(pod["terminationGracePeriodSeconds"]))
 
     def last_call_s(self) -> float:
         """Seconds after termination began by which no call of the client reaches the pod."""
