@@ -22,6 +22,9 @@ from support.rollout import Budget, Cluster, HeadlessDns, Load
 
 SCALE = 0.1  # 50 s of Kubernetes time take 5 s here
 PRODUCT = Budget.product()  # terminationGracePeriodSeconds and the connection age, as shipped
+# Calls keep their real 5 s deadline: they take milliseconds, and a scaled 0.5 s would turn a
+# slow moment of a busy machine into a failure that has nothing to do with the rollout.
+DEADLINE_S = PRODUCT.call_deadline_s
 BEFORE_S = 40.0  # the grace period before the fix
 # Between two surge pods: the Deployment starts the next one as soon as an old one terminates;
 # readiness (model AVAILABLE, probe every 5 s) takes about this long.
@@ -71,7 +74,7 @@ def test_rolling_update_drops_no_call_of_our_client(items_model, tmp_path):
             ours = RetrievalClient(
                 target,
                 model=harness.MODEL,
-                timeout_s=budget.call_deadline_s,
+                timeout_s=DEADLINE_S,
                 channel_options=[
                     ("grpc.dns_min_time_between_resolutions_ms", round(budget.client_min_resolution_s * 1000))
                 ],
@@ -81,7 +84,7 @@ def test_rolling_update_drops_no_call_of_our_client(items_model, tmp_path):
             request = harness.ids_request(["sku-1"])
             callers = {
                 "retrieval_client": lambda: ours.search(["sku-1"]),
-                "raw_grpc_stub": lambda: raw.predict(request, timeout=budget.call_deadline_s),
+                "raw_grpc_stub": lambda: raw.predict(request, timeout=DEADLINE_S),
             }
             for pod in new:
                 pod.wait_available(timeout=START_TIMEOUT_S)
