@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -157,9 +156,8 @@ def run(args: argparse.Namespace) -> int:
                 titles,
             )
     finally:
-        for server in servers.values():  # all at once: each drains in parallel
-            server.proc.send_signal(signal.SIGTERM)
-        codes = [server.proc.wait(timeout=60) for server in servers.values()]
+        # SIGINT, as Ctrl-C: the servers behave like TF Serving 2.11 in its image, which ignores SIGTERM.
+        codes = [server.stop() for server in servers.values()]
     _banner("summary")
     if "cold_start" in q:
         from model_builder.towers.feature_build import quality_table

@@ -17,6 +17,7 @@ from model_builder import settings
 from model_builder.errors import ConfigError
 from model_builder.serve.config import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    SIGTERM_BEHAVIOURS,
     ServerConfig,
     parse_channel_arguments,
     parse_version_labels,
@@ -130,10 +131,24 @@ def add_serve(sub) -> None:
         "--version_labels", default="", help="label=version,... (TF Serving keeps these in its model config)"
     )
     p.add_argument(
-        "--max_message_bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest gRPC request/response"
+        "--max_message_bytes",
+        type=int,
+        default=DEFAULT_MAX_MESSAGE_BYTES,
+        help="largest gRPC request/response (default: TF Serving 2.11's 2 GiB - 1, which its flags cannot lower; "
+        "a smaller value is a stand-in-only knob)",
     )
     p.add_argument(
-        "--shutdown_grace_seconds", type=float, default=10.0, help="on SIGTERM, how long in-flight requests may finish"
+        "--on_sigterm",
+        choices=SIGTERM_BEHAVIOURS,
+        default="ignore",
+        help="ignore: TF Serving 2.11 as its image runs it (SIGTERM does nothing, SIGINT exits at once, "
+        "the pod ends at SIGKILL); drain: stop taking RPCs and let in-flight ones finish (not 2.11's behaviour)",
+    )
+    p.add_argument(
+        "--shutdown_grace_seconds",
+        type=float,
+        default=10.0,
+        help="--on_sigterm drain: how long in-flight requests may finish",
     )
     p.set_defaults(run=_run)
 
@@ -169,6 +184,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         version_labels=parse_version_labels(args.version_labels),
         max_message_bytes=args.max_message_bytes,
         shutdown_grace_seconds=args.shutdown_grace_seconds,
+        on_sigterm=args.on_sigterm,
     )
 
 

@@ -7,8 +7,20 @@ from pathlib import Path
 
 from model_builder.errors import ConfigError
 
-# TF Serving's default is "no limit"; 64 MiB holds a 1024 x 16k float32 batch and still caps abuse.
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# TF Serving 2.11 receives messages up to 2 GiB - 1: model_servers/server.cc calls
+# builder.SetMaxMessageSize(tensorflow::kint32max), and a grpc.max_receive_message_length given in
+# --grpc_channel_arguments does not lower it (server.py _grpc_options). The local server defaults
+# to the same, so it is no kinder than production to a huge request; --max_message_bytes is a
+# stand-in-only knob that TF Serving 2.11 has no equivalent of.
+DEFAULT_MAX_MESSAGE_BYTES = 2**31 - 1
+RECEIVE_LIMIT_ARGUMENT = "grpc.max_receive_message_length"
+# What --on_sigterm does. "ignore" is TF Serving 2.11 as its image runs it: the entrypoint
+# /usr/bin/tf_serving_entrypoint.sh is bash without exec, so bash is PID 1 and has no SIGTERM
+# handler (the kernel drops the signal for a PID namespace's init), and tensorflow_model_server
+# installs none either (tensorflow/serving issue 1853): the process ends only at SIGKILL. SIGINT
+# (Ctrl-C, reaching the whole foreground group) takes its default action: immediate exit, no drain.
+# "drain" is a graceful server (GOAWAY, in-flight calls finish): not what 2.11 does.
+SIGTERM_BEHAVIOURS = ("ignore", "drain")
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,7 @@ class ServerConfig:
     # UNAVAILABLE when full), so keep it well above the clients a test or benchmark runs.
     max_workers: int = 64
     shutdown_grace_seconds: float = 10.0
+    on_sigterm: str = "ignore"
 
 
 def parse_channel_arguments(text: str) -> tuple[tuple[str, object], ...]:

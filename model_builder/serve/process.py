@@ -1,7 +1,9 @@
 """The local server as a child process: the one launcher the demo, the tests and the benchmarks use.
 
-`python -m model_builder serve` on loopback ports, its output in a log file, stopped with
-SIGTERM (TF Serving's graceful shutdown) and killed only if it does not exit in time.
+`python -m model_builder serve` on loopback ports, its output in a log file. Like TF Serving 2.11
+in its image, the server ignores SIGTERM (--on_sigterm, model_builder/serve/config.py): `stop()`
+ends it with SIGINT (Ctrl-C: immediate exit), `terminate(grace)` does what kubelet does (SIGTERM,
+then SIGKILL when the grace period ends).
 """
 
 from __future__ import annotations
@@ -42,16 +44,17 @@ class ServerProcess:
     model_name: str
     log_path: Path
     started: float
+    host: str = "127.0.0.1"
 
     @property
     def target(self) -> str:
         """host:port of the gRPC API."""
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def rest(self) -> str:
         """Base URL of the REST API."""
-        return f"http://127.0.0.1:{self.rest_port}"
+        return f"http://{self.host}:{self.rest_port}"
 
     def status(self) -> dict:
         """GET /v1/models/NAME (TF Serving's REST status)."""
@@ -77,10 +80,17 @@ class ServerProcess:
         """The server's combined output so far."""
         return self.log_path.read_text(errors="replace")
 
-    def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM and wait (SIGKILL after `timeout` s); returns the exit code."""
+    def stop(self, timeout: float = 60) -> int:
+        """SIGINT (what Ctrl-C sends) and wait, SIGKILL after `timeout` s; returns the exit code."""
+        return self._signal_then_kill(signal.SIGINT, timeout)
+
+    def terminate(self, grace: float = 30) -> int:
+        """Kubelet's way: SIGTERM, SIGKILL when `grace` s (terminationGracePeriodSeconds) have passed."""
+        return self._signal_then_kill(signal.SIGTERM, grace)
+
+    def _signal_then_kill(self, sig: signal.Signals, timeout: float) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -96,6 +106,7 @@ def start(
     *flags: str,
     port: int | None = None,
     rest_port: int | None = None,
+    host: str = "127.0.0.1",
     batching: bool = True,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
@@ -103,7 +114,8 @@ def start(
     """Starts the local server for MODEL_NAME under base_path (free ports unless given).
 
     batching=True serves as the image does (--enable_batching with its batching file);
-    `flags` are passed on (TF Serving's flag names).
+    `flags` are passed on (TF Serving's flag names). `host` may be any 127.0.0.0/8 address
+    (Linux routes them all to lo): several servers can then share one port, like pods.
     """
     port = port or free_port()
     rest_port = rest_port or free_port()
@@ -119,6 +131,8 @@ def start(
         str(base_path),
         "--model-name",
         model_name,
+        "--host",
+        host,
         "--port",
         str(port),
         "--rest_api_port",
@@ -128,14 +142,14 @@ def start(
     ]
     with open(log_path, "w") as handle:
         proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=child_env, cwd=cwd)
-    return ServerProcess(proc, port, rest_port, model_name, log_path, time.perf_counter())
+    return ServerProcess(proc, port, rest_port, model_name, log_path, time.perf_counter(), host)
 
 
 @contextlib.contextmanager
 def running(base_path: Path, model_name: str, log_path: Path, *flags: str, **kwargs) -> Iterator[ServerProcess]:
-    """start(...) as a context manager: the server is stopped (SIGTERM) on exit."""
+    """start(...) as a context manager: the server is stopped (SIGINT) on exit."""
     server = start(base_path, model_name, log_path, *flags, **kwargs)
     try:
         yield server
     finally:
-        server.terminate()
+        server.stop()

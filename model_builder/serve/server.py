@@ -16,7 +16,7 @@ from model_builder.compat.tfs_batching import BatchingParameters
 from model_builder.errors import ConfigError
 from model_builder.serve import rest
 from model_builder.serve.batching import RunCounter
-from model_builder.serve.config import ServerConfig
+from model_builder.serve.config import RECEIVE_LIMIT_ARGUMENT, ServerConfig
 from model_builder.serve.errors import ServingError
 from model_builder.serve.metrics import Metrics
 from model_builder.serve.models import Batching, LoadRetries, ModelManager
@@ -47,6 +47,29 @@ def _credentials(cfg: ServerConfig):
     )
 
 
+def _grpc_options(cfg: ServerConfig) -> list[tuple[str, object]]:
+    """Server channel arguments with TF Serving 2.11's precedence for the receive limit.
+
+    model_servers/server.cc (2.11.0) calls builder.SetMaxMessageSize(kint32max) and then adds each
+    --grpc_channel_arguments pair with AddChannelArgument. Its gRPC (TensorFlow 2.11's pin,
+    1.27.0-dev, the version string in TF 2.11's _pywrap_tensorflow_internal.so) appends the
+    SetMaxMessageSize value after the options in ServerBuilder::BuildAndStart and logs "gRPC
+    ServerBuilder receives multiple max_receive_message_length" when an option set it too (grpc
+    PR #21597: "logs an error while maintaining the existing behavior"); its message-size filter
+    takes the last occurrence (grpc PR #23293: "Earlier, the message_size filter would use the
+    last matching argument"). So the flag's value is ignored; the same happens here.
+    """
+    extra = list(cfg.grpc_channel_arguments)
+    if any(key == RECEIVE_LIMIT_ARGUMENT for key, _ in extra):
+        log.error("gRPC ServerBuilder receives multiple max_receive_message_length")
+        extra = [(key, value) for key, value in extra if key != RECEIVE_LIMIT_ARGUMENT]
+    return [
+        *extra,
+        (RECEIVE_LIMIT_ARGUMENT, cfg.max_message_bytes),
+        ("grpc.max_send_message_length", cfg.max_message_bytes),
+    ]
+
+
 def _batching(cfg: ServerConfig) -> Batching | None:
     """--enable_batching: parse the file and start the one shared scheduler, or refuse to start like server.cc."""
     if not cfg.enable_batching:
@@ -69,7 +92,7 @@ def _batching(cfg: ServerConfig) -> Batching | None:
 
 
 class LocalServer:
-    """The running server; `wait()` blocks until SIGTERM/SIGINT, then drains and stops."""
+    """The running server; `wait()` blocks until a signal ends it (--on_sigterm: as TF Serving 2.11, or drain)."""
 
     def __init__(self, cfg: ServerConfig) -> None:
         self.cfg = cfg
@@ -108,13 +131,9 @@ class LocalServer:
             f" (batching: {self.batching.params})" if self.batching else "",
         )
         self.manager.load_first(cfg.file_system_poll_wait_seconds)
-        options = [
-            ("grpc.max_receive_message_length", cfg.max_message_bytes),
-            ("grpc.max_send_message_length", cfg.max_message_bytes),
-            *cfg.grpc_channel_arguments,
-        ]
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"), options=options
+            futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="grpc"),
+            options=_grpc_options(cfg),
         )
         add_to_server(
             self._grpc,
@@ -180,7 +199,13 @@ class LocalServer:
         log.info("stopped")
 
     def wait(self) -> None:
-        """Blocks until SIGTERM or SIGINT, then stops gracefully."""
+        """Blocks until the process ends: with --on_sigterm ignore at SIGINT or SIGKILL, else drains first."""
+        if self.cfg.on_sigterm == "ignore":
+            # config.SIGTERM_BEHAVIOURS: the pod's PID 1 drops SIGTERM, nothing handles SIGINT.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            log.info("SIGTERM is ignored like TF Serving 2.11 in its image; SIGINT or SIGKILL end the server")
+            threading.Event().wait()
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())

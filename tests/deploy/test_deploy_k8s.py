@@ -10,6 +10,7 @@ import pytest
 
 from support import REPO
 from support.deploy import OVERLAYS, by_kind
+from support.rollout import Budget
 
 pytestmark = pytest.mark.tools
 
@@ -192,20 +193,22 @@ def test_prometheus_annotations_and_network_policy(rendered, overlay, versions):
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_termination_grace_outlasts_connection_age(rendered, overlay):
+def test_termination_grace_outlasts_the_last_call(rendered, overlay):
     """The entrypoint ignores SIGTERM (docker/serving/Dockerfile), so a terminating pod serves until
-    SIGKILL: the grace period must outlast the longest connection (age + 10% gRPC jitter + grace)
-    and, to roll and drain quickly, not by more than a few seconds. No preStop: it could only
-    delay a SIGTERM that changes nothing."""
+    SIGKILL: the grace period must outlast the last call any client can still send it (support/rollout.py
+    Budget: endpoint removal + DNS TTL + re-resolution after GOAWAY + a call's deadline), for our client
+    and for a raw caller with gRPC's 30 s re-resolution default, and not by more than a few seconds.
+    No preStop: it could only delay a SIGTERM that changes nothing."""
     age_ms, grace_ms = connection_age_ms()
     pod = only(rendered[overlay], "Deployment")["spec"]["template"]["spec"]
-    longest_s = (1.1 * age_ms + grace_ms) / 1000
-    assert longest_s < pod["terminationGracePeriodSeconds"] <= longest_s + 5
+    budget = Budget.product()
+    assert (budget.connection_age_s, budget.connection_age_grace_s) == (age_ms / 1000, grace_ms / 1000)
+    assert budget.grace_period_s == pod["terminationGracePeriodSeconds"]
+    last = max(budget.last_call_s(), budget.for_raw_caller().last_call_s())
+    assert last < budget.grace_period_s <= last + 10
     assert "lifecycle" not in container(rendered[overlay])
-    # The client's default deadline fits in the grace, so an RPC caught by GOAWAY finishes.
-    client_base = (REPO / "client/src/retrieval_client/_base.py").read_text()
-    deadline_s = float(re.search(r"^DEFAULT_TIMEOUT_S = ([0-9.]+)", client_base, re.M).group(1))
-    assert deadline_s * 1000 <= grace_ms
+    # The client's default deadline fits in the GOAWAY grace, so an RPC caught by GOAWAY finishes.
+    assert budget.call_deadline_s * 1000 <= grace_ms
 
 
 def connection_age_ms() -> tuple[int, int]:

@@ -9,7 +9,8 @@ availability-preserving swaps, servable_versions_always_present=false):
   aspired: it is loaded, then the deleted one unloaded, without a failed
   request; deleting every folder unloads everything (NOT_FOUND until a version
   appears again);
-- SIGTERM stops new RPCs, lets in-flight ones finish within
+- with --on_sigterm drain (not TF Serving 2.11's behaviour: its image ignores SIGTERM,
+  test_shutdown.py), SIGTERM stops new RPCs, lets in-flight ones finish within
   --shutdown_grace_seconds, cancels the rest (UNAVAILABLE), exits 0.
 """
 
@@ -199,6 +200,8 @@ def test_sigterm_with_requests_in_flight(tmp_path, slow_model, grace_s, expect):
     with support.local_server(
         tmp_path / "models",
         harness.MODEL,
+        "--on_sigterm",
+        "drain",
         "--shutdown_grace_seconds",
         str(grace_s),
         "--batching_parameters_file",
