@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,9 @@ def run(args: argparse.Namespace) -> int:
             f"{result.version_dir}: index {result.info['index']['algorithm']}, recall@10 vs exact "
             + ", ".join(f"{k} {v:.3f}" for k, v in verification.items())
         )
-    print(f"servers stopped (exit codes {codes}); logs in {args.out}/*.server.log")
+    # A server ended by SIGINT (as by Ctrl-C) exits with -SIGINT: that is a clean stop here.
+    unexpected = [code for code in codes if code not in (0, -signal.SIGINT)]
+    state = f"stopped, unexpected exit codes {unexpected}" if unexpected else "stopped"
+    print(f"servers {state}; logs in {args.out}/*.server.log")
     print("next: `make test`; serve it yourself with `make serve`; deploy with `make image push deploy` (README.md)")
     return 0 if codes == [0, 0] else 1
