@@ -230,7 +230,9 @@ def test_each_push_pins_its_image_in_git_and_git_revert_rolls_back(images, scrat
             [tool("kubectl"), "kustomize", str(scratch / "k8s/overlays/prod")], capture_output=True, text=True
         )
         assert overlay.returncode != 0 and "release-from-make-push" in overlay.stderr
-        git(scratch, "revert", "--no-edit", "HEAD")
+        # The rollback as k8s/README.md documents it: revert the last commit that changed the release.
+        last = git(scratch, "log", "-1", "--format=%H", "--", f"k8s/models/{MODEL}/prod").strip()
+        git(scratch, "revert", "--no-edit", last)
         assert _pinned(release_dir) == pushed["a"]
         # make deploy applies that folder, and says what it is.
         proc = subprocess.run(
@@ -246,5 +248,6 @@ def test_each_push_pins_its_image_in_git_and_git_revert_rolls_back(images, scrat
         assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == pushed["a"]
         assert "not the image last pushed here (v1" in proc.stderr  # b was pushed last
     finally:
-        for image in pushed.values():
-            subprocess.run(["docker", "image", "rm", image.split("@")[0]], capture_output=True)
+        for tag, _ in images.values():
+            remote = f"{registry}/{env['ECR_REPOSITORY']}:{tag.rsplit(':', 1)[1]}"
+            subprocess.run(["docker", "image", "rm", remote], capture_output=True)
