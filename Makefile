@@ -30,7 +30,7 @@ OVERLAY ?= prod## Environment (k8s/overlays/<env>) that `push`/`release` write k
 COMPONENTS ?=## `push`/`release`: extra per-model k8s components, e.g. scale-on-load.
 MEMORY ?=## `push`/`release` memory request = limit: measured (peak RSS + headroom) or a quantity; default: the overlay's, checked.
 ALLOW_STANDIN ?=## 1: `push`/`release` accept an image built on the stand-in bases (USE_STANDINS=1).
-IMAGE ?=## `push`: a local image instead of MODEL's last build.
+IMAGE ?=## `push`: a local image instead of MODEL's last build; `release`: an image (labels from the local engine).
 MONITORING ?=## 1: `deploy` also applies the namespace-wide monitoring component.
 MODEL_DIR ?=## `image`: bake this existing version folder (BASE/NAME/VERSION) instead of building one.
 USE_STANDINS ?=## 1: build local stand-ins for the base images (no registry needed), as CI does.
@@ -167,8 +167,9 @@ push: tools-venv ## Push MODEL's last built image to ECR and write k8s/models/MO
 	  MEMORY=$(MEMORY) ALLOW_STANDIN=$(ALLOW_STANDIN) scripts/push-ecr.sh
 
 release: tools-venv ## Write k8s/models/MODEL/OVERLAY/ for MODEL's pushed image (make push does it; e.g. OVERLAY=dev).
-	MODEL=$(MODEL) OVERLAY=$(OVERLAY) COMPONENTS="$(COMPONENTS)" MEMORY=$(MEMORY) ALLOW_STANDIN=$(ALLOW_STANDIN) \
-	  scripts/release.sh
+	@# With IMAGE the model is the image's (its labels), not MODEL's default.
+	MODEL=$(if $(IMAGE),,$(MODEL)) IMAGE=$(IMAGE) OVERLAY=$(OVERLAY) COMPONENTS="$(COMPONENTS)" MEMORY=$(MEMORY) \
+	  ALLOW_STANDIN=$(ALLOW_STANDIN) scripts/release.sh
 
 deploy: tools-venv ## kubectl apply -k k8s/models/MODEL/OVERLAY (+ its namespace), pruning only that model's objects.
 	MODEL=$(MODEL) OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) MONITORING=$(MONITORING) scripts/deploy.sh
