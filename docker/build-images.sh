@@ -194,7 +194,7 @@ PY
 # load_seconds DIR: load + warmup seconds measured with the memory (build_info.json), which
 # release.sh turns into the startupProbe budget.
 load_seconds() {
-  "$(build_python)" -c 'import json, sys; m = json.load(open(sys.argv[1]))["memory"]; print(round(m.get("load_seconds", 0) + m.get("warmup_seconds", 0), 1))' \
+  "$(build_python)" -c 'import json, sys; m = json.load(open(sys.argv[1]))["memory"]; print(round(m.get("load_seconds", 0) + m.get("warmup_seconds", 0), 3))' \
     "$1/assets.extra/build_info.json"
 }
 
