@@ -91,7 +91,9 @@ models="$K8S_DIR/models/$model"
 dest="$models/$OVERLAY"
 new="$models/.$OVERLAY.new"
 rm -rf "$new" && mkdir -p "$new"
-trap 'rm -rf "$work" "$new"' EXIT
+# On failure nothing is left behind, not even an empty k8s/models/<model>/ (it would count
+# as a released model name).
+trap 'rm -rf "$work" "$new"; rmdir "$models" 2>/dev/null || true' EXIT
 previous_version=""
 [[ -f "$dest/release.yaml" ]] && previous_version="$(sed -n 's/^  version: "\(.*\)"$/\1/p' "$dest/release.yaml")"
 MODEL="$model" NAME="$name" VERSION="$version" IMAGE="$IMAGE" CONTENT="$content" PEAK="$peak" LOAD="$load" \

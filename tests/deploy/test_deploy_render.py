@@ -269,7 +269,7 @@ def test_prod_refuses_an_image_built_from_a_dirty_tree(tmp_path):
     write_push_record(tmp_path, "scann_model", dirty=True)
     proc = run_release(tmp_path, OVERLAY="prod", MODEL="scann_model")
     assert proc.returncode == 2 and "uncommitted changes" in proc.stderr and proc.stderr.count("\n") == 1
-    assert not (tmp_path / "k8s/models/scann_model/prod").exists()
+    assert not (tmp_path / "k8s/models/scann_model").exists()
     assert run_release(tmp_path, OVERLAY="dev", MODEL="scann_model").returncode == 0
 
 
@@ -296,6 +296,7 @@ def test_memory_limit_below_the_measured_peak_is_refused(tmp_path):
     assert proc.returncode == 2, proc.stdout[-500:]
     assert "memory limit 1Gi is below the model's measured peak RSS 1228Mi" in proc.stderr
     assert "at least 1536Mi" in proc.stderr and proc.stderr.count("\n") == 1  # 1228 + 25% = 1535 -> 1536 (64 MiB steps)
+    assert not (tmp_path / "k8s/models/scann_model").exists()  # a refused release leaves nothing
 
 
 def test_memory_limit_without_headroom_is_refused_and_measured_sets_it(tmp_path):
