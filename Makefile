@@ -26,13 +26,17 @@ AWS_REGION ?=## ECR region for `push` (or set the AWS_REGION environment variabl
 AWS_ACCOUNT_ID ?=## ECR account for `push`.
 ECR_REPOSITORY ?= scann-serving## ECR repository for `push`.
 ECR_REGISTRY ?=## Registry host; default <account>.dkr.ecr.<region>.amazonaws.com.
-OVERLAY ?= prod## k8s overlay for `deploy`.
-COMPONENTS ?=## Extra per-model k8s components for `deploy`, e.g. scale-on-load.
-MEMORY ?=## `deploy` memory request = limit: measured (peak RSS + headroom) or a quantity; default: the overlay's, checked.
+OVERLAY ?= prod## Environment (k8s/overlays/<env>) that `push`/`release` write k8s/models/<model>/<env>/ for and `deploy` applies.
+COMPONENTS ?=## `push`/`release`: extra per-model k8s components, e.g. scale-on-load.
+MEMORY ?=## `push`/`release` memory request = limit: measured (peak RSS + headroom) or a quantity; default: the overlay's, checked.
+ALLOW_STANDIN ?=## 1: `push`/`release` accept an image built on the stand-in bases (USE_STANDINS=1).
+IMAGE ?=## `push`: a local image instead of MODEL's last build; `release`: an image (labels from the local engine).
 MONITORING ?=## 1: `deploy` also applies the namespace-wide monitoring component.
 MODEL_DIR ?=## `image`: bake this existing version folder (BASE/NAME/VERSION) instead of building one.
 USE_STANDINS ?=## 1: build local stand-ins for the base images (no registry needed), as CI does.
 RENDER_ONLY ?=## 1: `deploy` prints the rendered manifests instead of applying them.
+KEEP_DAYS ?= 30## `ecr-prune`: keep every image pushed within this many days.
+DRY_RUN ?= 1## `ecr-prune`: 1 lists what it would delete; 0 deletes.
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist## Debian's dataset-fashion-mnist (benchmark tests read it).
 WORDNET_DIR ?= /usr/share/wordnet## Debian's wordnet-base (the benchmarks' text corpus).
 
@@ -118,7 +122,7 @@ serve: venv ## Serve MODELS/MODEL with the local TF-Serving-API server, batching
 
 ##@ Test
 .PHONY: test test-fast smoke check protos compat-snapshot
-test: venv compat-venv tools-venv datasets docker-engine ## Set up everything, run `make lint`, then the whole test suite.
+test: venv compat-venv tools-venv datasets test-tools ## Set up everything, run `make lint`, then the whole test suite.
 	scripts/lint.sh
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
@@ -143,9 +147,12 @@ compat-snapshot: compat-venv ## Regenerate the serving runtime's op-registry sna
 	$(COMPAT_VENV)/bin/python model_builder/compat/snapshot.py 2>/dev/null > $(COMPAT_SNAPSHOT)
 
 ##@ Deploy
-.PHONY: docker-engine lint image push deploy deploy-monitoring
-docker-engine: ## Make sure a Docker engine is reachable (installs docker.io/debootstrap if root).
+.PHONY: docker-engine test-tools lint image push release deploy deploy-monitoring ecr-prune
+docker-engine: ## Make sure a Docker engine answers: uses the one that does, else installs/starts dockerd (root).
 	scripts/engine.sh ensure
+
+test-tools: ## docker-engine, plus debootstrap and docker-registry the docker tests use (installed as root).
+	scripts/engine.sh test-tools
 
 lint: tools-venv ## ruff (lint + format) and shellcheck on the code; hadolint, kustomize + kubernetes-validate --strict, checkov on images and manifests.
 	scripts/lint.sh
@@ -154,16 +161,25 @@ image: venv compat-venv docker-engine ## Builder image -> verified model -> memo
 	MODEL=$(MODEL) DATASET=$(DATASET) BUILD_ARGS="$(BUILD_ARGS)" BUILDER_IMAGE=$(BUILDER_IMAGE) \
 	  SERVING_IMAGE=$(SERVING_IMAGE) USE_STANDINS=$(USE_STANDINS) MODEL_DIR=$(MODEL_DIR) docker/build-images.sh
 
-push: ## Push MODEL's last built image to ECR; an existing tag is skipped (same files) or refused.
-	MODEL=$(MODEL) AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \
-	  ECR_REGISTRY=$(ECR_REGISTRY) SERVING_IMAGE=$(SERVING_IMAGE) scripts/push-ecr.sh
+push: tools-venv ## Push MODEL's last built image to ECR and write k8s/models/MODEL/OVERLAY/ pinning it by digest (commit that).
+	MODEL=$(MODEL) IMAGE=$(IMAGE) AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \
+	  ECR_REGISTRY=$(ECR_REGISTRY) SERVING_IMAGE=$(SERVING_IMAGE) OVERLAY=$(OVERLAY) COMPONENTS="$(COMPONENTS)" \
+	  MEMORY=$(MEMORY) ALLOW_STANDIN=$(ALLOW_STANDIN) scripts/push-ecr.sh
 
-deploy: ## Deploy MODEL's pushed image with OVERLAY (its own objects, next to other models).
-	MODEL=$(MODEL) OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) COMPONENTS="$(COMPONENTS)" \
-	  MEMORY=$(MEMORY) MONITORING=$(MONITORING) scripts/deploy.sh
+release: tools-venv ## Write k8s/models/MODEL/OVERLAY/ for MODEL's pushed image (make push does it; e.g. OVERLAY=dev).
+	@# With IMAGE the model is the image's (its labels), not MODEL's default.
+	MODEL=$(if $(IMAGE),,$(MODEL)) IMAGE=$(IMAGE) OVERLAY=$(OVERLAY) COMPONENTS="$(COMPONENTS)" MEMORY=$(MEMORY) \
+	  ALLOW_STANDIN=$(ALLOW_STANDIN) scripts/release.sh
 
-deploy-monitoring: ## Apply OVERLAY's namespace with the PodMonitor and alert rules (Prometheus Operator).
+deploy: tools-venv ## kubectl apply -k k8s/models/MODEL/OVERLAY (+ its namespace), pruning only that model's objects.
+	MODEL=$(MODEL) OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) MONITORING=$(MONITORING) scripts/deploy.sh
+
+deploy-monitoring: tools-venv ## Apply OVERLAY's namespace with the PodMonitor and alert rules (Prometheus Operator).
 	OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) MONITORING=1 scripts/deploy.sh --namespace-only
+
+ecr-prune: tools-venv ## Delete ECR images older than KEEP_DAYS that no commit's k8s/models/ ever referenced (DRY_RUN=0 to delete).
+	AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \
+	  KEEP_DAYS=$(KEEP_DAYS) DRY_RUN=$(DRY_RUN) scripts/ecr-prune.sh
 
 ##@ Benchmarks
 .PHONY: bench bench-quick

@@ -6,9 +6,11 @@
 #   3. run it (non-root, read-only root FS, no network) to build MODEL into MODELS
 #   4. measure the version's peak RSS in the serving-runtime stand-in on the host
 #      (model_builder/compat/memory.py; stored in build_info.json) unless the build did
-#   5. build SERVING_IMAGE:<model>-v<version>-<gitsha>[-dirty]-<digest12> with the version
-#      baked in; <digest12> starts the sha256 of the version's files (scripts/lib.sh
-#      model_digest), so a retrained model never gets the tag of another one
+#   5. build SERVING_IMAGE:<model>-v<version>-<gitsha>[-dirty][-standin]-<digest12> with the
+#      version baked in; <digest12> starts the content digest (scripts/lib.sh content_digest:
+#      every model file, the baked configs, the Dockerfile with its CMD, the base image's id),
+#      so an image that serves anything else never gets the tag of another one; images on the
+#      stand-in bases say so in the tag and the label io.scann-serving.standin=true
 #   6. record the reference in $BUILD_DIR/last-image and, with the image's labels, in
 #      $BUILD_DIR/images/<model>.json for scripts/push-ecr.sh
 #
@@ -47,7 +49,8 @@ STANDIN_SERVING_IMAGE="${STANDIN_SERVING_IMAGE:-scann-serving/tf-serving-standin
 IMAGE_UID=10001
 
 [[ "$MODEL" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] || die_usage "MODEL '$MODEL' is not usable in an image tag (letters, digits, _ . -)"
-k8s_name "$MODEL" >/dev/null # fail now, not at deploy time, on a name Kubernetes cannot take
+# Fail now, not at deploy time, on a name Kubernetes cannot take or another model already has.
+check_name_unique "$MODEL"
 docker info >/dev/null 2>&1 || die "no Docker engine answers (run scripts/engine.sh ensure)"
 
 if [[ "${USE_STANDINS:-0}" == 1 ]]; then
@@ -167,7 +170,7 @@ check_layout() {
 build_serving_standin() {
   echo "$SCRIPT: building stand-in $STANDIN_SERVING_IMAGE from $BUILDER_IMAGE" >&2
   docker_build serving-standin --build-arg "BUILDER_IMAGE=$BUILDER_IMAGE" \
-    -t "$STANDIN_SERVING_IMAGE" "$REPO/docker/standin/serving"
+    --label io.scann-serving.standin=true -t "$STANDIN_SERVING_IMAGE" "$REPO/docker/standin/serving"
 }
 
 # measure_memory DIR: peak RSS of loading + warming DIR in the serving-runtime stand-in, unless
@@ -188,14 +191,28 @@ PY
     "$dir/assets.extra/build_info.json"
 }
 
+# load_seconds DIR: load + warmup seconds measured with the memory (build_info.json), which
+# release.sh turns into the startupProbe budget.
+load_seconds() {
+  "$(build_python)" -c 'import json, sys; m = json.load(open(sys.argv[1]))["memory"]; print(round(m.get("load_seconds", 0) + m.get("warmup_seconds", 0), 3))' \
+    "$1/assets.extra/build_info.json"
+}
+
+# is_standin IMAGE: true for the local stand-ins of the base images (by name, or by the
+# io.scann-serving.standin label they carry), which must never reach production.
+is_standin() {
+  [[ "${USE_STANDINS:-0}" == 1 || "$1" == "$STANDIN_SERVING_IMAGE" || "$1" == "$STANDIN_PYTHON_IMAGE" ]] && return 0
+  [[ "$(docker image inspect --format '{{index .Config.Labels "io.scann-serving.standin"}}' "$1" 2>/dev/null)" == true ]]
+}
+
 build_serving() {
-  local dir="$1" version sha digest peak tag ctx dirty=false
+  local dir="$1" version sha digest content peak tag ctx base_id standin=false marker="" dirty=false
   version="$(basename "$dir")"
   sha="$(git_sha)"
   [[ "$sha" == *-dirty ]] && dirty=true
-  digest="$(model_digest "$dir")"
+  # Measured first: the measurement is written into build_info.json, which the digests cover.
   peak="$(measure_memory "$dir")"
-  tag="$SERVING_IMAGE:$MODEL-v$version-$sha-${digest:7:12}"
+  digest="$(model_digest "$dir")"
   ctx="$(new_context serving)"
   mkdir -p "$ctx/models/$MODEL" "$ctx/config"
   cp -a "$dir" "$ctx/models/$MODEL/$version"
@@ -203,6 +220,12 @@ build_serving() {
   cp k8s/base/config/batching_parameters.txt k8s/base/config/monitoring_config.txt "$ctx/config/"
   install -m 0755 docker/serving/model-ready "$ctx/model-ready"
   cp docker/serving/Dockerfile "$ctx/"
+  docker image inspect "$SERVING_BASE_IMAGE" >/dev/null 2>&1 || docker pull --quiet "$SERVING_BASE_IMAGE" >/dev/null \
+    || die "base image $SERVING_BASE_IMAGE is not in the engine and \`docker pull\` failed"
+  base_id="$(docker image inspect --format '{{.Id}}' "$SERVING_BASE_IMAGE")"
+  content="$(content_digest "$ctx" "$base_id" "MODEL=$MODEL" "MODEL_VERSION=$version")"
+  if is_standin "$SERVING_BASE_IMAGE"; then standin=true; marker="-standin"; fi
+  tag="$SERVING_IMAGE:$MODEL-v$version-$sha$marker-${content:7:12}"
   echo "$SCRIPT: building $tag from $SERVING_BASE_IMAGE" >&2
   docker_build serving \
     --build-arg "SERVING_BASE_IMAGE=$SERVING_BASE_IMAGE" \
@@ -215,6 +238,10 @@ build_serving() {
     --build-arg "TF_VERSION=$TF_VERSION" \
     --build-arg "SCANN_VERSION=$SCANN_VERSION" \
     --build-arg "COMPAT_TF_VERSION=$COMPAT_TF_VERSION" \
+    --label "io.scann-serving.content.digest=$content" \
+    --label "io.scann-serving.base.id=$base_id" \
+    --label "io.scann-serving.standin=$standin" \
+    --label "io.scann-serving.startup.load-seconds=$(load_seconds "$dir")" \
     -t "$tag" "$ctx"
   mkdir -p "$BUILD_DIR/images"
   echo "$tag" > "$BUILD_DIR/last-image"

@@ -2,41 +2,45 @@
 # Make sure a Docker engine answers, or fail loudly. Never skips: the docker
 # tests and `make image` are worthless without one.
 #
-# Usage: scripts/engine.sh ensure
-#   - `docker info` works already            -> nothing to do
-#   - packages missing (docker.io, debootstrap, docker-registry) and we are
-#     root                                   -> apt-get install them
+# Usage: scripts/engine.sh ensure | test-tools
+#   ensure (make image, make docker-engine):
+#   - `docker info` works already (Docker Desktop, a CI runner's engine, a
+#     remote DOCKER_HOST)                    -> nothing installed, nothing started
+#   - no daemon answering, docker.io missing
+#     and we are root                        -> apt-get install docker.io
 #   - no daemon answering and we are root    -> start dockerd in the background
 #     (log: $DOCKERD_LOG, extra flags: $DOCKERD_ARGS) and wait up to
 #     $DOCKERD_WAIT_S seconds
 #   - otherwise                              -> one-line error, exit 1
+#   test-tools (make test): also debootstrap (builds the stand-in base image,
+#   USE_STANDINS=1) and docker-registry (the push target of the ECR tests),
+#   installed as root when missing.
 set -euo pipefail
 
 DOCKERD_LOG="${DOCKERD_LOG:-/var/log/scann-serving-dockerd.log}"
 DOCKERD_WAIT_S="${DOCKERD_WAIT_S:-60}"
 # Extra dockerd flags, e.g. --data-root on a bigger disk (split on spaces).
 DOCKERD_ARGS="${DOCKERD_ARGS:-}"
-# debootstrap builds the stand-in base image, docker-registry is the push
-# target of the ECR test; both are Debian packages so they come with the engine.
-PACKAGES=(docker.io debootstrap docker-registry)
 
 die() { echo "engine.sh: $*" >&2; exit 1; }
 
 engine_up() { docker info >/dev/null 2>&1; }
 
-install_missing() {
+# apt_install PACKAGE...: install Debian packages as root, or fail naming the command.
+apt_install() {
+  [[ "$(id -u)" == 0 ]] || die "missing $*; install them as root: apt-get install -y $*"
+  command -v apt-get >/dev/null 2>&1 || die "missing $* and no apt-get to install them"
+  echo "engine.sh: installing $*" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null \
+    || die "apt-get install $* failed"
+}
+
+install_test_tools() {
   local missing=()
-  command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
-  command -v docker >/dev/null 2>&1 || missing+=(docker.io)
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
   command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
-  ((${#missing[@]} == 0)) && return 0
-  [[ "$(id -u)" == 0 ]] || die "missing ${missing[*]}; install them as root: apt-get install -y ${PACKAGES[*]}"
-  command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get to install them"
-  echo "engine.sh: installing ${PACKAGES[*]}" >&2
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${PACKAGES[@]}" >/dev/null \
-    || die "apt-get install ${PACKAGES[*]} failed"
+  ((${#missing[@]} == 0)) || apt_install "${missing[@]}"
 }
 
 start_daemon() {
@@ -59,12 +63,17 @@ start_daemon() {
 }
 
 ensure() {
-  install_missing
-  engine_up || start_daemon
+  if ! engine_up; then
+    if ! command -v dockerd >/dev/null 2>&1 || ! command -v docker >/dev/null 2>&1; then
+      apt_install docker.io
+    fi
+    start_daemon
+  fi
   echo "engine.sh: Docker engine $(docker version --format '{{.Server.Version}}' 2>/dev/null) ready" >&2
 }
 
 case "${1:-}" in
   ensure) ensure ;;
-  *) echo "usage: scripts/engine.sh ensure" >&2; exit 2 ;;
+  test-tools) ensure; install_test_tools ;;
+  *) echo "usage: scripts/engine.sh ensure | test-tools" >&2; exit 2 ;;
 esac

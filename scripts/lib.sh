@@ -1,6 +1,6 @@
 # Shared by the scripts/*.sh and docker/*.sh scripts (sourced, not run).
-# Gives: REPO, BUILD_DIR, VENV, TOOLS_VENV, die(), die_usage(), tool(), git_sha(),
-# model_digest(), k8s_name(), build_python(), any_python(), image_record(),
+# Gives: REPO, BUILD_DIR, K8S_DIR, VENV, TOOLS_VENV, die(), die_usage(), tool(), git_sha(),
+# model_digest(), content_digest(), k8s_name(), check_name_unique(), build_python(), any_python(), image_record(),
 # record_field(), and every versions.env key
 # as a shell variable unless the caller's environment already set it, so
 # `BUILDER_BASE_IMAGE=... docker/build-images.sh` overrides the default.
@@ -27,6 +27,8 @@ load_versions() {
 load_versions
 
 BUILD_DIR="${BUILD_DIR:-$REPO/build}"
+# The Kubernetes files; release.sh writes k8s/models/<model>/<env>/ here (tests point it at a copy).
+K8S_DIR="${K8S_DIR:-$REPO/k8s}"
 # Venv locations: the Makefile's VENV / TOOLS_VENV (exported), repo-relative by default.
 VENV="${VENV:-.venv}"
 [[ "$VENV" = /* ]] || VENV="$REPO/$VENV"
@@ -60,17 +62,32 @@ git_sha() {
   echo "$sha"
 }
 
-# model_digest DIR: "sha256:<hex>" over a model version folder's files (relative path and
-# content of each). Left out: assets.extra/build_info.json, which holds build metadata
-# (timestamps, the memory measurement) rather than model content, and hidden temp files.
-# Recompute by hand: cd DIR && find . -type f ! -path ./assets.extra/build_info.json ! -name '.*' -print0 \
+# model_digest DIR: "sha256:<hex>" over every file of a model version folder (relative path
+# and content of each; hidden temp files left out). build_info.json counts too: it is served
+# with the model (assets.extra), so two builds are the same model only when every byte is.
+# Recompute by hand: cd DIR && find . -type f ! -name '.*' -print0 \
 #   | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum
 model_digest() {
   local dir="$1" sum
   [[ -f "$dir/saved_model.pb" ]] || die "$dir is not a model version folder (no saved_model.pb)"
-  sum="$(cd "$dir" && find . -type f ! -path ./assets.extra/build_info.json ! -name '.*' -print0 \
+  sum="$(cd "$dir" && find . -type f ! -name '.*' -print0 \
     | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
   echo "sha256:$sum"
+}
+
+# content_digest CONTEXT BASE_ID ARGS...: "sha256:<hex>" over what decides what an image serves:
+# every file of its build context (the model version, the baked configs, the readiness helper,
+# the Dockerfile with its CMD, ENV and USER), the base image's content-addressed id, and the
+# build arguments that change files or ENV (ARGS, e.g. MODEL=scann_model). Labels that only
+# describe the build (commit, timestamps) are not in it.
+content_digest() {
+  local ctx="$1" base_id="$2"; shift 2
+  [[ "$base_id" =~ ^sha256:[0-9a-f]{64}$ ]] || die "content_digest: base image id '$base_id' is not a sha256 digest"
+  {
+    echo "base $base_id"
+    printf 'arg %s\n' "$@"
+    (cd "$ctx" && find . -type f ! -name '.*' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
+  } | sha256sum | cut -d' ' -f1 | sed 's/^/sha256:/'
 }
 
 # k8s_name MODEL: the model name as a DNS-1123 label for Kubernetes object names
@@ -82,6 +99,23 @@ k8s_name() {
   [[ "$name" =~ ^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$ ]] \
     || die_usage "model name '$1' gives '$name', not a Kubernetes name (letters, digits, - _ ., at most 40, alphanumeric at both ends)"
   echo "$name"
+}
+
+# check_name_unique MODEL: refuse (exit 2, one line) a model whose Kubernetes name is already
+# taken by another model name (scann_model, scann-model and Scann.Model all give scann-model,
+# so their Deployments would overwrite each other): the names are the folders of released
+# models ($K8S_DIR/models/*) and of built images ($BUILD_DIR/images/*.json).
+check_name_unique() {
+  local model="$1" name other path
+  name="$(k8s_name "$model")"
+  for path in "$K8S_DIR"/models/*/ "$BUILD_DIR"/images/*.json; do
+    [[ -e "$path" ]] || continue
+    other="$(basename "${path%/}" .json)"
+    [[ "$other" != "$model" && "$other" != README.md ]] || continue
+    [[ "$(tr 'A-Z_.' 'a-z--' <<< "$other")" == "$name" ]] \
+      && die_usage "model name '$model' and the existing model '$other' both give the Kubernetes name '$name': rename one of them"
+  done
+  return 0
 }
 
 # build_python: the build venv's python (TensorFlow, tensorflow-serving-api, the package).

@@ -5,10 +5,11 @@
 #   0. ruff check + ruff format --check on every Python file (ruff.toml), shellcheck on
 #      every tracked shell script (.shellcheckrc)
 #   1. hadolint on every Dockerfile under docker/
-#   2. kubectl kustomize of every rendering deploy can produce: each overlay alone, each
-#      overlay with the per-model component scripts/deploy.sh generates, each overlay with
-#      each optional per-model component of k8s/components (all but monitoring), and each
-#      overlay's namespace with the namespace-wide monitoring component; then
+#   2. kubectl kustomize of every rendering deploy can apply: a model released to each
+#      overlay by scripts/release.sh (in a scratch copy of k8s/), alone and with each optional
+#      per-model component of k8s/components (all but monitoring), each overlay's namespace
+#      with the namespace-wide monitoring component, and every tracked release
+#      k8s/models/<model>/<env>; each overlay alone must fail (no release, no image); then
 #      kubernetes-validate --strict of the rendered objects against each version in
 #      KUBE_VERSIONS (custom resources -- PodMonitor, PrometheusRule -- have no schema there:
 #      it reports them as unvalidated; their rules go through promtool, see 4)
@@ -28,9 +29,6 @@ KUBE_VERSIONS="${KUBE_VERSIONS:-1.33.0 1.37.0}"
 # checkov skips for the rendered Kubernetes objects, each with its reason.
 # (Dockerfile skips are inline `# checkov:skip=` comments next to the FROM lines.)
 K8S_SKIPS=(
-  # "Image should use digest": the tracked overlays cannot know a digest before
-  # the push; scripts/deploy.sh renders the pushed tag@digest at deploy time.
-  CKV_K8S_43
   # "Image Pull Policy should be Always": tags are immutable (one per model
   # build, ECR repository created IMMUTABLE) and deploys pin the digest, so
   # IfNotPresent pulls the same bytes while sparing a multi-GB pull per pod start.
@@ -79,23 +77,10 @@ mkdir -p "$BUILD_DIR/lint"
 mapfile -t overlays < <(find k8s/overlays -mindepth 1 -maxdepth 1 -type d | sort)
 ((${#overlays[@]})) || die "no overlays found under k8s/overlays/"
 mapfile -t model_components < <(find k8s/components -mindepth 1 -maxdepth 1 -type d ! -name monitoring -printf '%f\n' | sort)
+mapfile -t releases < <(find k8s/models -mindepth 2 -maxdepth 2 -type d ! -name '.*' 2>/dev/null | sort)
 skip_csv="$(IFS=,; echo "${K8S_SKIPS[*]}")"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-
-# kustomization NAME RESOURCE [COMPONENT] [NAMESPACE]: a throwaway kustomization to render.
-kustomization() {
-  local dir="$work/$1"
-  mkdir -p "$dir"
-  {
-    echo "apiVersion: kustomize.config.k8s.io/v1beta1"
-    echo "kind: Kustomization"
-    [[ -n "${4:-}" ]] && echo "namespace: $4"
-    echo "resources: [$(realpath --relative-to="$dir" "$2")]"
-    [[ -n "${3:-}" ]] && echo "components: [$(realpath --relative-to="$dir" "$3")]"
-  } > "$dir/kustomization.yaml"
-  echo "$dir"
-}
 
 declare -A rendered_name=() # rendered file -> display name, for the one checkov run below
 check_rendering() { # NAME KUSTOMIZATION_DIR
@@ -111,6 +96,13 @@ check_rendering() { # NAME KUSTOMIZATION_DIR
     step "kubernetes-validate --strict -k $v $name" "$KVALIDATE" --strict --quiet -k "$v" "$rendered"
   done
   rendered_name["$rendered"]="$name"
+}
+
+# An overlay is a component that takes its image from a release: alone it must not render.
+refuses_without_release() { # OVERLAY_DIR
+  local err
+  err="$("$KUBECTL" kustomize "$1" 2>&1 >/dev/null)" && return 1
+  [[ "$err" == *release-from-make-push* ]]
 }
 
 # checkov starts slowly: one run over every rendering, reported per rendering.
@@ -139,33 +131,40 @@ PY
   done
 }
 
-# The per-model component scripts/deploy.sh generates, from a push record like `make push`
-# writes (labels of a small model; the digests are placeholders).
-model_build="$work/model-build"
-mkdir -p "$model_build/pushed"
+# Releases as `make push` writes them, from a push record (labels of a small model; the
+# digests are placeholders), into a scratch copy of k8s/.
+scratch="$work/scratch"
+mkdir -p "$scratch/pushed"
+cp -r k8s "$scratch/k8s" && rm -rf "$scratch/k8s/models"
 zeros="0000000000000000000000000000000000000000000000000000000000000000"
-cat > "$model_build/pushed/$MODEL_NAME.json" <<JSON
+cat > "$scratch/pushed/$MODEL_NAME.json" <<JSON
 {"image": "registry.example/scann-serving:$MODEL_NAME-v1-000000000000-000000000000@sha256:$zeros",
  "labels": {"io.scann-serving.model.name": "$MODEL_NAME", "io.scann-serving.model.version": "1",
-            "io.scann-serving.model.digest": "sha256:$zeros", "io.scann-serving.memory.peak-rss-bytes": "268435456",
-            "io.scann-serving.git.dirty": "false"}}
+            "io.scann-serving.content.digest": "sha256:$zeros", "io.scann-serving.memory.peak-rss-bytes": "268435456",
+            "io.scann-serving.startup.load-seconds": "2.5", "io.scann-serving.git.dirty": "false",
+            "io.scann-serving.standin": "false"}}
 JSON
+release() { # NAME OVERLAY [COMPONENT]: release.sh into the scratch copy, then check the rendering
+  if BUILD_DIR="$scratch" K8S_DIR="$scratch/k8s" OVERLAY="$2" MODEL="$MODEL_NAME" COMPONENTS="${3:-}" \
+    "$REPO/scripts/release.sh" 2>/dev/null; then
+    check_rendering "$1" "$scratch/k8s/models/$MODEL_NAME/$2"
+  else
+    echo "lint: FAIL scripts/release.sh OVERLAY=$2 MODEL=$MODEL_NAME COMPONENTS=${3:-}" >&2
+    failed+=("release $1")
+  fi
+}
 
 for overlay in "${overlays[@]}"; do
   name="$(basename "$overlay")"
-  check_rendering "$overlay" "$overlay"
-  if BUILD_DIR="$model_build" OVERLAY="$name" MODEL="$MODEL_NAME" "$REPO/scripts/deploy.sh" --dry-run >/dev/null; then
-    check_rendering "$overlay+model $MODEL_NAME" "$model_build/deploy/$name/$MODEL_NAME"
-  else
-    echo "lint: FAIL scripts/deploy.sh --dry-run OVERLAY=$name MODEL=$MODEL_NAME" >&2
-    failed+=("deploy $name")
-  fi
+  step "kubectl kustomize $overlay alone fails (no release)" refuses_without_release "$overlay"
   for component in "${model_components[@]}"; do
-    check_rendering "$overlay+$component" "$(kustomization "$name+$component" "$overlay" "k8s/components/$component")"
+    release "$overlay+model $MODEL_NAME+$component" "$name" "$component"
   done
-  namespace="$("$KUBECTL" kustomize "$overlay" | sed -n 's/^  namespace: //p' | sort -u | head -n 1)"
-  check_rendering "$overlay/namespace+monitoring" \
-    "$(kustomization "$name-namespace" k8s/namespace k8s/components/monitoring "$namespace")"
+  release "$overlay+model $MODEL_NAME" "$name"
+  check_rendering "$overlay/monitoring" "$overlay/monitoring"
+done
+for dir in "${releases[@]}"; do
+  check_rendering "$dir" "$dir"
 done
 
 checkov_renderings
@@ -176,7 +175,7 @@ rules="$BUILD_DIR/lint/prometheus-rules.yaml"
 import sys, yaml
 rules = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "PrometheusRule"]
 yaml.safe_dump({"groups": [g for r in rules for g in r["spec"]["groups"]]}, open(sys.argv[2], "w"))
-' "$BUILD_DIR/lint/${overlays[0]//\//_}_namespace+monitoring.yaml" "$rules"
+' "$BUILD_DIR/lint/${overlays[0]//\//_}_monitoring.yaml" "$rules"
 if PROMTOOL="$("$REPO/scripts/promtool.sh")"; then
   step "promtool check rules k8s/components/monitoring" "$PROMTOOL" check rules "$rules"
 else

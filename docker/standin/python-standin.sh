@@ -19,7 +19,7 @@ if [[ "${FORCE:-0}" != 1 ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; th
   exit 0
 fi
 [[ "$(id -u)" == 0 ]] || die "debootstrap needs root to build $IMAGE"
-command -v debootstrap >/dev/null 2>&1 || die "debootstrap not found (scripts/engine.sh ensure installs it)"
+command -v debootstrap >/dev/null 2>&1 || die "debootstrap not found (scripts/engine.sh test-tools installs it)"
 
 rootfs="$(mktemp -d "${TMPDIR:-/tmp}/python-standin.XXXXXX")"
 trap 'rm -rf "$rootfs"' EXIT
@@ -39,6 +39,7 @@ tar -C "$rootfs" -c . | docker import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'ENV LANG=C.UTF-8' \
   --change 'CMD ["python3"]' \
+  --change 'LABEL io.scann-serving.standin=true' \
   --message "debootstrap --variant=minbase $SUITE (scann-serving stand-in for $BUILDER_BASE_IMAGE)" \
   - "$IMAGE" >/dev/null
 echo "$SCRIPT: built $IMAGE" >&2

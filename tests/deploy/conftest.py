@@ -1,7 +1,7 @@
 """Fixtures for the container / Kubernetes / ECR tests.
 
 Tools come from the pinned tools venv (`make tools-venv`, TOOLS_VENV); the
-Docker engine is made available by `scripts/engine.sh ensure`. A missing tool or
+Docker engine is made available by `scripts/engine.sh test-tools`. A missing tool or
 engine fails the tests that need it instead of skipping them: these checks are
 the only proof that the deploy files work.
 """
@@ -15,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from support import REPO, free_port
-from support.deploy import OVERLAYS, REGISTRY_BINARY, http_service, read_versions, render, tool
+from support.deploy import (
+    OVERLAYS,
+    REGISTRY_BINARY,
+    http_service,
+    read_versions,
+    render,
+    run_release,
+    tool,
+    write_push_record,
+)
 
 
 @pytest.fixture(scope="session")
@@ -24,17 +33,27 @@ def versions() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def rendered() -> dict[str, list[dict]]:
-    """Every overlay and the base, rendered once per session: {overlay name or "base": [objects]}."""
-    objects = {name: render(REPO / "k8s" / "overlays" / name) for name in OVERLAYS}
+def rendered(tmp_path_factory) -> dict[str, list[dict]]:
+    """A model released to every overlay (k8s/models/<model>/<overlay>, as `make push` writes it)
+    and the base, rendered once per session: {overlay name or "base": [objects]}."""
+    build_dir = tmp_path_factory.mktemp("rendered")
+    model = read_versions()["MODEL_NAME"]
+    write_push_record(build_dir, model)
+    objects = {}
+    for name in OVERLAYS:
+        proc = run_release(build_dir, MODEL=model, OVERLAY=name)
+        assert proc.returncode == 0, proc.stderr
+        objects[name] = render(build_dir / "k8s" / "models" / model / name)
     objects["base"] = render(REPO / "k8s" / "base")
     return objects
 
 
 @pytest.fixture(scope="session")
 def docker_client():
-    """A docker SDK client for an engine that `scripts/engine.sh ensure` made available."""
-    proc = subprocess.run([str(REPO / "scripts" / "engine.sh"), "ensure"], capture_output=True, text=True, timeout=600)
+    """A docker SDK client for an engine that `scripts/engine.sh test-tools` made available (with debootstrap and docker-registry)."""
+    proc = subprocess.run(
+        [str(REPO / "scripts" / "engine.sh"), "test-tools"], capture_output=True, text=True, timeout=600
+    )
     if proc.returncode != 0:
         pytest.fail(f"Docker engine unavailable: {proc.stderr.strip()}")
     import docker  # the SDK is pinned in requirements/dev.txt
@@ -76,7 +95,7 @@ def moto(tmp_path):
 @pytest.fixture
 def registry(tmp_path):
     if not Path(REGISTRY_BINARY).exists():
-        pytest.fail(f"{REGISTRY_BINARY} missing: scripts/engine.sh ensure installs Debian's docker-registry")
+        pytest.fail(f"{REGISTRY_BINARY} missing: scripts/engine.sh test-tools installs Debian's docker-registry")
     port = free_port()
     config = tmp_path / "registry.yml"
     config.write_text(

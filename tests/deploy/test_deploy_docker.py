@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from support import REPO, wait_for
-from support.deploy import by_kind, http_get, load_yaml_documents, read_versions, run_deploy
+from support.deploy import by_kind, http_get, load_yaml_documents, read_versions, run_deploy, run_release
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -184,12 +184,17 @@ def test_serving_image_metadata(docker_client, built):
     labels = image.labels
     assert labels["io.scann-serving.model.name"] == MODEL
     assert labels["io.scann-serving.model.version"] == built.version
-    # <model>-v<version>-<gitsha>[-dirty]-<first 12 hex of the model digest>
+    # <model>-v<version>-<gitsha>[-dirty]-standin-<first 12 hex of the content digest>: built on
+    # the stand-in bases (USE_STANDINS=1), which the tag and a label say.
     revision, digest12 = built.tag.rsplit(f"-v{built.version}-", 1)[1].rsplit("-", 1)
+    assert revision.endswith("-standin") and labels["io.scann-serving.standin"] == "true"
+    revision = revision.removesuffix("-standin")
     assert labels["org.opencontainers.image.revision"] == revision
     assert labels["io.scann-serving.git.dirty"] == ("true" if revision.endswith("-dirty") else "false")
     assert re.fullmatch(r"sha256:[0-9a-f]{64}", labels["io.scann-serving.model.digest"])
-    assert labels["io.scann-serving.model.digest"][7:19] == digest12
+    assert labels["io.scann-serving.content.digest"][7:19] == digest12
+    assert labels["io.scann-serving.base.id"] == docker_client.images.get(built.standin).id
+    assert float(labels["io.scann-serving.startup.load-seconds"]) > 0
     # Measured on the host before the bake (the builder image has no TF 2.11 env), stored in both places.
     info = json.loads((built.models / MODEL / built.version / "assets.extra/build_info.json").read_text())
     assert labels["io.scann-serving.memory.peak-rss-bytes"] == str(info["memory"]["peak_rss_bytes"])
@@ -212,9 +217,12 @@ def test_serving_image_metadata(docker_client, built):
 
 
 @pytest.mark.tools
-def test_deploy_renders_the_built_image_from_its_own_labels(built, tmp_path):
-    """`IMAGE=<tag> make deploy`: names, MODEL_NAME and memory come from the image's labels."""
-    proc = run_deploy(tmp_path, "--dry-run", OVERLAY="dev", IMAGE=built.tag)
+def test_release_renders_the_built_image_from_its_own_labels(built, tmp_path):
+    """`IMAGE=<tag> make release OVERLAY=dev` (a local image, e.g. loaded into kind): names,
+    MODEL_NAME and memory come from the image's labels."""
+    proc = run_release(tmp_path, OVERLAY="dev", IMAGE=built.tag)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_deploy(tmp_path, "--dry-run", OVERLAY="dev", MODEL=MODEL)
     assert proc.returncode == 0, proc.stderr
     (deployment,) = by_kind(load_yaml_documents(proc.stdout), "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]

@@ -1,4 +1,5 @@
-"""Assertions on the objects every k8s overlay renders to (kubectl kustomize)."""
+"""Assertions on the objects every k8s overlay renders to (kubectl kustomize), with a model
+released to it (k8s/models/<model>/<overlay>, written by scripts/release.sh)."""
 
 from __future__ import annotations
 
@@ -103,9 +104,12 @@ def test_probes(rendered, overlay):
     c = container(rendered[overlay])
     for probe in ("readinessProbe", "startupProbe"):
         assert c[probe]["exec"]["command"] == ["/usr/local/bin/model-ready"], probe
-    # The startup probe must cover a slow index load: at least 5 minutes.
-    startup = c["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    # The release sizes the startup budget from the load time measured at build time
+    # (test_deploy_render.py); the base's default, for a model without that measurement,
+    # covers a slow index load: 5 minutes.
+    base = container(rendered["base"])["startupProbe"]
+    assert base["periodSeconds"] * base["failureThreshold"] >= 300
+    assert c["startupProbe"]["failureThreshold"] < base["failureThreshold"]  # a 2.5 s load needs far less
     assert c["livenessProbe"]["tcpSocket"]["port"] == "grpc"
 
 
@@ -116,9 +120,10 @@ def test_ports_resources_and_model_name(rendered, overlay, versions):
         "grpc": int(versions["GRPC_PORT"]),
         "http": int(versions["REST_PORT"]),
     }
-    # No fixed model name: the image's ENV names its model, and the generated per-model
-    # component sets the same value (test_deploy_render.py).
-    assert "MODEL_NAME" not in {e["name"] for e in c["env"]}
+    # No fixed model name in the base: the image's ENV names its model, and the release sets
+    # the same value from the image's label.
+    assert "MODEL_NAME" not in {e["name"] for e in container(rendered["base"])["env"]}
+    assert {e["name"]: e.get("value") for e in c["env"]}["MODEL_NAME"] == versions["MODEL_NAME"]
     for kind in ("requests", "limits"):
         assert {"cpu", "memory"} <= set(c["resources"][kind]), kind
     # Memory is never overcommitted: a version swap needs its full headroom.
@@ -281,9 +286,18 @@ def test_batch_threads_match_the_cpu_limit(rendered, overlay):
     )
 
 
-def test_prod_uses_an_ecr_image_and_dev_the_local_one(rendered):
-    prod_image = container(rendered["prod"])["image"]
-    assert ".dkr.ecr." in prod_image and prod_image.endswith(":scann_model-v1-unreleased")
-    assert container(rendered["dev"])["image"].startswith("scann-serving:")
+def test_every_overlay_runs_the_released_image_by_digest(rendered):
+    for overlay in OVERLAYS:
+        assert re.fullmatch(r"\S+:\S+@sha256:[0-9a-f]{64}", container(rendered[overlay])["image"]), overlay
+    assert "image" not in container(rendered["base"])  # the base alone is not applyable
     namespaces = {o["metadata"].get("namespace") for o in rendered["prod"]}
     assert namespaces == {"scann-serving"}
+
+
+def test_each_overlay_namespace_folder_names_the_overlays_namespace():
+    for overlay in OVERLAYS:
+        spec = (REPO / "k8s/overlays" / overlay / "kustomization.yaml").read_text()
+        (namespace,) = re.findall(r"^namespace: (\S+)$", spec, re.M)
+        for folder in ("namespace", "monitoring"):
+            text = (REPO / "k8s/overlays" / overlay / folder / "kustomization.yaml").read_text()
+            assert re.findall(r"^namespace: (\S+)$", text, re.M) == [namespace], (overlay, folder)

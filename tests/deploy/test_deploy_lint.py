@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from support import REPO
-from support.deploy import read_versions, tool, tools_venv
+from support.deploy import read_versions, scratch_repo, tool, tools_venv
 
 pytestmark = pytest.mark.tools
 
@@ -53,12 +53,13 @@ def test_make_lint_passes():
         assert f"lint: ok   checkov {rel}" in proc.stdout
     components = sorted(p.name for p in (REPO / "k8s/components").iterdir() if p.is_dir())
     assert {"monitoring", "scale-on-load"} <= set(components)
+    model = read_versions()["MODEL_NAME"]
     for overlay in ("dev", "prod"):
+        assert f"lint: ok   kubectl kustomize k8s/overlays/{overlay} alone fails (no release)" in proc.stdout
         renderings = [
-            f"k8s/overlays/{overlay}",
-            f"k8s/overlays/{overlay}/namespace+monitoring",
-            f"k8s/overlays/{overlay}+model {read_versions()['MODEL_NAME']}",
-            *(f"k8s/overlays/{overlay}+{c}" for c in components if c != "monitoring"),
+            f"k8s/overlays/{overlay}/monitoring",
+            f"k8s/overlays/{overlay}+model {model}",
+            *(f"k8s/overlays/{overlay}+model {model}+{c}" for c in components if c != "monitoring"),
         ]
         for name in renderings:
             for check in (
@@ -74,25 +75,12 @@ def test_lint_fails_when_a_check_fails():
     env = dict(os.environ, TOOLS_VENV=str(tools_venv()), KUBE_VERSIONS="0.1.0")
     proc = run("scripts/lint.sh", env=env, timeout=900)
     assert proc.returncode == 1
-    assert "lint: FAIL kubernetes-validate --strict -k 0.1.0 k8s/overlays/prod" in proc.stderr
-
-
-def _scratch_copy(dest):
-    """The tracked files as they are now (committed or not), in a git repository of their own."""
-    files = subprocess.run(["git", "ls-files", "-z"], capture_output=True, cwd=REPO, check=True).stdout
-    for name in filter(None, files.decode().split("\0")):
-        src = REPO / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            (dest / name).write_bytes(src.read_bytes())
-            (dest / name).chmod(src.stat().st_mode)
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    return dest
+    model = read_versions()["MODEL_NAME"]
+    assert f"lint: FAIL kubernetes-validate --strict -k 0.1.0 k8s/overlays/prod+model {model}" in proc.stderr
 
 
 def test_lint_fails_on_an_unused_import_and_an_unquoted_shell_variable(tmp_path):
-    scratch = _scratch_copy(tmp_path / "repo")
+    scratch = scratch_repo(tmp_path / "repo")
     export = scratch / "model_builder" / "export" / "version_store.py"
     export.write_text(export.read_text().replace("import shutil\n", "import shutil\nimport zipfile\n", 1))
     engine = scratch / "scripts" / "engine.sh"

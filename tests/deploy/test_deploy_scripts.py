@@ -1,6 +1,6 @@
-"""The ops scripts' behaviour that needs no Docker engine: argument errors and the
-readiness helper against a TF-Serving-shaped REST endpoint (deploy rendering:
-test_deploy_render.py)."""
+"""The ops scripts' behaviour: argument errors, the readiness helper against a
+TF-Serving-shaped REST endpoint, and engine.sh using an engine that answers (releases and
+deploy rendering: test_deploy_render.py)."""
 
 from __future__ import annotations
 
@@ -69,6 +69,26 @@ def test_push_without_a_built_image_says_so(tmp_path):
 
 def test_engine_script_usage():
     assert run("scripts/engine.sh").returncode == 2
+
+
+@pytest.mark.docker
+def test_engine_uses_an_engine_that_answers_and_installs_nothing(docker_client, tmp_path):
+    """Docker Desktop, a CI runner: `ensure` needs only a `docker` that answers. With nothing
+    else on PATH (no apt-get, dockerd, debootstrap, docker-registry) any install or start
+    attempt would fail the command."""
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("bash", "docker", "id"):
+        (bin_dir / name).symlink_to(shutil.which(name))
+    env = dict(os.environ, PATH=str(bin_dir))
+    proc = run("scripts/engine.sh", "ensure", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "ready" in proc.stderr and "installing" not in proc.stderr and "starting" not in proc.stderr
+    # The test tools are another command: it would install them (and fails here, without apt-get).
+    proc = run("scripts/engine.sh", "test-tools", env=env)
+    assert proc.returncode == 1 and "missing debootstrap docker-registry and no apt-get" in proc.stderr
 
 
 class _TfsStatus(http.server.BaseHTTPRequestHandler):

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import urllib.error
 import urllib.request
@@ -127,30 +128,103 @@ def write_push_record(
     peak_bytes: int = 300 * 2**20,
     dirty: bool = False,
     registry: str = "127.0.0.1:5000/scann-serving",
-    model_digest: str | None = None,
+    content_digest: str | None = None,
+    load_seconds: str = "2.5",
+    standin: bool = False,
+    kind: str = "pushed",
 ) -> str:
-    """A record as `make push MODEL=...` leaves it ($BUILD_DIR/pushed/<model>.json); returns the image."""
-    model_digest = model_digest or "sha256:" + hashlib.sha256(model.encode()).hexdigest()
-    image = f"{registry}:{model}-v{version}-0123456789ab-{model_digest[7:19]}@{PUSHED_DIGEST}"
+    """A record as `make push MODEL=...` leaves it ($BUILD_DIR/pushed/<model>.json; kind="images":
+    as `make image` does); returns the image."""
+    content_digest = content_digest or "sha256:" + hashlib.sha256(f"{model}-{version}".encode()).hexdigest()
+    image = f"{registry}:{model}-v{version}-0123456789ab-{content_digest[7:19]}@{PUSHED_DIGEST}"
     labels = {
         f"{LABEL}model.name": model,
         f"{LABEL}model.version": version,
-        f"{LABEL}model.digest": model_digest,
+        f"{LABEL}model.digest": "sha256:" + hashlib.sha256(model.encode()).hexdigest(),
+        f"{LABEL}content.digest": content_digest,
         f"{LABEL}memory.peak-rss-bytes": str(peak_bytes),
+        f"{LABEL}startup.load-seconds": load_seconds,
         f"{LABEL}git.dirty": str(dirty).lower(),
+        f"{LABEL}standin": str(standin).lower(),
+        "org.opencontainers.image.revision": "0123456789ab",
     }
-    (build_dir / "pushed").mkdir(parents=True, exist_ok=True)
-    (build_dir / "pushed" / f"{model}.json").write_text(json.dumps({"image": image, "labels": labels}))
+    (build_dir / kind).mkdir(parents=True, exist_ok=True)
+    (build_dir / kind / f"{model}.json").write_text(json.dumps({"image": image, "labels": labels}))
     return image
 
 
-def run_deploy(build_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    """scripts/deploy.sh with the pinned tools and a private BUILD_DIR."""
+def scratch_repo(dest: Path) -> Path:
+    """The tracked files as they are now (committed or not) in a git repository of their own at
+    dest, committed: scripts run from it see a clean work tree, and git commands there never
+    touch the checkout."""
+    dest.mkdir(parents=True, exist_ok=True)
+    files = subprocess.run(["git", "ls-files", "-z"], capture_output=True, cwd=REPO, check=True).stdout
+    for name in filter(None, files.decode().split("\0")):
+        src = REPO / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            # copy2 keeps mtimes: make must not see requirements/*.txt newer than the venvs' stamps.
+            shutil.copy2(src, dest / name)
+    git(dest, "init", "-q")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-q", "-m", "scratch copy")
+    return dest
+
+
+def git(repo: Path, *args: str) -> str:
+    """git in repo with a fixed identity (scratch repositories only)."""
+    proc = subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, f"git {' '.join(args)}: {proc.stderr}"
+    return proc.stdout
+
+
+def k8s_copy(root: Path) -> Path:
+    """root/k8s: a copy of the repository's k8s/ without released models, for scripts that write
+    k8s/models/ (K8S_DIR), so no test ever writes into the checkout."""
+    dest = root / "k8s"
+    if not dest.exists():
+        shutil.copytree(REPO / "k8s", dest, ignore=lambda d, names: ["models"] if Path(d) == REPO / "k8s" else [])
+        (dest / "models").mkdir()
+    return dest
+
+
+def run_script(script: str, build_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """scripts/<script> with the pinned tools, a private BUILD_DIR and K8S_DIR (build_dir/k8s)."""
     return subprocess.run(
-        [str(REPO / "scripts" / "deploy.sh"), *args],
+        [str(REPO / "scripts" / script), *args],
         capture_output=True,
         text=True,
         cwd=REPO,
         timeout=300,
-        env=dict(os.environ, TOOLS_VENV=str(tools_venv()), BUILD_DIR=str(build_dir), **env),
+        env=dict(
+            os.environ,
+            TOOLS_VENV=str(tools_venv()),
+            BUILD_DIR=str(build_dir),
+            K8S_DIR=str(k8s_copy(build_dir)),
+            **env,
+        ),
     )
+
+
+def run_release(build_dir: Path, **env: str) -> subprocess.CompletedProcess:
+    """scripts/release.sh: writes build_dir/k8s/models/<model>/<env>/."""
+    return run_script("release.sh", build_dir, **env)
+
+
+def run_deploy(build_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """scripts/deploy.sh on build_dir/k8s."""
+    return run_script("deploy.sh", build_dir, *args, **env)
+
+
+def release_and_render(build_dir: Path, **env: str) -> list[dict]:
+    """release.sh then deploy.sh --dry-run for MODEL and OVERLAY: the objects `make deploy` applies."""
+    proc = run_release(build_dir, **env)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_deploy(build_dir, "--dry-run", **{k: v for k, v in env.items() if k in ("MODEL", "OVERLAY")})
+    assert proc.returncode == 0, proc.stderr
+    return load_yaml_documents(proc.stdout)
