@@ -11,11 +11,14 @@ from __future__ import annotations
 import csv
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import model_builder.scann_import  # noqa: F401  (Scann ops before loading)
 import support
+from model_builder.build_config import BuildConfig
 from model_builder.data import movielens
+from model_builder.errors import ConfigError
 from model_builder.export.version_store import read_build_info
 from model_builder.index.recall import exact_kth_scores
 from model_builder.towers import history
@@ -119,7 +122,6 @@ def test_exact_recall_runs_without_the_excluded_rows():
     assert plain.tolist() == [4.0] and excluded.tolist() == [2.0]
 
 
-def test_a_seen_cap_below_one_is_a_clear_error(tmp_path):
-    proc = support.run_cli("build", "--dataset", "synthetic", "--out", str(tmp_path), "--seen-cap", "0")
-    assert proc.returncode == 2
-    assert "--seen-cap must be at least 1" in proc.stderr
+def test_a_seen_cap_below_one_is_a_clear_error():
+    with pytest.raises(ConfigError, match="--seen-cap must be at least 1"):
+        BuildConfig(seen_cap=0).validate()
