@@ -70,6 +70,18 @@ class BuildConfig:
         default=True,
         metadata={"help": "retrain on all positives after evaluation so held-out items get trained embeddings"},
     )
+    exclude_seen: bool = field(
+        default=True,
+        metadata={
+            "help": "user -> items models trained on interactions: serving_default (and search_by_features for a known id) never returns an item the user interacted with in the data (any weight), and the quality table skips them alike; --no-exclude-seen serves raw nearest neighbours"
+        },
+    )
+    seen_cap: int = field(
+        default=500,
+        metadata={
+            "help": "with --exclude-seen: the most recent interactions per user that are excluded (older ones may be recommended); every query fetches k + the longest capped history from the index, so this bounds the cost"
+        },
+    )
     query: str = field(
         default="user",
         metadata={"help": "which tower an id goes through: user (user -> items) or item (item -> similar items)"},
@@ -170,5 +182,7 @@ class BuildConfig:
             raise ConfigError(
                 "--user-features/--item-features train feature towers: drop --candidates and --no-features"
             )
+        if self.seen_cap < 1:
+            raise ConfigError("--seen-cap must be at least 1 (use --no-exclude-seen to serve without exclusions)")
         if not (0 <= self.cold_users < 1 and 0 <= self.cold_items < 1):
             raise ConfigError("--cold-users and --cold-items are shares: use values in [0, 1)")

@@ -58,10 +58,18 @@ class Catalogue:
         return self.candidate_vectors if self.query_vectors is None else self.query_vectors
 
 
-def neighbours_per_query(k: int, items_are_queries: bool) -> int:
+def neighbours_per_query(
+    k: int, items_are_queries: bool, seen_width: int = 0, num_candidates: int | None = None
+) -> int:
     """How many neighbours the index returns for k results: k + 1 when items are the queries,
-    because the query item itself (nearly always its own nearest neighbour) is dropped."""
-    return k + 1 if items_are_queries else k
+    because the query item itself (nearly always its own nearest neighbour) is dropped; k + the
+    history table's width when a user's history is excluded (every row fetches that many, at
+    most the catalogue). The serving graph fetches exactly this; the index search tunes for it."""
+    if items_are_queries:
+        return k + 1
+    if seen_width:
+        return min(k + seen_width, num_candidates) if num_candidates else k + seen_width
+    return k
 
 
 def recall_goal_with_query_item(k: int, target: float, items_are_queries: bool) -> float:

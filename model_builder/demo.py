@@ -127,6 +127,14 @@ def run(args: argparse.Namespace) -> int:
             rec["results"][0]["scores"],
             titles,
         )
+        has = {int(i) for u, i in zip(rated.user_ids, rated.item_ids) if u == SAMPLE_USER}
+        again = has & {int(i) for i in rec["results"][0]["ids"]}
+        rule = (
+            "the model excludes what a user has, build --exclude-seen"
+            if users.info["serving"].get("exclude_seen")
+            else "built with --no-exclude-seen"
+        )
+        print(f"  ({len(again)} of the {len(has)} movies user {SAMPLE_USER} rated are in this list: {rule})")
         sim = _cli(
             "search",
             "--target",

@@ -46,16 +46,21 @@ def _tuning_queries(catalogue: Catalogue) -> np.ndarray:
 
 
 def module_factory(
-    cfg: BuildConfig, catalogue: Catalogue, fallback_ids: np.ndarray | None = None, query_tower=None
+    cfg: BuildConfig,
+    catalogue: Catalogue,
+    fallback_ids: np.ndarray | None = None,
+    query_tower=None,
+    seen: np.ndarray | None = None,
 ) -> index_search.ExportSetting:
     """Exports the serving module of an index and its search knobs into a folder: what the build
     publishes, and what the index search times.
 
-    `query_tower` (feature builds, served_tower.ServingTower) adds the search_by_features signature.
+    `query_tower` (feature builds, served_tower.ServingTower) adds the search_by_features signature;
+    `seen` (history.SeenItems.table) the exclusion of each user's history.
     """
 
     def export(resolved: index_config.ResolvedIndex, searcher, setting: index_search.Knobs, folder: Path) -> Path:
-        module = serving_module(cfg, catalogue, resolved, searcher, setting, fallback_ids, query_tower)
+        module = serving_module(cfg, catalogue, resolved, searcher, setting, fallback_ids, query_tower, seen)
         version_store.save_module(module, module.signatures(), folder)
         return folder
 
@@ -70,6 +75,7 @@ def serving_module(
     knobs: index_search.Knobs,
     fallback_ids: np.ndarray | None = None,
     query_tower=None,
+    seen: np.ndarray | None = None,
 ) -> RetrievalModule:
     """The serving graph for one index and its search knobs."""
     options = ServingOptions(
@@ -80,6 +86,7 @@ def serving_module(
         pre_reorder_num_neighbors=knobs.reorder,
         unknown_ids=cfg.unknown_ids,
         fallback_ids=fallback_ids,
+        seen=seen,
     )
     return RetrievalModule(catalogue, resolved, searcher, options, query_tower)
 
@@ -162,13 +169,22 @@ class _IndexChoice:
     search_record: dict | None
 
 
+def _seen(cfg: BuildConfig, prepared: Prepared):
+    """The history table serving_default masks (None: no exclusions for this build)."""
+    return prepared.seen if cfg.exclude_seen and prepared.seen is not None and prepared.seen.width else None
+
+
 def _index_stage(
     cfg: BuildConfig, index_cfg: index_config.IndexConfig, prepared: Prepared, fallback_ids, query_tower, log: Log
 ) -> _IndexChoice:
     """The rule of thumb's index, or (with --tune) the fastest one reaching the recall target."""
     catalogue = prepared.catalogue
     vectors = catalogue.candidate_vectors
-    neighbours = contract.neighbours_per_query(cfg.k, catalogue.items_are_queries)
+    seen = _seen(cfg, prepared)
+    # With exclusions every query fetches k + the history width: the index is tuned for that count.
+    neighbours = contract.neighbours_per_query(
+        cfg.k, catalogue.items_are_queries, seen.width if seen else 0, len(vectors)
+    )
     resolved = index_config.resolve(index_cfg, len(vectors), vectors.shape[1], neighbours)
     log(f"index: {resolved.describe()}")
     if not cfg.tune or resolved.algorithm == "exact":
@@ -183,7 +199,7 @@ def _index_stage(
             queries=_tuning_queries(catalogue),
             count=neighbours,
             goal=contract.recall_goal_with_query_item(cfg.k, cfg.target_recall, catalogue.items_are_queries),
-            export_setting=module_factory(cfg, catalogue, fallback_ids, query_tower),
+            export_setting=module_factory(cfg, catalogue, fallback_ids, query_tower, seen.table if seen else None),
             gate_queries=min(cfg.verify_queries, len(catalogue.vectors_of_queries())),  # what the gate samples
         ),
         log,
@@ -197,6 +213,19 @@ def _index_stage(
         tuning.to_dict(),
         searched.record,
     )
+
+
+def _exclusion_info(cfg: BuildConfig, prepared: Prepared) -> dict | None:
+    """build_info.json["serving"]["exclude_seen"]: the rule, the cap and what the graph fetches."""
+    seen = _seen(cfg, prepared)
+    if seen is None:
+        return None
+    fetch = contract.neighbours_per_query(cfg.k, False, seen.width, len(prepared.catalogue.candidate_ids))
+    return {**seen.to_info(), "fetched_per_query": fetch, "signatures": _EXCLUDING_SIGNATURES}
+
+
+# search_by_vector has no user, so nothing to exclude there.
+_EXCLUDING_SIGNATURES = [contract.SERVING_SIGNATURE, f"{contract.FEATURES_SIGNATURE} (known ids)"]
 
 
 def _build_info(cfg: BuildConfig, prepared: Prepared, choice: _IndexChoice, fallback_ids) -> dict:
@@ -221,6 +250,7 @@ def _build_info(cfg: BuildConfig, prepared: Prepared, choice: _IndexChoice, fall
             "unknown_ids": cfg.unknown_ids,
             "features": _features_info(cfg, prepared.feature_towers),
             "fallback_ids": None if fallback_ids is None else fallback_ids.tolist(),
+            "exclude_seen": _exclusion_info(cfg, prepared),
             "query_id_dtype": "int64" if catalogue.query_ids.dtype == np.int64 else "string",
             "candidate_id_dtype": "int64" if catalogue.candidate_ids.dtype == np.int64 else "string",
         },
@@ -283,8 +313,16 @@ def build(
     exported = prepared.feature_towers
     query_tower = exported.towers[cfg.query] if exported else None
     choice = _index_stage(cfg, index_cfg, prepared, fallback_ids, query_tower, log)
+    seen = _seen(cfg, prepared)
     module = serving_module(
-        cfg, prepared.catalogue, choice.resolved, choice.searcher, choice.knobs, fallback_ids, query_tower
+        cfg,
+        prepared.catalogue,
+        choice.resolved,
+        choice.searcher,
+        choice.knobs,
+        fallback_ids,
+        query_tower,
+        seen.table if seen else None,
     )
     info = _build_info(cfg, prepared, choice, fallback_ids)
     version_dir = version_store.publish(

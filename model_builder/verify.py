@@ -69,6 +69,8 @@ def verify_version(
     query_vectors = loaded.query_vectors.numpy()
     query_ids = _decode(loaded.query_ids.numpy())
     items_are_queries = bool(info.get("serving", {}).get("items_are_queries", False))
+    # User -> items with exclusions: each query row's history (candidate rows, padded past the catalogue).
+    seen = loaded.seen_items.numpy() if hasattr(loaded, "seen_items") else None
 
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(query_ids), size=min(num_queries, len(query_ids)), replace=False)
@@ -97,24 +99,31 @@ def verify_version(
         set(query_ids.tolist()),
         _not_found_row(serving, candidate_ids, int(id_rows.shape[1])),
     )
-    self_rows = picks if items_are_queries else None
+    # Exact search under the served rule: without the query item, or without the user's history.
+    excluded = picks if items_are_queries else (seen[picks] if seen is not None else None)
     report = {
         "version_dir": str(version_dir),
         "queries": int(len(picks)),
         "k": int(id_rows.shape[1]),
         "target_recall": target_recall,
         "recall_at_k": {
-            SERVING_SIGNATURE: recall_at_k(query_vectors[picks], candidates, id_rows, distance, self_rows),
+            SERVING_SIGNATURE: recall_at_k(query_vectors[picks], candidates, id_rows, distance, excluded),
             VECTOR_SIGNATURE: recall_at_k(noisy, candidates, vec_rows, distance),
         },
         "items_are_queries": items_are_queries,
         "self_excluded": bool(items_are_queries and not (id_rows == picks[:, None]).any()),
+        "seen_excluded": None if seen is None else not _returned_seen(id_rows, seen[picks]),
         "known_rows_found": all_found,
         "mixed_batch": mixed,
         "warmup_records_replayed": _replay_warmup(loaded, version_dir),
     }
     report["passed"] = not failures(report)
     return report
+
+
+def _returned_seen(rows: np.ndarray, seen: np.ndarray) -> bool:
+    """True when any returned row is in its query's history (padding entries, -1, never match)."""
+    return any(np.isin(r[r >= 0], h).any() for r, h in zip(rows, seen))
 
 
 def _not_found_row(serving: dict, candidate_ids: np.ndarray, k: int) -> list:
@@ -236,6 +245,8 @@ def failures(report: dict) -> list[str]:
         )
     if report["items_are_queries"] and not report["self_excluded"]:
         found.append("an item query returned the query item itself (items-as-queries must exclude it)")
+    if report.get("seen_excluded") is False:
+        found.append("a user's query returned an item from their own history (--exclude-seen must drop it)")
     if not report["known_rows_found"]:
         found.append("a known query id or a finite vector came back with found=false")
     mixed = report["mixed_batch"]

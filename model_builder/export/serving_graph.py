@@ -47,6 +47,7 @@ from model_builder.contract import (
     padding_id,
 )
 from model_builder.index.config import ResolvedIndex
+from model_builder.towers.history import SEEN_PADDING
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ class ServingOptions:
     # ids chosen at build time, e.g. the most popular items). Either way found = false.
     unknown_ids: str = "error"
     fallback_ids: np.ndarray | None = None
+    # User -> items with exclusions: [num_query_ids, width] int32, each query row's history as
+    # candidate rows, ascending, padded with SEEN_PADDING (towers/history.py). serving_default (and
+    # search_by_features for a known id) fetches k + width candidates and drops these.
+    seen: np.ndarray | None = None
 
 
 def tf_dtype(ids: np.ndarray) -> tf.DType:
@@ -103,6 +108,7 @@ class RetrievalModule(tf.Module):
         self._dim = int(catalogue.candidate_vectors.shape[1])
         self._options = options
         self._exclude_query = catalogue.items_are_queries
+        self._num_candidates = len(catalogue.candidate_ids)
         self._negate = index.distance == "squared_l2"
         self.candidate_ids = tf.Variable(_id_tensor(catalogue.candidate_ids), trainable=False, name="candidate_ids")
         self.scann = searcher.serialize_to_module() if searcher is not None else None
@@ -125,6 +131,7 @@ class RetrievalModule(tf.Module):
             tf.lookup.KeyValueTensorInitializer(query_keys, tf.range(len(catalogue.query_ids), dtype=tf.int64)),
             default_value=-1,
         )
+        self._seen_width = self._seen_table(catalogue, options.seen)
         self._padding_ids = np.full(options.k, padding_id(catalogue.candidate_ids), dtype=catalogue.candidate_ids.dtype)
         self._not_found_ids = self._not_found_row(catalogue, options)
         self._examples = self._example_tables(catalogue, options)
@@ -153,6 +160,23 @@ class RetrievalModule(tf.Module):
         return out
 
     # -- build-time tables ----------------------------------------------------
+    def _seen_table(self, catalogue: Catalogue, seen: np.ndarray | None) -> int:
+        """Stores the history table plus one padding row (the row unknown ids read); returns its width."""
+        if seen is None or catalogue.items_are_queries or seen.shape[1] == 0:
+            return 0
+        if seen.shape[0] != len(catalogue.query_ids):
+            raise ValueError(f"seen has {seen.shape[0]} rows for {len(catalogue.query_ids)} query ids")
+        padding = np.full((1, seen.shape[1]), SEEN_PADDING, np.int32)
+        self.seen_items = tf.Variable(np.concatenate([seen.astype(np.int32), padding]), trainable=False, name="seen")
+        return int(seen.shape[1])
+
+    def _seen_of(self, rows):
+        """[B, width] history rows of query rows (-1, unknown: the padding row); None without exclusions."""
+        if not self._seen_width:
+            return None
+        unknown_row = tf.constant(self.seen_items.shape[0] - 1, rows.dtype)
+        return tf.gather(self.seen_items, tf.where(rows >= 0, rows, unknown_row))
+
     def _not_found_row(self, catalogue: Catalogue, options: ServingOptions) -> np.ndarray:
         """The k ids an unknown query id's row holds: padding, or the build-time fallback list."""
         ids = catalogue.candidate_ids
@@ -180,11 +204,16 @@ class RetrievalModule(tf.Module):
         ids = tf.ensure_shape(ids, [None])
         rows = self.query_table.lookup(ids)
         found = rows >= 0
+        seen = self._seen_of(rows)
         # Unknown rows search with query row 0 and are masked afterwards: one batched search, no branch.
         rows = tf.maximum(rows, 0)
         queries = tf.gather(self.query_vectors, rows)
         return self._answer(
-            queries, found, exclude_rows=rows if self._exclude_query else None, not_found_ids=self._not_found_ids
+            queries,
+            found,
+            exclude_rows=rows if self._exclude_query else None,
+            not_found_ids=self._not_found_ids,
+            seen=seen,
         )
 
     def _search_vectors(self, vectors):
@@ -203,10 +232,15 @@ class RetrievalModule(tf.Module):
         queries = self.query_tower(features)
         found = tf.ones_like(queries[:, 0], dtype=tf.bool)
         exclude = None
+        known = self.query_table.lookup(features[self.query_tower.schema.id_name])
         if self._exclude_query:
             # item -> similar items: a known item is not its own result; -1 (unknown) matches no row.
-            exclude = self.query_table.lookup(features[self.query_tower.schema.id_name])
-        return self._answer(queries, found, exclude_rows=exclude, not_found_ids=self._padding_ids)
+            exclude = known
+        # A known user's history is excluded here too, so a known id sent with its stored features
+        # gets serving_default's answer; a new user (unknown id) has none.
+        return self._answer(
+            queries, found, exclude_rows=exclude, not_found_ids=self._padding_ids, seen=self._seen_of(known)
+        )
 
     def _examples_fn(self, index):
         index = tf.ensure_shape(index, [None])
@@ -220,13 +254,25 @@ class RetrievalModule(tf.Module):
             FOUND: found,
         }
 
-    def _answer(self, queries, found, exclude_rows, not_found_ids: np.ndarray) -> dict:
-        extra = 1 if exclude_rows is not None else 0
-        rows, scores = self._full_width(*self._nearest(queries, self._k + extra), self._k + extra)
+    def _answer(self, queries, found, exclude_rows, not_found_ids: np.ndarray, seen=None) -> dict:
+        fetch = self._k + (1 if exclude_rows is not None else 0)
+        if seen is not None:
+            # Every row fetches the same count (the width of the table, not its own history's
+            # length): a row's answer never depends on the rows merged with it.
+            fetch = min(fetch + self._seen_width, self._num_candidates)
+        rows, scores = self._full_width(*self._nearest(queries, fetch), fetch)
+        excluded = None
         if exclude_rows is not None:
-            # item -> similar items: drop the query item itself, keep the best k others.
-            is_self = tf.equal(rows, tf.cast(exclude_rows, rows.dtype)[:, None])
-            scores = tf.where(is_self, tf.fill(tf.shape(scores), -np.inf), scores)
+            # item -> similar items: drop the query item itself.
+            excluded = tf.equal(rows, tf.cast(exclude_rows, rows.dtype)[:, None])
+        if seen is not None:
+            # The user's history: each row of `seen` is sorted, so a binary search per candidate.
+            at = tf.minimum(tf.searchsorted(seen, rows), self._seen_width - 1)
+            in_history = tf.equal(tf.gather(seen, at, batch_dims=1), rows)
+            excluded = in_history if excluded is None else tf.logical_or(excluded, in_history)
+        if excluded is not None:
+            # Keep the best k of the others.
+            scores = tf.where(excluded, tf.constant(-np.inf, scores.dtype), scores)
             scores, order = tf.math.top_k(scores, k=self._k, sorted=True)
             rows = tf.gather(rows, order, batch_dims=1)
         ids = tf.gather(self.candidate_ids, rows)

@@ -100,7 +100,11 @@ class GraphSession:
         self._results = (ctypes.c_void_p * len(names))()
 
     def tensor(self, rows: np.ndarray) -> int:
-        """A TF_Tensor holding float32 rows (the caller frees it with free())."""
+        """A TF_Tensor holding float32 vector rows, or int64 ids (serving_default of an int64-id
+        model); the caller frees it with free()."""
+        if rows.dtype == np.int64:
+            rows = np.ascontiguousarray(rows)
+            return self.api.raw_tensor("int64", rows.tobytes(), list(rows.shape))
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         return self.api.raw_tensor("float32", rows.tobytes(), list(rows.shape))
 
@@ -137,7 +141,7 @@ def time_calls(
     disturbed by other work on a shared machine, and the most repeatable.
     """
     if len(queries) < batch:  # a small query set still fills every call
-        queries = np.resize(queries, (batch, queries.shape[1]))
+        queries = np.resize(queries, (batch, *queries.shape[1:]))
     starts = range(0, len(queries) - batch + 1, batch)
     inputs = [session.tensor(queries[s : s + batch]) for s in list(starts)[:max_calls]]
     try:

@@ -23,12 +23,20 @@ def _exact_scores(queries: np.ndarray, candidates: np.ndarray, distance: str) ->
 def exact_kth_scores(
     queries: np.ndarray, candidates: np.ndarray, k: int, distance: str, exclude_rows: np.ndarray | None = None
 ) -> np.ndarray:
-    """The exact k-th best score of every query (computed once, reused for many configs)."""
+    """The exact k-th best score of every query (computed once, reused for many configs).
+
+    `exclude_rows` ([n] or [n, m] candidate rows; values outside the catalogue, i.e. padding, are
+    ignored) are what the served answer may not contain: exact search runs without them.
+    """
     out = np.empty(len(queries), np.float32)
+    if exclude_rows is not None and exclude_rows.ndim == 1:
+        exclude_rows = exclude_rows[:, None]
     for start in range(0, len(queries), 256):
         sims = _exact_scores(queries[start : start + 256], candidates, distance)
         if exclude_rows is not None:
-            sims[np.arange(len(sims)), exclude_rows[start : start + 256]] = -np.inf
+            block = exclude_rows[start : start + 256]
+            query, column = np.nonzero((block >= 0) & (block < len(candidates)))
+            sims[query, block[query, column]] = -np.inf
         out[start : start + 256] = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
     return out
 

@@ -79,10 +79,17 @@ def _sampled_test_users(split: Split, seed: int) -> np.ndarray:
     return test_users
 
 
-def split_metrics(score_rows, split: Split, num_items: int, seed: int) -> dict[str, float]:
-    """score_rows(user_rows) -> [len(user_rows), num_items] scores; higher is better."""
+def split_metrics(
+    score_rows, split: Split, num_items: int, seed: int, seen: dict[int, np.ndarray] | None = None
+) -> dict[str, float]:
+    """score_rows(user_rows) -> [len(user_rows), num_items] scores; higher is better.
+
+    `seen` (user row -> item rows) is what each user is never recommended: the served model's
+    rule (towers/history.py); None = the training pairs.
+    """
     users = _sampled_test_users(split, seed)
-    seen = _group(split.train_users, split.train_items)
+    if seen is None:
+        seen = _group(split.train_users, split.train_items)
     held = _group(split.test_users, split.test_items)
     return ranking_metrics(score_rows, users, seen, held, num_items)
 
@@ -139,15 +146,17 @@ def _group(users: np.ndarray, items: np.ndarray) -> dict[int, np.ndarray]:
     return {int(group[0]): vals for group, vals in zip(np.split(u, bounds), np.split(i, bounds)) if len(group)}
 
 
-def model_metrics(user_vectors: np.ndarray, item_vectors: np.ndarray, split: Split, seed: int = 0) -> dict[str, float]:
+def model_metrics(
+    user_vectors: np.ndarray, item_vectors: np.ndarray, split: Split, seed: int = 0, seen: dict | None = None
+) -> dict[str, float]:
     """Hit-rate/recall@K of ranking all items by the towers' dot product."""
-    return split_metrics(lambda rows: user_vectors[rows] @ item_vectors.T, split, len(item_vectors), seed)
+    return split_metrics(lambda rows: user_vectors[rows] @ item_vectors.T, split, len(item_vectors), seed, seen)
 
 
-def popularity_metrics(split: Split, num_items: int, seed: int = 0) -> dict[str, float]:
+def popularity_metrics(split: Split, num_items: int, seed: int = 0, seen: dict | None = None) -> dict[str, float]:
     """The same metrics for recommending the most-interacted items to everyone."""
     counts = popularity_scores(split.train_items, num_items)
-    return split_metrics(lambda rows: np.broadcast_to(counts, (len(rows), num_items)), split, num_items, seed)
+    return split_metrics(lambda rows: np.broadcast_to(counts, (len(rows), num_items)), split, num_items, seed, seen)
 
 
 @dataclass(frozen=True)
@@ -233,11 +242,17 @@ def vector_score_rows(user_vectors: np.ndarray, item_vectors: np.ndarray, servab
 
 
 def cold_start_metrics(
-    split: ColdStartSplit, score_rows, num_items: int, seed: int = 0, cold_users: bool = True
+    split: ColdStartSplit,
+    score_rows,
+    num_items: int,
+    seed: int = 0,
+    cold_users: bool = True,
+    seen: dict[int, np.ndarray] | None = None,
 ) -> dict:
     """Quality for held-out users (`cold_users`) and held-out items (`cold_items`).
 
-    `cold_users=False` skips the held-out users (a model that cannot embed unknown ids).
+    `cold_users=False` skips the held-out users (a model that cannot embed unknown ids). `seen`:
+    what warm users are never recommended (split_metrics); None = their training pairs.
     """
     warm = split.warm
     cold_users_out = None
@@ -248,7 +263,8 @@ def cold_start_metrics(
     warm_users = _sampled_test_users(
         Split(warm.train_users, warm.train_items, warm.train_users, warm.train_items), seed
     )
-    seen = _group(warm.train_users, warm.train_items)
+    if seen is None:
+        seen = _group(warm.train_users, warm.train_items)
     return {
         "cold_users": cold_users_out,
         "cold_items": ranking_metrics(

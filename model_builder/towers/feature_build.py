@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from model_builder.data.features import FeatureTable
-from model_builder.towers import evaluation, feature_encoding, training
+from model_builder.towers import evaluation, feature_encoding, history, training
 from model_builder.towers.served_tower import ServingTower, embed
 from model_builder.towers.training import TrainConfig
 
@@ -32,6 +32,11 @@ class FeatureSettings:
     cold_items: float = 0.1
     refit: bool = True
     compare_id_only: bool = True
+    # What warm users are never recommended in the quality table (the served rule, towers/history.py):
+    # "history" (their seen_cap most recent interactions), "none", or "training" (the training pairs).
+    seen_rule: str = "training"
+    seen_cap: int = 500
+    excluded: str = "training items excluded"  # the rule in words, for the quality table
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,8 @@ def train_and_evaluate(
         ids_only = training.train(warm.train_users, warm.train_items, len(users.ids), n_items, cfg)
         servable = np.bincount(warm.train_items, minlength=n_items) > 0  # the id-only index holds trained items only
         scored["id_only"] = evaluation.vector_score_rows(ids_only.user_vectors, ids_only.item_vectors, servable)
-    quality = _quality(split, scored, n_items)
+    quality = _quality(split, scored, n_items, _warm_seen(inter, users, items, split, opts))
+    quality["excluded"] = opts.excluded
     # Which items were never trained on (tests look for them in new users' results).
     quality["cold_start"]["held_out_item_ids"] = items.ids[split.cold_items].tolist()
     for line in quality_table(quality):
@@ -185,10 +191,23 @@ def _describe(table: FeatureTable | None) -> str:
     return f"{len(table)} rows, " + ", ".join(f"{c.name} ({c.kind})" for c in table.columns)
 
 
-def _quality(split: evaluation.ColdStartSplit, scored: dict, n_items: int) -> dict:
-    warm = {name: evaluation.split_metrics(score, split.warm, n_items, 0) for name, score in scored.items()}
+def _warm_seen(inter, users: Universe, items: Universe, split: evaluation.ColdStartSplit, opts: FeatureSettings):
+    """What the quality table excludes for warm users (None: their training pairs)."""
+    if opts.seen_rule == "training":
+        return None
+    if opts.seen_rule == "none":
+        return {}
+    user_rows, item_rows = history.rows_of(users.ids, inter.user_ids), history.rows_of(items.ids, inter.item_ids)
+    # Held-out users are not warm; held-out items are the cold-item targets, not history.
+    cold = np.isin(user_rows, split.cold_users) | np.isin(item_rows, split.cold_items)
+    held_out = (split.warm.test_users, split.warm.test_items)
+    return history.evaluation_seen(np.where(cold, -1, user_rows), item_rows, inter.timestamps, held_out, opts.seen_cap)
+
+
+def _quality(split: evaluation.ColdStartSplit, scored: dict, n_items: int, seen: dict | None) -> dict:
+    warm = {name: evaluation.split_metrics(score, split.warm, n_items, 0, seen) for name, score in scored.items()}
     cold = {
-        name: evaluation.cold_start_metrics(split, score, n_items, cold_users=name != "id_only")
+        name: evaluation.cold_start_metrics(split, score, n_items, cold_users=name != "id_only", seen=seen)
         for name, score in scored.items()
     }
     return {
@@ -211,7 +230,7 @@ def quality_table(quality: dict) -> list[str]:
     cold = quality["cold_start"]
     lines = [
         f"quality (held out: {cold['held_out_users']} users and {cold['held_out_items']} items never trained on; "
-        "all items ranked, training items excluded):",
+        f"all items ranked, {quality.get('excluded', 'training items excluded')}):",
         f"  {'':38}{'features':>10}{'id-only':>10}{'popular':>10}",
     ]
 

@@ -17,7 +17,7 @@ import numpy as np
 from model_builder.build_config import BuildConfig
 from model_builder.contract import Catalogue
 from model_builder.errors import DataError
-from model_builder.towers import evaluation, imported_embeddings
+from model_builder.towers import evaluation, history, imported_embeddings
 from model_builder.towers.training import TrainConfig
 
 Log = Callable[[str], None]
@@ -35,11 +35,15 @@ class Prepared:
     popular_ids: np.ndarray | None = None
     # Feature builds: the plain-TF towers for search_by_features (feature_build.ExportedTowers).
     feature_towers: object | None = None
+    # User -> items with --exclude-seen: each query row's history, which serving_default masks.
+    seen: history.SeenItems | None = None
 
     def as_item_to_item(self) -> Prepared:
-        """The same towers served item -> similar items (queries are the candidates)."""
+        """The same towers served item -> similar items (queries are the candidates; no user history)."""
         cat = self.catalogue
-        return replace(self, catalogue=Catalogue(cat.candidate_ids, None, cat.candidate_ids, cat.candidate_vectors))
+        return replace(
+            self, catalogue=Catalogue(cat.candidate_ids, None, cat.candidate_ids, cat.candidate_vectors), seen=None
+        )
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,28 @@ def prepare_trained(cfg: BuildConfig, train_cfg: TrainConfig, log: Log) -> Prepa
     return _from_trained(cfg, dataset, keep, threshold, trained)
 
 
+def excluded_rule(cfg: BuildConfig) -> str:
+    """What the quality table and serving_default leave out of a user's results (one rule)."""
+    if cfg.query == "item":
+        return "training items excluded (item -> similar items serves no user)"
+    if cfg.exclude_seen:
+        return f"each user's {cfg.seen_cap} most recent interactions (any weight) excluded, as served"
+    return "nothing excluded, as served (--no-exclude-seen)"
+
+
+def evaluation_seen(cfg: BuildConfig, inter, user_ids: np.ndarray, item_ids: np.ndarray, held_out) -> dict | None:
+    """The served rule applied to the data without the held-out pairs: what the quality table excludes.
+
+    None (item -> similar items: no user is served) keeps the training pairs.
+    """
+    if cfg.query == "item":
+        return None
+    if not cfg.exclude_seen:
+        return {}
+    users, items = history.rows_of(user_ids, inter.user_ids), history.rows_of(item_ids, inter.item_ids)
+    return history.evaluation_seen(users, items, inter.timestamps, held_out, cfg.seen_cap)
+
+
 def _train_ids(cfg: BuildConfig, train_cfg: TrainConfig, inter, keep, threshold, stamps, log: Log) -> _Trained:
     """Id-only towers: leave-last-out quality against most-popular, then (by default) a refit on everything."""
     from model_builder.towers import training
@@ -99,9 +125,10 @@ def _train_ids(cfg: BuildConfig, train_cfg: TrainConfig, inter, keep, threshold,
     log(f"train: {len(split.train_users)} pairs, {len(split.test_users)} held out; {train_cfg}")
     start = time.perf_counter()
     trained = training.train(split.train_users, split.train_items, len(users.ids), len(items.ids), train_cfg)
-    model_q = evaluation.model_metrics(trained.user_vectors, trained.item_vectors, split)
-    popular_q = evaluation.popularity_metrics(split, len(items.ids))
-    log("quality on held-out interactions (all items ranked, training items excluded):")
+    seen = evaluation_seen(cfg, inter, users.ids, items.ids, (split.test_users, split.test_items))
+    model_q = evaluation.model_metrics(trained.user_vectors, trained.item_vectors, split, seen=seen)
+    popular_q = evaluation.popularity_metrics(split, len(items.ids), seen=seen)
+    log(f"quality on held-out interactions (all items ranked, {excluded_rule(cfg)}):")
     for k in evaluation.KS:
         log(
             f"  hit-rate@{k}: two-tower {model_q[f'hit_rate@{k}']:.4f} vs most-popular {popular_q[f'hit_rate@{k}']:.4f}"
@@ -117,6 +144,7 @@ def _train_ids(cfg: BuildConfig, train_cfg: TrainConfig, inter, keep, threshold,
         "final_loss": trained.final_loss,
         "config": asdict(train_cfg),
         "refit": cfg.refit,
+        "excluded": excluded_rule(cfg),
     }
     return _Trained(
         user_ids=users.ids,
@@ -135,8 +163,16 @@ def _train_features(cfg: BuildConfig, train_cfg: TrainConfig, dataset, keep, sta
     """Feature towers (feature_build.py): cold-start quality, items without interactions indexed too."""
     from model_builder.towers import feature_build
 
+    rule = "training" if cfg.query == "item" else ("history" if cfg.exclude_seen else "none")
     opts = feature_build.FeatureSettings(
-        cfg.holdout_per_user, cfg.cold_users, cfg.cold_items, cfg.refit, cfg.compare_id_only
+        cfg.holdout_per_user,
+        cfg.cold_users,
+        cfg.cold_items,
+        cfg.refit,
+        cfg.compare_id_only,
+        rule,
+        cfg.seen_cap,
+        excluded_rule(cfg),
     )
     model = feature_build.train_and_evaluate(dataset, keep, stamps, opts, train_cfg, log)
     return _Trained(
@@ -173,7 +209,18 @@ def _from_trained(cfg: BuildConfig, dataset, keep: np.ndarray, threshold, traine
     popularity = np.bincount(trained.item_rows, minlength=len(trained.item_ids))
     # Stable sort: equally popular items keep id order, so the fallback list is reproducible.
     popular_ids = trained.item_ids[np.argsort(-popularity, kind="stable")]
-    return Prepared(catalogue, data_info, trained.quality, dataset.titles, popular_ids, trained.feature_towers)
+    seen = None
+    if cfg.query == "user" and cfg.exclude_seen:
+        seen = history.seen_table(
+            history.rows_of(trained.user_ids, inter.user_ids),
+            history.rows_of(trained.item_ids, inter.item_ids),
+            inter.timestamps,
+            len(trained.user_ids),
+            cfg.seen_cap,
+        )
+    return Prepared(
+        catalogue, data_info, trained.quality, dataset.titles, popular_ids, trained.feature_towers, seen=seen
+    )
 
 
 def prepare_imported(cfg: BuildConfig, log: Log) -> Prepared:
