@@ -201,7 +201,9 @@ def run_env(env: Env, wheel: Path, portable_copy: Path, live_targets: str) -> Ou
                 [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", str(portable_copy)],
                 cwd=portable_copy,
                 env={
-                    **os.environ,
+                    # Without PYTHONPATH: a developer's (e.g. PYTHONPATH=client/src) would make the venv
+                    # import the checkout's client instead of the installed wheel.
+                    **{name: value for name, value in os.environ.items() if name != "PYTHONPATH"},
                     "RETRIEVAL_CLIENT_LIVE_TARGETS": live_targets,
                     "RETRIEVAL_CLIENT_RECOVERY_REPORT": str(recovery_report),
                     "PYTHONDONTWRITEBYTECODE": "1",
