@@ -32,14 +32,15 @@ SAMPLES = {
     ],
     "IncompatibleModelError": [(S.FAILED_PRECONDITION, 'Serving signature key "examples" not found.', None)],
     "ServerUnavailableError": [
-        (S.UNAVAILABLE, "failed to connect to all addresses; last error: Connection refused", PLAINTEXT)
+        (S.UNAVAILABLE, "failed to connect to all addresses; last error: Connection refused", PLAINTEXT),
+        # Closed before HTTP/2 on a plaintext channel: a restarting server does that too.
+        (S.UNAVAILABLE, CLOSED, PLAINTEXT),
     ],
     "ServerOverloadedError": [
         (S.UNAVAILABLE, "The batch scheduling queue to which this task was submitted is full", None)
     ],
     "ServerCancelledError": [(S.CANCELLED, "Cancelled", None)],
     "TlsHandshakeError": [
-        (S.UNAVAILABLE, CLOSED, PLAINTEXT),
         (S.UNAVAILABLE, CLOSED, TLS),
         (S.UNAVAILABLE, CLOSED, MUTUAL_TLS),
         (S.UNAVAILABLE, "Ssl handshake failed: SSL_ERROR_SSL: CERTIFICATE_VERIFY_FAILED", TLS),

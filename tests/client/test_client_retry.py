@@ -115,17 +115,23 @@ def test_tf_serving_batch_queue_full_is_overload_and_retried(server):
     assert server.calls["Predict"] == 3 + FAST_RETRY.max_attempts
 
 
-def test_a_batch_above_tf_servings_maximum_is_invalid_with_a_hint_and_not_retried(server):
-    # TF's shared_batch_scheduler.h (Queue::Schedule) for a task above max_batch_size.
+def test_a_batch_above_tf_servings_maximum_is_split_to_its_limit_and_merged(server):
+    # TF's shared_batch_scheduler.h (Queue::Schedule) refuses a task above max_batch_size as a
+    # whole; the client takes the limit from that answer and sends the rows in batches of it.
     server.fail_next(
         "Predict", 1, grpc.StatusCode.INVALID_ARGUMENT, "Task size 1025 is larger than maximum input batch size 1024"
     )
+    ids = [f"item-{i % 40}" for i in range(1025)]
     with RetrievalClient(server.target, retry=FAST_RETRY) as client:
         client.metadata()
-        with pytest.raises(InvalidRequestError, match="Task size 1025") as info:
-            client.search([f"item-{i % 40}" for i in range(1025)])
-    assert info.value.hint == "split the request into batches of at most 1024 rows"
-    assert server.calls["Predict"] == 1
+        results = client.search(ids)
+        again = client.search(ids)  # the limit is kept: split before sending
+    rows = [
+        request.inputs["ids"].tensor_shape.dim[0].size for method, request in server.requests if method == "Predict"
+    ]
+    assert rows == [1025, 1024, 1, 1024, 1]
+    assert [result.ids[0] for result in results] == ids, "each query's nearest is itself, in order"
+    assert len(again) == 1025
 
 
 def test_per_call_timeout_overrides_the_default(server):

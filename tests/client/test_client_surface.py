@@ -61,7 +61,7 @@ def test_constructor_defaults():
     assert params["version"].kind is inspect.Parameter.KEYWORD_ONLY
     assert (params["headers"].default, params["interceptors"].default) == (None, ())
     assert (params["wait_for_ready"].default, params["compression"].default) == (False, None)
-    assert params["max_reconnect_backoff_ms"].default == 2000
+    assert params["max_reconnect_backoff_ms"].default == 1000
     assert inspect.signature(RetrievalClient.search).parameters["k"].default is None
 
 
@@ -173,5 +173,5 @@ def test_channel_options_for_kubernetes():
     assert options["grpc.max_receive_message_length"] == 999, "extra options override the defaults"
     assert options["grpc.ssl_target_name_override"] == "svc.test"
     # Reconnect within ~2 s of the server's return (gRPC's default backs off to 120 s).
-    assert (options["grpc.initial_reconnect_backoff_ms"], options["grpc.max_reconnect_backoff_ms"]) == (250, 2000)
+    assert (options["grpc.initial_reconnect_backoff_ms"], options["grpc.max_reconnect_backoff_ms"]) == (250, 1000)
     assert options["grpc.dns_min_time_between_resolutions_ms"] == 5000

@@ -29,6 +29,7 @@ from ._errors import (
     TlsHandshakeError,
     WaitTimeoutError,
 )
+from ._hedging import HedgePolicy
 from ._types import (
     Examples,
     ModelMetadata,
@@ -45,6 +46,7 @@ __all__ = [
     "AsyncRetrievalClient",
     "DeadlineExceededError",
     "Examples",
+    "HedgePolicy",
     "IncompatibleModelError",
     "InvalidRequestError",
     "ModelMetadata",

@@ -13,60 +13,48 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from . import _flows
+from . import _flows, _hedging, _interceptors, _waiting
 from ._base import DEFAULT_WAIT_TIMEOUT_S, _ClientBase
-from ._errors import DeadlineExceededError, RetrievalError, from_rpc_error
-from ._requests import RESPONSE_TYPES
+from ._errors import RetrievalError, from_rpc_error
 from ._types import Examples, FeatureRows, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 
 class AsyncRetrievalClient(_ClientBase):
     """asyncio twin of RetrievalClient: same arguments, methods and defaults.
 
-    The channel is created on the first call, inside the running event loop,
-    and belongs to that loop. Use `async with` or `await close()`.
+    A grpc.aio channel belongs to the event loop it was made in, so the client
+    makes one per loop, on that loop's first call: one client serves successive
+    `asyncio.run()`s and loops in other threads. Use `async with` or `await close()`.
     """
 
-    _INTERCEPTOR_TYPES = (grpc.aio.ClientInterceptor,)
-    _calls: dict[str, Callable[..., Any]]
+    _adapt_interceptor = staticmethod(_interceptors.for_aio_channel)
     _inflight: dict[tuple[Any, ...], asyncio.Future[Any]]
 
     def _callables(self) -> dict[str, Callable[..., Any]]:
         self._check_open()
-        if self._channel is None:
-            interceptors = list(self._interceptors) or None
-            if self._credentials is None:
-                channel = grpc.aio.insecure_channel(self._target, options=self._options, interceptors=interceptors)
-            else:
-                channel = grpc.aio.secure_channel(
-                    self._target, self._credentials, options=self._options, interceptors=interceptors
-                )
-            self._calls = {
-                method: channel.unary_unary(
-                    method,
-                    request_serializer=lambda message: message.SerializeToString(),
-                    response_deserializer=response_type.FromString,
-                )
-                for method, response_type in RESPONSE_TYPES.items()
-            }
-            self._channel = channel
-        return self._calls
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            bound = self._loop_channels.get(loop)
+            if bound is None:
+                # A closed loop's channel cannot be closed any more (its loop is gone): dropped.
+                for ended in [other for other in self._loop_channels if other.is_closed()]:
+                    del self._loop_channels[ended]
+                channel = self._open_channel(grpc.aio, interceptors=list(self._interceptors) or None)
+                bound = self._loop_channels[loop] = (channel, self._bind(channel))
+        return bound[1]
 
     async def _invoke(self, calls: dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
         """One attempt; raises RetrievalError. Shared calls in flight are joined."""
         if not action.shared:
             return await self._attempt(calls, action)
-        key = (action.method, action.request.SerializeToString(deterministic=True), action.settings)
+        key = (asyncio.get_running_loop(), *self._flight_key(action))  # futures belong to their loop
         while True:
             future = self._inflight.get(key)
             if future is None:
                 break
             done, _ = await asyncio.wait({future}, timeout=action.timeout_s)
             if not done:
-                raise DeadlineExceededError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    "Deadline Exceeded (waiting for the metadata another call is fetching)",
-                )
+                raise self._flight_timeout()
             if not future.cancelled():  # else the fetching task was cancelled: fetch ourselves
                 return future.result()
         future = asyncio.get_running_loop().create_future()
@@ -87,14 +75,27 @@ class AsyncRetrievalClient(_ClientBase):
             del self._inflight[key]
 
     async def _attempt(self, calls: dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
-        try:
-            return await calls[action.method](action.request, **self._call_kwargs(action.settings, action.timeout_s))
-        except grpc.RpcError as exc:
-            error = from_rpc_error(exc, self._transport)  # the one conversion point
-        raise error
+        with self._telemetry.attempt(action.method, action.attempt):
+            method = calls[action.method]
+            try:
+                if self._latencies is None:
+                    return await method(action.request, **self._call_kwargs(action.settings, action.timeout_s))
+                return await _hedging.call_async(
+                    self._latencies,
+                    lambda timeout_s: method(action.request, **self._call_kwargs(action.settings, timeout_s)),
+                    action.timeout_s,
+                )
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc, self._transport)  # the one conversion point
+            raise error
 
-    async def _run(self, flow: _flows.Flow) -> Any:
+    async def _run(self, operation: str, flow: _flows.Flow) -> Any:
+        """Run one logical call's flow: its span and metrics around all its attempts."""
         calls = self._callables()
+        with self._telemetry.call(operation):
+            return await self._drive(calls, flow)
+
+    async def _drive(self, calls: dict[str, Callable[..., Any]], flow: _flows.Flow) -> Any:
         reply: Any = None
         error: RetrievalError | None = None
         try:
@@ -125,7 +126,7 @@ class AsyncRetrievalClient(_ClientBase):
     ) -> list[SearchResult]:
         """See RetrievalClient.search."""
         settings = self._settings(headers, wait_for_ready, compression)
-        return await self._run(_flows.search(self._state, ids, k, timeout_s, settings))
+        return await self._run("search", _flows.search(self._state, ids, k, timeout_s, settings))
 
     async def search_by_vector(
         self,
@@ -139,7 +140,9 @@ class AsyncRetrievalClient(_ClientBase):
     ) -> list[SearchResult]:
         """See RetrievalClient.search_by_vector."""
         settings = self._settings(headers, wait_for_ready, compression)
-        return await self._run(_flows.search_by_vector(self._state, vectors, k, timeout_s, settings))
+        return await self._run(
+            "search_by_vector", _flows.search_by_vector(self._state, vectors, k, timeout_s, settings)
+        )
 
     async def search_by_features(
         self,
@@ -153,7 +156,9 @@ class AsyncRetrievalClient(_ClientBase):
     ) -> list[SearchResult]:
         """See RetrievalClient.search_by_features."""
         settings = self._settings(headers, wait_for_ready, compression)
-        return await self._run(_flows.search_by_features(self._state, rows, k, timeout_s, settings))
+        return await self._run(
+            "search_by_features", _flows.search_by_features(self._state, rows, k, timeout_s, settings)
+        )
 
     async def examples(
         self,
@@ -165,7 +170,7 @@ class AsyncRetrievalClient(_ClientBase):
     ) -> Examples:
         """See RetrievalClient.examples."""
         settings = self._settings(headers, wait_for_ready, compression)
-        return await self._run(_flows.examples(self._state, timeout_s, settings))
+        return await self._run("examples", _flows.examples(self._state, timeout_s, settings))
 
     async def status(
         self,
@@ -177,7 +182,7 @@ class AsyncRetrievalClient(_ClientBase):
     ) -> list[VersionStatus]:
         """See RetrievalClient.status."""
         settings = self._settings(headers, wait_for_ready, compression)
-        return await self._run(_flows.status(self._state, timeout_s, settings))
+        return await self._run("status", _flows.status(self._state, timeout_s, settings))
 
     async def wait_until_available(
         self,
@@ -189,7 +194,7 @@ class AsyncRetrievalClient(_ClientBase):
     ) -> VersionStatus:
         """See RetrievalClient.wait_until_available."""
         settings = self._settings(headers, wait_for_ready, compression)
-        return await self._run(_flows.wait_until_available(self._state, timeout_s, settings))
+        return await self._run("wait_until_available", _waiting.wait_until_available(self._state, timeout_s, settings))
 
     async def metadata(
         self,
@@ -201,13 +206,20 @@ class AsyncRetrievalClient(_ClientBase):
     ) -> ModelMetadata:
         """See RetrievalClient.metadata."""
         settings = self._settings(headers, wait_for_ready, compression)
-        return await self._run(_flows.model_metadata(self._state, timeout_s, settings))
+        return await self._run("metadata", _flows.model_metadata(self._state, timeout_s, settings))
 
     async def close(self) -> None:
-        """Close the channel; further calls raise RuntimeError. Idempotent."""
+        """Close the channel; further calls raise RuntimeError. Idempotent.
+
+        Closes the running loop's channel; channels made in other loops cannot be
+        closed from this one and are dropped (gRPC frees them with their loop)."""
         self._closed = True
-        if self._channel is not None:
-            await self._channel.close()
+        running = asyncio.get_running_loop()
+        with self._lock:
+            channels, self._loop_channels = self._loop_channels, {}
+        for loop, (channel, _) in channels.items():
+            if loop is running:
+                await channel.close()
 
     async def __aenter__(self) -> AsyncRetrievalClient:
         return self

@@ -7,15 +7,18 @@ constructors and defaults cannot drift.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 import grpc
 
 from . import _channel
-from ._errors import MUTUAL_TLS, PLAINTEXT, TLS
-from ._flows import ClientState
-from ._requests import ModelRef
+from ._errors import MUTUAL_TLS, PLAINTEXT, TLS, DeadlineExceededError
+from ._flows import ClientState, Rpc
+from ._hedging import HedgePolicy, Latencies
+from ._requests import RESPONSE_TYPES, ModelRef
+from ._telemetry import Telemetry
 from ._types import CallSettings, Headers, RetryPolicy, TlsConfig
 
 DEFAULT_MODEL = "scann_model"
@@ -51,8 +54,8 @@ def _compression(value: grpc.Compression | None) -> grpc.Compression | None:
 
 
 class _ClientBase:
-    #: Interceptor base classes this client's channel accepts (set by each subclass).
-    _INTERCEPTOR_TYPES: tuple[type, ...] = ()
+    #: Wraps one interceptor for this client's kind of channel, or raises TypeError (per subclass).
+    _adapt_interceptor: Callable[[Any], Any]
 
     def __init__(
         self,
@@ -74,6 +77,11 @@ class _ClientBase:
         max_reconnect_backoff_ms: int = _channel.DEFAULT_MAX_RECONNECT_BACKOFF_MS,
         max_message_bytes: int = _channel.DEFAULT_MAX_MESSAGE_BYTES,
         channel_options: Sequence[tuple[str, Any]] = (),
+        tracer_provider: Any = None,
+        meter_provider: Any = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        token_provider: Callable[[], str] | None = None,
+        hedging: HedgePolicy | None = None,
     ) -> None:
         """Configure a client; no connection is made until the first call.
 
@@ -90,27 +98,38 @@ class _ClientBase:
             to 4 attempts, 0.1-2 s backoff, all within timeout_s).
         headers: gRPC metadata sent with every call (e.g. {"authorization":
             "Bearer ..."}); a call's own headers= are sent after these.
-        interceptors: gRPC client interceptors, outermost first: grpc.*ClientInterceptor
-            for RetrievalClient, grpc.aio.*ClientInterceptor for AsyncRetrievalClient.
+        interceptors: gRPC client interceptors, outermost first; they see each attempt.
+            RetrievalClient: objects with grpc's intercept_unary_unary (subclasses
+            of grpc.UnaryUnaryClientInterceptor or not) or OpenTelemetry's
+            intercept_unary (opentelemetry.instrumentation.grpc.client_interceptor());
+            AsyncRetrievalClient: an async intercept_unary_unary (grpc.aio interceptors,
+            opentelemetry.instrumentation.grpc.aio_client_interceptors()).
         wait_for_ready: True makes calls wait (within their deadline) for a
             connection instead of failing fast with UNAVAILABLE.
         compression: grpc.Compression for requests (e.g. grpc.Compression.Gzip).
         keepalive_*: HTTP/2 keepalive pings that detect dead connections.
         max_reconnect_backoff_ms: longest wait between reconnection attempts
-            (gRPC's default is 120 s; 2 s serves again within ~2 s of the server's return).
+            (gRPC's default is 120 s; 1 s serves again within ~1 s of the server's return).
         max_message_bytes: send and receive limit (gRPC's default is 4 MiB).
         channel_options: extra gRPC channel arguments, overriding the above.
+        tracer_provider / meter_provider: OpenTelemetry providers for the client's
+            spans (one per call, a child per attempt) and metrics; None: the global
+            ones. Used only when opentelemetry-api is installed (see _telemetry).
+        credentials: a grpc.ChannelCredentials to connect with instead of tls=
+            (e.g. grpc.ssl_channel_credentials(...), or a composite with call
+            credentials); TLS hints are given as for tls=TlsConfig().
+        token_provider: called before every attempt for a token sent as
+            "authorization: Bearer <token>", so refreshed tokens (workload
+            identity, AWS/GCP) are picked up; plaintext channels too.
+        hedging: HedgePolicy() sends a copy of an attempt that has not answered
+            within a delay derived from observed latency (round robin: to another
+            pod); the first answer wins. None (default): no copies.
         """
         self._target = _channel.check_target(target)
         self._state = ClientState(ModelRef(model, version, version_label), timeout_s, retry or RetryPolicy())
         self._defaults = CallSettings(_headers(headers), bool(wait_for_ready), _compression(compression))
-        self._interceptors = tuple(interceptors)
-        for interceptor in self._interceptors:
-            if not isinstance(interceptor, self._INTERCEPTOR_TYPES):
-                names = " or ".join(f"{t.__module__}.{t.__qualname__}" for t in self._INTERCEPTOR_TYPES)
-                raise TypeError(
-                    f"{type(self).__name__} takes interceptors of type {names}, got {type(interceptor).__name__}"
-                )
+        self._interceptors = tuple(self._adapt_interceptor(interceptor) for interceptor in interceptors)
+        self._telemetry = Telemetry(self._target, tracer_provider, meter_provider)
         self._options = _channel.channel_options(
             max_message_bytes=max_message_bytes,
             keepalive_time_ms=keepalive_time_ms,
@@ -120,11 +139,25 @@ class _ClientBase:
             tls=tls,
             extra=channel_options,
         )
+        if credentials is not None and tls is not None:
+            raise ValueError("give tls= or credentials=, not both (credentials= replaces the TlsConfig)")
+        if credentials is not None and not isinstance(credentials, grpc.ChannelCredentials):
+            raise TypeError(f"credentials must be a grpc.ChannelCredentials, got {type(credentials).__name__}")
+        if token_provider is not None and not callable(token_provider):
+            raise TypeError("token_provider must be a callable returning the token (str)")
         # Read the PEM files now so a wrong path fails at construction.
-        self._credentials = _channel.credentials(tls) if tls is not None else None
-        self._transport = PLAINTEXT if tls is None else (MUTUAL_TLS if tls.client_cert_path else TLS)
+        self._credentials = _channel.credentials(tls) if tls is not None else credentials
+        self._transport = (
+            (MUTUAL_TLS if tls.mutual else TLS) if tls is not None else (TLS if credentials is not None else PLAINTEXT)
+        )
+        self._token_provider = token_provider
+        if hedging is not None and not isinstance(hedging, HedgePolicy):
+            raise TypeError(f"hedging must be a HedgePolicy or None, got {type(hedging).__name__}")
+        self._latencies = Latencies(hedging) if hedging is not None else None
         self._closed = False
-        self._channel: Any = None  # created on first use, see _callables()
+        self._channel: Any = None  # RetrievalClient's, created on first use, see _callables()
+        # AsyncRetrievalClient's: a channel and its callables per event loop.
+        self._loop_channels: dict[Any, tuple[Any, dict[str, Callable[..., Any]]]] = {}
         self._lock = threading.Lock()
         # Single-flight: calls marked shared (the metadata fetch) in flight, by request.
         self._inflight: dict = {}
@@ -157,12 +190,49 @@ class _ClientBase:
             compression=defaults.compression if compression is None else _compression(compression),
         )
 
-    @staticmethod
-    def _call_kwargs(settings: CallSettings, timeout_s: float) -> dict:
+    def _call_kwargs(self, settings: CallSettings, timeout_s: float) -> dict:
         """Keyword arguments of one gRPC multicallable call (sync and aio take the same)."""
         kwargs: dict = {"timeout": timeout_s, "wait_for_ready": settings.wait_for_ready}
-        if settings.headers:
-            kwargs["metadata"] = settings.headers
+        headers = settings.headers
+        if self._token_provider is not None:
+            token = self._token_provider()
+            if not isinstance(token, str) or not token:
+                raise TypeError(f"token_provider must return a non-empty str, got {token!r}")
+            headers = (*headers, *_headers({"authorization": f"Bearer {token}"}))
+        if headers:
+            kwargs["metadata"] = headers
         if settings.compression is not None:
             kwargs["compression"] = settings.compression
         return kwargs
+
+    def _open_channel(self, grpc_module: ModuleType, **kwargs: Any) -> Any:
+        """A new channel from `grpc_module` (grpc or grpc.aio) with this client's target,
+        credentials and options; kwargs go to the channel constructor (aio: interceptors)."""
+        if self._credentials is None:
+            return grpc_module.insecure_channel(self._target, options=self._options, **kwargs)
+        return grpc_module.secure_channel(self._target, self._credentials, options=self._options, **kwargs)
+
+    @staticmethod
+    def _bind(channel: Any) -> dict[str, Callable[..., Any]]:
+        """One unary-unary callable per TF Serving method the client uses."""
+        return {
+            method: channel.unary_unary(
+                method,
+                request_serializer=lambda message: message.SerializeToString(),
+                response_deserializer=response_type.FromString,
+            )
+            for method, response_type in RESPONSE_TYPES.items()
+        }
+
+    @staticmethod
+    def _flight_key(action: Rpc) -> tuple[Any, ...]:
+        """Identical shared calls (same method, request and settings) answer each other."""
+        return (action.method, action.request.SerializeToString(deterministic=True), action.settings)
+
+    @staticmethod
+    def _flight_timeout() -> DeadlineExceededError:
+        """The error of a call whose deadline passed while it waited for a shared call."""
+        return DeadlineExceededError(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            "Deadline Exceeded (waiting for the metadata another call is fetching)",
+        )

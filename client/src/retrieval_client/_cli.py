@@ -86,6 +86,15 @@ def _common_options() -> _Parser:
         help="without N: print the program version; with N: deprecated, use --model-version",
     )
     group.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    group.add_argument(
+        "--header",
+        dest="headers",
+        metavar="KEY=VALUE",
+        action="append",
+        type=_header,
+        default=[],
+        help="gRPC metadata sent with every call, e.g. 'authorization=Bearer TOKEN'; repeat for more",
+    )
     tls = common.add_argument_group("TLS (any of these flags turns TLS on)")
     tls.add_argument("--tls", action="store_true", help="use TLS with the system's CA roots")
     tls.add_argument("--tls-ca", metavar="PATH", default=None, help="PEM CA bundle that signed the server certificate")
@@ -110,6 +119,13 @@ def _vector(text: str) -> list[float]:
         return [float(part) for part in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _header(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip().lower(), value
 
 
 def _feature(text: str) -> tuple[str, str]:
@@ -334,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             version=_model_version(args),
             version_label=args.model_version_label,
             tls=_tls(args),
+            headers=args.headers,
         )
         with client:
             data, text = _execute(client, args)

@@ -9,10 +9,9 @@ from typing import Any
 
 import grpc
 
-from . import _flows
+from . import _channel, _flows, _hedging, _interceptors, _waiting
 from ._base import DEFAULT_WAIT_TIMEOUT_S, _ClientBase
-from ._errors import DeadlineExceededError, RetrievalError, from_rpc_error
-from ._requests import RESPONSE_TYPES
+from ._errors import RetrievalError, ServerUnavailableError, from_rpc_error
 from ._types import Examples, FeatureRows, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 
@@ -23,13 +22,9 @@ class RetrievalClient(_ClientBase):
     manager or call close(). See _ClientBase.__init__ for the arguments.
     """
 
-    _INTERCEPTOR_TYPES = (
-        grpc.UnaryUnaryClientInterceptor,
-        grpc.UnaryStreamClientInterceptor,
-        grpc.StreamUnaryClientInterceptor,
-        grpc.StreamStreamClientInterceptor,
-    )
+    _adapt_interceptor = staticmethod(_interceptors.for_sync_channel)
     _calls: dict[str, Callable[..., Any]]
+    _reconnect: _channel.ReconnectWatch
     _inflight: dict[tuple[Any, ...], concurrent.futures.Future[Any]]
 
     def _callables(self) -> dict[str, Callable[..., Any]]:
@@ -37,21 +32,12 @@ class RetrievalClient(_ClientBase):
         if self._channel is None:
             with self._lock:
                 if self._channel is None:
-                    if self._credentials is None:
-                        channel = grpc.insecure_channel(self._target, options=self._options)
-                    else:
-                        channel = grpc.secure_channel(self._target, self._credentials, options=self._options)
-                    intercepted = channel
-                    if self._interceptors:
-                        intercepted = grpc.intercept_channel(channel, *self._interceptors)
-                    self._calls = {
-                        method: intercepted.unary_unary(
-                            method,
-                            request_serializer=lambda message: message.SerializeToString(),
-                            response_deserializer=response_type.FromString,
-                        )
-                        for method, response_type in RESPONSE_TYPES.items()
-                    }
+                    channel = self._open_channel(grpc)
+                    intercepted = (
+                        grpc.intercept_channel(channel, *self._interceptors) if self._interceptors else channel
+                    )
+                    self._calls = self._bind(intercepted)
+                    self._reconnect = _channel.ReconnectWatch(channel)
                     self._channel = channel
         return self._calls
 
@@ -59,7 +45,7 @@ class RetrievalClient(_ClientBase):
         """One attempt; raises RetrievalError. Shared calls in flight are joined."""
         if not action.shared:
             return self._attempt(calls, action)
-        key = (action.method, action.request.SerializeToString(deterministic=True), action.settings)
+        key = self._flight_key(action)
         with self._lock:
             future = self._inflight.get(key)
             leader = future is None
@@ -76,20 +62,34 @@ class RetrievalClient(_ClientBase):
         try:
             return future.result(timeout=action.timeout_s)
         except concurrent.futures.TimeoutError:
-            raise DeadlineExceededError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                "Deadline Exceeded (waiting for the metadata another call is fetching)",
-            ) from None
+            raise self._flight_timeout() from None
 
     def _attempt(self, calls: dict[str, Callable[..., Any]], action: _flows.Rpc) -> Any:
-        try:
-            return calls[action.method](action.request, **self._call_kwargs(action.settings, action.timeout_s))
-        except grpc.RpcError as exc:
-            error = from_rpc_error(exc, self._transport)  # the one conversion point
-        raise error
+        with self._telemetry.attempt(action.method, action.attempt):
+            method = calls[action.method]
+            try:
+                if self._latencies is None:
+                    return method(action.request, **self._call_kwargs(action.settings, action.timeout_s))
+                return _hedging.call_sync(
+                    self._latencies,
+                    lambda timeout_s: method.future(action.request, **self._call_kwargs(action.settings, timeout_s)),
+                    action.timeout_s,
+                )
+            except grpc.RpcError as exc:
+                error = from_rpc_error(exc, self._transport)  # the one conversion point
+            if type(error) is ServerUnavailableError:
+                # A transport failure (a busy server or a loading model answer with more specific
+                # errors): the channel may be reconnecting, keep it polled.
+                self._reconnect.start()
+            raise error
 
-    def _run(self, flow: _flows.Flow) -> Any:
+    def _run(self, operation: str, flow: _flows.Flow) -> Any:
+        """Run one logical call's flow: its span and metrics around all its attempts."""
         calls = self._callables()
+        with self._telemetry.call(operation):
+            return self._drive(calls, flow)
+
+    def _drive(self, calls: dict[str, Callable[..., Any]], flow: _flows.Flow) -> Any:
         reply: Any = None
         error: RetrievalError | None = None
         try:
@@ -133,7 +133,7 @@ class RetrievalClient(_ClientBase):
         model was built with a fallback: then those results have found=False.
         """
         settings = self._settings(headers, wait_for_ready, compression)
-        return self._run(_flows.search(self._state, ids, k, timeout_s, settings))
+        return self._run("search", _flows.search(self._state, ids, k, timeout_s, settings))
 
     def search_by_vector(
         self,
@@ -153,7 +153,7 @@ class RetrievalClient(_ClientBase):
         k and the keyword arguments: as in search().
         """
         settings = self._settings(headers, wait_for_ready, compression)
-        return self._run(_flows.search_by_vector(self._state, vectors, k, timeout_s, settings))
+        return self._run("search_by_vector", _flows.search_by_vector(self._state, vectors, k, timeout_s, settings))
 
     def search_by_features(
         self,
@@ -177,7 +177,7 @@ class RetrievalClient(_ClientBase):
         k and the keyword arguments: as in search().
         """
         settings = self._settings(headers, wait_for_ready, compression)
-        return self._run(_flows.search_by_features(self._state, rows, k, timeout_s, settings))
+        return self._run("search_by_features", _flows.search_by_features(self._state, rows, k, timeout_s, settings))
 
     def examples(
         self,
@@ -189,7 +189,7 @@ class RetrievalClient(_ClientBase):
     ) -> Examples:
         """Known query ids, candidate ids and candidate vectors (signature examples)."""
         settings = self._settings(headers, wait_for_ready, compression)
-        return self._run(_flows.examples(self._state, timeout_s, settings))
+        return self._run("examples", _flows.examples(self._state, timeout_s, settings))
 
     def status(
         self,
@@ -201,7 +201,7 @@ class RetrievalClient(_ClientBase):
     ) -> list[VersionStatus]:
         """Every version the server knows for the model, oldest first."""
         settings = self._settings(headers, wait_for_ready, compression)
-        return self._run(_flows.status(self._state, timeout_s, settings))
+        return self._run("status", _flows.status(self._state, timeout_s, settings))
 
     def wait_until_available(
         self,
@@ -217,7 +217,7 @@ class RetrievalClient(_ClientBase):
         saying which state or error it saw last.
         """
         settings = self._settings(headers, wait_for_ready, compression)
-        return self._run(_flows.wait_until_available(self._state, timeout_s, settings))
+        return self._run("wait_until_available", _waiting.wait_until_available(self._state, timeout_s, settings))
 
     def metadata(
         self,
@@ -229,12 +229,13 @@ class RetrievalClient(_ClientBase):
     ) -> ModelMetadata:
         """The answering version's signatures with their inputs and outputs."""
         settings = self._settings(headers, wait_for_ready, compression)
-        return self._run(_flows.model_metadata(self._state, timeout_s, settings))
+        return self._run("metadata", _flows.model_metadata(self._state, timeout_s, settings))
 
     def close(self) -> None:
         """Close the channel; further calls raise RuntimeError. Idempotent."""
         self._closed = True
         if self._channel is not None:
+            self._reconnect.stop()
             self._channel.close()
 
     def __enter__(self) -> RetrievalClient:

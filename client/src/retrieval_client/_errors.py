@@ -155,7 +155,9 @@ _NAME_MISMATCH = re.compile(
 )
 # The peer accepted TCP and closed it before any HTTP/2 frame: what a TLS server does to a
 # client that sends no (or an untrusted) certificate, or that speaks plaintext (measured
-# with grpcio 1.60 and 1.85; the server logs PEER_DID_NOT_RETURN_A_CERTIFICATE etc.).
+# with grpcio 1.60 and 1.85; the server logs PEER_DID_NOT_RETURN_A_CERTIFICATE etc.). A
+# plaintext server that is shutting down or restarting does the same, so on a plaintext
+# channel it is an UNAVAILABLE like any other (retried), whose hint also names TLS.
 _CLOSED_IN_HANDSHAKE = re.compile(
     r"(failed to connect to all addresses|connections to all backends failing).*Socket closed",
     re.IGNORECASE | re.DOTALL,
@@ -163,11 +165,12 @@ _CLOSED_IN_HANDSHAKE = re.compile(
 
 #: How the channel is secured, for hints on connection failures.
 PLAINTEXT, TLS, MUTUAL_TLS = "plaintext", "tls", "mutual_tls"
+_CLOSED_PLAINTEXT_HINT = (
+    "the server closed the connection before any gRPC exchange: it was shutting down or restarting, "
+    "or, if this persists, it requires TLS (pass tls=TlsConfig(...)) or the port is not a gRPC port "
+    "(TF Serving: 8500 gRPC, 8501 REST)"
+)
 _CLOSED_HINTS = {
-    PLAINTEXT: (
-        "the server closed the connection before any gRPC exchange: it probably requires TLS "
-        "(pass tls=TlsConfig(...)), or the port is not a gRPC port (TF Serving: 8500 gRPC, 8501 REST)"
-    ),
     TLS: (
         "the server closed the connection during the TLS handshake: it probably requires a client "
         "certificate (mutual TLS); set TlsConfig(client_cert_path=..., client_key_path=...)"
@@ -180,19 +183,26 @@ _CLOSED_HINTS = {
 
 
 def _tls_error(details: str, transport: str | None) -> RetrievalError | None:
+    if transport == PLAINTEXT:
+        # No TLS on this channel: nothing it reports is a TLS failure.
+        if _CLOSED_IN_HANDSHAKE.search(details):
+            return ServerUnavailableError(grpc.StatusCode.UNAVAILABLE, details, _CLOSED_PLAINTEXT_HINT)
+        return None
     if _NAME_MISMATCH.search(details):
         hint = "the server certificate does not name the target host; set TlsConfig(server_name_override=...)"
     elif _TLS_FAILED.search(details):
-        hint = (
-            "the server certificate did not verify: give the CA that signed it as TlsConfig(ca_cert_path=...)"
-            if transport != PLAINTEXT
-            else "the TLS handshake failed"
-        )
+        hint = "the server certificate did not verify: give the CA that signed it as TlsConfig(ca_cert_path=...)"
     elif transport is not None and _CLOSED_IN_HANDSHAKE.search(details):
         hint = _CLOSED_HINTS[transport]
     else:
         return None
     return TlsHandshakeError(grpc.StatusCode.UNAVAILABLE, details, hint)
+
+
+def batch_limit(error: RetrievalError) -> int | None:
+    """M from the batcher's "Task size N is larger than maximum input batch size M", else None."""
+    too_large = _TASK_TOO_LARGE.search(error.details) if error.code == grpc.StatusCode.INVALID_ARGUMENT else None
+    return int(too_large.group(2)) if too_large else None
 
 
 def error_for(code: grpc.StatusCode, details: str, transport: str | None = None) -> RetrievalError:

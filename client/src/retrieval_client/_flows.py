@@ -4,7 +4,8 @@ A flow yields `Rpc(...)` or `Sleep(...)` and receives the response (or has a
 RetrievalError thrown in). The sync client runs flows with blocking calls,
 the async client with awaits; the logic (one deadline per call, retries,
 lazy metadata, the one-time refresh when a new model version changed the id
-dtype, K or dimension, polling) exists once.
+dtype, K or dimension, splitting batches above the server's limit) exists
+once; wait_until_available's polling is in _waiting.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import random
 import re
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,13 +26,11 @@ from ._errors import (
     DeadlineExceededError,
     IncompatibleModelError,
     InvalidRequestError,
-    ModelNotFoundError,
-    ModelNotReadyError,
     RetrievalError,
-    ServerUnavailableError,
     TlsHandshakeError,
-    WaitTimeoutError,
+    batch_limit,
 )
+from ._telemetry import log
 from ._types import CallSettings, Examples, ModelMetadata, RetryPolicy, SearchResult, VersionStatus
 
 
@@ -41,6 +40,7 @@ class Rpc:
 
     shared: an identical call already in flight on this client may answer
     this one too (single-flight; used for the metadata fetch).
+    attempt: 1 for the first attempt of a call, 2 for its first retry, ...
     """
 
     method: str
@@ -48,6 +48,7 @@ class Rpc:
     timeout_s: float
     settings: CallSettings = CallSettings()
     shared: bool = False
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class ClientState:
         self.timeout_s = float(timeout_s)
         self.retry = retry
         self.contract: rs.Contract | None = None
+        # The server's largest request in rows (TF Serving's max_batch_size), once it said so.
+        self.max_batch_rows: int | None = None
         self.rng = random.Random()
 
     def deadline(self, timeout_s: float | None) -> Deadline:
@@ -119,7 +122,9 @@ def retry_delay(policy: RetryPolicy, attempt: int, error: RetrievalError, rng: r
     return backoff_s(policy, attempt, rng)
 
 
-def call(state: ClientState, deadline: Deadline, rpc: Rpc) -> Flow:
+def call(
+    state: ClientState, deadline: Deadline, method: str, request: Any, settings: CallSettings, *, shared: bool = False
+) -> Flow:
     """One logical call: attempts plus backoff, all within `deadline`.
 
     Each attempt gets the time that remains; a retry starts only when more
@@ -131,13 +136,14 @@ def call(state: ClientState, deadline: Deadline, rpc: Rpc) -> Flow:
         remaining = deadline.remaining()
         if remaining <= 0:
             # Overslept the backoff (a busy machine): the last real error says more than a timeout.
-            raise last_error or deadline.expired(rpc.method.rpartition("/")[2])
+            raise last_error or deadline.expired(method.rpartition("/")[2])
         try:
-            response = yield Rpc(rpc.method, rpc.request, remaining, rpc.settings, rpc.shared)
+            response = yield Rpc(method, request, remaining, settings, shared, attempt)
         except RetrievalError as exc:
             delay = retry_delay(state.retry, attempt, exc, state.rng)
             if delay is None or delay >= deadline.remaining():
                 raise
+            log.debug("%s attempt %d failed (%s); retrying in %.3f s", method, attempt, exc, delay)
             last_error = exc
         else:
             return response
@@ -147,8 +153,8 @@ def call(state: ClientState, deadline: Deadline, rpc: Rpc) -> Flow:
 
 def metadata(state: ClientState, deadline: Deadline, settings: CallSettings) -> Flow:
     """GetModelMetadata -> ModelMetadata; also refreshes the cached contract."""
-    rpc = Rpc(rq.GET_MODEL_METADATA, rq.metadata_request(state.ref), 0.0, settings, shared=True)
-    response = yield from call(state, deadline, rpc)
+    request = rq.metadata_request(state.ref)
+    response = yield from call(state, deadline, rq.GET_MODEL_METADATA, request, settings, shared=True)
     result: ModelMetadata = rs.parse_metadata(response, state.ref)
     state.contract = rs.Contract.from_metadata(result)
     return result
@@ -160,12 +166,58 @@ def _refresh(state: ClientState, deadline: Deadline, settings: CallSettings) -> 
     return rs.Contract.from_metadata(metadata_)
 
 
-def _contract(state: ClientState, deadline: Deadline, settings: CallSettings) -> Flow:
-    """(contract, fresh): the cached contract, fetching it on first use."""
-    if state.contract is not None:
-        return state.contract, False
+def _contract(
+    state: ClientState,
+    deadline: Deadline,
+    settings: CallSettings,
+    stale: Callable[[rs.Contract], bool] = lambda contract: False,
+) -> Flow:
+    """(contract, fresh): the cached contract, fetched on first use, or fetched once more when
+    `stale(cached)` says it may belong to an older model version (a request it cannot take:
+    another id dtype, K or dimension, an unknown feature). `fresh`: no refresh is left to try."""
+    cached = state.contract
+    if cached is not None and not stale(cached):
+        return cached, False
     contract = yield from _refresh(state, deadline, settings)
     return contract, True
+
+
+def _predict_rows(
+    state: ClientState,
+    deadline: Deadline,
+    settings: CallSettings,
+    rows: int,
+    request_for: Callable[[int, int], Any],
+    k: int | None,
+    signature: str,
+) -> Flow:
+    """Predict over `rows` query rows -> [(first row, Neighbours)] in row order.
+
+    Above the server's batch limit (TF Serving's max_batch_size, learnt from its "Task size
+    N is larger than maximum input batch size M" and kept for later calls) the rows go in
+    consecutive requests of at most M rows (request_for(start, stop)), all within the call's
+    deadline.
+    """
+    while True:
+        size = min(rows, state.max_batch_rows or rows)
+        parts = []
+        try:
+            for start in range(0, rows, size):
+                stop = min(start + size, rows)
+                response = yield from call(state, deadline, rq.PREDICT, request_for(start, stop), settings)
+                what = f"{state.ref.describe(rs.response_version(response.model_spec))} ({signature})"
+                parts.append((start, rs.parse_neighbours(response, k, stop - start, what)))
+        except InvalidRequestError as exc:
+            limit = batch_limit(exc)
+            if limit is None or limit < 1 or limit >= size:
+                raise
+            state.max_batch_rows = limit
+            continue
+        return parts
+
+
+def _results(parts: list[tuple[int, rs.Neighbours]], k: int | None) -> list[SearchResult]:
+    return [result for _, neighbours in parts for result in neighbours.results(k)]
 
 
 def _check_k(state: ClientState, k: int | None, top_k: int | None, signature: str, contract: rs.Contract) -> None:
@@ -180,25 +232,29 @@ def search(state: ClientState, ids: Any, k: int | None, timeout_s: float | None,
     items = rq.as_id_list(ids)
     if not items:
         return []
-    contract, fresh = yield from _contract(state, deadline, settings)
+
+    def stale(cached: rs.Contract) -> bool:
+        # e.g. "item-5" for a cached int64 model, or k above the cached K: a newer
+        # version may take strings or return more neighbours.
+        k_above = k is not None and cached.k is not None and k > cached.k
+        what = state.ref.describe(cached.version)
+        return k_above or bool(rq.impossible_ids(items, cached.require_id_dtype(state.ref), what))
+
+    contract, fresh = yield from _contract(state, deadline, settings, stale)
     while True:
         id_dtype = contract.require_id_dtype(state.ref)
         what = state.ref.describe(contract.version)
-        k_above = k is not None and contract.k is not None and k > contract.k
-        stale = k_above or bool(rq.impossible_ids(items, id_dtype, what))
-        if stale and not fresh:
-            # e.g. "item-5" for a cached int64 model, or k above the cached K: a newer
-            # version may take strings or return more neighbours. Ask once.
-            fresh = True
-            contract = yield from _refresh(state, deadline, settings)
-            continue
         impossible = rq.impossible_ids(items, id_dtype, what)
         if impossible:
             raise rq.unknown_ids_error(impossible, f"{what} takes int64 ids")
         _check_k(state, k, contract.k, rq.SEARCH_SIGNATURE, contract)
-        request = rq.predict_request(state.ref, rq.SEARCH_SIGNATURE, {"ids": rq.ids_tensor(items, id_dtype, what)})
+
+        def request_for(start: int, stop: int, id_dtype: str = id_dtype, what: str = what) -> Any:
+            tensor = rq.ids_tensor(items[start:stop], id_dtype, what)
+            return rq.predict_request(state.ref, rq.SEARCH_SIGNATURE, {"ids": tensor})
+
         try:
-            response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
+            parts = yield from _predict_rows(state, deadline, settings, len(items), request_for, k, rq.SEARCH_SIGNATURE)
         except InvalidRequestError as exc:
             # A new model version may take another id dtype than the cached
             # metadata says: refresh once, resend only if the dtype changed.
@@ -209,13 +265,10 @@ def search(state: ClientState, ids: Any, k: int | None, timeout_s: float | None,
             if contract.id_dtype == id_dtype:
                 raise
             continue
-        what = state.ref.describe(rs.response_version(response.model_spec))
-        neighbours = rs.parse_neighbours(response, k, len(items), f"{what} ({rq.SEARCH_SIGNATURE})")
-        unknown = neighbours.unknown_rows(id_dtype)
+        unknown = [start + row for start, neighbours in parts for row in neighbours.unknown_rows(id_dtype)]
         if unknown:
-            raise rq.unknown_ids_error([items[i] for i in unknown], what)
-        result: list[SearchResult] = neighbours.results(k)
-        return result
+            raise rq.unknown_ids_error([items[i] for i in unknown], state.ref.describe(parts[0][1].version))
+        return _results(parts, k)
 
 
 def search_by_vector(
@@ -232,24 +285,25 @@ def search_by_vector(
     array = rq.vectors_array(vectors)
     if array.shape[0] == 0:
         return []
-    contract, fresh = yield from _contract(state, deadline, settings)
-    wrong_dim = contract.dim is not None and contract.dim != array.shape[1]
-    k_above = k is not None and contract.vector_k is not None and k > contract.vector_k
-    if (wrong_dim or k_above) and not fresh:
-        # The cached dimension or K may belong to an older version: ask again.
-        contract = yield from _refresh(state, deadline, settings)
+
+    def stale(cached: rs.Contract) -> bool:
+        # The cached dimension or K may belong to an older version.
+        wrong_dim = cached.dim is not None and cached.dim != array.shape[1]
+        return wrong_dim or (k is not None and cached.vector_k is not None and k > cached.vector_k)
+
+    contract, _ = yield from _contract(state, deadline, settings, stale)
     if contract.dim is not None and contract.dim != array.shape[1]:
         raise ValueError(
             f"vectors have dimension {array.shape[1]}, but {state.ref.describe(contract.version)} "
             f"takes {contract.dim}-dimensional query embeddings"
         )
     _check_k(state, k, contract.vector_k, rq.VECTOR_SIGNATURE, contract)
-    request = rq.predict_request(state.ref, rq.VECTOR_SIGNATURE, {"vectors": rq.to_tensor_proto(array)})
-    response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
-    what = state.ref.describe(rs.response_version(response.model_spec))
-    neighbours = rs.parse_neighbours(response, k, array.shape[0], f"{what} ({rq.VECTOR_SIGNATURE})")
-    result: list[SearchResult] = neighbours.results(k)
-    return result
+
+    def request_for(start: int, stop: int) -> Any:
+        return rq.predict_request(state.ref, rq.VECTOR_SIGNATURE, {"vectors": rq.to_tensor_proto(array[start:stop])})
+
+    parts = yield from _predict_rows(state, deadline, settings, array.shape[0], request_for, k, rq.VECTOR_SIGNATURE)
+    return _results(parts, k)
 
 
 def search_by_features(
@@ -266,12 +320,13 @@ def search_by_features(
     columns, batch = ft.feature_columns(rows)
     if batch == 0:
         return []
-    contract, fresh = yield from _contract(state, deadline, settings)
+
+    def stale(cached: rs.Contract) -> bool:
+        k_above = k is not None and cached.features_k is not None and k > cached.features_k
+        return cached.features is None or bool(set(columns) - set(dict(cached.features))) or k_above
+
+    contract, _ = yield from _contract(state, deadline, settings, stale)
     known = dict(contract.features or ())
-    k_above = k is not None and contract.features_k is not None and k > contract.features_k
-    if (contract.features is None or set(columns) - set(known) or k_above) and not fresh:
-        contract = yield from _refresh(state, deadline, settings)
-        known = dict(contract.features or ())
     what = state.ref.describe(contract.version)
     if contract.features is None:
         raise IncompatibleModelError(
@@ -279,12 +334,14 @@ def search_by_features(
             "(build with features, e.g. `python -m model_builder build --dataset movielens-100k`)"
         )
     _check_k(state, k, contract.features_k, ft.FEATURES_SIGNATURE, contract)
-    request = rq.predict_request(state.ref, ft.FEATURES_SIGNATURE, ft.feature_tensors(columns, batch, known, what))
-    response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
-    what = state.ref.describe(rs.response_version(response.model_spec))
-    neighbours = rs.parse_neighbours(response, k, batch, f"{what} ({ft.FEATURES_SIGNATURE})")
-    result: list[SearchResult] = neighbours.results(k)
-    return result
+    ft.feature_tensors(columns, batch, known, what)  # bad names or values raise before anything is sent
+
+    def request_for(start: int, stop: int) -> Any:
+        rows = {name: values[start:stop] for name, values in columns.items()}
+        return rq.predict_request(state.ref, ft.FEATURES_SIGNATURE, ft.feature_tensors(rows, stop - start, known, what))
+
+    parts = yield from _predict_rows(state, deadline, settings, batch, request_for, k, ft.FEATURES_SIGNATURE)
+    return _results(parts, k)
 
 
 def examples(state: ClientState, timeout_s: float | None, settings: CallSettings) -> Flow:
@@ -292,7 +349,7 @@ def examples(state: ClientState, timeout_s: float | None, settings: CallSettings
     deadline = state.deadline(timeout_s)
     contract, _ = yield from _contract(state, deadline, settings)
     request = rq.examples_request(state.ref, contract.examples_take_index)
-    response = yield from call(state, deadline, Rpc(rq.PREDICT, request, 0.0, settings))
+    response = yield from call(state, deadline, rq.PREDICT, request, settings)
     what = state.ref.describe(rs.response_version(response.model_spec))
     result: Examples = rs.parse_examples(response, f"{what} ({rq.EXAMPLES_SIGNATURE})")
     return result
@@ -301,7 +358,7 @@ def examples(state: ClientState, timeout_s: float | None, settings: CallSettings
 def status(state: ClientState, timeout_s: float | None, settings: CallSettings) -> Flow:
     """GetModelStatus -> one VersionStatus per version."""
     deadline = state.deadline(timeout_s)
-    response = yield from call(state, deadline, Rpc(rq.GET_MODEL_STATUS, rq.status_request(state.ref), 0.0, settings))
+    response = yield from call(state, deadline, rq.GET_MODEL_STATUS, rq.status_request(state.ref), settings)
     result: list[VersionStatus] = rs.parse_status(response)
     return result
 
@@ -310,55 +367,3 @@ def model_metadata(state: ClientState, timeout_s: float | None, settings: CallSe
     """metadata(): GetModelMetadata within one call deadline."""
     result = yield from metadata(state, state.deadline(timeout_s), settings)
     return result
-
-
-def _describe_statuses(statuses: list[VersionStatus]) -> str:
-    if not statuses:
-        return "the server lists no versions"
-    parts = []
-    for s in statuses:
-        text = f"version {s.version} {s.state}"
-        if s.error_code != "OK":
-            text += f" ({s.error_code}: {s.error_message})"
-        parts.append(text)
-    return "last status: " + ", ".join(parts)
-
-
-# Errors that mean "not there yet" while a server or model starts up.
-_STARTING_UP = (ServerUnavailableError, ModelNotFoundError, ModelNotReadyError, DeadlineExceededError)
-
-
-def wait_until_available(state: ClientState, timeout_s: float, settings: CallSettings) -> Flow:
-    """Poll GetModelStatus with backoff until a version is AVAILABLE.
-
-    Returns the newest AVAILABLE version; raises WaitTimeoutError naming the
-    last state or error seen. Errors that polling cannot fix (e.g.
-    INVALID_ARGUMENT, UNAUTHENTICATED, a failed TLS handshake) are raised at once.
-    """
-    if not timeout_s > 0:
-        raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
-    deadline = Deadline(timeout_s)
-    last_seen = "no answer from the server"
-    attempt = 0
-    while True:
-        per_call = max(0.001, min(state.timeout_s, deadline.remaining()))
-        try:
-            response = yield Rpc(rq.GET_MODEL_STATUS, rq.status_request(state.ref), per_call, settings)
-        except TlsHandshakeError:
-            raise
-        except _STARTING_UP as exc:
-            last_seen = f"last error {exc.code.name}: {exc.details}"
-        else:
-            statuses = rs.parse_status(response)
-            available = [s for s in statuses if s.state == "AVAILABLE"]
-            if available:
-                return max(available, key=lambda s: s.version)
-            last_seen = _describe_statuses(statuses)
-        remaining = deadline.remaining()
-        if remaining <= 0:
-            raise WaitTimeoutError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"{state.ref.describe()} not AVAILABLE after {timeout_s:g} s; {last_seen}",
-            )
-        attempt += 1
-        yield Sleep(min(remaining, backoff_s(state.retry, attempt, state.rng)))

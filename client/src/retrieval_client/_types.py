@@ -25,7 +25,7 @@ Headers = Mapping[str, str | bytes] | Sequence[tuple[str, str | bytes]]
 
 @dataclass(frozen=True)
 class TlsConfig:
-    """TLS settings; file paths are read when the channel is created.
+    """TLS settings; file paths are read when the client is created.
 
     ca_cert_path: PEM bundle to verify the server; None uses the system roots.
     client_cert_path / client_key_path: PEM pair for mutual TLS (both or none).
@@ -33,16 +33,32 @@ class TlsConfig:
         it differs from the target host (e.g. a certificate issued for the
         Service name while connecting to a pod IP). Testing aid, not a
         substitute for a correct certificate.
+    ca_cert / client_cert / client_key: the same PEM data as bytes (e.g. from a
+        secret manager), instead of the matching *_path.
     """
 
     ca_cert_path: str | None = None
     client_cert_path: str | None = None
     client_key_path: str | None = None
     server_name_override: str | None = None
+    ca_cert: bytes | None = None
+    client_cert: bytes | None = None
+    client_key: bytes | None = None
 
     def __post_init__(self) -> None:
-        if (self.client_cert_path is None) != (self.client_key_path is None):
-            raise ValueError("TlsConfig: give both client_cert_path and client_key_path, or neither")
+        for name in ("ca_cert", "client_cert", "client_key"):
+            data, path = getattr(self, name), getattr(self, f"{name}_path")
+            if data is not None and path is not None:
+                raise ValueError(f"TlsConfig: give {name} (PEM bytes) or {name}_path, not both")
+            if data is not None and not isinstance(data, bytes):
+                raise TypeError(f"TlsConfig.{name} takes PEM bytes, got {type(data).__name__}")
+        if self.mutual != (self.client_key_path is not None or self.client_key is not None):
+            raise ValueError("TlsConfig: give both a client certificate and its key, or neither")
+
+    @property
+    def mutual(self) -> bool:
+        """True when a client certificate is configured (mutual TLS)."""
+        return self.client_cert_path is not None or self.client_cert is not None
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,15 @@ class SearchResult:
         _frozen(self.ids)
         _frozen(self.scores)
 
+    def tolist(self) -> list[tuple[str | int, float]]:
+        """The neighbours as plain Python (id, score) pairs, best first (ids str or int)."""
+        return list(zip(self.ids.tolist(), self.scores.tolist(), strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        """{"ids": [...], "scores": [...], "found": bool} in plain Python types, for
+        json.dumps (fallback rows' -inf scores become -Infinity there, as Python's json writes them)."""
+        return {"ids": self.ids.tolist(), "scores": self.scores.tolist(), "found": bool(self.found)}
+
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SearchResult):
             return NotImplemented
@@ -142,6 +167,14 @@ class Examples:
     def __post_init__(self) -> None:
         for array in (self.query_ids, self.candidate_ids, self.candidate_vectors):
             _frozen(array)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The three columns as plain Python lists (vectors as lists of floats), for json.dumps."""
+        return {
+            "query_ids": self.query_ids.tolist(),
+            "candidate_ids": self.candidate_ids.tolist(),
+            "candidate_vectors": self.candidate_vectors.tolist(),
+        }
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Examples):

@@ -25,12 +25,13 @@ from retrieval_client import (
 from retrieval_client._errors import error_for
 from retrieval_client._flows import ClientState, Deadline, Rpc, Sleep
 from retrieval_client._requests import ModelRef
+from retrieval_client._types import CallSettings
 
 # Many attempts with short backoff: only the deadline can end the call. With per-attempt
 # timeouts (before issue 14) these calls would run for minutes, so the slack below, sized for a
-# loaded 2-core machine running the matrix's venvs side by side, still tells the two apart.
+# 2-core machine loaded far beyond its cores (a call overshot 0.5 s there), still tells the two apart.
 PERSISTENT = RetryPolicy(max_attempts=1000, initial_backoff_s=0.02, max_backoff_s=0.1)
-SLACK_S = 0.5
+SLACK_S = 2.0
 
 
 def _timed(call) -> tuple:
@@ -66,7 +67,10 @@ def _async(target: str, timeout_s: float, **kwargs):
 def test_dead_port_fails_within_the_deadline(flavour, timeout_s):
     elapsed, error = flavour(f"127.0.0.1:{dead_port()}", timeout_s)
     print(f"dead port, timeout_s={timeout_s}: {type(error).__name__} after {elapsed:.3f} s")
-    assert isinstance(error, ServerUnavailableError), error
+    # Which error ends the call is a race between the refused connection and the deadline (on a
+    # busy machine a refusal can take longer than 50 ms): either says "no server in time", and
+    # neither is anything else.
+    assert isinstance(error, (ServerUnavailableError, DeadlineExceededError)), error
     assert elapsed <= timeout_s + SLACK_S
 
 
@@ -89,23 +93,25 @@ def test_wait_for_ready_waits_for_a_connection_until_the_deadline(flavour):
 
 
 def test_no_retry_starts_when_less_remains_than_the_backoff():
-    # Backoff 0.4-0.8 s does not fit a 0.3 s deadline: one attempt, then the error at once.
-    policy = RetryPolicy(max_attempts=10, initial_backoff_s=0.8, max_backoff_s=0.8)
+    # Backoff 5-10 s does not fit a 0.3 s deadline: one attempt, then the error at once (sleeping
+    # into the backoff would take 5 s at least, far beyond any slack).
+    policy = RetryPolicy(max_attempts=10, initial_backoff_s=10.0, max_backoff_s=10.0)
     with RetrievalClient(f"127.0.0.1:{dead_port()}", "m", retry=policy) as client:
         elapsed, error = _timed(lambda: client.status(timeout_s=0.3))
-    assert isinstance(error, ServerUnavailableError), error
-    assert elapsed < 0.3 + SLACK_S / 2, "the call must not sleep into a backoff it cannot use"
+    # The refusal usually wins; on a busy machine the one attempt may meet the deadline first.
+    assert isinstance(error, (ServerUnavailableError, DeadlineExceededError)), error
+    assert elapsed < 0.3 + SLACK_S, "the call must not sleep into a backoff it cannot use"
 
 
 def test_the_flow_gives_up_instead_of_sleeping_past_the_deadline():
     """The same rule, step by step through the shared sans-I/O flow (no clock races)."""
     state = ClientState(ModelRef("m"), 5.0, RetryPolicy(max_attempts=10, initial_backoff_s=0.8, max_backoff_s=0.8))
     unavailable = error_for(grpc.StatusCode.UNAVAILABLE, "connection refused")
-    flow = _flows.call(state, Deadline(0.3), Rpc("/s/M", None, 0.0))
+    flow = _flows.call(state, Deadline(0.3), "/s/M", None, CallSettings())
     assert isinstance(next(flow), Rpc)
     with pytest.raises(ServerUnavailableError):
         flow.throw(unavailable)  # no Sleep(0.4..0.8) yielded: it would not fit
-    flow = _flows.call(state, Deadline(5.0), Rpc("/s/M", None, 0.0))
+    flow = _flows.call(state, Deadline(5.0), "/s/M", None, CallSettings())
     first = next(flow)
     assert 0 < first.timeout_s <= 5.0
     sleep = flow.throw(unavailable)
@@ -116,12 +122,13 @@ def test_the_flow_gives_up_instead_of_sleeping_past_the_deadline():
 
 def test_a_recording_server_answers_within_the_deadline(recorder):
     # The deadline that reaches the server is what remains of the call, not timeout_s again.
+    # Margins of a second either way: the verdict does not depend on how busy the machine is.
     recorder.metadata_delay_s = 0.3
     with RetrievalClient(recorder.target, "recorded", retry=PERSISTENT) as client:
-        elapsed, error = _timed(lambda: client.search(["item-1"], timeout_s=0.5))
-    assert error is None and elapsed < 0.5 + SLACK_S
-    recorder.metadata_delay_s = 0.6
+        elapsed, error = _timed(lambda: client.search(["item-1"], timeout_s=1.5))
+    assert error is None and elapsed < 1.5 + SLACK_S
+    recorder.metadata_delay_s = 2.5
     with RetrievalClient(recorder.target, "recorded", retry=PERSISTENT) as client:
-        elapsed, error = _timed(lambda: client.search(["item-1"], timeout_s=0.5))
-    assert isinstance(error, DeadlineExceededError) and elapsed <= 0.5 + SLACK_S
+        elapsed, error = _timed(lambda: client.search(["item-1"], timeout_s=1.5))
+    assert isinstance(error, DeadlineExceededError) and elapsed <= 1.5 + SLACK_S
     assert recorder.count("Predict") == 1, "no search was sent after the metadata fetch used up the deadline"

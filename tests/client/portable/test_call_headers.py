@@ -172,3 +172,23 @@ def test_compression_on_the_constructor_and_per_call_shrinks_what_is_sent(record
     )
     assert by_default < plain / 5 and per_call < plain / 5
     assert overridden > plain / 2
+
+
+def test_a_token_provider_is_asked_before_every_call(recorder):
+    tokens = iter(["t1", "t2", "t3"])
+    with RetrievalClient(recorder.target, MODEL, token_provider=lambda: next(tokens)) as client:
+        client.status()
+        client.status()
+    assert [h["authorization"] for h in recorder.headers("GetModelStatus")] == ["Bearer t1", "Bearer t2"]
+
+
+def test_the_cli_sends_headers(recorder, capsys):
+    from retrieval_client._cli import main
+
+    argv = ["status", "--target", recorder.target, "--model", MODEL, "--json"]
+    assert main([*argv, "--header", "authorization=Bearer abc", "--header", "x-tenant=7"]) == 0
+    [sent] = recorder.headers("GetModelStatus")
+    assert (sent["authorization"], sent["x-tenant"]) == ("Bearer abc", "7")
+    capsys.readouterr()
+    assert main([*argv, "--header", "no-equals-sign"]) == 2
+    assert "KEY=VALUE" in capsys.readouterr().out  # --json: the error is one JSON line

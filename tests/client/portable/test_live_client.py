@@ -7,6 +7,7 @@ itself; with v2 the client reads the per-row `found` flag and raises the same er
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
 import numpy as np
@@ -33,6 +34,22 @@ def test_known_ids_return_k_distinct_neighbours_best_first(live):
         assert np.all(np.diff(result.scores) <= 0), result.scores
         expected_type = str if live.id_dtype == "string" else np.integer
         assert all(isinstance(i, expected_type) for i in result.ids)
+
+
+def test_results_convert_to_plain_python_and_json(live):
+    with client_for(live) as client:
+        examples = client.examples()
+        [result] = client.search(examples.query_ids[:1])
+    pairs = result.tolist()
+    plain = str if live.id_dtype == "string" else int
+    assert [type(i) for i, _ in pairs] == [plain] * len(result.ids)
+    assert all(type(score) is float for _, score in pairs)
+    assert [i for i, _ in pairs] == list(result.ids) and [s for _, s in pairs] == result.scores.tolist()
+    as_json = json.loads(json.dumps(result.to_dict()))
+    assert as_json == {"ids": [i for i, _ in pairs], "scores": [s for _, s in pairs], "found": True}
+    columns = json.loads(json.dumps(examples.to_dict()))
+    assert columns["query_ids"] == examples.query_ids.tolist()
+    assert np.array_equal(np.array(columns["candidate_vectors"], np.float32), examples.candidate_vectors)
 
 
 def test_ids_convert_to_the_models_dtype(live):
@@ -94,6 +111,21 @@ def test_a_candidate_vector_finds_its_candidate(live):
             client.search_by_vector(np.full(dim, np.nan))
     for expected, result in zip(examples.candidate_ids[:4].tolist(), results, strict=True):
         assert result.found and expected in result.ids.tolist()
+
+
+def test_a_batch_above_the_servers_limit_is_split_and_merged_in_order(live_servers):
+    # 1500 rows: above max_batch_size 1024 of the server's batching file, which rejects such a
+    # request as a whole ("Task size 1500 is larger than maximum input batch size 1024").
+    with client_for(live_servers["string"]) as client:
+        examples = client.examples()
+        rows = np.arange(1500) % len(examples.candidate_ids)
+        results = client.search_by_vector(examples.candidate_vectors[rows])
+        learnt = client._state.max_batch_rows
+        again = client.search_by_vector(examples.candidate_vectors[rows[:1100]])  # split up front now
+    assert learnt == 1024, "the limit comes from the server's answer"
+    assert len(results) == 1500 and len(again) == 1100
+    for row, result in zip(rows.tolist(), results, strict=True):
+        assert result.found and examples.candidate_ids[row] in result.ids.tolist()
 
 
 def test_examples_status_and_metadata_agree(live):
