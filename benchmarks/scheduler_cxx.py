@@ -170,6 +170,59 @@ def run(version_dir: Path, test_npz: Path, grid: Grid, harness: Path | None, lab
     return out
 
 
+def shipped_setting(path: Path | None = None) -> Setting:
+    """The image's batching file (k8s/base/config/batching_parameters.txt) as a grid setting."""
+    from model_builder import settings
+    from model_builder.compat.tfs_batching import BatchingParameters
+
+    params = BatchingParameters.from_file(path or settings.IMAGE_BATCHING_FILE)
+    options = params.queue_options()
+    return Setting(options.batch_timeout_micros, options.execution_batch_size, params.threads())
+
+
+def summary_of(path: Path) -> dict:
+    """summary.json's `scheduler_cxx`: both tables (medians and spreads), the shipped file's goal check, the
+    peers, and the commit and load they were measured at; says so when the run did not measure them."""
+    if not path.is_file():
+        return {"measured": False, "message": f"{path.name} not written by this run"}
+    data = json.loads(path.read_text())
+    if "skipped" in data:
+        return {"measured": False, "message": data["skipped"]}
+    shipped = shipped_setting().name
+    out = {
+        "measured": True,
+        "commit": data["commit"],
+        "model": data["model"],
+        "recall_at_10": data.get("recall_at_10"),
+        "calls": data["calls"],
+        "load_average": {"start": data["load_average_start"], "end": data["load_average_end"]},
+        "shipped_setting": shipped,
+    }
+    for part in ("cxx", "local"):
+        section = data[part]
+        if not section.get("available", True):
+            out[part] = {"available": False, "message": section["message"]}
+            continue
+        out[part] = {
+            "available": True,
+            "rows": section["rows"],
+            "load_average_per_round": section["load_average"],
+            "shipped_goal": section["goal"].get(shipped, "the shipped setting is not in this grid"),
+        }
+    if "peers" in data:
+        peers = data["peers"]
+        out["peers"] = {
+            "target_recall": peers["target_recall"],
+            "faiss": {
+                k: {"matched": v["matched"], "factory": v["factory"], "rows": v["rows"]}
+                for k, v in peers["faiss"].items()
+            },
+            "grpc_loopback": peers["grpc_loopback"],
+            "load_average": {"start": peers["load_average_start"], "end": peers["load_average_end"]},
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI: measure one version, write the JSON, print the tables."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.scheduler_cxx", description=(__doc__ or "").splitlines()[0])
