@@ -180,6 +180,35 @@ def shipped_setting(path: Path | None = None) -> Setting:
     return Setting(options.batch_timeout_micros, options.execution_batch_size, params.threads())
 
 
+def peers_table(data: dict, setting: str) -> str:
+    """Markdown: the served rows (C++ plain and `setting`) next to Faiss at the same recall and gRPC alone."""
+    rows: dict[str, dict] = {}
+    if data["cxx"].get("available"):
+        rows[f"TF Serving 2.11 session, plain (recall {data['recall_at_10']})"] = data["cxx"]["rows"][PLAIN]
+        rows[f"TF Serving 2.11 BatchingSession, {setting}"] = data["cxx"]["rows"][setting]
+    peers = data["peers"]
+    for peer in peers["faiss"].values():
+        m = peer["matched"]
+        if m.get("reached"):
+            rows[f"Faiss {peer['factory']} {m['params_text']} (recall {m['recall_at_10']})"] = peer["rows"]
+    grpc = peers["grpc_loopback"]
+    rows[f"grpcio unary call alone ({grpc['request_bytes']} B in, {grpc['response_bytes']} B out)"] = grpc["rows"]
+    return table(rows, tuple(data["grid"]["callers"]))
+
+
+def markdown(data: dict, setting: str) -> str:
+    """The README's tables of one run: C++ (or why not), local, and the peers at the same callers."""
+    parts = [f"Cells: `QPS / p50 µs`, median of {data['grid']['runs']} runs; commit {data['commit']}."]
+    if data["cxx"].get("available"):
+        parts += ["TF Serving 2.11's BatchingSession (C++):", data["cxx"]["table_md"]]
+    else:
+        parts.append(data["cxx"]["message"])
+    parts += ["The local server's scheduler (model_builder/serve, Python):", data["local"]["table_md"]]
+    if "peers" in data:
+        parts += ["Same callers, other engines (one query per call):", peers_table(data, setting)]
+    return "\n\n".join(parts) + "\n"
+
+
 def summary_of(path: Path) -> dict:
     """summary.json's `scheduler_cxx`: both tables (medians and spreads), the shipped file's goal check, the
     peers, and the commit and load they were measured at; says so when the run did not measure them."""

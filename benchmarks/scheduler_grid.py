@@ -78,6 +78,8 @@ FULL = Grid(
     runs=3,
     calls=1500,
 )
+# The shipped file against the previous one, more runs per cell (for a second look on a busy machine).
+SHIPPED = Grid(name="shipped", settings=(Setting(0, 8), Setting(400, 8)), callers=FULL.callers, runs=5, calls=1500)
 # Tiny: proves the pipeline (tests/bench), measures nothing worth reading.
 QUICK = Grid(
     name="quick",
@@ -87,7 +89,7 @@ QUICK = Grid(
     calls=40,
     min_calls_per_caller=10,
 )
-GRIDS = {g.name: g for g in (FULL, QUICK)}
+GRIDS = {g.name: g for g in (FULL, SHIPPED, QUICK)}
 PLAIN = "plain session (no batching)"
 
 
