@@ -60,6 +60,10 @@ class Profile:
     coldstart_requests: int = 500
     coldstart_repeats: int = 3
     build_flags: tuple[str, ...] = ()  # appended to every ScaNN build (the quick profile shortens the index search)
+    # benchmarks/scheduler_grid.py's grid for the scheduler table (TF Serving 2.11's C++ scheduler when a harness
+    # binary is given, the local server's always); peers: Faiss and gRPC at the same caller counts too.
+    scheduler_grid: str = "full"
+    scheduler_peers: bool = True
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -116,6 +120,8 @@ QUICK = Profile(
     coldstart_requests=100,
     coldstart_repeats=1,
     build_flags=("--search-budget-factor", "1.5"),
+    scheduler_grid="quick",
+    scheduler_peers=False,
 )
 
 PROFILES = {p.name: p for p in (FULL, QUICK)}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import builds, datasets, e2e, faiss_index, knobs, plots, report, timing
+from benchmarks import builds, datasets, e2e, faiss_index, knobs, plots, report, scheduler_cxx, scheduler_grid, timing
 from benchmarks.common import load_average, log, machine, run_worker, versions, write_json
 from benchmarks.profiles import DatasetSpec, Profile
 from model_builder.serve import process
@@ -232,6 +232,23 @@ def run_serving(result: dict, profile: Profile, work: Path) -> dict:
     }
 
 
+def run_scheduler(result: dict, profile: Profile, work: Path) -> dict:
+    """Headline dataset's tuned model: the batch scheduler table (C++ when $TFS_BATCHING_HARNESS names a harness)."""
+    tuned = result["served"].get("tuned", {})
+    if not tuned.get("ok"):
+        return {"skipped": "no tuned model was published"}
+    paths = result["paths"]
+    return scheduler_cxx.run(
+        Path(tuned["version_dir"]),
+        Path(paths["test"]),
+        scheduler_grid.GRIDS[profile.scheduler_grid],
+        scheduler_cxx.harness_binary(),
+        f"{result['dataset']['name']}, tuned",
+        candidates=Path(paths["candidates"]) if profile.scheduler_peers else None,
+        work=work / "concurrency",
+    )
+
+
 def run(profile: Profile, out: Path, work: Path) -> dict:
     """The whole profile; writes <dataset>.json, serving.json, summary.json, PNGs and report.md into `out`."""
     started = time.perf_counter()
@@ -257,11 +274,14 @@ def run(profile: Profile, out: Path, work: Path) -> dict:
         if spec.headline and serving is None:
             serving = run_serving(result, profile, work / ds.name)
             write_json(out / "serving.json", {**meta, **serving})
+            scheduler = run_scheduler(result, profile, work / ds.name)
+            write_json(out / "scheduler_cxx.json", {**meta, **scheduler})
     meta["finished_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     meta["seconds"] = round(time.perf_counter() - started, 1)
     meta["load_average_end"] = load_average()
     summary = report.summary(results, serving or {}, meta)
     summary["overhead_breakdown"] = report.overhead_breakdown(out / "overhead.json")
+    summary["scheduler_cxx"] = scheduler_cxx.summary_of(out / "scheduler_cxx.json")
     write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report.markdown(results, serving or {}, summary))
     log(f"done in {meta['seconds'] / 60:.1f} min: {out / 'summary.json'}, {out / 'report.md'}")
@@ -296,6 +316,11 @@ def rerender(out: Path) -> dict:
     meta.update({"seconds": previous.get("run_seconds"), "load_average_end": previous.get("load_average_end")})
     summary = report.summary(results, serving, meta)
     summary["overhead_breakdown"] = report.overhead_breakdown(out / "overhead.json")
+    # A scheduler table measured apart from the run (python -m benchmarks.scheduler_cxx) is kept as it was.
+    own = (out / "scheduler_cxx.json").is_file() or "scheduler_cxx" not in previous
+    summary["scheduler_cxx"] = (
+        scheduler_cxx.summary_of(out / "scheduler_cxx.json") if own else previous["scheduler_cxx"]
+    )
     write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report.markdown(results, serving, summary))
     log(f"re-rendered {out / 'summary.json'}, {out / 'report.md'} and {len(results)} chart(s)")

@@ -83,7 +83,9 @@ def test_summary_has_the_issue_keys(quick_run):
 def test_dataset_results_cover_every_configuration(quick_run):
     out, _ = quick_run
     results = {
-        p.stem: json.loads(p.read_text()) for p in out.glob("*.json") if p.name not in ("summary.json", "serving.json")
+        p.stem: json.loads(p.read_text())
+        for p in out.glob("*.json")
+        if p.name not in ("summary.json", "serving.json", "scheduler_cxx.json")
     }
     assert len(results) == 2 and any(name.startswith("wordnet-minilm-") for name in results), sorted(results)
     for name, result in results.items():
@@ -127,3 +129,8 @@ def test_serving_results_and_artifacts(quick_run):
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["served_vs_faiss"]) == 2 and all(len(rows) == 4 for rows in summary["served_vs_faiss"].values())
     assert "[bench " in proc.stdout  # progress lines
+    # The scheduler table: the local server's quick grid always; the C++ one only with a harness binary.
+    scheduler = summary["scheduler_cxx"]
+    assert scheduler["measured"] and scheduler["local"]["available"] and "peers" not in scheduler
+    harness = os.environ.get("TFS_BATCHING_HARNESS")
+    assert scheduler["cxx"]["available"] == bool(harness and os.access(harness, os.X_OK)), scheduler["cxx"]
