@@ -20,15 +20,9 @@ from support.deploy import ACCOUNT, REGION, aws_env, clean_env, git, http_get, s
 pytestmark = [pytest.mark.docker, pytest.mark.tools]
 
 
-def test_make_push_creates_the_repository_and_pushes(docker_client, python_standin, moto, registry, tmp_path):
-    # A small local image with a serving image's labels stands in for one: the push path is the same.
-    repository = f"scann-serving-test-{uuid.uuid4().hex[:6]}"
+def _labelled_image(python_standin: str, labels: dict[str, str]) -> str:
+    """A small local image with a serving image's labels: the push path reads only those."""
     local = f"scann-serving-test/serving:scann_model-v1-{uuid.uuid4().hex[:12]}"
-    labels = {
-        "io.scann-serving.model.name": "scann_model",
-        "io.scann-serving.content.digest": "sha256:" + "0" * 64,
-        "io.scann-serving.standin": "false",
-    }
     dockerfile = f"FROM {python_standin}\nLABEL " + " ".join(f'{k}="{v}"' for k, v in labels.items()) + "\n"
     subprocess.run(
         ["docker", "build", "-q", "-t", local, "-"],
@@ -38,6 +32,17 @@ def test_make_push_creates_the_repository_and_pushes(docker_client, python_stand
         capture_output=True,
         env=dict(os.environ, DOCKER_BUILDKIT="0"),
     )
+    return local
+
+
+def test_make_push_creates_the_repository_and_pushes(docker_client, python_standin, moto, registry, tmp_path):
+    repository = f"scann-serving-test-{uuid.uuid4().hex[:6]}"
+    labels = {
+        "io.scann-serving.model.name": "scann_model",
+        "io.scann-serving.content.digest": "sha256:" + "0" * 64,
+        "io.scann-serving.standin": "false",
+    }
+    local = _labelled_image(python_standin, labels)
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "scann_model.json").write_text(json.dumps({"image": local, "labels": labels}))
     env = aws_env(
@@ -114,17 +119,8 @@ def _aws(env, *args):
 
 def test_push_refuses_an_existing_repository_with_mutable_tags(docker_client, python_standin, moto, tmp_path):
     repository = f"scann-serving-test-{uuid.uuid4().hex[:6]}"
-    local = f"scann-serving-test/serving:scann_model-v1-{uuid.uuid4().hex[:12]}"
     labels = {"io.scann-serving.model.name": "scann_model", "io.scann-serving.content.digest": "sha256:" + "1" * 64}
-    dockerfile = f"FROM {python_standin}\nLABEL " + " ".join(f'{k}="{v}"' for k, v in labels.items()) + "\n"
-    subprocess.run(
-        ["docker", "build", "-q", "-t", local, "-"],
-        input=dockerfile,
-        text=True,
-        check=True,
-        capture_output=True,
-        env=dict(os.environ, DOCKER_BUILDKIT="0"),
-    )
+    local = _labelled_image(python_standin, labels)
     env = aws_env(
         moto,
         AWS_REGION=REGION,
@@ -148,21 +144,12 @@ def test_push_refuses_an_existing_repository_with_mutable_tags(docker_client, py
 
 def test_push_refuses_a_standin_image_without_the_override(docker_client, python_standin, tmp_path):
     """Before any AWS call: the image's io.scann-serving.standin label decides."""
-    local = f"scann-serving-test/serving:scann_model-v1-{uuid.uuid4().hex[:12]}"
     labels = {
         "io.scann-serving.model.name": "scann_model",
         "io.scann-serving.content.digest": "sha256:" + "2" * 64,
         "io.scann-serving.standin": "true",
     }
-    dockerfile = f"FROM {python_standin}\nLABEL " + " ".join(f'{k}="{v}"' for k, v in labels.items()) + "\n"
-    subprocess.run(
-        ["docker", "build", "-q", "-t", local, "-"],
-        input=dockerfile,
-        text=True,
-        check=True,
-        capture_output=True,
-        env=dict(os.environ, DOCKER_BUILDKIT="0"),
-    )
+    local = _labelled_image(python_standin, labels)
     try:
         env = clean_env(
             AWS_REGION=REGION, AWS_ACCOUNT_ID=ACCOUNT, ECR_REPOSITORY="x", BUILD_DIR=str(tmp_path), IMAGE=local
