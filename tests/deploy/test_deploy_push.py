@@ -11,7 +11,6 @@ git repository holding the tracked files (a clean work tree, and a history to re
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import uuid
@@ -25,6 +24,7 @@ from support.deploy import (
     REGION,
     aws_env,
     by_kind,
+    clean_env,
     git,
     http_get,
     load_yaml_documents,
@@ -75,8 +75,7 @@ def images(docker_client, python_standin, scratch, tmp_path_factory):
         version_dir = _build(root, seed)
         info = json.loads((version_dir / "assets.extra/build_info.json").read_text())
         assert info["memory"]["peak_rss_bytes"] > info["memory"]["baseline_rss_bytes"] > 0
-        env = dict(
-            os.environ,
+        env = clean_env(
             MODEL_DIR=str(version_dir),
             BUILD_DIR=str(root / "build"),
             SERVING_IMAGE="scann-serving-test/pushtest",

@@ -225,20 +225,7 @@ CLIENT_CASES = [
         "unknown query id(s), not in this model version",
     ),
     ("unknown-id-not-utf8", {}, lambda c: c.search([b"\xff-sku"]), InvalidRequestError, "unknown query id(s)"),
-    (
-        "batch-above-max",
-        {},
-        lambda c: c.search([f"sku-{i}" for i in range(1025)]),
-        InvalidRequestError,
-        "larger than maximum input batch size 1024",
-    ),
-    (
-        "batch-above-max-vectors",
-        {},
-        lambda c: c.search_by_vector(np.ones((1025, harness.DIM))),
-        InvalidRequestError,
-        "larger than maximum input batch size 1024",
-    ),
+    # A batch above max_batch_size is no error for the client: it splits it (tests/server/test_server_batching.py).
     ("wrong-dtype", {}, lambda c: c.search([True]), TypeError, "is a bool"),
     ("wrong-rank", {}, lambda c: c.search_by_vector(np.ones((1, 2, harness.DIM))), ValueError, "[batch, dim]"),
     ("wrong-dim", {}, lambda c: c.search_by_vector(np.ones((1, 8))), ValueError, "takes 16-dimensional"),

@@ -240,7 +240,7 @@ def test_concurrent_unknown_and_valid_ids_on_the_image_batching_file(items_serve
 
 def test_1024_rows_succeed_on_an_idle_image_batching_server_and_1025_are_refused_for_good(items_server):
     """The image's file: an idle queue holds 128 x 8 = 1024 rows (at 100 x 8, 801-1024 rows were always UNAVAILABLE)."""
-    from retrieval_client import InvalidRequestError, RetrievalClient, RetryPolicy
+    from retrieval_client import RetrievalClient, RetryPolicy
 
     options = BatchingParameters.from_file(support.IMAGE_BATCHING_FILE).queue_options()
     assert (options.input_batch_size_limit, options.idle_capacity()) == (1024, 1024)
@@ -254,12 +254,13 @@ def test_1024_rows_succeed_on_an_idle_image_batching_server_and_1025_are_refused
         "Task size 1025 is larger than maximum input batch size 1024",
     )
     raw.close()
-    # Through the client: a clear error, sent once and never retried (it can never succeed).
+    # Through the client: the refusal is never retried as is; the client learns the limit from it
+    # and splits the request (one INVALID_ARGUMENT, then every row answered).
     before = _invalid_argument_count(items_server)
     with RetrievalClient(items_server.target, harness.MODEL, retry=RetryPolicy(max_attempts=5)) as client:
-        with pytest.raises(InvalidRequestError, match="larger than maximum input batch size 1024"):
-            client.search(ids)
-    assert _invalid_argument_count(items_server) == before + 1, "the client retried a request that can never succeed"
+        result = client.search(ids)
+    assert len(result) == 1025 and all(len(row.ids) == 10 for row in result)
+    assert _invalid_argument_count(items_server) == before + 1, "the client resent a request that can never succeed"
 
 
 def _invalid_argument_count(server: support.RunningServer) -> int:

@@ -67,8 +67,15 @@ def by_kind(objects: list[dict], kind: str) -> list[dict]:
 
 
 def clean_env(**overrides: str) -> dict[str, str]:
-    """The caller's environment without anything that would point at real AWS."""
+    """The caller's environment without anything that would point at real AWS, and with the venvs
+    as absolute paths: scripts run from a scratch copy (scratch_repo) must find the checkout's venvs,
+    where the Makefile's relative defaults would point into the copy."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ECR_"))}
+    env.update(
+        VENV=str(support.venv_path("VENV", ".venv")),
+        COMPAT_VENV=str(support.venv_path("COMPAT_VENV", ".venv-compat")),
+        TOOLS_VENV=str(tools_venv()),
+    )
     env.update(overrides)
     return env
 
