@@ -35,6 +35,18 @@ def _labelled_image(python_standin: str, labels: dict[str, str]) -> str:
     return local
 
 
+def _aws_ecr(env: dict, *args: str) -> dict:
+    """`aws ecr ARGS --output json` against the stand-in, parsed."""
+    out = subprocess.run(
+        [tool("aws"), "ecr", *args, "--output", "json"],
+        env=dict(env, AWS_DEFAULT_REGION=REGION),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
 def test_make_push_creates_the_repository_and_pushes(docker_client, python_standin, moto, registry, tmp_path):
     repository = f"scann-serving-test-{uuid.uuid4().hex[:6]}"
     labels = {
@@ -69,24 +81,11 @@ def test_make_push_creates_the_repository_and_pushes(docker_client, python_stand
         status, body = http_get(f"http://{registry}/v2/{repository}/tags/list")
         assert status == 200 and json.loads(body)["tags"] == [tag]
 
-        described = subprocess.run(
-            [tool("aws"), "ecr", "describe-repositories", "--repository-names", repository, "--output", "json"],
-            env=dict(env, AWS_DEFAULT_REGION=REGION),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        (repo,) = json.loads(described.stdout)["repositories"]
+        (repo,) = _aws_ecr(env, "describe-repositories", "--repository-names", repository)["repositories"]
         assert repo["repositoryName"] == repository and repo["imageTagMutability"] == "IMMUTABLE"
         # The lifecycle policy expires untagged images only: what releases reference keeps its tag.
-        policy = subprocess.run(
-            [tool("aws"), "ecr", "get-lifecycle-policy", "--repository-name", repository, "--output", "json"],
-            env=dict(env, AWS_DEFAULT_REGION=REGION),
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        rules = json.loads(json.loads(policy.stdout)["lifecyclePolicyText"])["rules"]
+        policy = _aws_ecr(env, "get-lifecycle-policy", "--repository-name", repository)
+        rules = json.loads(policy["lifecyclePolicyText"])["rules"]
         assert rules == json.loads((REPO / "scripts/ecr-lifecycle-policy.json").read_text())["rules"]
         assert [r["selection"]["tagStatus"] for r in rules] == ["untagged"]
         # The ECR login lived in a throwaway DOCKER_CONFIG: nothing in the caller's.
