@@ -153,7 +153,16 @@ def test_a_smaller_gate_sample_needs_a_wider_margin(small):
         assert sweep.frontier and all(p.recall - p.margin >= 0.9 for p in sweep.frontier)
     narrow, wide = sweeps[10**9].frontier[0], sweeps[20].frontier[0]
     assert 0 < narrow.margin and wide.recall >= narrow.recall, "the wider margin never settles for less recall"
-    assert any(p.recall >= 0.9 and not p.reaches(0.9) for p in sweeps[20].measured), "some were rejected by the margin"
+    # Same searcher, same knobs: same recall; only the margin differs (which points a binary search
+    # lands on in [goal, goal + margin) depends on the tree ScaNN trains, so that is not asserted).
+    wide_by_knobs = {(p.leaves_to_search, p.reorder): p for p in sweeps[20].measured}
+    common = [
+        (p, wide_by_knobs[k]) for p in sweeps[10**9].measured if (k := (p.leaves_to_search, p.reorder)) in wide_by_knobs
+    ]
+    assert common, "both sweeps measured some of the same settings"
+    for tight, loose in common:
+        assert loose.recall == tight.recall and loose.margin >= tight.margin
+        assert loose.margin > tight.margin or tight.margin == 0.0
 
 
 def test_search_times_only_gated_settings_and_records_the_frontier(small):
@@ -245,12 +254,17 @@ def test_build_records_the_search_and_inspect_prints_it(tmp_path):
     vectors = clustered_embeddings(3_000, 16, num_clusters=40, seed=11)
     path = tmp_path / "items.npz"
     np.savez(path, ids=np.arange(len(vectors), dtype=np.int64) + 7, vectors=vectors)
+    # A low target so that even the cheapest setting clears it by far: at 0.95 the search picks a
+    # tree setting just above the goal, and a 200-query gate on a tree that k-means trained
+    # differently each run lands below it now and then (the gate doing its job, not what is tested).
     version = support.build(
         tmp_path / "models",
         "--candidates",
         str(path),
         "--query",
         "item",
+        "--target-recall",
+        "0.5",
         "--verify-queries",
         "200",
         "--brute-force-below",
