@@ -6,8 +6,9 @@ catalogue items. Two builds of the same catalogue (`--candidates ... --query ite
   tuning_queries  `--tuning-queries` with 2,000 test images (the build splits them: 1,000 tune the
                   index search, 1,000 are the gate's held-out part).
 Both are scored on the same 1,000 other test images that neither build saw: recall@10 of
-search_by_vector against exact search, and its cost through the serving graph (graph_timing:
-TF_SessionRun loop over the exported SavedModel, one query per call, intra-op 1 / inter-op 2).
+search_by_vector against exact search, and its cost through the serving graph (graph_timing.compare:
+both SavedModels loaded through TF's C API and timed taking turns, TF_SessionRun loop, one query per
+call, median call, best of 7 rounds, intra-op 1 / inter-op 2).
 Next to them Faiss HNSW32 on the same base and queries, one query per call (1 OpenMP thread), at
 the cheapest efSearch whose recall reaches each build's. Results: benchmarks/results/tuning_queries.json.
 
@@ -58,11 +59,9 @@ def _served_rows(version_dir: Path, queries: np.ndarray) -> np.ndarray:
 
 
 def _score(version_dir: Path, info: dict, wall_s: float, ds, kth: np.ndarray) -> dict:
-    from model_builder.index import graph_timing
     from model_builder.index.recall import recall_against
 
     rows = _served_rows(version_dir, ds.test)  # ids are row numbers
-    cost = graph_timing.measure(version_dir, ds.test, batch=1, max_s=3.0)
     search = info.get("index_search") or {}
     chosen = search.get("chosen") or {}
     return {
@@ -80,9 +79,19 @@ def _score(version_dir: Path, info: dict, wall_s: float, ds, kth: np.ndarray) ->
         },
         "tuning_queries": info.get("tuning_queries"),
         "test_recall_at_10": round(recall_against(kth, ds.test, ds.base, rows, ds.distance), 4),
-        "test_cost_us_per_query": round(cost.us_per_query, 1),
-        "test_cost_calls": cost.calls,
     }
+
+
+def _side_by_side_cost(scored: dict[str, dict], queries: np.ndarray) -> None:
+    """Both versions loaded at once and timed taking turns (graph_timing.compare: drifting load on a
+    shared machine hits both alike), one query per call; adds test_cost_us_per_query to each."""
+    from model_builder.index import graph_timing
+
+    names = list(scored)
+    costs = graph_timing.compare([Path(scored[n]["version_dir"]) for n in names], queries, 1, rounds=7, max_s=8.0)
+    for name, cost in zip(names, costs):
+        scored[name]["test_cost_us_per_query"] = round(cost.us_per_query, 1)
+        scored[name]["test_cost_calls"] = cost.calls
 
 
 def _hnsw(ds, kth: np.ndarray, work: Path, recalls: dict[str, float]) -> dict:
@@ -133,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     built = {name: _build(name.replace("_", "-"), flags, candidates, models, args.work) for name, flags in runs.items()}
     scored = {name: _score(*b, ds, kth) for name, b in built.items()}
+    _side_by_side_cost(scored, ds.test)
     for name, s in scored.items():
         log(f"{name}: test recall@10 {s['test_recall_at_10']}, {s['test_cost_us_per_query']} us/query, {s['index']}")
     hnsw = _hnsw(ds, kth, args.work, {n: s["test_recall_at_10"] for n, s in scored.items()})
