@@ -12,7 +12,10 @@ call, median call, best of 7 rounds, intra-op 1 / inter-op 2).
 Next to them Faiss HNSW32 on the same base and queries, one query per call (1 OpenMP thread), at
 the cheapest efSearch whose recall reaches each build's. Results: benchmarks/results/tuning_queries.json.
 
-    python -m benchmarks.tuning_queries [--limit 20000] [--search-budget-s 90]
+`--queries blend` makes the queries less like the items: each is the normalized sum of two test
+images of different classes (a construction, not a real query log), same split and counts.
+
+    python -m benchmarks.tuning_queries [--queries test|blend] [--limit 20000] [--search-budget-s 90]
 """
 
 from __future__ import annotations
@@ -117,16 +120,43 @@ def _hnsw(ds, kth: np.ndarray, work: Path, recalls: dict[str, float]) -> dict:
     return {**built, "threads": 1, "sweep": sweep, "matched_to": matched}
 
 
+def _blend(ds, seed: int = 1):
+    """Each query the normalized sum of two test images of different classes (labels from the t10k file)."""
+    import dataclasses
+    import gzip
+
+    images = datasets.l2_normalize(
+        datasets.read_idx_images(datasets.FASHION_MNIST / "t10k-images-idx3-ubyte.gz") / 255.0
+    )
+    labels = np.frombuffer(gzip.open(datasets.FASHION_MNIST / "t10k-labels-idx1-ubyte.gz").read()[8:], dtype=np.uint8)
+    rng = np.random.default_rng(seed)
+    first, second = rng.permutation(len(images)), rng.permutation(len(images))
+    pairs = [(a, b) for a, b in zip(first, second) if labels[a] != labels[b]][: TUNING_ROWS + TEST_ROWS]
+    blended = datasets.l2_normalize(np.stack([images[a] + images[b] for a, b in pairs]))
+    return dataclasses.replace(
+        ds,
+        name=ds.name + "-blend-queries",
+        validation=blended[:TUNING_ROWS],
+        test=blended[TUNING_ROWS:],
+        source=ds.source + "; queries: normalized sums of two test images of different classes",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs both builds, scores them and HNSW, writes the JSON (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--limit", type=int, default=None, help="catalogue subsample (first N training images)")
     p.add_argument("--search-budget-s", type=float, default=None, help="index search budget of both builds")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks/results/tuning_queries.json")
+    p.add_argument("--queries", choices=("test", "blend"), default="test", help="test images, or blends of two")
+    p.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/tuning_queries[_blend].json")
     p.add_argument("--work", type=Path, default=REPO / "build/bench-work/tuning-queries")
     args = p.parse_args(argv)
     started = time.perf_counter()
     ds = datasets.fashion_mnist(TUNING_ROWS, TEST_ROWS, limit=args.limit)
+    if args.queries == "blend":
+        ds = _blend(ds)
+    args.work = args.work / args.queries
+    args.out = args.out or REPO / f"benchmarks/results/tuning_queries{'_blend' if args.queries == 'blend' else ''}.json"
     args.work.mkdir(parents=True, exist_ok=True)
     candidates, tuning_file = args.work / "candidates.npz", args.work / "tuning-queries.npy"
     np.savez(candidates, ids=np.arange(len(ds.base), dtype=np.int64), vectors=ds.base)
