@@ -144,6 +144,12 @@ class BuildConfig:
     verify_queries: int = field(
         default=recall.DEFAULT_QUERIES, metadata={"help": "held-out queries used by the recall gate"}
     )
+    tuning_queries: str | None = field(
+        default=None,
+        metadata={
+            "help": "query vectors production sends (.npy, .npz with array 'vectors', .parquet with a list column; the catalogue's dimension, at least 200 rows): split once by a fixed seed into the index search's queries (up to 1000) and a held-out part (up to --verify-queries, at most half) on which the gate scores search_by_vector; default: both sample the catalogue itself"
+        },
+    )
 
     def validate(self) -> None:
         """Rejects inconsistent flags before any work starts."""

@@ -106,6 +106,13 @@ def _add_verify(sub) -> None:
     p.add_argument("version_dir", type=Path, help="a version folder: BASE/NAME/VERSION")
     p.add_argument("--target-recall", type=float, default=recall.DEFAULT_TARGET_RECALL, help="minimum recall@k")
     p.add_argument("--queries", type=int, default=recall.DEFAULT_QUERIES, help="number of held-out queries")
+    p.add_argument(
+        "--tuning-queries",
+        type=Path,
+        default=None,
+        help="the file the version was built with (build --tuning-queries; its sha256 is checked against "
+        "build_info.json): search_by_vector is scored on its held-out part instead of noisy catalogue vectors",
+    )
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
     p.set_defaults(run=_run_verify)
 
@@ -116,12 +123,21 @@ def _run_verify(args: argparse.Namespace) -> int:
 
     if not (args.version_dir / "saved_model.pb").is_file():
         raise DataError(f"{args.version_dir}: no saved_model.pb (expected a version folder BASE/NAME/VERSION)")
-    report = verify.verify_version(args.version_dir, args.target_recall, args.queries)
+    vector_queries = None
+    if args.tuning_queries is not None:
+        from model_builder.export.version_store import read_build_info
+        from model_builder.index.tuning_queries import held_out_for_version
+
+        recorded = read_build_info(args.version_dir).get("tuning_queries")
+        vector_queries = held_out_for_version(args.tuning_queries, recorded)
+    report = verify.verify_version(args.version_dir, args.target_recall, args.queries, vector_queries=vector_queries)
     if args.json:
         print(json.dumps(report))
     else:
         for name, value in report["recall_at_k"].items():
             print(f"{name}: recall@{report['k']} = {value:.4f} (target {args.target_recall})")
+        vector = report["vector_queries"]
+        print(f"search_by_vector scored on {vector['rows']} vectors: {vector['source']}")
         print("PASSED" if report["passed"] else "FAILED: " + "; ".join(verify.failures(report)))
     return 0 if report["passed"] else 1
 

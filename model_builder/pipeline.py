@@ -27,6 +27,8 @@ from model_builder.export import version_store, warmup
 from model_builder.export.serving_graph import RetrievalModule, ServingOptions
 from model_builder.index import config as index_config
 from model_builder.index import search as index_search
+from model_builder.index import tuning_queries as tuning_queries_file
+from model_builder.index.tuning_queries import TuningQueries
 from model_builder.towers.prepare import Log, Prepared, prepare_imported, prepare_trained
 from model_builder.towers.training import TrainConfig
 
@@ -175,9 +177,19 @@ def _seen(cfg: BuildConfig, prepared: Prepared):
 
 
 def _index_stage(
-    cfg: BuildConfig, index_cfg: index_config.IndexConfig, prepared: Prepared, fallback_ids, query_tower, log: Log
+    cfg: BuildConfig,
+    index_cfg: index_config.IndexConfig,
+    prepared: Prepared,
+    fallback_ids,
+    query_tower,
+    log: Log,
+    given: TuningQueries | None = None,
 ) -> _IndexChoice:
-    """The rule of thumb's index, or (with --tune) the fastest one reaching the recall target."""
+    """The rule of thumb's index, or (with --tune) the fastest one reaching the recall target.
+
+    `given` (--tuning-queries): the index search tunes on its tuning part instead of catalogue
+    queries, for recall@(what the served signatures fetch without a query item) at the target itself.
+    """
     catalogue = prepared.catalogue
     vectors = catalogue.candidate_vectors
     seen = _seen(cfg, prepared)
@@ -191,16 +203,22 @@ def _index_stage(
         searcher, seconds = index_config.build_searcher(vectors, resolved, neighbours)
         log(f"index: built in {seconds:.1f} s")
         return _IndexChoice(resolved, searcher, seconds, index_search.Knobs(None, None), None, None)
+    if given is None:
+        queries, count, gate = _tuning_queries(catalogue), neighbours, len(catalogue.vectors_of_queries())
+        goal = contract.recall_goal_with_query_item(cfg.k, cfg.target_recall, catalogue.items_are_queries)
+    else:  # not catalogue items: no query item among the results to discount
+        queries, goal, gate = given.tuning, cfg.target_recall, len(given.held_out)
+        count = contract.neighbours_per_query(cfg.k, False, seen.width if seen else 0, len(vectors))
     searched = index_search.search(
         index_search.SearchInputs(
             cfg=index_cfg,
             rule=resolved,
             vectors=vectors,
-            queries=_tuning_queries(catalogue),
-            count=neighbours,
-            goal=contract.recall_goal_with_query_item(cfg.k, cfg.target_recall, catalogue.items_are_queries),
+            queries=queries,
+            count=count,
+            goal=goal,
             export_setting=module_factory(cfg, catalogue, fallback_ids, query_tower, seen.table if seen else None),
-            gate_queries=min(cfg.verify_queries, len(catalogue.vectors_of_queries())),  # what the gate samples
+            gate_queries=min(cfg.verify_queries, gate),  # what the gate samples
         ),
         log,
     )
@@ -228,7 +246,9 @@ def _exclusion_info(cfg: BuildConfig, prepared: Prepared) -> dict | None:
 _EXCLUDING_SIGNATURES = [contract.SERVING_SIGNATURE, f"{contract.FEATURES_SIGNATURE} (known ids)"]
 
 
-def _build_info(cfg: BuildConfig, prepared: Prepared, choice: _IndexChoice, fallback_ids) -> dict:
+def _build_info(
+    cfg: BuildConfig, prepared: Prepared, choice: _IndexChoice, fallback_ids, given: TuningQueries | None
+) -> dict:
     """build_info.json before verification and memory are added."""
     catalogue = prepared.catalogue
     return {
@@ -241,6 +261,7 @@ def _build_info(cfg: BuildConfig, prepared: Prepared, choice: _IndexChoice, fall
         "index": {**choice.resolved.to_dict(), "build_seconds": round(choice.build_seconds, 3)},
         "tuning": choice.tuning,
         "index_search": choice.search_record,
+        "tuning_queries": None if given is None else given.to_info(),
         "serving": {
             "k": cfg.k,
             "query": cfg.query,
@@ -270,7 +291,7 @@ def _write_version(cfg: BuildConfig, prepared: Prepared, module, info: dict, tmp
     version_store.write_build_info(tmp, {**info, "version": version})
 
 
-def _check_version(cfg: BuildConfig, tmp: Path, log: Log) -> None:
+def _check_version(cfg: BuildConfig, tmp: Path, log: Log, given: TuningQueries | None) -> None:
     """The gates a version must pass before it is published: serving rules, recall, memory measured."""
     batching_file = Path(cfg.batching_parameters) if cfg.batching_parameters else serving_rules.default_batching_file()
     serving_rules.enforce(serving_rules.check_all(tmp, batching_file))
@@ -279,7 +300,9 @@ def _check_version(cfg: BuildConfig, tmp: Path, log: Log) -> None:
         f"({batching_file or 'no batching file: model checked alone'})"
     )
     log(f"verify: loading the export in a fresh process; recall@{cfg.k} must be >= {cfg.target_recall}")
-    report = verify.verify_in_fresh_process(tmp, cfg.target_recall, cfg.verify_queries)
+    report = verify.verify_in_fresh_process(
+        tmp, cfg.target_recall, cfg.verify_queries, given.path.resolve() if given else None
+    )
     recalls = ", ".join(f"{k} {v:.4f}" for k, v in report["recall_at_k"].items())
     log(
         f"verify: recall@{report['k']} vs exact search: {recalls}; "
@@ -290,6 +313,16 @@ def _check_version(cfg: BuildConfig, tmp: Path, log: Log) -> None:
     version_store.write_build_info(tmp, full)
     # Deploy sizing: peak RSS of loading + warming in the serving-runtime stand-in (compat/memory.py).
     memory.record(tmp, log)
+
+
+def _read_tuning_queries(cfg: BuildConfig, train_cfg: TrainConfig, prepared: Prepared | None) -> TuningQueries | None:
+    """--tuning-queries read and split before any work; trained towers' dimension is known from the flags."""
+    if cfg.tuning_queries is None:
+        return None
+    given = tuning_queries_file.load(Path(cfg.tuning_queries), cfg.verify_queries)
+    if prepared is None and not cfg.candidates:
+        given.check_dimension(train_cfg.embedding_dim, "--embedding-dim")
+    return given
 
 
 def build(
@@ -306,13 +339,20 @@ def build(
     cfg.validate()
     index_cfg.validate()
     started = time.perf_counter()
+    given = _read_tuning_queries(cfg, train_cfg, prepared)
     if prepared is None:
         prepared = prepare_imported(cfg, log) if cfg.candidates else prepare_trained(cfg, train_cfg, log)
+    if given is not None:
+        given.check_dimension(prepared.catalogue.candidate_vectors.shape[1], "the catalogue")
+        log(
+            f"tuning queries: {given.rows} from {given.path}: {len(given.tuning)} tune the index, "
+            f"{len(given.held_out)} held out for the recall gate"
+        )
     check_not_padding(prepared.catalogue.candidate_ids, prepared.data_info.get("source", cfg.dataset))
     fallback_ids = _fallback_ids(cfg, prepared)
     exported = prepared.feature_towers
     query_tower = exported.towers[cfg.query] if exported else None
-    choice = _index_stage(cfg, index_cfg, prepared, fallback_ids, query_tower, log)
+    choice = _index_stage(cfg, index_cfg, prepared, fallback_ids, query_tower, log, given)
     seen = _seen(cfg, prepared)
     module = serving_module(
         cfg,
@@ -324,13 +364,13 @@ def build(
         query_tower,
         seen.table if seen else None,
     )
-    info = _build_info(cfg, prepared, choice, fallback_ids)
+    info = _build_info(cfg, prepared, choice, fallback_ids, given)
     version_dir = version_store.publish(
         Path(cfg.out),
         cfg.model_name,
         cfg.version,
         lambda tmp, version: _write_version(cfg, prepared, module, info, tmp, version, log),
-        lambda tmp: _check_version(cfg, tmp, log),
+        lambda tmp: _check_version(cfg, tmp, log, given),
     )
     info = version_store.read_build_info(version_dir)
     log(f"published {version_dir} in {time.perf_counter() - started:.0f} s")

@@ -52,9 +52,17 @@ def _replay_warmup(loaded, version_dir: Path) -> int:
 
 
 def verify_version(
-    version_dir: Path, target_recall: float = DEFAULT_TARGET_RECALL, num_queries: int = DEFAULT_QUERIES, seed: int = 0
+    version_dir: Path,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    num_queries: int = DEFAULT_QUERIES,
+    seed: int = 0,
+    vector_queries: np.ndarray | None = None,
 ) -> dict:
-    """Loads the version, measures recall@k of both signatures, replays warmup; returns a report."""
+    """Loads the version, measures recall@k of both signatures, replays warmup; returns a report.
+
+    `vector_queries` (the held-out part of build --tuning-queries, index/tuning_queries.py) are
+    what search_by_vector is scored on; without them, noisy copies of sampled catalogue queries.
+    """
     import tensorflow as tf
 
     import model_builder.scann_import  # noqa: F401  (registers Scann ops before loading)
@@ -80,12 +88,14 @@ def verify_version(
     base = query_vectors[picks]
     scale = _VECTOR_NOISE * np.linalg.norm(base, axis=1, keepdims=True) / np.sqrt(base.shape[1])
     noisy = (base + rng.normal(size=base.shape) * scale).astype(np.float32)
+    if vector_queries is not None:
+        noisy = np.ascontiguousarray(vector_queries, dtype=np.float32)
     all_found = True
     for start in range(0, len(picks), 256):
-        chunk = picks[start : start + 256]
-        out = by_id(ids=tf.constant(_encode(query_ids[chunk])))
+        out = by_id(ids=tf.constant(_encode(query_ids[picks[start : start + 256]])))
         all_found &= bool(out["found"].numpy().all())
         id_rows.append(_rows_of(_decode(out["ids"].numpy()), candidate_ids))
+    for start in range(0, len(noisy), 256):
         out = by_vector(vectors=tf.constant(noisy[start : start + 256]))
         all_found &= bool(out["found"].numpy().all())
         vec_rows.append(_rows_of(_decode(out["ids"].numpy()), candidate_ids))
@@ -104,6 +114,10 @@ def verify_version(
     report = {
         "version_dir": str(version_dir),
         "queries": int(len(picks)),
+        "vector_queries": {
+            "rows": int(len(noisy)),
+            "source": "catalogue queries + 5% noise" if vector_queries is None else "--tuning-queries held-out part",
+        },
         "k": int(id_rows.shape[1]),
         "target_recall": target_recall,
         "recall_at_k": {
@@ -201,8 +215,13 @@ def _encode(values: np.ndarray) -> np.ndarray:
     return values if values.dtype == np.int64 else np.asarray([str(v) for v in values.tolist()], dtype=object)
 
 
-def verify_in_fresh_process(version_dir: Path, target_recall: float, num_queries: int = DEFAULT_QUERIES) -> dict:
-    """Runs `python -m model_builder verify` on version_dir; raises VerificationError below target."""
+def verify_in_fresh_process(
+    version_dir: Path, target_recall: float, num_queries: int = DEFAULT_QUERIES, tuning_queries: Path | None = None
+) -> dict:
+    """Runs `python -m model_builder verify` on version_dir; raises VerificationError below target.
+
+    `tuning_queries`: the build's --tuning-queries file, whose held-out part search_by_vector is scored on.
+    """
     cmd = [
         sys.executable,
         "-m",
@@ -214,6 +233,7 @@ def verify_in_fresh_process(version_dir: Path, target_recall: float, num_queries
         "--queries",
         str(num_queries),
         "--json",
+        *(["--tuning-queries", str(tuning_queries)] if tuning_queries else []),
     ]
     # The package may be run from a checkout without being installed: make it importable there too.
     root = str(Path(__file__).resolve().parent.parent)

@@ -328,6 +328,8 @@ def _result(
         "objective": cfg.optimize,
         "batch": run.batch,
         "goal": inputs.goal,
+        "recall_at": inputs.count,
+        "queries": len(inputs.queries),
         "confidence_z": recall_sweep.CONFIDENCE_Z,
         "gate_queries": inputs.gate_queries,
         "enabled": cfg.index_search,
