@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import numpy as np
 
 from . import _features as ft
+from . import _filters as fl
 from . import _requests as rq
 from . import _responses as rs
 from ._errors import (
@@ -79,6 +81,8 @@ class ClientState:
         self.contract: rs.Contract | None = None
         # The server's largest request in rows (TF Serving's max_batch_size), once it said so.
         self.max_batch_rows: int | None = None
+        # (version, FilterSchema) of the last filtered search: refetched when the version changes.
+        self.filter_schema: tuple[int | None, fl.FilterSchema] | None = None
         self.rng = random.Random()
 
     def deadline(self, timeout_s: float | None) -> Deadline:
@@ -225,19 +229,55 @@ def _check_k(state: ClientState, k: int | None, top_k: int | None, signature: st
         raise rq.k_too_large(k, top_k, f"{state.ref.describe(contract.version)} ({signature})")
 
 
-def search(state: ClientState, ids: Any, k: int | None, timeout_s: float | None, settings: CallSettings) -> Flow:
-    """serving_default: ids -> neighbours; unknown ids raise InvalidRequestError."""
+def _filter_schema(state: ClientState, deadline: Deadline, settings: CallSettings, contract: rs.Contract) -> Flow:
+    """The version's FilterSchema: cached per version, else read from filter_schema (2 calls)."""
+    what = state.ref.describe(contract.version)
+    if contract.filtered is None:
+        raise IncompatibleModelError(
+            f"{what} has no signature {fl.FILTERED_SIGNATURE!r}: it was built without item attributes "
+            "(build with --item-attributes FILE, or --item-attributes dataset for MovieLens)"
+        )
+    if state.filter_schema is not None and state.filter_schema[0] == contract.version:
+        return state.filter_schema[1]
+    entries: list[str] = []
+    size, start = 1, 0
+    while start < size:
+        index = list(range(start, min(size, start + 512)))
+        request = rq.predict_request(
+            state.ref, fl.SCHEMA_SIGNATURE, {"index": rq.to_tensor_proto(np.asarray(index, np.int64))}
+        )
+        response = yield from call(state, deadline, rq.PREDICT, request, settings)
+        size = int(rs.output_array(response, "size", what)[0]) if index else 0
+        entries += [e.decode() if isinstance(e, bytes) else str(e) for e in rs.output_array(response, "entry", what)]
+        start += len(index)
+    schema = fl.FilterSchema.parse(contract.filtered, entries[:size], what)
+    state.filter_schema = (contract.version, schema)
+    return schema
+
+
+def search(
+    state: ClientState,
+    ids: Any,
+    k: int | None,
+    timeout_s: float | None,
+    settings: CallSettings,
+    filters: fl.Filters | None = None,
+) -> Flow:
+    """serving_default (search_filtered with filters): ids -> neighbours; unknown ids raise InvalidRequestError."""
     deadline = state.deadline(timeout_s)
     rq.check_k(k)
     items = rq.as_id_list(ids)
     if not items:
         return []
+    signature = rq.SEARCH_SIGNATURE if filters is None else fl.FILTERED_SIGNATURE
 
     def stale(cached: rs.Contract) -> bool:
         # e.g. "item-5" for a cached int64 model, or k above the cached K: a newer
         # version may take strings or return more neighbours.
         k_above = k is not None and cached.k is not None and k > cached.k
         what = state.ref.describe(cached.version)
+        if filters is not None and cached.filtered is None:
+            return True  # a newer version may have the filtered signature
         return k_above or bool(rq.impossible_ids(items, cached.require_id_dtype(state.ref), what))
 
     contract, fresh = yield from _contract(state, deadline, settings, stale)
@@ -248,13 +288,18 @@ def search(state: ClientState, ids: Any, k: int | None, timeout_s: float | None,
         if impossible:
             raise rq.unknown_ids_error(impossible, f"{what} takes int64 ids")
         _check_k(state, k, contract.k, rq.SEARCH_SIGNATURE, contract)
+        schema = None if filters is None else (yield from _filter_schema(state, deadline, settings, contract))
+        if schema is not None and filters is not None:
+            fl.filter_tensors(schema, filters, 1, what)  # bad filters raise before anything is sent
 
-        def request_for(start: int, stop: int, id_dtype: str = id_dtype, what: str = what) -> Any:
-            tensor = rq.ids_tensor(items[start:stop], id_dtype, what)
-            return rq.predict_request(state.ref, rq.SEARCH_SIGNATURE, {"ids": tensor})
+        def request_for(start: int, stop: int, id_dtype: str = id_dtype, what: str = what, schema=schema) -> Any:
+            inputs = {"ids": rq.ids_tensor(items[start:stop], id_dtype, what)}
+            if schema is not None and filters is not None:
+                inputs.update(fl.filter_tensors(schema, filters, stop - start, what))
+            return rq.predict_request(state.ref, signature, inputs)
 
         try:
-            parts = yield from _predict_rows(state, deadline, settings, len(items), request_for, k, rq.SEARCH_SIGNATURE)
+            parts = yield from _predict_rows(state, deadline, settings, len(items), request_for, k, signature)
         except InvalidRequestError as exc:
             # A new model version may take another id dtype than the cached
             # metadata says: refresh once, resend only if the dtype changed.
