@@ -194,6 +194,14 @@ class FilterTables(tf.Module):
             tf.TensorSpec([None], tf.int32, name=MAX_PER),
         ]
 
+    def ensure_shapes(self, filters) -> tuple:
+        """The filter inputs checked against their fixed widths: a request of another width fails
+        its Run with INVALID_ARGUMENT (TF Serving's batcher could not merge it with others anyway)."""
+        o = self.options
+        widths = (o.tokens_width, o.tokens_width, o.exclude_width, self.num_numeric, self.num_numeric)
+        checked = [tf.ensure_shape(t, [None, w]) for t, w in zip(filters[:5], widths)]
+        return (*checked, tf.ensure_shape(filters[5], [None]))
+
     def schema(self, index):
         """filter_schema: entry `index` (int64 [B]) of the published schema, and its size."""
         index = tf.ensure_shape(index, [None])

@@ -288,7 +288,7 @@ class RetrievalModule(tf.Module):
         return self._filtered(vectors, found, [], self._padding_ids, filters)
 
     def _filtered(self, queries, found, excluded: list, not_found_ids: np.ndarray, filters) -> dict:
-        allow, deny, exclude, lower, upper, max_per = filters
+        allow, deny, exclude, lower, upper, max_per = self.filters.ensure_shapes(filters)
         batch = tf.shape(queries)[0]
         excluded = tf.concat([tf.zeros([batch, 0], tf.int64), *excluded], 1)
         allowed = self.filters.allowed(allow, deny, exclude, lower, upper, excluded)
