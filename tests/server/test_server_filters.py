@@ -173,3 +173,26 @@ def test_a_raw_request_of_the_wrong_width_is_invalid_argument(served):
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err.details()
     finally:
         raw.close()
+
+
+def _cli(server, *args: str):
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(support.REPO / "client" / "src")}
+    cmd = [sys.executable, "-m", "retrieval_client", "search", "--target", server.target, "--model", "flt", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_cli_filters(served):
+    client, server, vectors, ids, tables = served
+    ok = _cli(server, "--id", "m10", "--allow", "genre=Comedy", "--where", "year=1990:", "--max-per", "1", "--json")
+    assert ok.returncode == 0, ok.stderr
+    import json
+
+    got = json.loads(ok.stdout)["results"][0]["ids"]
+    assert got == exact(
+        10, vectors, ids, tables, allow={"genre": ["Comedy"]}, where={"year": (1990, np.inf)}, max_per=1
+    )
+    bad = _cli(server, "--id", "m10", "--allow", "genre=Comdy")
+    assert bad.returncode == 2 and "unknown token 'Comdy'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -196,3 +196,35 @@ def _exclude_row(schema: FilterSchema, ids: Sequence[Any], model: str) -> np.nda
         row[:] = [_id_as_bytes(v) for v in ids] + [b""] * (schema.exclude_width - len(ids))
         return row
     raise IncompatibleModelError(f"{model}: exclude takes {schema.exclude_dtype}; the client sends int64 or string ids")
+
+
+def token_flags(pairs: Sequence[str] | None, flag: str) -> dict[str, list[str]] | None:
+    """CLI: ["genre=Comedy", "genre=Drama"] -> {"genre": ["Comedy", "Drama"]}."""
+    if not pairs:
+        return None
+    out: dict[str, list[str]] = {}
+    for text in pairs:
+        ns, sep, token = text.partition(SEPARATOR)
+        if not sep or not ns or not token:
+            raise ValueError(f"{flag} {text!r}: expected NAMESPACE=TOKEN, e.g. {flag} genre=Comedy")
+        out.setdefault(ns, []).append(token)
+    return out
+
+
+def range_flags(texts: Sequence[str] | None) -> dict[str, tuple[float | None, float | None]] | None:
+    """CLI: ["year=1990:", "rating=:4.5"] -> {"year": (1990.0, None), "rating": (None, 4.5)}."""
+    if not texts:
+        return None
+    out: dict[str, tuple[float | None, float | None]] = {}
+    for text in texts:
+        name, sep, bounds = text.partition(SEPARATOR)
+        low, colon, high = bounds.partition(":")
+        try:
+            if not sep or not name or not colon:
+                raise ValueError
+            out[name] = (float(low) if low.strip() else None, float(high) if high.strip() else None)
+        except ValueError:
+            raise ValueError(
+                f"--where {text!r}: expected NAME=LOW:HIGH (either side may be empty), e.g. year=1990:"
+            ) from None
+    return out
