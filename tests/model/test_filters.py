@@ -177,3 +177,25 @@ def test_filter_schema_publishes_vocabulary_numeric_attributes_and_crowding(mode
     assert entries[: len(tables.vocabulary)] == [f"token:{t}" for t in tables.vocabulary]
     assert "numeric:year" in entries and "crowding:genre" in entries and "fetch:500" in entries
     assert out["found"].numpy().sum() == size
+
+
+def test_item_attributes_file_is_the_item_features_format(tmp_path):
+    from model_builder.data.features import read_features
+    from model_builder.errors import ConfigError
+    from model_builder.index.attributes import from_feature_table
+
+    path = tmp_path / "attributes.csv"
+    path.write_text(
+        "item_id,genre:multi,studio:categorical,year:numeric\n2,Comedy|Drama,A24,1999\n1,Horror,,\n9,Drama,X,2001\n"
+    )
+    candidates = np.asarray([1, 2, 3], np.int64)  # 3 has no row; 9 is not in the catalogue
+    table = read_features(path, "item", candidates.dtype)
+    tables = from_feature_table(table, candidates, crowding="genre")
+    assert tables.vocabulary == ("genre=Comedy", "genre=Drama", "genre=Horror", "studio=A24")
+    assert tables.membership.tolist() == [[False, False, True, False], [True, True, False, True], [False] * 4]
+    assert tables.numeric_names == ("year",) and np.isnan(tables.numeric[[0, 2], 0]).all()
+    assert tables.numeric[1, 0] == 1999
+    # Crowding: an item's first token in the namespace; an item without one is a group of its own.
+    assert tables.crowd_group[0] == 2 and tables.crowd_group[1] == 0 and tables.crowd_group[2] == 4 + 2
+    with pytest.raises(ConfigError, match="'genres' is not a token namespace"):
+        from_feature_table(table, candidates, crowding="genres")
