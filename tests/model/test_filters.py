@@ -75,11 +75,11 @@ def request(rows: list[dict], ids: np.ndarray) -> dict:
     }
 
 
-def exact(row: dict, vectors, ids, tables) -> list[int]:
+def exact(row: dict, vectors, ids, tables, drop_query: bool = True) -> list[int]:
     """Exact filtered (and crowded) top-k in numpy: the reference."""
     q = int(row["q"]) - 1000
     keep = brute_force_filter(tables, row.get("allow"), row.get("deny"), row.get("where"))
-    keep[q] = False
+    keep[q] = keep[q] and not drop_query
     keep[np.isin(ids, row.get("exclude", []))] = False
     scores = vectors @ vectors[q]
     out, per_group = [], {}
@@ -199,3 +199,16 @@ def test_item_attributes_file_is_the_item_features_format(tmp_path):
     assert tables.crowd_group[0] == 2 and tables.crowd_group[1] == 0 and tables.crowd_group[2] == 4 + 2
     with pytest.raises(ConfigError, match="'genres' is not a token namespace"):
         from_feature_table(table, candidates, crowding="genres")
+
+
+def test_search_by_vector_filtered_filters_the_same_way(model):
+    signatures, vectors, ids, tables = model
+    rows = [{"q": int(ids[q]), **CASES[i]} for i, q in ((1, 5), (3, 900), (5, 1500), (9, 2000))]
+    inputs = request(rows, ids)
+    inputs.pop("ids")
+    rows_q = [int(r["q"]) - 1000 for r in rows]
+    out = signatures["search_by_vector_filtered"](vectors=tf.constant(vectors[rows_q]), **inputs)
+    for row, got, scores in zip(rows, out["ids"].numpy(), out["scores"].numpy()):
+        # No query item to drop here: a vector has no item.
+        got = [int(i) for i, s in zip(got, scores) if s > -np.inf]
+        assert got == exact(row, vectors, ids, tables, drop_query=False), row
