@@ -307,6 +307,11 @@ def _write_version(cfg: BuildConfig, prepared: Prepared, module, info: dict, tmp
     logs = warmup.warmup_logs(cfg.model_name, catalogue.query_ids, catalogue.vectors_of_queries(), cfg.max_batch_size)
     if exported:
         logs += warmup.feature_logs(cfg.model_name, exported.examples[cfg.query], cfg.max_batch_size)
+    if module.filters is not None:
+        widths = (cfg.filter_tokens_width, cfg.filter_exclude_width, module.filters.num_numeric)
+        logs += warmup.filtered_logs(
+            cfg.model_name, catalogue.query_ids, catalogue.candidate_ids, widths, cfg.max_batch_size
+        )
     warmup.write(tmp, logs[: warmup.MAX_RECORDS])
     version_store.write_build_info(tmp, {**info, "version": version})
 
