@@ -212,3 +212,22 @@ def test_search_by_vector_filtered_filters_the_same_way(model):
         # No query item to drop here: a vector has no item.
         got = [int(i) for i, s in zip(got, scores) if s > -np.inf]
         assert got == exact(row, vectors, ids, tables, drop_query=False), row
+
+
+def test_empty_batches_and_unknown_queries_under_filters(model):
+    signatures, vectors, ids, _ = model
+    empty = request([], ids)
+    empty["ids"] = tf.zeros([0], tf.int64)
+    for name in ("allow", "deny"):
+        empty[name] = tf.zeros([0, TOKENS], tf.string)
+    empty["exclude"] = tf.zeros([0, EXCLUDE], tf.int64)
+    empty["lower"], empty["upper"] = tf.zeros([0, 1]), tf.zeros([0, 1])
+    assert signatures["search_filtered"](**empty)["ids"].shape == (0, K)
+    # An unknown id (and a NaN vector) is found = false with padding; its neighbour is answered.
+    inputs = request([{"q": 10**9}, {"q": int(ids[3]), **CASES[1]}], ids)
+    out = signatures["search_filtered"](**inputs)
+    assert out["found"].numpy().tolist() == [False, True] and (out["ids"].numpy()[0] == -1).all()
+    inputs.pop("ids")
+    queries = np.stack([np.full(D, np.nan, np.float32), vectors[3]])
+    out = signatures["search_by_vector_filtered"](vectors=tf.constant(queries), **inputs)
+    assert out["found"].numpy().tolist() == [False, True] and np.isneginf(out["scores"].numpy()[0]).all()
