@@ -196,3 +196,23 @@ def test_cli_filters(served):
     )
     bad = _cli(server, "--id", "m10", "--allow", "genre=Comdy")
     assert bad.returncode == 2 and "unknown token 'Comdy'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_search_by_vector_and_the_async_client_take_the_same_filters(served):
+    import asyncio
+
+    from retrieval_client import AsyncRetrievalClient
+
+    client, server, vectors, ids, tables = served
+    filters = FILTERS[0]
+    where = {"year": (1990, np.inf)}
+    want = exact(10, vectors, ids, tables, allow=filters["allow"], where=where)
+    # A vector has no query item: the item itself is a result when the filter allows it.
+    by_vector = list(client.search_by_vector(vectors[10], **filters)[0].ids)
+    assert [i for i in by_vector if i != "m10"] == want[: len([i for i in by_vector if i != "m10"])]
+
+    async def run() -> list:
+        async with AsyncRetrievalClient(server.target, "flt", timeout_s=30) as aclient:
+            return list((await aclient.search(["m10"], **filters))[0].ids)
+
+    assert asyncio.run(run()) == want

@@ -140,6 +140,11 @@ class AsyncRetrievalClient(_ClientBase):
         vectors: Vectors,
         k: int | None = None,
         *,
+        exclude: Sequence[Any] | None = None,
+        allow: Mapping[str, Sequence[str]] | None = None,
+        deny: Mapping[str, Sequence[str]] | None = None,
+        where: Mapping[str, tuple[float | None, float | None]] | None = None,
+        max_per: int | None = None,
         timeout_s: float | None = None,
         headers: Headers | None = None,
         wait_for_ready: bool | None = None,
@@ -147,8 +152,9 @@ class AsyncRetrievalClient(_ClientBase):
     ) -> list[SearchResult]:
         """See RetrievalClient.search_by_vector."""
         settings = self._settings(headers, wait_for_ready, compression)
+        filters = Filters.of(exclude, allow, deny, where, max_per)
         return await self._run(
-            "search_by_vector", _flows.search_by_vector(self._state, vectors, k, timeout_s, settings)
+            "search_by_vector", _flows.search_by_vector(self._state, vectors, k, timeout_s, settings, filters)
         )
 
     async def search_by_features(

@@ -155,6 +155,11 @@ class RetrievalClient(_ClientBase):
         vectors: Vectors,
         k: int | None = None,
         *,
+        exclude: Sequence[Any] | None = None,
+        allow: Mapping[str, Sequence[str]] | None = None,
+        deny: Mapping[str, Sequence[str]] | None = None,
+        where: Mapping[str, tuple[float | None, float | None]] | None = None,
+        max_per: int | None = None,
         timeout_s: float | None = None,
         headers: Headers | None = None,
         wait_for_ready: bool | None = None,
@@ -165,10 +170,14 @@ class RetrievalClient(_ClientBase):
         vectors: float [dim] (one query) or [batch, dim]; sent as float32.
             NaN/Inf or a dimension other than the model's raise ValueError
             before anything is sent.
-        k and the keyword arguments: as in search().
+        k, the filters and the keyword arguments: as in search() (with filters:
+            signature search_by_vector_filtered).
         """
         settings = self._settings(headers, wait_for_ready, compression)
-        return self._run("search_by_vector", _flows.search_by_vector(self._state, vectors, k, timeout_s, settings))
+        filters = Filters.of(exclude, allow, deny, where, max_per)
+        return self._run(
+            "search_by_vector", _flows.search_by_vector(self._state, vectors, k, timeout_s, settings, filters)
+        )
 
     def search_by_features(
         self,

@@ -28,6 +28,7 @@ from ._types import SignatureInfo
 from .protos import tensor_pb2
 
 FILTERED_SIGNATURE = "search_filtered"
+VECTOR_FILTERED_SIGNATURE = "search_by_vector_filtered"
 SCHEMA_SIGNATURE = "filter_schema"
 SEPARATOR = "="
 

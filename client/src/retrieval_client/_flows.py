@@ -317,7 +317,12 @@ def search(
 
 
 def search_by_vector(
-    state: ClientState, vectors: Any, k: int | None, timeout_s: float | None, settings: CallSettings
+    state: ClientState,
+    vectors: Any,
+    k: int | None,
+    timeout_s: float | None,
+    settings: CallSettings,
+    filters: fl.Filters | None = None,
 ) -> Flow:
     """search_by_vector: float32 [batch, dim] query embeddings -> neighbours.
 
@@ -334,6 +339,8 @@ def search_by_vector(
     def stale(cached: rs.Contract) -> bool:
         # The cached dimension or K may belong to an older version.
         wrong_dim = cached.dim is not None and cached.dim != array.shape[1]
+        if filters is not None and cached.filtered is None:
+            return True  # a newer version may have the filtered signatures
         return wrong_dim or (k is not None and cached.vector_k is not None and k > cached.vector_k)
 
     contract, _ = yield from _contract(state, deadline, settings, stale)
@@ -343,11 +350,19 @@ def search_by_vector(
             f"takes {contract.dim}-dimensional query embeddings"
         )
     _check_k(state, k, contract.vector_k, rq.VECTOR_SIGNATURE, contract)
+    what = state.ref.describe(contract.version)
+    schema = None if filters is None else (yield from _filter_schema(state, deadline, settings, contract))
+    if schema is not None and filters is not None:
+        fl.filter_tensors(schema, filters, 1, what)  # bad filters raise before anything is sent
+    signature = rq.VECTOR_SIGNATURE if filters is None else fl.VECTOR_FILTERED_SIGNATURE
 
     def request_for(start: int, stop: int) -> Any:
-        return rq.predict_request(state.ref, rq.VECTOR_SIGNATURE, {"vectors": rq.to_tensor_proto(array[start:stop])})
+        inputs = {"vectors": rq.to_tensor_proto(array[start:stop])}
+        if schema is not None and filters is not None:
+            inputs.update(fl.filter_tensors(schema, filters, stop - start, what))
+        return rq.predict_request(state.ref, signature, inputs)
 
-    parts = yield from _predict_rows(state, deadline, settings, array.shape[0], request_for, k, rq.VECTOR_SIGNATURE)
+    parts = yield from _predict_rows(state, deadline, settings, array.shape[0], request_for, k, signature)
     return _results(parts, k)
 
 
