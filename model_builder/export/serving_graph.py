@@ -122,6 +122,7 @@ class RetrievalModule(tf.Module):
         self._exclude_query = catalogue.items_are_queries
         self._num_candidates = len(catalogue.candidate_ids)
         self._negate = index.distance == "squared_l2"
+        self._index = index
         self.candidate_ids = tf.Variable(_id_tensor(catalogue.candidate_ids), trainable=False, name="candidate_ids")
         self.scann = searcher.serialize_to_module() if searcher is not None else None
         if self.scann is not None and np.array_equal(self.scann.dataset.numpy(), catalogue.candidate_vectors):
@@ -386,8 +387,8 @@ class RetrievalModule(tf.Module):
 
         searcher = scann_ops.searcher_from_module(self.scann)
         reorder = self._options.pre_reorder_num_neighbors
-        if rescore_all and reorder is not None:
-            reorder = max(reorder, count)  # the filtered pool: never fewer re-scored than returned
+        if rescore_all:  # the filtered pool (export/filters.py): re-score all of it, not the index's default
+            reorder = max(reorder or self._index.reorder_num_neighbors or 0, count)
         rows, scores = searcher.search_batched_parallel(
             queries,
             final_num_neighbors=count,
