@@ -37,7 +37,7 @@ def catalogue_attributes(rng) -> AttributeTables:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
+def exported(tmp_path_factory):
     rng = np.random.default_rng(7)
     vectors = rng.normal(size=(N, D)).astype(np.float32)
     ids = np.arange(N, dtype=np.int64) + 1000
@@ -50,6 +50,12 @@ def model(tmp_path_factory):
     module = RetrievalModule(Catalogue(ids, None, ids, vectors), resolved, searcher, options)
     folder = tmp_path_factory.mktemp("filters") / "1"
     version_store.save_module(module, module.signatures(), folder)
+    return folder, vectors, ids, tables
+
+
+@pytest.fixture(scope="module")
+def model(exported):
+    folder, vectors, ids, tables = exported
     return tf.saved_model.load(str(folder)).signatures, vectors, ids, tables
 
 
@@ -271,3 +277,21 @@ def test_the_over_fetch_path_of_a_tree_ah_index_keeps_recall(tmp_path):
         truth = np.argsort(-sims, axis=1)[:, :K]
         recall = np.mean([len(set(o) & set(t)) / K for o, t in zip(out, truth)])
         assert recall >= 0.95, (token, recall)
+
+
+def test_serving_rules_require_fixed_widths_and_the_filtered_signatures_have_them(exported, tmp_path):
+    from model_builder.compat import serving_rules
+    from model_builder.compat.ops import saved_model_signatures
+
+    class Ragged(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, None], tf.string, name="allow")])
+        def run(self, allow):
+            return {"n": tf.shape(allow)[:1]}
+
+    module = Ragged()
+    tf.saved_model.save(module, str(tmp_path / "ragged"), signatures={"serving_default": module.run})
+    [violation] = serving_rules.width_rules(saved_model_signatures(tmp_path / "ragged"), padding=False)
+    assert violation.rule is serving_rules.FIXED_WIDTH and "'allow'" in str(violation)
+    assert serving_rules.width_rules(saved_model_signatures(tmp_path / "ragged"), padding=True) == []
+    signatures = saved_model_signatures(exported[0])
+    assert "search_filtered" in signatures and serving_rules.width_rules(signatures, padding=False) == []
