@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
 
 from . import _features as ft
+from . import _filter_flow
 from . import _filters as fl
 from . import _requests as rq
 from . import _responses as rs
@@ -229,32 +229,6 @@ def _check_k(state: ClientState, k: int | None, top_k: int | None, signature: st
         raise rq.k_too_large(k, top_k, f"{state.ref.describe(contract.version)} ({signature})")
 
 
-def _filter_schema(state: ClientState, deadline: Deadline, settings: CallSettings, contract: rs.Contract) -> Flow:
-    """The version's FilterSchema: cached per version, else read from filter_schema (2 calls)."""
-    what = state.ref.describe(contract.version)
-    if contract.filtered is None:
-        raise IncompatibleModelError(
-            f"{what} has no signature {fl.FILTERED_SIGNATURE!r}: it was built without item attributes "
-            "(build with --item-attributes FILE, or --item-attributes dataset for MovieLens)"
-        )
-    if state.filter_schema is not None and state.filter_schema[0] == contract.version:
-        return state.filter_schema[1]
-    entries: list[str] = []
-    size, start = 1, 0
-    while start < size:
-        index = list(range(start, min(size, start + 512)))
-        request = rq.predict_request(
-            state.ref, fl.SCHEMA_SIGNATURE, {"index": rq.to_tensor_proto(np.asarray(index, np.int64))}
-        )
-        response = yield from call(state, deadline, rq.PREDICT, request, settings)
-        size = int(rs.output_array(response, "size", what)[0]) if index else 0
-        entries += [e.decode() if isinstance(e, bytes) else str(e) for e in rs.output_array(response, "entry", what)]
-        start += len(index)
-    schema = fl.FilterSchema.parse(contract.filtered, entries[:size], what)
-    state.filter_schema = (contract.version, schema)
-    return schema
-
-
 def search(
     state: ClientState,
     ids: Any,
@@ -288,7 +262,9 @@ def search(
         if impossible:
             raise rq.unknown_ids_error(impossible, f"{what} takes int64 ids")
         _check_k(state, k, contract.k, rq.SEARCH_SIGNATURE, contract)
-        schema = None if filters is None else (yield from _filter_schema(state, deadline, settings, contract))
+        schema = (
+            None if filters is None else (yield from _filter_flow.filter_schema(state, deadline, settings, contract))
+        )
         if schema is not None and filters is not None:
             fl.filter_tensors(schema, filters, 1, what)  # bad filters raise before anything is sent
 
@@ -351,7 +327,7 @@ def search_by_vector(
         )
     _check_k(state, k, contract.vector_k, rq.VECTOR_SIGNATURE, contract)
     what = state.ref.describe(contract.version)
-    schema = None if filters is None else (yield from _filter_schema(state, deadline, settings, contract))
+    schema = None if filters is None else (yield from _filter_flow.filter_schema(state, deadline, settings, contract))
     if schema is not None and filters is not None:
         fl.filter_tensors(schema, filters, 1, what)  # bad filters raise before anything is sent
     signature = rq.VECTOR_SIGNATURE if filters is None else fl.VECTOR_FILTERED_SIGNATURE
