@@ -150,6 +150,28 @@ class BuildConfig:
             "help": "query vectors production sends (.npy, .npz with array 'vectors', .parquet with a list column; the catalogue's dimension, at least 200 rows): split once by a fixed seed into the index search's queries (up to 1000) and a held-out part (up to --verify-queries, at most half) on which the gate scores search_by_vector; default: both sample the catalogue itself"
         },
     )
+    item_attributes: str | None = field(
+        default=None,
+        metadata={
+            "help": "item attributes for per-request filters (signature search_filtered): an item features file (item_id + multi/categorical columns = token namespaces, numeric columns = ranges), or 'dataset' for the dataset's own item features (MovieLens: genre, year)"
+        },
+    )
+    crowding_attribute: str | None = field(
+        default=None,
+        metadata={"help": "token namespace requests may crowd by (max_per results per value; an item's first token)"},
+    )
+    filter_tokens_width: int = field(
+        default=16, metadata={"help": "allow/deny tokens per request row (fixed width: TF Serving batching)"}
+    )
+    filter_exclude_width: int = field(
+        default=64, metadata={"help": "ids a request row may exclude (fixed width: TF Serving batching)"}
+    )
+    filter_fetch: int = field(
+        default=1024,
+        metadata={
+            "help": "filtered rows fetch this many from the index; rows whose filter passes fewer than 4*k of them (expected) score the allowed set exactly"
+        },
+    )
 
     def validate(self) -> None:
         """Rejects inconsistent flags before any work starts."""
@@ -188,6 +210,10 @@ class BuildConfig:
             raise ConfigError(
                 "--user-features/--item-features train feature towers: drop --candidates and --no-features"
             )
+        if min(self.filter_tokens_width, self.filter_exclude_width, self.filter_fetch) < 1:
+            raise ConfigError("--filter-tokens-width, --filter-exclude-width and --filter-fetch must be at least 1")
+        if self.crowding_attribute and not self.item_attributes:
+            raise ConfigError("--crowding-attribute needs --item-attributes (it names one of their token namespaces)")
         if self.seen_cap < 1:
             raise ConfigError("--seen-cap must be at least 1 (use --no-exclude-seen to serve without exclusions)")
         if not (0 <= self.cold_users < 1 and 0 <= self.cold_items < 1):

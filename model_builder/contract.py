@@ -19,6 +19,10 @@ SIGNATURES = (SERVING_SIGNATURE, VECTOR_SIGNATURE, EXAMPLES_SIGNATURE)
 # Models with feature towers also take the query's features (one [B] input per feature, see
 # towers/served_tower.py): a user never seen in training is answered from them.
 FEATURES_SIGNATURE = "search_by_features"
+# Models built with --item-attributes: per-request filters and crowding (export/filters.py).
+FILTERED_SIGNATURE = "search_filtered"
+VECTOR_FILTERED_SIGNATURE = "search_by_vector_filtered"
+SCHEMA_SIGNATURE = "filter_schema"
 IDS = "ids"
 VECTORS = "vectors"
 SCORES = "scores"

@@ -65,13 +65,33 @@ def _show(title: str, ids: list, scores: list, titles: dict) -> None:
         print(f"  {rank:2}. {titles.get(int(item), item)}  (score {score:.3f})")
 
 
+def _filtered_query(args: argparse.Namespace, titles: dict) -> None:
+    """One filtered query (signature search_filtered): only comedies released in 1990 or later."""
+    flags = ["--allow", "genre=Comedy", "--where", "year=1990:"]
+    target = ["--target", f"127.0.0.1:{args.port}", "--model", args.model_name]
+    rec = _cli("search", *target, "--id", str(SAMPLE_USER), "-k", "10", *flags)
+    _show(
+        f"\nTop-10 comedies from 1990 on for user {SAMPLE_USER} (retrieval-client search {' '.join(flags)}):",
+        rec["results"][0]["ids"],
+        rec["results"][0]["scores"],
+        titles,
+    )
+
+
 def _build_models(args: argparse.Namespace):
     from model_builder.build_config import BuildConfig
     from model_builder.index.config import IndexConfig
     from model_builder.pipeline import build, prepare_trained
     from model_builder.towers.training import TrainConfig
 
-    users_cfg = BuildConfig(dataset="movielens-100k", out=str(args.out), model_name=args.model_name)
+    # Per-request filters on the user model: genres and release year from u.item (search_filtered).
+    users_cfg = BuildConfig(
+        dataset="movielens-100k",
+        out=str(args.out),
+        model_name=args.model_name,
+        item_attributes="dataset",
+        crowding_attribute="genre",
+    )
     items_cfg = BuildConfig(
         dataset="movielens-100k", out=str(args.out), model_name=f"{args.model_name}_items", query="item"
     )
@@ -135,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             else "built with --no-exclude-seen"
         )
         print(f"  ({len(again)} of the {len(has)} movies user {SAMPLE_USER} rated are in this list: {rule})")
+        _filtered_query(args, titles)
         sim = _cli(
             "search",
             "--target",

@@ -24,7 +24,9 @@ from model_builder.compat import memory, serving_rules
 from model_builder.contract import Catalogue, check_not_padding
 from model_builder.errors import ConfigError
 from model_builder.export import version_store, warmup
+from model_builder.export.filters import FilterOptions
 from model_builder.export.serving_graph import RetrievalModule, ServingOptions
+from model_builder.index import attributes as item_attributes
 from model_builder.index import config as index_config
 from model_builder.index import search as index_search
 from model_builder.index import tuning_queries as tuning_queries_file
@@ -78,8 +80,9 @@ def serving_module(
     fallback_ids: np.ndarray | None = None,
     query_tower=None,
     seen: np.ndarray | None = None,
+    attributes: item_attributes.AttributeTables | None = None,
 ) -> RetrievalModule:
-    """The serving graph for one index and its search knobs."""
+    """The serving graph for one index and its search knobs (`attributes`: the filtered signatures)."""
     options = ServingOptions(
         k=cfg.k,
         max_batch_size=cfg.max_batch_size,
@@ -89,8 +92,45 @@ def serving_module(
         unknown_ids=cfg.unknown_ids,
         fallback_ids=fallback_ids,
         seen=seen,
+        attributes=attributes,
+        filters=_filter_options(cfg),
     )
     return RetrievalModule(catalogue, resolved, searcher, options, query_tower)
+
+
+def _filter_options(cfg: BuildConfig) -> FilterOptions:
+    return FilterOptions(cfg.filter_tokens_width, cfg.filter_exclude_width, cfg.filter_fetch)
+
+
+def _attributes(cfg: BuildConfig, prepared: Prepared) -> item_attributes.AttributeTables | None:
+    """--item-attributes: a features file, or 'dataset' (the dataset's item features)."""
+    if not cfg.item_attributes:
+        return None
+    from model_builder.data.features import read_features
+
+    ids = prepared.catalogue.candidate_ids
+    if cfg.item_attributes == "dataset":
+        if prepared.item_features is None:
+            raise ConfigError("--item-attributes dataset: this dataset has no item features; give a file")
+        table, renames = prepared.item_features, item_attributes.MOVIELENS_NAMES
+    else:
+        table, renames = read_features(Path(cfg.item_attributes), "item", ids.dtype), {}
+    return item_attributes.from_feature_table(table, ids, cfg.crowding_attribute, renames)
+
+
+def _filters_info(cfg: BuildConfig, prepared: Prepared, attributes) -> dict | None:
+    """build_info.json["serving"]["filters"]: widths, vocabulary with item counts, the paths' constants."""
+    if attributes is None:
+        return None
+    options, n = _filter_options(cfg), len(prepared.catalogue.candidate_ids)
+    return {
+        "signatures": [contract.FILTERED_SIGNATURE, contract.VECTOR_FILTERED_SIGNATURE, contract.SCHEMA_SIGNATURE],
+        "tokens_width": options.tokens_width,
+        "exclude_width": options.exclude_width,
+        "fetch": options.fetch_for(cfg.k, n),
+        "exact_below_selectivity": options.threshold(cfg.k, n),
+        **attributes.to_info(),
+    }
 
 
 def git_commit() -> str:
@@ -247,7 +287,12 @@ _EXCLUDING_SIGNATURES = [contract.SERVING_SIGNATURE, f"{contract.FEATURES_SIGNAT
 
 
 def _build_info(
-    cfg: BuildConfig, prepared: Prepared, choice: _IndexChoice, fallback_ids, given: TuningQueries | None
+    cfg: BuildConfig,
+    prepared: Prepared,
+    choice: _IndexChoice,
+    fallback_ids,
+    given: TuningQueries | None,
+    attributes=None,
 ) -> dict:
     """build_info.json before verification and memory are added."""
     catalogue = prepared.catalogue
@@ -272,6 +317,7 @@ def _build_info(
             "features": _features_info(cfg, prepared.feature_towers),
             "fallback_ids": None if fallback_ids is None else fallback_ids.tolist(),
             "exclude_seen": _exclusion_info(cfg, prepared),
+            "filters": _filters_info(cfg, prepared, attributes),
             "query_id_dtype": "int64" if catalogue.query_ids.dtype == np.int64 else "string",
             "candidate_id_dtype": "int64" if catalogue.candidate_ids.dtype == np.int64 else "string",
         },
@@ -287,6 +333,11 @@ def _write_version(cfg: BuildConfig, prepared: Prepared, module, info: dict, tmp
     logs = warmup.warmup_logs(cfg.model_name, catalogue.query_ids, catalogue.vectors_of_queries(), cfg.max_batch_size)
     if exported:
         logs += warmup.feature_logs(cfg.model_name, exported.examples[cfg.query], cfg.max_batch_size)
+    if module.filters is not None:
+        widths = (cfg.filter_tokens_width, cfg.filter_exclude_width, module.filters.num_numeric)
+        logs += warmup.filtered_logs(
+            cfg.model_name, catalogue.query_ids, catalogue.candidate_ids, widths, cfg.max_batch_size
+        )
     warmup.write(tmp, logs[: warmup.MAX_RECORDS])
     version_store.write_build_info(tmp, {**info, "version": version})
 
@@ -350,6 +401,7 @@ def build(
         )
     check_not_padding(prepared.catalogue.candidate_ids, prepared.data_info.get("source", cfg.dataset))
     fallback_ids = _fallback_ids(cfg, prepared)
+    attributes = _attributes(cfg, prepared)
     exported = prepared.feature_towers
     query_tower = exported.towers[cfg.query] if exported else None
     choice = _index_stage(cfg, index_cfg, prepared, fallback_ids, query_tower, log, given)
@@ -363,8 +415,14 @@ def build(
         fallback_ids,
         query_tower,
         seen.table if seen else None,
+        attributes,
     )
-    info = _build_info(cfg, prepared, choice, fallback_ids, given)
+    if attributes is not None:
+        log(
+            f"filters: {len(attributes.vocabulary)} tokens in {', '.join(attributes.namespaces) or 'no namespace'}, "
+            f"numeric {', '.join(attributes.numeric_names) or 'none'}, crowding {attributes.crowding or 'off'}"
+        )
+    info = _build_info(cfg, prepared, choice, fallback_ids, given, attributes)
     version_dir = version_store.publish(
         Path(cfg.out),
         cfg.model_name,

@@ -38,6 +38,7 @@ ALLOWED_BATCH_SIZES_PADDING = Rule("allowed-batch-sizes-padding", "tensorflow_se
 MODEL_MAX_BATCH = Rule("model-max-batch-size", "tensorflow/core/kernels/batching_util/shared_batch_scheduler.h")
 BATCHABLE_SIGNATURES = Rule("batchable-signatures", "tensorflow_serving/batching/batching_util.h")
 BATCHED_OUTPUTS = Rule("batched-outputs", "tensorflow_serving/batching/batching_session.cc")
+FIXED_WIDTH = Rule("fixed-width-inputs", "tensorflow_serving/batching/batching_session.cc")
 WARMUP_RECORDS = Rule("warmup-records", "tensorflow_serving/servables/tensorflow/saved_model_warmup_util.cc")
 WARMUP_REQUESTS = Rule("warmup-requests", "tensorflow_serving/servables/tensorflow/predict_util.cc")
 WARMUP_BATCH = Rule("warmup-batch", "tensorflow/core/kernels/batching_util/shared_batch_scheduler.h")
@@ -150,7 +151,34 @@ def check_version(version_dir: Path, params: BatchingParameters | None) -> list[
         options = params.queue_options()
     else:
         options = QueueOptions(input_batch_size_limit=model_max or QueueOptions().input_batch_size_limit)
+    out += width_rules(signatures, params is not None and params.pad_variable_length_inputs)
     out += _warmup_rules(version_dir, signatures, options)
+    return out
+
+
+def width_rules(signatures: dict, padding: bool) -> list[Violation]:
+    """Inputs must have fixed non-batch dimensions unless pad_variable_length_inputs is on.
+
+    MergeInputTensors concatenates the tasks of a batch along dimension 0; tasks whose other
+    dimensions differ fail the whole batch ("... different shapes and padding is turned off")
+    unless padding is on, which pads with the tensor's first element (batching_util.h
+    AddPadding). Per-row lists (the filtered signatures' tokens and ids) therefore have a width
+    fixed at build time.
+    """
+    if padding:
+        return []
+    out = []
+    for name, sig in sorted(signatures.items()):
+        for alias, info in sorted(sig.inputs.items()):
+            dims = [d.size for d in info.tensor_shape.dim]
+            if any(d < 0 for d in dims[1:]):
+                out.append(
+                    Violation(
+                        FIXED_WIDTH,
+                        f"input '{alias}' of signature '{name}' has shape {dims}: requests of different widths "
+                        "cannot be merged with pad_variable_length_inputs off; give it a fixed width",
+                    )
+                )
     return out
 
 

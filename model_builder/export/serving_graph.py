@@ -46,6 +46,14 @@ from model_builder.contract import (
     Catalogue,
     padding_id,
 )
+from model_builder.export.filters import (
+    FILTERED_SIGNATURE,
+    SCHEMA_SIGNATURE,
+    VECTOR_FILTERED_SIGNATURE,
+    FilterOptions,
+    FilterTables,
+)
+from model_builder.index.attributes import AttributeTables
 from model_builder.index.config import ResolvedIndex
 from model_builder.towers.history import SEEN_PADDING
 
@@ -68,6 +76,10 @@ class ServingOptions:
     # candidate rows, ascending, padded with SEEN_PADDING (towers/history.py). serving_default (and
     # search_by_features for a known id) fetches k + width candidates and drops these.
     seen: np.ndarray | None = None
+    # Item attributes (index/attributes.py): adds search_filtered, search_by_vector_filtered and
+    # filter_schema (export/filters.py); None = no filtered signatures.
+    attributes: AttributeTables | None = None
+    filters: FilterOptions = FilterOptions()
 
 
 def tf_dtype(ids: np.ndarray) -> tf.DType:
@@ -110,6 +122,7 @@ class RetrievalModule(tf.Module):
         self._exclude_query = catalogue.items_are_queries
         self._num_candidates = len(catalogue.candidate_ids)
         self._negate = index.distance == "squared_l2"
+        self._index = index
         self.candidate_ids = tf.Variable(_id_tensor(catalogue.candidate_ids), trainable=False, name="candidate_ids")
         self.scann = searcher.serialize_to_module() if searcher is not None else None
         if self.scann is not None and np.array_equal(self.scann.dataset.numpy(), catalogue.candidate_vectors):
@@ -147,6 +160,18 @@ class RetrievalModule(tf.Module):
         self.query_tower = query_tower
         if query_tower is not None:
             self.search_features = tf.function(self._search_features, input_signature=[query_tower.input_specs()])
+        self.filters = None
+        if options.attributes is not None:
+            self.filters = FilterTables(options.attributes, catalogue.candidate_ids, options.filters, self._k)
+            id_spec = tf.TensorSpec([None], query_dtype, name=IDS)
+            vector_spec = tf.TensorSpec([None, self._dim], tf.float32, name=VECTORS)
+            specs = self.filters.input_specs
+            self.search_ids_filtered = tf.function(self._search_ids_filtered, input_signature=specs(id_spec))
+            self.search_vectors_filtered = tf.function(
+                self._search_vectors_filtered, input_signature=specs(vector_spec)
+            )
+            index_spec = [tf.TensorSpec([None], tf.int64, name=INDEX)]
+            self.filter_schema = tf.function(self.filters.schema, input_signature=index_spec)
 
     def signatures(self) -> dict:
         """The signature map for tf.saved_model.save."""
@@ -157,6 +182,10 @@ class RetrievalModule(tf.Module):
         }
         if self.query_tower is not None:
             out[FEATURES_SIGNATURE] = self.search_features.get_concrete_function()
+        if self.filters is not None:
+            out[FILTERED_SIGNATURE] = self.search_ids_filtered.get_concrete_function()
+            out[VECTOR_FILTERED_SIGNATURE] = self.search_vectors_filtered.get_concrete_function()
+            out[SCHEMA_SIGNATURE] = self.filter_schema.get_concrete_function()
         return out
 
     # -- build-time tables ----------------------------------------------------
@@ -242,6 +271,38 @@ class RetrievalModule(tf.Module):
             queries, found, exclude_rows=exclude, not_found_ids=self._padding_ids, seen=self._seen_of(known)
         )
 
+    def _search_ids_filtered(self, ids, *filters):
+        ids = tf.ensure_shape(ids, [None])
+        rows = self.query_table.lookup(ids)
+        found = rows >= 0
+        seen = self._seen_of(rows)
+        rows = tf.maximum(rows, 0)
+        excluded = [rows[:, None]] if self._exclude_query else []
+        if seen is not None:
+            excluded.append(tf.cast(seen, tf.int64))  # SEEN_PADDING is past the catalogue: no row
+        return self._filtered(tf.gather(self.query_vectors, rows), found, excluded, self._not_found_ids, filters)
+
+    def _search_vectors_filtered(self, vectors, *filters):
+        vectors = tf.ensure_shape(vectors, [None, self._dim])
+        found = tf.reduce_all(tf.math.is_finite(vectors), axis=1)
+        vectors = tf.where(found[:, None], vectors, 0.0)
+        return self._filtered(vectors, found, [], self._padding_ids, filters)
+
+    def _filtered(self, queries, found, excluded: list, not_found_ids: np.ndarray, filters) -> dict:
+        allow, deny, exclude, lower, upper, max_per = self.filters.ensure_shapes(filters)
+        batch = tf.shape(queries)[0]
+        excluded = tf.concat([tf.zeros([batch, 0], tf.int64), *excluded], 1)
+        allowed = self.filters.allowed(allow, deny, exclude, lower, upper, excluded)
+        fetch = self.filters.fetch
+        rows, scores = self.filters.search(
+            allowed,
+            lambda: self._full_width(*self._nearest(queries, fetch, rescore_all=True), fetch),
+            lambda: self._exact_scores(queries),
+            self._k,
+            max_per,
+        )
+        return self._outputs(rows, scores, found, not_found_ids)
+
     def _examples_fn(self, index):
         index = tf.ensure_shape(index, [None])
         n, query_ids, candidate_ids, candidate_vectors = self._examples
@@ -275,6 +336,10 @@ class RetrievalModule(tf.Module):
             scores = tf.where(excluded, tf.constant(-np.inf, scores.dtype), scores)
             scores, order = tf.math.top_k(scores, k=self._k, sorted=True)
             rows = tf.gather(rows, order, batch_dims=1)
+        return self._outputs(rows, scores, found, not_found_ids)
+
+    def _outputs(self, rows, scores, found, not_found_ids: np.ndarray) -> dict:
+        """[B, k] rows and scores -> the signature's outputs (padding where nothing or not found)."""
         ids = tf.gather(self.candidate_ids, rows)
         keep = found[:, None]
         # A found row may end in padding entries (score -inf) when the index yielded fewer than k
@@ -304,25 +369,30 @@ class RetrievalModule(tf.Module):
         scores = tf.where(tf.math.is_nan(scores), tf.constant(-np.inf, scores.dtype), scores)
         return tf.reshape(rows, [-1, width]), tf.reshape(scores, [-1, width])
 
-    def _nearest(self, queries, count: int):
+    def _exact_scores(self, queries):
+        """[B, N] exact similarities (higher is better), as the brute-force path scores them."""
+        if self._negate:
+            return -(
+                tf.reduce_sum(queries**2, 1, keepdims=True)
+                - 2 * tf.matmul(queries, self.candidate_vectors, transpose_b=True)
+                + tf.reduce_sum(self.candidate_vectors**2, 1)[None, :]
+            )
+        return tf.matmul(queries, self.candidate_vectors, transpose_b=True)
+
+    def _nearest(self, queries, count: int, rescore_all: bool = False):
         if self.scann is None:
-            if self._negate:
-                sims = -(
-                    tf.reduce_sum(queries**2, 1, keepdims=True)
-                    - 2 * tf.matmul(queries, self.candidate_vectors, transpose_b=True)
-                    + tf.reduce_sum(self.candidate_vectors**2, 1)[None, :]
-                )
-            else:
-                sims = tf.matmul(queries, self.candidate_vectors, transpose_b=True)
-            scores, rows = tf.math.top_k(sims, k=count, sorted=True)
+            scores, rows = tf.math.top_k(self._exact_scores(queries), k=count, sorted=True)
             return tf.cast(rows, tf.int32), scores
         from model_builder.scann_import import scann_ops
 
         searcher = scann_ops.searcher_from_module(self.scann)
+        reorder = self._options.pre_reorder_num_neighbors
+        if rescore_all:  # the filtered pool (export/filters.py): re-score all of it, not the index's default
+            reorder = max(reorder or self._index.reorder_num_neighbors or 0, count)
         rows, scores = searcher.search_batched_parallel(
             queries,
             final_num_neighbors=count,
-            pre_reorder_num_neighbors=self._options.pre_reorder_num_neighbors,
+            pre_reorder_num_neighbors=reorder,
             leaves_to_search=self._options.leaves_to_search,
         )
         # ScaNN reports squared L2 as a distance (lower is better); serve "higher is better".

@@ -79,6 +79,34 @@ def feature_logs(model_name: str, raw_inputs: dict[str, np.ndarray], max_batch_s
     return logs
 
 
+def filtered_logs(
+    model_name: str, query_ids: np.ndarray, candidate_ids: np.ndarray, widths: tuple[int, int, int], max_batch_size: int
+) -> list:
+    """search_filtered records (widths: tokens, exclude, numeric): rows without filters (the
+    over-fetch path) next to rows whose allow token is in no namespace (they match nothing, so
+    the exact path runs too), one record per batch size."""
+    from model_builder.contract import FILTERED_SIGNATURE, padding_id
+
+    tokens, exclude, numeric = widths
+    logs = []
+    for size in (s for s in BATCH_SIZES[:2] if s <= max_batch_size):
+        picks = np.arange(size) % len(query_ids)
+        allow = np.full((size, tokens), b"", dtype=object)
+        allow[1::2, 0] = b"warmup=exact-path"
+        pad = padding_id(candidate_ids)
+        inputs = {
+            IDS: _wire(query_ids[picks]) if query_ids.dtype != np.int64 else query_ids[picks],
+            "allow": allow,
+            "deny": np.full((size, tokens), b"", dtype=object),
+            "exclude": np.full((size, exclude), pad, np.int64) if pad == -1 else np.full((size, exclude), b"", object),
+            "lower": np.full((size, numeric), -np.inf, np.float32),
+            "upper": np.full((size, numeric), np.inf, np.float32),
+            "max_per": np.zeros(size, np.int32),
+        }
+        logs.append(_request(model_name, FILTERED_SIGNATURE, inputs))
+    return logs
+
+
 def _wire(values: np.ndarray) -> np.ndarray:
     return values if values.dtype != object else np.asarray([str(v).encode() for v in values.tolist()], dtype=object)
 

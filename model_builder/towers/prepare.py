@@ -37,6 +37,8 @@ class Prepared:
     feature_towers: object | None = None
     # User -> items with --exclude-seen: each query row's history, which serving_default masks.
     seen: history.SeenItems | None = None
+    # The dataset's own item features (MovieLens: genres, release year): `--item-attributes dataset`.
+    item_features: object | None = None
 
     def as_item_to_item(self) -> Prepared:
         """The same towers served item -> similar items (queries are the candidates; no user history)."""
@@ -219,7 +221,14 @@ def _from_trained(cfg: BuildConfig, dataset, keep: np.ndarray, threshold, traine
             cfg.seen_cap,
         )
     return Prepared(
-        catalogue, data_info, trained.quality, dataset.titles, popular_ids, trained.feature_towers, seen=seen
+        catalogue,
+        data_info,
+        trained.quality,
+        dataset.titles,
+        popular_ids,
+        trained.feature_towers,
+        seen=seen,
+        item_features=dataset.item_features,
     )
 
 

@@ -7,7 +7,7 @@ and polling live in _flows/_requests, shared with the blocking client.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -16,6 +16,7 @@ import grpc.aio
 from . import _flows, _hedging, _interceptors, _waiting
 from ._base import DEFAULT_WAIT_TIMEOUT_S, _ClientBase
 from ._errors import RetrievalError, from_rpc_error
+from ._filters import Filters
 from ._types import Examples, FeatureRows, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 
@@ -119,6 +120,11 @@ class AsyncRetrievalClient(_ClientBase):
         ids: Ids,
         k: int | None = None,
         *,
+        exclude: Sequence[Any] | None = None,
+        allow: Mapping[str, Sequence[str]] | None = None,
+        deny: Mapping[str, Sequence[str]] | None = None,
+        where: Mapping[str, tuple[float | None, float | None]] | None = None,
+        max_per: int | None = None,
         timeout_s: float | None = None,
         headers: Headers | None = None,
         wait_for_ready: bool | None = None,
@@ -126,13 +132,19 @@ class AsyncRetrievalClient(_ClientBase):
     ) -> list[SearchResult]:
         """See RetrievalClient.search."""
         settings = self._settings(headers, wait_for_ready, compression)
-        return await self._run("search", _flows.search(self._state, ids, k, timeout_s, settings))
+        filters = Filters.of(exclude, allow, deny, where, max_per)
+        return await self._run("search", _flows.search(self._state, ids, k, timeout_s, settings, filters))
 
     async def search_by_vector(
         self,
         vectors: Vectors,
         k: int | None = None,
         *,
+        exclude: Sequence[Any] | None = None,
+        allow: Mapping[str, Sequence[str]] | None = None,
+        deny: Mapping[str, Sequence[str]] | None = None,
+        where: Mapping[str, tuple[float | None, float | None]] | None = None,
+        max_per: int | None = None,
         timeout_s: float | None = None,
         headers: Headers | None = None,
         wait_for_ready: bool | None = None,
@@ -140,8 +152,9 @@ class AsyncRetrievalClient(_ClientBase):
     ) -> list[SearchResult]:
         """See RetrievalClient.search_by_vector."""
         settings = self._settings(headers, wait_for_ready, compression)
+        filters = Filters.of(exclude, allow, deny, where, max_per)
         return await self._run(
-            "search_by_vector", _flows.search_by_vector(self._state, vectors, k, timeout_s, settings)
+            "search_by_vector", _flows.search_by_vector(self._state, vectors, k, timeout_s, settings, filters)
         )
 
     async def search_by_features(

@@ -24,6 +24,7 @@ import numpy as np
 from ._base import DEFAULT_MODEL, DEFAULT_TIMEOUT_S, DEFAULT_WAIT_TIMEOUT_S
 from ._client import RetrievalClient
 from ._errors import InvalidRequestError, ModelNotFoundError, RetrievalError
+from ._filters import range_flags, token_flags
 from ._types import Examples, ModelMetadata, SearchResult, TlsConfig, VersionStatus
 from ._version import __version__
 
@@ -181,6 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _k(search)
     _deadline(search)
+    filters = search.add_argument_group("filters (signature search_filtered; models built with --item-attributes)")
+    filters.add_argument(
+        "--allow", metavar="NS=TOKEN", action="append", help="results need one of these tokens per namespace; repeat"
+    )
+    filters.add_argument(
+        "--deny", metavar="NS=TOKEN", action="append", help="results have none of these tokens; repeat"
+    )
+    filters.add_argument(
+        "--where",
+        metavar="NAME=LOW:HIGH",
+        action="append",
+        help="inclusive numeric range, a side may be empty: year=1990:",
+    )
+    filters.add_argument("--exclude", metavar="ID", action="append", help="an id never returned; repeat")
+    filters.add_argument(
+        "--max-per", type=int, default=None, help="at most this many results per value of the crowding attribute"
+    )
 
     vector = command("search-vector", "nearest candidates for query embeddings (signature search_by_vector)")
     vector.add_argument(
@@ -264,6 +282,8 @@ def _show_status(statuses: list[VersionStatus]) -> str:
 def _execute(client: RetrievalClient, args: argparse.Namespace) -> tuple:
     """(value for --json, human-readable text)."""
     if args.command == "search" and args.features:
+        if args.allow or args.deny or args.where or args.exclude or args.max_per:
+            raise ValueError("--allow/--deny/--where/--exclude/--max-per filter --id searches, not --feature ones")
         row = _feature_row(args.features)
         results = client.search_by_features([row], k=args.k, timeout_s=args.timeout_s)
         shown = [" ".join(f"{name}={value}" for name, value in row.items())]
@@ -271,7 +291,16 @@ def _execute(client: RetrievalClient, args: argparse.Namespace) -> tuple:
             shown, results
         )
     if args.command == "search":
-        results = client.search(args.ids, k=args.k, timeout_s=args.timeout_s)
+        results = client.search(
+            args.ids,
+            k=args.k,
+            timeout_s=args.timeout_s,
+            exclude=args.exclude,
+            allow=token_flags(args.allow, "--allow"),
+            deny=token_flags(args.deny, "--deny"),
+            where=range_flags(args.where),
+            max_per=args.max_per,
+        )
         data: dict[str, Any] = {
             "model": client.model,
             "results": [{"query": q, **_plain(r)} for q, r in zip(args.ids, results, strict=True)],

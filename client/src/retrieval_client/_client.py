@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -12,6 +12,7 @@ import grpc
 from . import _channel, _flows, _hedging, _interceptors, _waiting
 from ._base import DEFAULT_WAIT_TIMEOUT_S, _ClientBase
 from ._errors import RetrievalError, ServerUnavailableError, from_rpc_error
+from ._filters import Filters
 from ._types import Examples, FeatureRows, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 
@@ -114,6 +115,11 @@ class RetrievalClient(_ClientBase):
         ids: Ids,
         k: int | None = None,
         *,
+        exclude: Sequence[Any] | None = None,
+        allow: Mapping[str, Sequence[str]] | None = None,
+        deny: Mapping[str, Sequence[str]] | None = None,
+        where: Mapping[str, tuple[float | None, float | None]] | None = None,
+        max_per: int | None = None,
         timeout_s: float | None = None,
         headers: Headers | None = None,
         wait_for_ready: bool | None = None,
@@ -128,18 +134,32 @@ class RetrievalClient(_ClientBase):
             (ValueError naming K if larger, before anything is sent).
         timeout_s, headers, wait_for_ready, compression: this call's
             deadline and gRPC settings (None: the client's).
+        exclude, allow, deny, where, max_per: filters applied to every id of the
+            call (signature search_filtered; models built with --item-attributes):
+            ids never returned; {namespace: [tokens]} of which an item needs one
+            (per namespace); {namespace: [tokens]} an item must have none of;
+            {attribute: (low, high)} inclusive, None for an open end; at most
+            max_per results per value of the model's crowding attribute. Unknown
+            namespaces, tokens and attributes raise InvalidRequestError naming
+            them before anything is sent. No filter: serving_default answers.
         Returns one SearchResult per id, in order. Ids the model does not know
         raise InvalidRequestError naming them (only this call's ids), unless the
         model was built with a fallback: then those results have found=False.
         """
         settings = self._settings(headers, wait_for_ready, compression)
-        return self._run("search", _flows.search(self._state, ids, k, timeout_s, settings))
+        filters = Filters.of(exclude, allow, deny, where, max_per)
+        return self._run("search", _flows.search(self._state, ids, k, timeout_s, settings, filters))
 
     def search_by_vector(
         self,
         vectors: Vectors,
         k: int | None = None,
         *,
+        exclude: Sequence[Any] | None = None,
+        allow: Mapping[str, Sequence[str]] | None = None,
+        deny: Mapping[str, Sequence[str]] | None = None,
+        where: Mapping[str, tuple[float | None, float | None]] | None = None,
+        max_per: int | None = None,
         timeout_s: float | None = None,
         headers: Headers | None = None,
         wait_for_ready: bool | None = None,
@@ -150,10 +170,14 @@ class RetrievalClient(_ClientBase):
         vectors: float [dim] (one query) or [batch, dim]; sent as float32.
             NaN/Inf or a dimension other than the model's raise ValueError
             before anything is sent.
-        k and the keyword arguments: as in search().
+        k, the filters and the keyword arguments: as in search() (with filters:
+            signature search_by_vector_filtered).
         """
         settings = self._settings(headers, wait_for_ready, compression)
-        return self._run("search_by_vector", _flows.search_by_vector(self._state, vectors, k, timeout_s, settings))
+        filters = Filters.of(exclude, allow, deny, where, max_per)
+        return self._run(
+            "search_by_vector", _flows.search_by_vector(self._state, vectors, k, timeout_s, settings, filters)
+        )
 
     def search_by_features(
         self,

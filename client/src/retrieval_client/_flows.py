@@ -20,6 +20,8 @@ from typing import Any
 import grpc
 
 from . import _features as ft
+from . import _filter_flow
+from . import _filters as fl
 from . import _requests as rq
 from . import _responses as rs
 from ._errors import (
@@ -79,6 +81,8 @@ class ClientState:
         self.contract: rs.Contract | None = None
         # The server's largest request in rows (TF Serving's max_batch_size), once it said so.
         self.max_batch_rows: int | None = None
+        # (version, FilterSchema) of the last filtered search: refetched when the version changes.
+        self.filter_schema: tuple[int | None, fl.FilterSchema] | None = None
         self.rng = random.Random()
 
     def deadline(self, timeout_s: float | None) -> Deadline:
@@ -225,19 +229,29 @@ def _check_k(state: ClientState, k: int | None, top_k: int | None, signature: st
         raise rq.k_too_large(k, top_k, f"{state.ref.describe(contract.version)} ({signature})")
 
 
-def search(state: ClientState, ids: Any, k: int | None, timeout_s: float | None, settings: CallSettings) -> Flow:
-    """serving_default: ids -> neighbours; unknown ids raise InvalidRequestError."""
+def search(
+    state: ClientState,
+    ids: Any,
+    k: int | None,
+    timeout_s: float | None,
+    settings: CallSettings,
+    filters: fl.Filters | None = None,
+) -> Flow:
+    """serving_default (search_filtered with filters): ids -> neighbours; unknown ids raise InvalidRequestError."""
     deadline = state.deadline(timeout_s)
     rq.check_k(k)
     items = rq.as_id_list(ids)
     if not items:
         return []
+    signature = rq.SEARCH_SIGNATURE if filters is None else fl.FILTERED_SIGNATURE
 
     def stale(cached: rs.Contract) -> bool:
         # e.g. "item-5" for a cached int64 model, or k above the cached K: a newer
         # version may take strings or return more neighbours.
         k_above = k is not None and cached.k is not None and k > cached.k
         what = state.ref.describe(cached.version)
+        if filters is not None and cached.filtered is None:
+            return True  # a newer version may have the filtered signature
         return k_above or bool(rq.impossible_ids(items, cached.require_id_dtype(state.ref), what))
 
     contract, fresh = yield from _contract(state, deadline, settings, stale)
@@ -248,13 +262,20 @@ def search(state: ClientState, ids: Any, k: int | None, timeout_s: float | None,
         if impossible:
             raise rq.unknown_ids_error(impossible, f"{what} takes int64 ids")
         _check_k(state, k, contract.k, rq.SEARCH_SIGNATURE, contract)
+        schema = (
+            None if filters is None else (yield from _filter_flow.filter_schema(state, deadline, settings, contract))
+        )
+        if schema is not None and filters is not None:
+            fl.filter_tensors(schema, filters, 1, what)  # bad filters raise before anything is sent
 
-        def request_for(start: int, stop: int, id_dtype: str = id_dtype, what: str = what) -> Any:
-            tensor = rq.ids_tensor(items[start:stop], id_dtype, what)
-            return rq.predict_request(state.ref, rq.SEARCH_SIGNATURE, {"ids": tensor})
+        def request_for(start: int, stop: int, id_dtype: str = id_dtype, what: str = what, schema=schema) -> Any:
+            inputs = {"ids": rq.ids_tensor(items[start:stop], id_dtype, what)}
+            if schema is not None and filters is not None:
+                inputs.update(fl.filter_tensors(schema, filters, stop - start, what))
+            return rq.predict_request(state.ref, signature, inputs)
 
         try:
-            parts = yield from _predict_rows(state, deadline, settings, len(items), request_for, k, rq.SEARCH_SIGNATURE)
+            parts = yield from _predict_rows(state, deadline, settings, len(items), request_for, k, signature)
         except InvalidRequestError as exc:
             # A new model version may take another id dtype than the cached
             # metadata says: refresh once, resend only if the dtype changed.
@@ -272,7 +293,12 @@ def search(state: ClientState, ids: Any, k: int | None, timeout_s: float | None,
 
 
 def search_by_vector(
-    state: ClientState, vectors: Any, k: int | None, timeout_s: float | None, settings: CallSettings
+    state: ClientState,
+    vectors: Any,
+    k: int | None,
+    timeout_s: float | None,
+    settings: CallSettings,
+    filters: fl.Filters | None = None,
 ) -> Flow:
     """search_by_vector: float32 [batch, dim] query embeddings -> neighbours.
 
@@ -289,6 +315,8 @@ def search_by_vector(
     def stale(cached: rs.Contract) -> bool:
         # The cached dimension or K may belong to an older version.
         wrong_dim = cached.dim is not None and cached.dim != array.shape[1]
+        if filters is not None and cached.filtered is None:
+            return True  # a newer version may have the filtered signatures
         return wrong_dim or (k is not None and cached.vector_k is not None and k > cached.vector_k)
 
     contract, _ = yield from _contract(state, deadline, settings, stale)
@@ -298,11 +326,19 @@ def search_by_vector(
             f"takes {contract.dim}-dimensional query embeddings"
         )
     _check_k(state, k, contract.vector_k, rq.VECTOR_SIGNATURE, contract)
+    what = state.ref.describe(contract.version)
+    schema = None if filters is None else (yield from _filter_flow.filter_schema(state, deadline, settings, contract))
+    if schema is not None and filters is not None:
+        fl.filter_tensors(schema, filters, 1, what)  # bad filters raise before anything is sent
+    signature = rq.VECTOR_SIGNATURE if filters is None else fl.VECTOR_FILTERED_SIGNATURE
 
     def request_for(start: int, stop: int) -> Any:
-        return rq.predict_request(state.ref, rq.VECTOR_SIGNATURE, {"vectors": rq.to_tensor_proto(array[start:stop])})
+        inputs = {"vectors": rq.to_tensor_proto(array[start:stop])}
+        if schema is not None and filters is not None:
+            inputs.update(fl.filter_tensors(schema, filters, stop - start, what))
+        return rq.predict_request(state.ref, signature, inputs)
 
-    parts = yield from _predict_rows(state, deadline, settings, array.shape[0], request_for, k, rq.VECTOR_SIGNATURE)
+    parts = yield from _predict_rows(state, deadline, settings, array.shape[0], request_for, k, signature)
     return _results(parts, k)
 
 

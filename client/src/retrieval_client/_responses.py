@@ -41,6 +41,9 @@ def _output(response: predict_pb2.PredictResponse, name: str, what: str) -> np.n
     return from_tensor_proto(response.outputs[name], f"output {name!r} of {what}")
 
 
+output_array = _output
+
+
 def _ids_out(array: np.ndarray) -> np.ndarray:
     return decode_strings(array) if array.dtype == object else array.astype(np.int64)
 
@@ -198,6 +201,8 @@ class Contract:
     # search_by_features inputs (name, spec), sorted by name; None when the model has no such signature.
     features: tuple[tuple[str, TensorSpec], ...] | None = None
     features_k: int | None = None  # search_by_features output "scores" [-1, K], if known
+    # search_filtered (models built with --item-attributes); None when the model has none.
+    filtered: SignatureInfo | None = None
 
     @classmethod
     def from_metadata(cls, metadata: ModelMetadata) -> Contract:
@@ -216,6 +221,7 @@ class Contract:
             examples_take_index=EXAMPLES_INDEX in examples.inputs,
             features=tuple(sorted(by_features.inputs.items())) if by_features is not None else None,
             features_k=_known_dim(by_features.outputs.get("scores")) if by_features is not None else None,
+            filtered=metadata.signatures.get("search_filtered"),
         )
 
     def require_id_dtype(self, ref: ModelRef) -> str:
