@@ -8,23 +8,18 @@ gets its number.
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import platform
-import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from model_builder import contract, verify
+from model_builder import build_record, contract, verify
 from model_builder.build_config import BuildConfig
 from model_builder.compat import memory, serving_rules
 from model_builder.contract import Catalogue, check_not_padding
 from model_builder.errors import ConfigError
 from model_builder.export import version_store, warmup
-from model_builder.export.filters import FilterOptions
 from model_builder.export.serving_graph import RetrievalModule, ServingOptions
 from model_builder.index import attributes as item_attributes
 from model_builder.index import config as index_config
@@ -93,13 +88,9 @@ def serving_module(
         fallback_ids=fallback_ids,
         seen=seen,
         attributes=attributes,
-        filters=_filter_options(cfg),
+        filters=build_record.filter_options(cfg),
     )
     return RetrievalModule(catalogue, resolved, searcher, options, query_tower)
-
-
-def _filter_options(cfg: BuildConfig) -> FilterOptions:
-    return FilterOptions(cfg.filter_tokens_width, cfg.filter_exclude_width, cfg.filter_fetch)
 
 
 def _attributes(cfg: BuildConfig, prepared: Prepared) -> item_attributes.AttributeTables | None:
@@ -118,55 +109,6 @@ def _attributes(cfg: BuildConfig, prepared: Prepared) -> item_attributes.Attribu
     return item_attributes.from_feature_table(table, ids, cfg.crowding_attribute, renames)
 
 
-def _filters_info(cfg: BuildConfig, prepared: Prepared, attributes) -> dict | None:
-    """build_info.json["serving"]["filters"]: widths, vocabulary with item counts, the paths' constants."""
-    if attributes is None:
-        return None
-    options, n = _filter_options(cfg), len(prepared.catalogue.candidate_ids)
-    return {
-        "signatures": [contract.FILTERED_SIGNATURE, contract.VECTOR_FILTERED_SIGNATURE, contract.SCHEMA_SIGNATURE],
-        "tokens_width": options.tokens_width,
-        "exclude_width": options.exclude_width,
-        "fetch": options.fetch_for(cfg.k, n),
-        "exact_below_selectivity": options.threshold(cfg.k, n),
-        **attributes.to_info(),
-    }
-
-
-def git_commit() -> str:
-    """The source commit ($GIT_COMMIT in images, else git), or 'unknown'."""
-    if os.environ.get("GIT_COMMIT"):
-        return os.environ["GIT_COMMIT"]
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def runtime_versions() -> dict:
-    """Versions that produced the model (stored in build_info.json)."""
-    import importlib.metadata as md
-
-    import tensorflow as tf
-
-    from model_builder import __version__
-
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "scann": md.version("scann"),
-        "numpy": np.__version__,
-        "model_builder": __version__,
-    }
-
-
 def _fallback_ids(cfg: BuildConfig, prepared: Prepared) -> np.ndarray | None:
     """--unknown-ids fallback: the k most popular training items (user -> items and item -> similar alike)."""
     if cfg.unknown_ids != "fallback":
@@ -176,18 +118,6 @@ def _fallback_ids(cfg: BuildConfig, prepared: Prepared) -> np.ndarray | None:
     if len(prepared.popular_ids) < cfg.k:
         raise ConfigError(f"--unknown-ids fallback needs k={cfg.k} items, the data has {len(prepared.popular_ids)}")
     return prepared.popular_ids[: cfg.k]
-
-
-def _features_info(cfg: BuildConfig, exported) -> dict | None:
-    """build_info.json["serving"]["features"]: the feature signature's inputs (clients check against it)."""
-    if exported is None:
-        return None
-    return {
-        "signature": contract.FEATURES_SIGNATURE,
-        "tower": cfg.query,
-        "inputs": exported.signature_inputs(cfg.query),
-        "multi_separator": "|",
-    }
 
 
 @dataclass(frozen=True)
@@ -271,58 +201,6 @@ def _index_stage(
         tuning.to_dict(),
         searched.record,
     )
-
-
-def _exclusion_info(cfg: BuildConfig, prepared: Prepared) -> dict | None:
-    """build_info.json["serving"]["exclude_seen"]: the rule, the cap and what the graph fetches."""
-    seen = _seen(cfg, prepared)
-    if seen is None:
-        return None
-    fetch = contract.neighbours_per_query(cfg.k, False, seen.width, len(prepared.catalogue.candidate_ids))
-    return {**seen.to_info(), "fetched_per_query": fetch, "signatures": _EXCLUDING_SIGNATURES}
-
-
-# search_by_vector has no user, so nothing to exclude there.
-_EXCLUDING_SIGNATURES = [contract.SERVING_SIGNATURE, f"{contract.FEATURES_SIGNATURE} (known ids)"]
-
-
-def _build_info(
-    cfg: BuildConfig,
-    prepared: Prepared,
-    choice: _IndexChoice,
-    fallback_ids,
-    given: TuningQueries | None,
-    attributes=None,
-) -> dict:
-    """build_info.json before verification and memory are added."""
-    catalogue = prepared.catalogue
-    return {
-        "model_name": cfg.model_name,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "git_commit": git_commit(),
-        "versions": runtime_versions(),
-        "data": prepared.data_info,
-        "training": prepared.quality,
-        "index": {**choice.resolved.to_dict(), "build_seconds": round(choice.build_seconds, 3)},
-        "tuning": choice.tuning,
-        "index_search": choice.search_record,
-        "tuning_queries": None if given is None else given.to_info(),
-        "serving": {
-            "k": cfg.k,
-            "query": cfg.query,
-            "items_are_queries": catalogue.items_are_queries,
-            "max_batch_size": cfg.max_batch_size,
-            "dimensions": int(catalogue.candidate_vectors.shape[1]),
-            "unknown_ids": cfg.unknown_ids,
-            "features": _features_info(cfg, prepared.feature_towers),
-            "fallback_ids": None if fallback_ids is None else fallback_ids.tolist(),
-            "exclude_seen": _exclusion_info(cfg, prepared),
-            "filters": _filters_info(cfg, prepared, attributes),
-            "query_id_dtype": "int64" if catalogue.query_ids.dtype == np.int64 else "string",
-            "candidate_id_dtype": "int64" if catalogue.candidate_ids.dtype == np.int64 else "string",
-        },
-        "build_config": asdict(cfg),
-    }
 
 
 def _write_version(cfg: BuildConfig, prepared: Prepared, module, info: dict, tmp: Path, version: int, log: Log) -> None:
@@ -422,7 +300,19 @@ def build(
             f"filters: {len(attributes.vocabulary)} tokens in {', '.join(attributes.namespaces) or 'no namespace'}, "
             f"numeric {', '.join(attributes.numeric_names) or 'none'}, crowding {attributes.crowding or 'off'}"
         )
-    info = _build_info(cfg, prepared, choice, fallback_ids, given, attributes)
+    info = build_record.build_info(
+        build_record.BuildFacts(
+            cfg=cfg,
+            prepared=prepared,
+            index={**choice.resolved.to_dict(), "build_seconds": round(choice.build_seconds, 3)},
+            tuning=choice.tuning,
+            search_record=choice.search_record,
+            fallback_ids=fallback_ids,
+            seen=seen,
+            given=given,
+            attributes=attributes,
+        )
+    )
     version_dir = version_store.publish(
         Path(cfg.out),
         cfg.model_name,
