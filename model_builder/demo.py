@@ -65,16 +65,27 @@ def _show(title: str, ids: list, scores: list, titles: dict) -> None:
         print(f"  {rank:2}. {titles.get(int(item), item)}  (score {score:.3f})")
 
 
-def _filtered_query(args: argparse.Namespace, titles: dict) -> None:
-    """One filtered query (signature search_filtered): only comedies released in 1990 or later."""
+def _filtered_query(args: argparse.Namespace, titles: dict, items, has: set[int]) -> None:
+    """One filtered query (signature search_filtered): only comedies released in 1990 or later.
+
+    `items` is the dataset's item FeatureTable: the answer is checked against u.item, not trusted.
+    """
     flags = ["--allow", "genre=Comedy", "--where", "year=1990:"]
     target = ["--target", f"127.0.0.1:{args.port}", "--model", args.model_name]
     rec = _cli("search", *target, "--id", str(SAMPLE_USER), "-k", "10", *flags)
+    ids = [int(i) for i in rec["results"][0]["ids"]]
     _show(
         f"\nTop-10 comedies from 1990 on for user {SAMPLE_USER} (retrieval-client search {' '.join(flags)}):",
-        rec["results"][0]["ids"],
+        ids,
         rec["results"][0]["scores"],
         titles,
+    )
+    columns = {c.name: c.values for c in items.columns}
+    row = {int(i): r for r, i in enumerate(items.ids.tolist())}
+    passing = [i for i in ids if "Comedy" in columns["genres"][row[i]] and columns["release_year"][row[i]] >= 1990]
+    print(
+        f"  ({len(passing)} of {len(ids)} are comedies from 1990 on by u.item; "
+        f"{len(has & set(ids))} rated by user {SAMPLE_USER})"
     )
 
 
@@ -125,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
             status = _cli("wait", "--target", f"127.0.0.1:{port}", "--model", name, "--timeout-s", "120")
             print(f"{name} on 127.0.0.1:{port}: {json.dumps(status)}")
         _banner("4/4 query over gRPC with the retrieval-client CLI")
-        rated = movielens.load_recbole().interactions
+        movielens_100k = movielens.load_recbole()
+        rated, rated_items = movielens_100k.interactions, movielens_100k.item_features
         liked = [
             int(i) for u, i, w in zip(rated.user_ids, rated.item_ids, rated.weights) if u == SAMPLE_USER and w >= 5
         ][:5]
@@ -155,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             else "built with --no-exclude-seen"
         )
         print(f"  ({len(again)} of the {len(has)} movies user {SAMPLE_USER} rated are in this list: {rule})")
-        _filtered_query(args, titles)
+        _filtered_query(args, titles, rated_items, has)
         sim = _cli(
             "search",
             "--target",
