@@ -144,6 +144,12 @@ class BuildConfig:
     verify_queries: int = field(
         default=recall.DEFAULT_QUERIES, metadata={"help": "held-out queries used by the recall gate"}
     )
+    shards: int = field(
+        default=1,
+        metadata={
+            "help": "split the candidates into this many models NAME-shard-0..K-1 (crc32 of the id mod K), one version number, each with its own index and gate, plus the merged answer's recall checked against exact search over the whole catalogue (README 'Sharding')"
+        },
+    )
 
     def validate(self) -> None:
         """Rejects inconsistent flags before any work starts."""
@@ -181,6 +187,13 @@ class BuildConfig:
         if (self.user_features or self.item_features) and (self.candidates or not self.features):
             raise ConfigError(
                 "--user-features/--item-features train feature towers: drop --candidates and --no-features"
+            )
+        if self.shards < 1:
+            raise ConfigError("--shards must be at least 1 (1 = one unsharded model)")
+        if self.shards > 1 and self.unknown_ids == "fallback":
+            raise ConfigError(
+                "--unknown-ids fallback with --shards: every shard would answer an unknown id with the same "
+                "popular items; use --unknown-ids error"
             )
         if self.seen_cap < 1:
             raise ConfigError("--seen-cap must be at least 1 (use --no-exclude-seen to serve without exclusions)")

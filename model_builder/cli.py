@@ -41,12 +41,15 @@ def _run_build(args: argparse.Namespace) -> int:
     from model_builder.pipeline import build
     from model_builder.towers.training import TrainConfig
 
-    result = build(
-        config_from_args(BuildConfig, args),
-        config_from_args(TrainConfig, args),
-        config_from_args(IndexConfig, args),
-        log=_log,
-    )
+    cfg = config_from_args(BuildConfig, args)
+    if cfg.shards > 1:
+        from model_builder.sharding import build_sharded
+
+        sharded = build_sharded(cfg, config_from_args(TrainConfig, args), config_from_args(IndexConfig, args), _log)
+        dirs = [str(d) for d in sharded.version_dirs]
+        print(json.dumps({"version_dirs": dirs, "version": sharded.version, "manifest": str(sharded.manifest)}))
+        return 0
+    result = build(cfg, config_from_args(TrainConfig, args), config_from_args(IndexConfig, args), log=_log)
     print(json.dumps({"version_dir": str(result.version_dir), "version": result.info.get("version")}))
     return 0
 
