@@ -62,7 +62,7 @@ def check_names(model_name: str, count: int) -> None:
     if not _K8S_NAME.match(folded):
         raise ConfigError(
             f"--model-name '{model_name}' with --shards {count} gives '{folded}', not a Kubernetes name "
-            f"(at most 40 characters, letters, digits and -): use a name of at most {31 - len(str(count - 1))} characters"
+            f"(at most 40 characters, letters, digits and -): use a name of at most {33 - len(str(count - 1))} characters"
         )
 
 

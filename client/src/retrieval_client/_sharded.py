@@ -32,6 +32,7 @@ class ShardedRetrievalClient:
         (per call: allow_partial=).
     version: pin this version on every shard; default: the highest version AVAILABLE on every
         shard, re-read every `version_refresh_s` seconds and after a NOT_FOUND.
+    max_workers: threads for the shard calls of all concurrent callers (default 16 per shard).
     Every other keyword argument goes to each shard's RetrievalClient (timeout_s, tls, retry,
     headers, interceptors, ...); timeout_s is the deadline of the whole fanned-out call.
     """
@@ -46,6 +47,7 @@ class ShardedRetrievalClient:
         version: int | None = None,
         version_refresh_s: float = DEFAULT_VERSION_REFRESH_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_workers: int | None = None,
         **client_options: Any,
     ) -> None:
         if "version_label" in client_options:
@@ -57,7 +59,10 @@ class ShardedRetrievalClient:
         self._allow_partial = bool(allow_partial)
         self._timeout_s = timeout_s
         self._pins = Pins(self._shards, version, version_refresh_s)
-        self._pool = concurrent.futures.ThreadPoolExecutor(len(self._shards), thread_name_prefix="shard")
+        # Threads shared by every caller of this client: one shard call holds one while it waits,
+        # so K threads would queue concurrent callers behind each other.
+        workers = max_workers if max_workers is not None else 16 * len(self._shards)
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="shard")
 
     @property
     def shards(self) -> list[Shard]:
