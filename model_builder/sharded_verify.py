@@ -15,7 +15,7 @@ import numpy as np
 
 from model_builder.index.recall import recall_at_k
 from model_builder.towers.prepare import Prepared
-from model_builder.verify import _VECTOR_NOISE, _decode, _encode, _rows_of
+from model_builder.verify import _VECTOR_NOISE, _decode, _encode, _returned_seen, _rows_of
 
 _CHUNK = 256
 
@@ -76,12 +76,16 @@ def merged_check(version_dirs: list[Path], prepared: Prepared, k: int, num_queri
             VECTOR_SIGNATURE: recall_at_k(noisy, cat.candidate_vectors, vec_rows, distance),
         },
         "self_returned": bool(cat.items_are_queries and (id_rows == picks[:, None]).any()),
+        # Recall alone would not see it: a returned history item scores above the k-th unseen one.
+        "seen_returned": bool(seen is not None and _returned_seen(id_rows, seen)),
     }
     failures = []
     if min(report["recall_at_k"].values()) < target:
         failures.append(f"merged recall@{k} below target {target}: {report['recall_at_k']}")
     if report["self_returned"]:
         failures.append("an item query's merged answer contains the query item")
+    if report["seen_returned"]:
+        failures.append("a user's merged answer contains an item from their own history")
     report["failures"] = failures
     report["passed"] = not failures
     return report
