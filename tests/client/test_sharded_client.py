@@ -112,3 +112,19 @@ def test_a_killed_shard_is_named_or_left_out_when_partial_answers_are_allowed(sh
     # A new client (nothing pinned yet) pins from the shards that answer.
     with ShardedRetrievalClient(shards, timeout_s=5, allow_partial=True) as fresh:
         assert fresh.search(ids[:3])[0].missing_shards == (shards[2].describe(),)
+
+
+def test_the_sync_and_async_sharded_clients_have_the_same_calls():
+    import inspect
+
+    def calls(cls):
+        return {n: m for n, m in inspect.getmembers(cls, inspect.isfunction) if not n.startswith("_")}
+
+    sync, async_ = calls(ShardedRetrievalClient), calls(AsyncShardedRetrievalClient)
+    assert sorted(sync) == sorted(async_)
+    assert {"search", "search_by_vector", "search_by_features", "examples", "metadata", "wait_until_available"} <= set(
+        sync
+    )
+    for name, member in sync.items():
+        assert inspect.signature(member) == inspect.signature(async_[name]), name
+        assert inspect.iscoroutinefunction(async_[name]) and not inspect.iscoroutinefunction(member), name
