@@ -18,7 +18,14 @@ import pytest
 import support
 from model_builder.data.synthetic import clustered_embeddings
 from model_builder.sharding import shard_of
-from retrieval_client import AsyncShardedRetrievalClient, ShardedRetrievalClient, ShardUnavailableError, shard_models
+from retrieval_client import (
+    AsyncShardedRetrievalClient,
+    ModelNotReadyError,
+    ShardedRetrievalClient,
+    ShardUnavailableError,
+    shard_models,
+)
+from support import harness
 
 SHARDS = 3
 N, DIM, K = 300, 16, 10
@@ -94,6 +101,28 @@ def test_the_async_client_merges_the_same(sharded):
     assert [r.ids.tolist() for r in asyncio.run(run())] == expected
 
 
+def available(server) -> set:
+    return {v["version"] for v in server.status()["model_version_status"] if v["state"] == "AVAILABLE"}
+
+
+def test_calls_are_pinned_to_the_highest_version_every_shard_has(sharded):
+    # A version 2 (same files) reaches shard 0 first: the local server, like TF Serving's default
+    # policy, then serves only 2 there, so no version is on every shard until the others have it.
+    ids, vectors, out, servers = sharded
+    shards = shard_models(NAME, [s.target for s in servers])
+    with ShardedRetrievalClient(shards, timeout_s=10, version_refresh_s=0.0) as client:
+        assert client.pinned_version() == 1
+        harness.publish_copy(out / f"{NAME}-shard-0" / "1", out / f"{NAME}-shard-0", 2)
+        support.wait_for(lambda: available(servers[0]) == {"2"}, 30, "shard 0 serving only version 2")
+        with pytest.raises(ModelNotReadyError, match="not AVAILABLE on every shard"):
+            client.search(ids[:2])
+        for i in (1, 2):
+            harness.publish_copy(out / f"{NAME}-shard-{i}" / "1", out / f"{NAME}-shard-{i}", 2)
+        assert client.wait_until_available(30).version == 2
+        got = client.search(ids[:20])
+    assert [r.ids.tolist() for r in got] == exact_item_to_item(vectors, ids, np.ones(N, bool))[:20]
+
+
 def test_a_killed_shard_is_named_or_left_out_when_partial_answers_are_allowed(sharded):
     # Last in the module: it stops shard 2's server.
     ids, vectors, _, servers = sharded
@@ -112,6 +141,17 @@ def test_a_killed_shard_is_named_or_left_out_when_partial_answers_are_allowed(sh
     # A new client (nothing pinned yet) pins from the shards that answer.
     with ShardedRetrievalClient(shards, timeout_s=5, allow_partial=True) as fresh:
         assert fresh.search(ids[:3])[0].missing_shards == (shards[2].describe(),)
+
+    async def run_async():
+        async with AsyncShardedRetrievalClient(shards, timeout_s=5) as client:
+            with pytest.raises(ShardUnavailableError) as caught:
+                await client.search(ids[:2])
+            assert caught.value.model == f"{NAME}-shard-2"
+            return await client.search(ids[:30], allow_partial=True)
+
+    partial = asyncio.run(run_async())
+    assert [r.ids.tolist() for r in partial] == exact_item_to_item(vectors, ids, others)[:30]
+    assert all(r.partial for r in partial)
 
 
 def test_the_sync_and_async_sharded_clients_have_the_same_calls():
