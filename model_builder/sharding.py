@@ -27,10 +27,12 @@ takes it for a model).
 from __future__ import annotations
 
 import json
+import os
 import re
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,6 +41,10 @@ from model_builder.errors import ConfigError, VerificationError
 from model_builder.export import version_store
 from model_builder.towers.history import SEEN_PADDING, SeenItems
 from model_builder.towers.prepare import Log, Prepared
+
+if TYPE_CHECKING:  # TensorFlow-free at import (the CLI imports this before TF)
+    from model_builder.index.config import IndexConfig
+    from model_builder.towers.training import TrainConfig
 
 SHARD_HASH = "crc32(id as UTF-8 text) mod shards"
 # scripts/lib.sh k8s_name: the folded name must be a DNS-1123 label of at most 40 characters.
@@ -125,7 +131,7 @@ def _next_version(cfg: BuildConfig) -> int:
     )
 
 
-def build_sharded(cfg: BuildConfig, train_cfg, index_cfg, log: Log = print) -> ShardedResult:
+def build_sharded(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: IndexConfig, log: Log = print) -> ShardedResult:
     """Prepares the catalogue once, builds and publishes every shard, then checks the merged answer."""
     from model_builder import pipeline
     from model_builder.towers.prepare import prepare_imported, prepare_trained
@@ -168,7 +174,10 @@ def build_sharded(cfg: BuildConfig, train_cfg, index_cfg, log: Log = print) -> S
         "hash": SHARD_HASH,
         "merged_verification": merged,
     }
-    manifest.write_text(json.dumps(body, indent=2) + "\n")
+    # Whole or absent: written beside, then renamed over (a reader never sees half a manifest).
+    partial = manifest.with_name(f".{manifest.name}.tmp-{os.getpid()}")
+    partial.write_text(json.dumps(body, indent=2) + "\n")
+    os.replace(partial, manifest)
     recalls = ", ".join(f"{k} {v:.4f}" for k, v in merged["recall_at_k"].items())
     log(f"sharding: merged recall@{cfg.k} over {cfg.shards} shards vs exact search on the whole catalogue: {recalls}")
     if not merged["passed"]:
