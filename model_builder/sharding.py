@@ -131,17 +131,9 @@ def _next_version(cfg: BuildConfig) -> int:
     )
 
 
-def build_sharded(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: IndexConfig, log: Log = print) -> ShardedResult:
-    """Prepares the catalogue once, builds and publishes every shard, then checks the merged answer."""
-    from model_builder import pipeline
-    from model_builder.towers.prepare import prepare_imported, prepare_trained
-
-    cfg.validate()
-    index_cfg.validate()
-    check_names(cfg.model_name, cfg.shards)
-    prepared = prepare_imported(cfg, log) if cfg.candidates else prepare_trained(cfg, train_cfg, log)
-    cat = prepared.catalogue
-    shards = shard_of(cat.candidate_ids, cfg.shards)
+def partition(cfg: BuildConfig, prepared: Prepared, log: Log = print) -> tuple[np.ndarray, np.ndarray]:
+    """The shard of every candidate and each shard's size; ConfigError when a shard holds k or fewer."""
+    shards = shard_of(prepared.catalogue.candidate_ids, cfg.shards)
     sizes = np.bincount(shards, minlength=cfg.shards)
     if sizes.min() < cfg.k + 1:
         raise ConfigError(
@@ -149,18 +141,40 @@ def build_sharded(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: IndexConf
             f"{int(sizes.min())}, fewer than k + 1 = {cfg.k + 1}: use fewer --shards"
         )
     log(f"sharding: {len(shards)} candidates into {cfg.shards} shards by {SHARD_HASH}: {sizes.tolist()}")
+    return shards, sizes
+
+
+def build_shard(
+    cfg: BuildConfig,
+    train_cfg: TrainConfig,
+    index_cfg: IndexConfig,
+    prepared: Prepared,
+    shards: np.ndarray,
+    index: int,
+    version: int,
+    log: Log = print,
+) -> Path:
+    """Builds, gates and publishes shard `index` as OUT/<name>-shard-<index>/<version>: the one path
+    `build --shards K` and the Indexed Job's `shard-job` (shard_job.py) both take."""
+    from model_builder import pipeline
+
+    shard_cfg = replace(cfg, model_name=shard_name(cfg.model_name, index), version=version)
+    part = shard_prepared(prepared, shards, index, cfg.shards)
+    result = pipeline.build(shard_cfg, train_cfg, index_cfg, lambda m: log(f"[shard {index}] {m}"), part)
+    return result.version_dir
+
+
+def build_sharded(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: IndexConfig, log: Log = print) -> ShardedResult:
+    """Prepares the catalogue once, builds and publishes every shard, then checks the merged answer."""
+    from model_builder.towers.prepare import prepare_imported, prepare_trained
+
+    cfg.validate()
+    index_cfg.validate()
+    check_names(cfg.model_name, cfg.shards)
+    prepared = prepare_imported(cfg, log) if cfg.candidates else prepare_trained(cfg, train_cfg, log)
+    shards, sizes = partition(cfg, prepared, log)
     version = _next_version(cfg)
-    dirs = []
-    for i in range(cfg.shards):
-        shard_cfg = replace(cfg, model_name=shard_name(cfg.model_name, i), version=version)
-        result = pipeline.build(
-            shard_cfg,
-            train_cfg,
-            index_cfg,
-            lambda m, i=i: log(f"[shard {i}] {m}"),
-            shard_prepared(prepared, shards, i, cfg.shards),
-        )
-        dirs.append(result.version_dir)
+    dirs = [build_shard(cfg, train_cfg, index_cfg, prepared, shards, i, version, log) for i in range(cfg.shards)]
     from model_builder.sharded_verify import merged_check
 
     merged = merged_check(dirs, prepared, cfg.k, cfg.verify_queries, cfg.target_recall)
@@ -188,4 +202,14 @@ def build_sharded(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: IndexConf
     return ShardedResult(version, dirs, manifest, merged)
 
 
-__all__ = ["SHARD_HASH", "ShardedResult", "build_sharded", "check_names", "shard_name", "shard_of", "shard_prepared"]
+__all__ = [
+    "SHARD_HASH",
+    "ShardedResult",
+    "build_shard",
+    "build_sharded",
+    "partition",
+    "check_names",
+    "shard_name",
+    "shard_of",
+    "shard_prepared",
+]

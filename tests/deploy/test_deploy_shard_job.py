@@ -1,0 +1,85 @@
+"""The Indexed Job's container command (`python -m model_builder shard-job`, one pod per shard) run as
+local processes against moto's S3 server: each pod's uploaded version is a shard of `build --shards 2`
+(same crc32 partition, its own gate passed, one version number), the two answer together as the
+whole catalogue (the merged check `build --shards` runs, recall 1.0 for brute-force shards), and a
+missing input object exits 2 with one line. Real S3 API (moto), real builds; nothing of ours mocked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from support import ENV, REPO
+from support.deploy import aws_env
+
+pytestmark = [pytest.mark.tools]
+
+SHARDS, N, DIM, NAME, VERSION = 2, 240, 16, "shj", 7
+
+
+def shard_job(moto: str, *args: str, index: int) -> subprocess.CompletedProcess:
+    """The Job's container command for completion index `index`, as the pod runs it."""
+    env = {**aws_env(moto), **{k: ENV[k] for k in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL")}}
+    env["JOB_COMPLETION_INDEX"] = str(index)
+    command = [sys.executable, "-m", "model_builder", "shard-job", *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+
+
+def test_each_pod_publishes_its_shard_and_the_shards_merge_to_exact_search(moto, tmp_path, monkeypatch):
+    from pyarrow import fs
+
+    from model_builder.build_config import BuildConfig
+    from model_builder.data.synthetic import clustered_embeddings
+    from model_builder.export.version_store import read_build_info
+    from model_builder.sharded_verify import merged_check
+    from model_builder.sharding import shard_of
+    from model_builder.towers.prepare import prepare_imported
+
+    for key, value in aws_env(moto).items():
+        monkeypatch.setenv(key, value)
+    s3 = fs.S3FileSystem(endpoint_override=moto.split("//")[1], scheme="http", allow_bucket_creation=True)
+    s3.create_dir("data")  # the bucket (the job's own filesystem never creates one)
+    ids = np.array([f"sku-{i}" for i in range(N)])
+    local = tmp_path / "items.npz"
+    np.savez(local, ids=ids, vectors=clustered_embeddings(N, DIM, seed=3))
+    with s3.open_output_stream("data/items.npz") as out:
+        out.write(local.read_bytes())
+
+    flags = ["--input", "s3://data/items.npz", "--output", "s3://data/models", "--shards", str(SHARDS)]
+    build = ["--", "--model-name", NAME, "--version", str(VERSION), "--query", "item", "--verify-queries", "100"]
+    missing = shard_job(moto, "--input", "s3://data/nope.npz", *flags[2:], *build, index=0)
+    assert missing.returncode == 2, missing.stderr
+    assert missing.stderr.strip().splitlines() == [
+        "error: --input s3://data/nope.npz does not exist (or is not an object): upload the candidates first"
+    ]
+    for index in range(SHARDS):
+        proc = shard_job(moto, *flags, *build, index=index)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        marker = f"s3://data/models/{NAME}-shard-{index}/{VERSION}.published"
+        assert json.loads(proc.stdout.strip().splitlines()[-1])["published"] == marker
+
+    sizes = np.bincount(shard_of(ids, SHARDS), minlength=SHARDS)
+    dirs = []
+    for index in range(SHARDS):
+        prefix = f"data/models/{NAME}-shard-{index}/{VERSION}"
+        with s3.open_input_stream(f"{prefix}.published") as src:
+            listed = json.loads(src.read())["files"]
+        target = tmp_path / "downloaded" / f"{NAME}-shard-{index}" / str(VERSION)
+        for name in listed:
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            with s3.open_input_stream(f"{prefix}/{name}") as src:
+                (target / name).write_bytes(src.read())
+        assert s3.get_file_info(fs.FileSelector(prefix, recursive=True))  # the listed files are all there
+        info = read_build_info(target)
+        assert info["version"] == VERSION and info["verification"]["passed"], info["verification"]
+        assert info["data"]["sharding"] | {"total_candidates": N} == info["data"]["sharding"]
+        assert (info["data"]["sharding"]["shard"], info["data"]["sharding"]["candidates"]) == (index, sizes[index])
+        dirs.append(target)
+
+    cfg = BuildConfig(candidates=str(local), query="item", shards=SHARDS, model_name=NAME)
+    merged = merged_check(dirs, prepare_imported(cfg, lambda _: None), cfg.k, 100, cfg.target_recall)
+    assert merged["passed"] and merged["recall_at_k"]["serving_default"] == 1.0, merged
