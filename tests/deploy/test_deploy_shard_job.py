@@ -83,3 +83,41 @@ def test_each_pod_publishes_its_shard_and_the_shards_merge_to_exact_search(moto,
     cfg = BuildConfig(candidates=str(local), query="item", shards=SHARDS, model_name=NAME)
     merged = merged_check(dirs, prepare_imported(cfg, lambda _: None), cfg.k, 100, cfg.target_recall)
     assert merged["passed"] and merged["recall_at_k"]["serving_default"] == 1.0, merged
+
+
+def test_the_indexed_job_renders_validates_and_runs_the_shard_job_command(tmp_path):
+    import yaml
+
+    from model_builder.cli import parser
+    from support.deploy import tool
+
+    rendered = subprocess.run(
+        [tool("kubectl"), "kustomize", str(REPO / "k8s" / "build-job")], capture_output=True, text=True, check=True
+    ).stdout
+    path = tmp_path / "build-job.yaml"
+    path.write_text(rendered)
+    for version in ("1.33.0", "1.37.0"):  # scripts/lint.sh KUBE_VERSIONS
+        check = [tool("kubernetes-validate"), "--strict", "--quiet", "-k", version, str(path)]
+        proc = subprocess.run(check, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    env = {**aws_env("http://127.0.0.1:9"), "BC_SKIP_MAPPING": "TRUE"}
+    checkov = [tool("checkov"), "--quiet", "--compact", "--skip-download", "--framework", "kubernetes"]
+    proc = subprocess.run(
+        [*checkov, "--skip-check", "CKV_K8S_15", "-f", str(path)], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+    objects = {o["kind"]: o for o in yaml.safe_load_all(rendered)}
+    job, pod = objects["Job"]["spec"], objects["Job"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert job["completionMode"] == "Indexed" and job["backoffLimitPerIndex"] >= 1
+    assert pod["serviceAccountName"] == objects["ServiceAccount"]["metadata"]["name"]
+    assert "eks.amazonaws.com/role-arn" in objects["ServiceAccount"]["metadata"]["annotations"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] and pod["securityContext"]["runAsNonRoot"]
+    assert not any("AWS_SECRET" in e["name"] or "AWS_ACCESS" in e["name"] for e in container.get("env", []))
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}[mounts["/scratch"]]
+    # The container's args are a shard-job command our CLI accepts, one pod per shard.
+    args = parser().parse_args(container["args"])
+    assert args.command == "shard-job" and args.scratch == "/scratch" and args.shard_index is None
+    assert job["completions"] == job["parallelism"] == args.shards
