@@ -90,13 +90,20 @@ def _download(s3, source: S3Location, target: Path) -> None:
         shutil.copyfileobj(src, dst)
 
 
-def upload_version(s3, version_dir: Path, target: S3Location, log: Log = print) -> S3Location:
-    """Every file of version_dir under target/, then target.published (its file list) last."""
+def _refuse_published(s3, target: S3Location) -> S3Location:
+    """target's marker location; ConfigError when it exists (a published version is never overwritten)."""
     from pyarrow import fs
 
     marker = S3Location(target.bucket, f"{target.key}.published")
     if s3.get_file_info(marker.path).type != fs.FileType.NotFound:
         raise ConfigError(f"s3://{marker.path} exists: versions are never overwritten, use another --version")
+    return marker
+
+
+def upload_version(s3, version_dir: Path, target: S3Location, log: Log = print) -> S3Location:
+    """Every file of version_dir under target/, then target.published (its file list) last."""
+
+    marker = _refuse_published(s3, target)
     files = sorted(p for p in version_dir.rglob("*") if p.is_file())
     for path in files:
         with (
@@ -124,6 +131,8 @@ def run(job: ShardJob, cfg: BuildConfig, train_cfg, index_cfg, log: Log = print)
             "shard-job takes the candidates from --input: drop --candidates/--dataset from the build arguments"
         )
     s3 = filesystem()
+    target = job.output.child(shard_name(cfg.model_name, job.index), str(cfg.version))
+    _refuse_published(s3, target)  # before the build, not only before the upload
     work = Path(tempfile.mkdtemp(prefix="shard-job-", dir=job.scratch))
     try:
         local = work / "candidates.npz"
@@ -135,7 +144,6 @@ def run(job: ShardJob, cfg: BuildConfig, train_cfg, index_cfg, log: Log = print)
         prepared = prepare_imported(cfg, log)
         shards, _ = partition(cfg, prepared, log)
         version_dir = build_shard(cfg, train_cfg, index_cfg, prepared, shards, job.index, cfg.version, log)
-        target = job.output.child(shard_name(cfg.model_name, job.index), str(cfg.version))
         return upload_version(s3, version_dir, target, log)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,12 +1,14 @@
 """The Indexed Job's container command (`python -m model_builder shard-job`, one pod per shard) run as
 local processes against moto's S3 server: each pod's uploaded version is a shard of `build --shards 2`
 (same crc32 partition, its own gate passed, one version number), the two answer together as the
-whole catalogue (the merged check `build --shards` runs, recall 1.0 for brute-force shards), and a
-missing input object exits 2 with one line. Real S3 API (moto), real builds; nothing of ours mocked."""
+whole catalogue (the merged check `build --shards` runs, recall 1.0 for brute-force shards), a
+published version is never overwritten (exit 2, one line) and bad jobs fail before any work. The
+Job manifest renders and validates. Real S3 API (moto), real builds; nothing of ours mocked."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -34,7 +36,10 @@ def test_each_pod_publishes_its_shard_and_the_shards_merge_to_exact_search(moto,
 
     from model_builder.build_config import BuildConfig
     from model_builder.data.synthetic import clustered_embeddings
+    from model_builder.errors import ConfigError
     from model_builder.export.version_store import read_build_info
+    from model_builder.index.config import IndexConfig
+    from model_builder.shard_job import S3Location, ShardJob, run
     from model_builder.sharded_verify import merged_check
     from model_builder.sharding import shard_of
     from model_builder.towers.prepare import prepare_imported
@@ -51,11 +56,10 @@ def test_each_pod_publishes_its_shard_and_the_shards_merge_to_exact_search(moto,
 
     flags = ["--input", "s3://data/items.npz", "--output", "s3://data/models", "--shards", str(SHARDS)]
     build = ["--", "--model-name", NAME, "--version", str(VERSION), "--query", "item", "--verify-queries", "100"]
-    missing = shard_job(moto, "--input", "s3://data/nope.npz", *flags[2:], *build, index=0)
-    assert missing.returncode == 2, missing.stderr
-    assert missing.stderr.strip().splitlines() == [
-        "error: --input s3://data/nope.npz does not exist (or is not an object): upload the candidates first"
-    ]
+    # A missing input: in-process (the CLI's exit 2 with one line is checked on a republish below).
+    missing = ShardJob(S3Location("data", "nope.npz"), S3Location("data", "models"), SHARDS, 0, tmp_path)
+    with pytest.raises(ConfigError, match="s3://data/nope.npz does not exist"):
+        run(missing, BuildConfig(model_name=NAME, query="item", version=VERSION), None, IndexConfig())
     for index in range(SHARDS):
         proc = shard_job(moto, *flags, *build, index=index)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -83,6 +87,12 @@ def test_each_pod_publishes_its_shard_and_the_shards_merge_to_exact_search(moto,
     cfg = BuildConfig(candidates=str(local), query="item", shards=SHARDS, model_name=NAME)
     merged = merged_check(dirs, prepare_imported(cfg, lambda _: None), cfg.k, 100, cfg.target_recall)
     assert merged["passed"] and merged["recall_at_k"]["serving_default"] == 1.0, merged
+    again = shard_job(moto, *flags, *build, index=0)  # the same version again: refused before building
+    assert again.returncode == 2 and "index:" not in again.stdout, again.stderr
+    assert again.stderr.strip().splitlines() == [
+        f"error: s3://data/models/{NAME}-shard-0/{VERSION}.published exists: versions are never overwritten, "
+        "use another --version"
+    ]
 
 
 def test_the_indexed_job_renders_validates_and_runs_the_shard_job_command(tmp_path):
@@ -121,3 +131,22 @@ def test_the_indexed_job_renders_validates_and_runs_the_shard_job_command(tmp_pa
     args = parser().parse_args(container["args"])
     assert args.command == "shard-job" and args.scratch == "/scratch" and args.shard_index is None
     assert job["completions"] == job["parallelism"] == args.shards
+
+
+@pytest.mark.parametrize(
+    "index, changes, says",
+    [
+        (2, {"version": 1}, "--shard-index 2 is not in 0..1"),
+        (0, {}, "needs --version"),
+        (0, {"version": 1, "dataset": "synthetic"}, "drop --candidates/--dataset"),
+    ],
+)
+def test_a_bad_job_is_a_config_error_before_any_work(tmp_path, index, changes, says):
+    from model_builder.build_config import BuildConfig
+    from model_builder.errors import ConfigError
+    from model_builder.shard_job import S3Location, ShardJob, run
+
+    job = ShardJob(S3Location("data", "in.npz"), S3Location("data", "models"), 2, index, tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(says)) as caught:
+        run(job, BuildConfig(model_name=NAME, query="item", **changes), None, None)
+    assert caught.value.exit_code == 2 and not any(tmp_path.iterdir())
