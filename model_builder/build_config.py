@@ -172,6 +172,12 @@ class BuildConfig:
             "help": "filtered rows fetch this many from the index; rows whose filter passes fewer than 4*k of them (expected) score the allowed set exactly"
         },
     )
+    shards: int = field(
+        default=1,
+        metadata={
+            "help": "split the candidates into this many models NAME-shard-0..K-1 (crc32 of the id mod K), one version number, each with its own index and gate, plus the merged answer's recall checked against exact search over the whole catalogue (README 'Sharding')"
+        },
+    )
 
     def validate(self) -> None:
         """Rejects inconsistent flags before any work starts."""
@@ -214,6 +220,13 @@ class BuildConfig:
             raise ConfigError("--filter-tokens-width, --filter-exclude-width and --filter-fetch must be at least 1")
         if self.crowding_attribute and not self.item_attributes:
             raise ConfigError("--crowding-attribute needs --item-attributes (it names one of their token namespaces)")
+        if self.shards < 1:
+            raise ConfigError("--shards must be at least 1 (1 = one unsharded model)")
+        if self.shards > 1 and self.unknown_ids == "fallback":
+            raise ConfigError(
+                "--unknown-ids fallback with --shards: every shard would answer an unknown id with the same "
+                "popular items; use --unknown-ids error"
+            )
         if self.seen_cap < 1:
             raise ConfigError("--seen-cap must be at least 1 (use --no-exclude-seen to serve without exclusions)")
         if not (0 <= self.cold_users < 1 and 0 <= self.cold_items < 1):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from model_builder import settings, tf_startup
@@ -41,12 +42,15 @@ def _run_build(args: argparse.Namespace) -> int:
     from model_builder.pipeline import build
     from model_builder.towers.training import TrainConfig
 
-    result = build(
-        config_from_args(BuildConfig, args),
-        config_from_args(TrainConfig, args),
-        config_from_args(IndexConfig, args),
-        log=_log,
-    )
+    cfg = config_from_args(BuildConfig, args)
+    if cfg.shards > 1:
+        from model_builder.sharding import build_sharded
+
+        sharded = build_sharded(cfg, config_from_args(TrainConfig, args), config_from_args(IndexConfig, args), _log)
+        dirs = [str(d) for d in sharded.version_dirs]
+        print(json.dumps({"version_dirs": dirs, "version": sharded.version, "manifest": str(sharded.manifest)}))
+        return 0
+    result = build(cfg, config_from_args(TrainConfig, args), config_from_args(IndexConfig, args), log=_log)
     print(json.dumps({"version_dir": str(result.version_dir), "version": result.info.get("version")}))
     return 0
 
@@ -170,6 +174,56 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_shard_job(sub) -> None:
+    p = sub.add_parser(
+        "shard-job",
+        formatter_class=_FORMATTER,
+        help="build one shard from candidates in S3 and upload it (a pod of an Indexed Job)",
+        description="One shard of `build --shards K` (k8s/README 'Sharding'): downloads --input, builds shard "
+        "--shard-index exactly as `build --shards K` does, uploads OUTPUT/<name>-shard-<i>/<version>/ and then "
+        "its .published marker. Build arguments (--model-name, --version, index flags, ...) follow `--`.",
+    )
+    p.add_argument("--input", required=True, help="s3://bucket/key of the candidates .npz (ids + vectors)")
+    p.add_argument("--output", required=True, help="s3://bucket/prefix the shard versions go under")
+    p.add_argument("--shards", type=int, required=True, help="K, the number of shards")
+    p.add_argument(
+        "--shard-index",
+        type=int,
+        default=None,
+        help="this pod's shard; default: $JOB_COMPLETION_INDEX (set by an Indexed Job)",
+    )
+    p.add_argument("--scratch", default=tempfile.gettempdir(), help="local working space (an emptyDir in the Job)")
+    p.add_argument("build_args", nargs=argparse.REMAINDER, help="-- then `build` arguments")
+    p.set_defaults(run=_run_shard_job)
+
+
+def _run_shard_job(args: argparse.Namespace) -> int:
+    import os
+
+    from model_builder.build_config import BuildConfig
+    from model_builder.errors import ConfigError
+    from model_builder.index.config import IndexConfig
+    from model_builder.shard_job import S3Location, ShardJob, run
+    from model_builder.towers.training import TrainConfig
+
+    index = args.shard_index if args.shard_index is not None else os.environ.get("JOB_COMPLETION_INDEX")
+    if index is None or not str(index).isdigit():
+        raise ConfigError(f"no shard: pass --shard-index or set JOB_COMPLETION_INDEX (got {index!r})")
+    rest = args.build_args[1:] if args.build_args[:1] == ["--"] else args.build_args
+    build = parser().parse_args(["build", "--out", args.scratch, *rest])
+    job = ShardJob(
+        S3Location.parse(args.input, "--input"),
+        S3Location.parse(args.output, "--output"),
+        args.shards,
+        int(index),
+        Path(args.scratch),
+    )
+    cfg = config_from_args(BuildConfig, build)
+    marker = run(job, cfg, config_from_args(TrainConfig, build), config_from_args(IndexConfig, build), _log)
+    print(json.dumps({"published": f"s3://{marker.path}", "shard": job.index, "version": cfg.version}))
+    return 0
+
+
 def _log(message: str) -> None:
     print(message, flush=True)
 
@@ -183,7 +237,16 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m model_builder", description=__doc__.splitlines()[0], formatter_class=_FORMATTER
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_build, _add_train, _add_verify, _add_inspect, add_check_compat, add_serve, _add_demo):
+    for add in (
+        _add_build,
+        _add_train,
+        _add_verify,
+        _add_inspect,
+        _add_shard_job,
+        add_check_compat,
+        add_serve,
+        _add_demo,
+    ):
         add(sub)
     return p
 

@@ -44,18 +44,22 @@ class Catalogue:
     """What gets served: query id -> query vector, and candidate id -> candidate vector.
 
     `query_vectors is None` means the queries are the candidates themselves
-    (item -> similar items); the table is then stored once.
+    (item -> similar items); the table is then stored once. A shard of an item -> similar items
+    model (sharding.py) holds a part of the candidates but every item as a query: `self_rows`
+    then gives each query row its candidate row in this shard (-1: the item lives in another
+    shard), so the query item is still never its own result.
     """
 
     query_ids: np.ndarray
     query_vectors: np.ndarray | None
     candidate_ids: np.ndarray
     candidate_vectors: np.ndarray
+    self_rows: np.ndarray | None = None
 
     @property
     def items_are_queries(self) -> bool:
-        """True for item -> similar items models."""
-        return self.query_vectors is None
+        """True for item -> similar items models (whole or one shard)."""
+        return self.query_vectors is None or self.self_rows is not None
 
     def vectors_of_queries(self) -> np.ndarray:
         """The query tower's output for every query id, row-aligned with `query_ids`."""

@@ -110,7 +110,9 @@ def verify_version(
         _not_found_row(serving, candidate_ids, int(id_rows.shape[1])),
     )
     # Exact search under the served rule: without the query item, or without the user's history.
-    excluded = picks if items_are_queries else (seen[picks] if seen is not None else None)
+    # A shard of an item model maps each query to its candidate row here (-1: held by another shard).
+    own = loaded.self_rows.numpy()[picks].astype(np.int64) if hasattr(loaded, "self_rows") else picks
+    excluded = own if items_are_queries else (seen[picks] if seen is not None else None)
     report = {
         "version_dir": str(version_dir),
         "queries": int(len(picks)),
@@ -125,7 +127,7 @@ def verify_version(
             VECTOR_SIGNATURE: recall_at_k(noisy, candidates, vec_rows, distance),
         },
         "items_are_queries": items_are_queries,
-        "self_excluded": bool(items_are_queries and not (id_rows == picks[:, None]).any()),
+        "self_excluded": bool(items_are_queries and not ((id_rows == own[:, None]) & (id_rows >= 0)).any()),
         "seen_excluded": None if seen is None else not _returned_seen(id_rows, seen[picks]),
         "known_rows_found": all_found,
         "mixed_batch": mixed,

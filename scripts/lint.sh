@@ -166,6 +166,8 @@ done
 for dir in "${releases[@]}"; do
   check_rendering "$dir" "$dir"
 done
+# The sharded build's Indexed Job (k8s/README 'Sharding'), rendered on its own.
+check_rendering "k8s/build-job" "k8s/build-job"
 
 checkov_renderings
 

@@ -131,15 +131,19 @@ class RetrievalModule(tf.Module):
             self.candidate_vectors = self.scann.dataset
         else:
             self.candidate_vectors = tf.Variable(catalogue.candidate_vectors, trainable=False, name="candidate_vectors")
-        if catalogue.items_are_queries:
+        if catalogue.query_vectors is None:
             self.query_vectors = self.candidate_vectors
         else:
             self.query_vectors = tf.Variable(catalogue.query_vectors, trainable=False, name="query_vectors")
         query_keys = _id_tensor(catalogue.query_ids)
-        if catalogue.items_are_queries:
+        if catalogue.query_vectors is None:
             self.query_ids = self.candidate_ids
         else:
             self.query_ids = tf.Variable(query_keys, trainable=False, name="query_ids")
+        # A shard of an item -> similar items model: query row -> its candidate row here (-1: elsewhere).
+        self._has_self_rows = catalogue.self_rows is not None
+        if self._has_self_rows:
+            self.self_rows = tf.Variable(catalogue.self_rows.astype(np.int32), trainable=False, name="self_rows")
         self.query_table = tf.lookup.StaticHashTable(
             tf.lookup.KeyValueTensorInitializer(query_keys, tf.range(len(catalogue.query_ids), dtype=tf.int64)),
             default_value=-1,
@@ -240,7 +244,7 @@ class RetrievalModule(tf.Module):
         return self._answer(
             queries,
             found,
-            exclude_rows=rows if self._exclude_query else None,
+            exclude_rows=self._own_rows(rows) if self._exclude_query else None,
             not_found_ids=self._not_found_ids,
             seen=seen,
         )
@@ -264,7 +268,7 @@ class RetrievalModule(tf.Module):
         known = self.query_table.lookup(features[self.query_tower.schema.id_name])
         if self._exclude_query:
             # item -> similar items: a known item is not its own result; -1 (unknown) matches no row.
-            exclude = known
+            exclude = tf.where(known >= 0, self._own_rows(tf.maximum(known, 0)), tf.constant(-1, tf.int64))
         # A known user's history is excluded here too, so a known id sent with its stored features
         # gets serving_default's answer; a new user (unknown id) has none.
         return self._answer(
@@ -277,7 +281,7 @@ class RetrievalModule(tf.Module):
         found = rows >= 0
         seen = self._seen_of(rows)
         rows = tf.maximum(rows, 0)
-        excluded = [rows[:, None]] if self._exclude_query else []
+        excluded = [self._own_rows(rows)[:, None]] if self._exclude_query else []  # -1: not in this shard
         if seen is not None:
             excluded.append(tf.cast(seen, tf.int64))  # SEEN_PADDING is past the catalogue: no row
         return self._filtered(tf.gather(self.query_vectors, rows), found, excluded, self._not_found_ids, filters)
@@ -302,6 +306,12 @@ class RetrievalModule(tf.Module):
             max_per,
         )
         return self._outputs(rows, scores, found, not_found_ids)
+
+    def _own_rows(self, rows):
+        """Candidate rows of query rows (item -> similar items): the same row, or via a shard's `self_rows`."""
+        if not self._has_self_rows:
+            return rows
+        return tf.cast(tf.gather(self.self_rows, rows), rows.dtype)
 
     def _examples_fn(self, index):
         index = tf.ensure_shape(index, [None])

@@ -26,10 +26,14 @@ from ._errors import (
     ServerCancelledError,
     ServerOverloadedError,
     ServerUnavailableError,
+    ShardUnavailableError,
     TlsHandshakeError,
     WaitTimeoutError,
 )
 from ._hedging import HedgePolicy
+from ._shard_core import Shard, shard_models
+from ._sharded import ShardedRetrievalClient
+from ._sharded_async import AsyncShardedRetrievalClient
 from ._types import (
     Examples,
     ModelMetadata,
@@ -44,6 +48,7 @@ from ._version import __version__
 
 __all__ = [
     "AsyncRetrievalClient",
+    "AsyncShardedRetrievalClient",
     "DeadlineExceededError",
     "Examples",
     "HedgePolicy",
@@ -60,6 +65,9 @@ __all__ = [
     "ServerCancelledError",
     "ServerOverloadedError",
     "ServerUnavailableError",
+    "Shard",
+    "ShardUnavailableError",
+    "ShardedRetrievalClient",
     "SignatureInfo",
     "TensorSpec",
     "TlsConfig",
@@ -67,4 +75,5 @@ __all__ = [
     "VersionStatus",
     "WaitTimeoutError",
     "__version__",
+    "shard_models",
 ]

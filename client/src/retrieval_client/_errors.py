@@ -93,6 +93,18 @@ class TlsHandshakeError(ServerUnavailableError):
     hint = "the TLS handshake failed; check TlsConfig against the server's TLS settings"
 
 
+class ShardUnavailableError(ServerUnavailableError):
+    """A shard of a ShardedRetrievalClient did not answer (down, not serving the model, or past
+    the call's deadline). `target` and `model` name the shard; `code` is the shard's own."""
+
+    hint = "check that shard's pods and model, or pass allow_partial=True to answer from the other shards"
+
+    def __init__(self, code: grpc.StatusCode, details: str, target: str = "", model: str = "") -> None:
+        super().__init__(code, details)
+        self.target = target
+        self.model = model
+
+
 class DeadlineExceededError(RetrievalError):
     """DEADLINE_EXCEEDED: the call (all its attempts and backoff) took longer than timeout_s."""
 

@@ -120,11 +120,20 @@ class SearchResult:
         fallback list it was built with (`build --unknown-ids fallback`: the
         most popular items; their scores are -inf). Models built with the
         default policy make search() raise InvalidRequestError instead.
+    missing_shards: from a ShardedRetrievalClient with allow_partial=True, the
+        shards ("target model") that did not answer: the result is the merged
+        answer of the others (`partial`). Not part of equality.
     """
 
     ids: np.ndarray
     scores: np.ndarray
     found: bool = True
+    missing_shards: tuple[str, ...] = ()
+
+    @property
+    def partial(self) -> bool:
+        """True when some shards did not answer (ShardedRetrievalClient, allow_partial=True)."""
+        return bool(self.missing_shards)
 
     def __post_init__(self) -> None:
         _frozen(self.ids)
