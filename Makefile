@@ -184,6 +184,8 @@ ecr-prune: tools-venv ## Delete ECR images older than KEEP_DAYS that no commit's
 ##@ Benchmarks
 .PHONY: bench bench-quick
 bench: venv datasets ## Full recall/latency/throughput benchmarks (long; results in benchmarks/results/).
+	$(PY) -m benchmarks.filtered --catalogue synthetic --num 1000000 --dim 64
+	$(PY) -m benchmarks.filtered --catalogue wordnet --num 20000
 	$(PY) -m benchmarks run --profile full
 
 bench-quick: venv datasets ## Tiny benchmark run proving the harness works (used in CI).

@@ -10,7 +10,19 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import builds, datasets, e2e, faiss_index, knobs, plots, report, scheduler_cxx, scheduler_grid, timing
+from benchmarks import (
+    builds,
+    datasets,
+    e2e,
+    faiss_index,
+    filtered_report,
+    knobs,
+    plots,
+    report,
+    scheduler_cxx,
+    scheduler_grid,
+    timing,
+)
 from benchmarks.common import load_average, log, machine, run_worker, versions, write_json
 from benchmarks.profiles import DatasetSpec, Profile
 from model_builder.serve import process
@@ -282,6 +294,9 @@ def run(profile: Profile, out: Path, work: Path) -> dict:
     summary = report.summary(results, serving or {}, meta)
     summary["overhead_breakdown"] = report.overhead_breakdown(out / "overhead.json")
     summary["scheduler_cxx"] = scheduler_cxx.summary_of(out / "scheduler_cxx.json")
+    # Filtered search is measured apart (python -m benchmarks.filtered, run by `make bench` first).
+    summary["filtered"] = filtered_report.summary_of(out)
+    filtered_report.png(out)
     write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report.markdown(results, serving or {}, summary))
     log(f"done in {meta['seconds'] / 60:.1f} min: {out / 'summary.json'}, {out / 'report.md'}")
@@ -321,6 +336,8 @@ def rerender(out: Path) -> dict:
     summary["scheduler_cxx"] = (
         scheduler_cxx.summary_of(out / "scheduler_cxx.json") if own else previous["scheduler_cxx"]
     )
+    summary["filtered"] = filtered_report.summary_of(out)
+    filtered_report.png(out)
     write_json(out / "summary.json", summary)
     (out / "report.md").write_text(report.markdown(results, serving, summary))
     log(f"re-rendered {out / 'summary.json'}, {out / 'report.md'} and {len(results)} chart(s)")

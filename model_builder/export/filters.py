@@ -10,17 +10,20 @@ value meaning "nothing": "" for tokens, the id padding ("" / -1) for excluded id
 for numeric bounds, 0 for max_per. No input value raises: a row whose filter matches nothing
 gets padding (`found` stays true), its neighbours are untouched.
 
-Per row: `allowed` [B, N] = token allow/deny, numeric ranges, excluded ids, the query item and
-the user's history. Its selectivity s = allowed / N picks the path: s * fetch >= safety * k ->
+Per row: `allowed` [B, N] = token allow/deny (packed int32 token bitsets per item: one AND per
+word, no dense table converted per call), numeric ranges, excluded ids, the query item and the
+user's history. Its exact selectivity s = allowed / N picks the path: s * fetch >= safety * k ->
 the row keeps the allowed among ScaNN's `fetch` (a build constant) nearest; otherwise it scores
-the allowed set exactly (masked matmul + top_k). The exact path runs only when some row of the
-batch needs it, and a row's choice depends on its own s only, so a row's answer never depends
-on the rows merged with it. Crowding then keeps at most max_per per crowding group, greedily by
+only its allowed items (a gather of at most safety * k * N / fetch rows, then top_k; at 1M x 64
+and 0.1% that is 1k dot products instead of a 1M-row matmul). Each path runs only when some row
+of the batch takes it, and a row's choice depends on its own s only, so a row's answer never
+depends on the rows merged with it (benchmarks/filtered.py measures both paths). Crowding then keeps at most max_per per crowding group, greedily by
 score, over that fetched pool.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +77,7 @@ class FilterTables(tf.Module):
         self.num_tokens = len(tables.vocabulary)
         self.num_numeric = len(tables.numeric_names)
         self.fetch = options.fetch_for(k, n)
+        self.tables_k = k
         self.threshold = options.threshold(k, n)
         self.int_ids = candidate_ids.dtype == np.int64
         self.tables = tables
@@ -83,7 +87,14 @@ class FilterTables(tf.Module):
             [namespaces.index(t.split(SEPARATOR, 1)[0]) if tables.vocabulary else -1 for t in vocabulary], np.int32
         )
         self.num_namespaces = len(namespaces)
-        self.membership = tf.Variable(tables.membership.astype(np.int8), trainable=False, name="membership")
+        # Packed bitsets, not a dense [N, T] table: item row -> int32 words, bit t % 32 of word t // 32
+        # set when the item has token t (1M items x 64 tokens: 8 MB instead of 64 MB of int8, and no
+        # per-call float conversion of the table). A request's tokens become the same words, so
+        # "has one of these tokens" is one AND per word per item.
+        self.words = max(1, -(-self.num_tokens // 32))
+        self.bits = tf.Variable(_pack(tables.membership, self.words), trainable=False, name="membership_bits")
+        in_namespace = self.namespace_of_token[None, :] == np.arange(len(namespaces))[:, None]
+        self.namespace_bits = _pack(in_namespace, self.words)  # [G, words]: the tokens of namespace g
         self.numeric = tf.Variable(tables.numeric, trainable=False, name="numeric")
         self.crowd_group = tf.Variable(tables.crowd_group, trainable=False, name="crowd_group")
         self.token_table = _table(tf.constant(vocabulary), len(vocabulary))
@@ -97,21 +108,30 @@ class FilterTables(tf.Module):
     # -- the allowed mask -------------------------------------------------------
     def allowed(self, allow, deny, exclude, lower, upper, excluded_rows):
         """bool [B, N]: items the row's filters let through; `excluded_rows` [B, E] int (-1 = none)."""
-        membership = tf.cast(self.membership, tf.float32)
-        keep = tf.logical_not(self._rows_mask(tf.concat([self.row_table.lookup(exclude), excluded_rows], 1)))
-        denied = tf.matmul(self._one_hot(deny), membership, transpose_b=True) > 0
+        # Every [B, N] pass costs ~1 ms at 1M items: a part no row of the batch uses is skipped
+        # (tf.cond); skipped or not, it yields the same mask, so batch-mates never change a row.
+        batch = tf.shape(allow)[0]
+        rows = tf.concat([self.row_table.lookup(exclude), excluded_rows], 1)
+        any_rows = tf.reduce_any((rows >= 0) & (rows < self.num_candidates))
+        keep = tf.logical_not(self._if_any(any_rows, lambda: self._rows_mask(rows), batch))
+        deny_bits = self._token_bits(deny)
+        denied = self._if_any(tf.reduce_any(deny_bits != 0), lambda: self._has_any(deny_bits), batch)
         keep = tf.logical_and(keep, tf.logical_not(denied))
         # allow: per namespace named in the row, the item needs one of its tokens.
         namespace = self.namespace_table.lookup(tf.strings.regex_replace(allow, f"{SEPARATOR}.*$", ""))
         used = tf.not_equal(allow, "")
         # A non-empty allow entry in no known namespace (or without "=") matches no item.
         keep = tf.logical_and(keep, tf.logical_not(tf.reduce_any(used & (namespace < 0), 1))[:, None])
-        allowed_tokens = self._one_hot(allow)
+        allowed_bits = self._token_bits(allow)
         for g in range(self.num_namespaces):
-            in_namespace = tf.constant((self.namespace_of_token == g).astype(np.float32))
-            hits = tf.matmul(allowed_tokens * in_namespace[None, :], membership, transpose_b=True) > 0
+            bits = tf.bitwise.bitwise_and(allowed_bits, tf.constant(self.namespace_bits[g : g + 1]))
             active = tf.reduce_any(used & tf.equal(namespace, g), 1)[:, None]
-            keep = tf.logical_and(keep, tf.logical_or(hits, tf.logical_not(active)))
+            outside = self._if_any(
+                tf.reduce_any(active),
+                lambda b=bits, a=active: tf.logical_and(a, tf.logical_not(self._has_any(b))),
+                batch,
+            )
+            keep = tf.logical_and(keep, tf.logical_not(outside))
         if self.num_numeric:
             values = self.numeric[None, :, :]
             inside = (values >= lower[:, None, :]) & (values <= upper[:, None, :])
@@ -120,9 +140,23 @@ class FilterTables(tf.Module):
             keep = tf.logical_and(keep, tf.reduce_all(inside | unbounded[:, None, :], 2))
         return keep
 
-    def _one_hot(self, tokens):
-        """[B, W] "ns=token" strings -> [B, T] float 0/1 (unknown tokens and "" -> nothing)."""
-        return tf.reduce_max(tf.one_hot(self.token_table.lookup(tokens), max(self.num_tokens, 1)), axis=1)
+    def _token_bits(self, tokens):
+        """[B, W] "ns=token" strings -> int32 [B, words]: the row's tokens as packed bits (unknown, "" -> none)."""
+        one_hot = tf.reduce_max(tf.one_hot(self.token_table.lookup(tokens), self.words * 32, dtype=tf.int32), axis=1)
+        # Distinct powers of two (bit 31 is -2**31 in int32) sum to the word without overflow.
+        powers = tf.constant(np.left_shift(np.uint32(1), np.arange(32, dtype=np.uint32)).view(np.int32))
+        return tf.reduce_sum(tf.reshape(one_hot, [-1, self.words, 32]) * powers, axis=2)
+
+    def _if_any(self, flag, mask_fn, batch):
+        """mask_fn() (bool [B, N]) when `flag`, else all false, without computing it."""
+        return tf.cond(flag, mask_fn, lambda: tf.zeros([batch, self.num_candidates], tf.bool))
+
+    def _has_any(self, row_bits):
+        """int32 [B, words] -> bool [B, N]: the item has at least one of the row's tokens."""
+        if self.words == 1:
+            return tf.not_equal(tf.bitwise.bitwise_and(self.bits[:, 0][None, :], row_bits), 0)
+        both = tf.bitwise.bitwise_and(self.bits[None, :, :], row_bits[:, None, :])
+        return tf.reduce_any(tf.not_equal(both, 0), axis=2)
 
     def _rows_mask(self, rows):
         """[B, E] candidate rows (-1 = none) -> bool [B, N], via one scatter (no [B, E, N] one-hot)."""
@@ -135,22 +169,27 @@ class FilterTables(tf.Module):
         return hits[:, :n] > 0
 
     # -- search over the allowed set ---------------------------------------------
-    def search(self, allowed, approximate, exact_scores, k: int, max_per):
+    def search(self, allowed, approximate, pair_scores, k: int, max_per):
         """[B, k] (rows, scores) of the allowed, crowded; -inf where nothing is left.
 
-        approximate(): ScaNN's [B, fetch] (rows, scores); exact_scores(): [B, N] exact similarities.
+        approximate(): ScaNN's [B, fetch] (rows, scores); pair_scores(batch_rows, items): [M] exact
+        similarities of query batch_rows[m] and candidate row items[m].
         """
         n, fetch = self.num_candidates, self.fetch
-        count = tf.reduce_sum(tf.cast(allowed, tf.float64), 1)
-        by_index = count * fetch >= self.options.safety * k * n if fetch < n else tf.ones_like(count, tf.bool)
-        rows_a, scores_a = approximate()
-
-        def exact():
-            scores = tf.where(allowed, exact_scores(), tf.constant(-np.inf, tf.float32))
-            top, rows = tf.math.top_k(scores, k=fetch, sorted=True)
-            return tf.cast(rows, rows_a.dtype), top
-
-        rows_e, scores_e = tf.cond(tf.reduce_all(by_index), lambda: (rows_a, scores_a), exact)
+        # The exact count (one pass over the mask), not an estimate from the per-token counts: with
+        # deny, numeric ranges and several namespaces those would only bound it.
+        count = tf.reduce_sum(tf.cast(allowed, tf.int64), 1)
+        by_index = (
+            count * fetch >= int(math.ceil(self.options.safety * k * n)) if fetch < n else tf.ones_like(count, tf.bool)
+        )
+        batch = tf.shape(allowed)[0]
+        # Each branch runs only when some row of the batch takes it; a row reads only its own branch.
+        rows_a, scores_a = tf.cond(tf.reduce_any(by_index), approximate, lambda: self._nothing(batch))
+        rows_e, scores_e = tf.cond(
+            tf.reduce_all(by_index),
+            lambda: self._nothing(batch),
+            lambda: self._exact(tf.logical_and(allowed, tf.logical_not(by_index)[:, None]), pair_scores),
+        )
         rows = tf.where(by_index[:, None], rows_a, rows_e)
         scores = tf.where(by_index[:, None], scores_a, scores_e)
         ok = tf.gather(allowed, rows, batch_dims=1) & (scores > -np.inf)
@@ -158,6 +197,30 @@ class FilterTables(tf.Module):
         scores = tf.where(ok, scores, tf.constant(-np.inf, tf.float32))
         scores, order = tf.math.top_k(scores, k=k, sorted=True)
         return tf.gather(rows, order, batch_dims=1), scores
+
+    def _nothing(self, batch):
+        return tf.zeros([batch, self.fetch], tf.int32), tf.fill([batch, self.fetch], tf.constant(-np.inf, tf.float32))
+
+    def exact_width(self, k: int) -> int:
+        """Most items an exact-path row can have: below the threshold, count < safety * k * N / fetch."""
+        return int(min(self.num_candidates, math.ceil(self.options.safety * k * self.num_candidates / self.fetch)))
+
+    def _exact(self, need, pair_scores):
+        """[B, fetch] best (rows, scores) among each row's `need` items, scoring only those (a gather,
+        not a [B, N] matmul): at 1% of 1M that is 10k dot products instead of 1M."""
+        width = self.exact_width(self.tables_k)
+        coords = tf.where(need)  # [M, 2] (batch row, item), row-major: each row's items in order
+        batch_rows, items = coords[:, 0], coords[:, 1]
+        per_row = tf.reduce_sum(tf.cast(need, tf.int64), 1)
+        position = tf.range(tf.shape(coords, tf.int64)[0]) - tf.gather(tf.cumsum(per_row, exclusive=True), batch_rows)
+        slots = tf.stack([batch_rows, position], 1)
+        shape = tf.stack([tf.shape(need, tf.int64)[0], width])
+        scores = tf.tensor_scatter_nd_update(
+            tf.fill(shape, tf.constant(-np.inf, tf.float32)), slots, pair_scores(batch_rows, items)
+        )
+        rows = tf.tensor_scatter_nd_update(tf.zeros(shape, tf.int32), slots, tf.cast(items, tf.int32))
+        top, order = tf.math.top_k(scores, k=min(self.fetch, width), sorted=True)
+        return _pad_to(tf.gather(rows, order, batch_dims=1), top, self.fetch)
 
     def _crowded(self, rows, ok, max_per):
         """bool [B, P]: within its crowding group, the entry is among the first max_per valid ones.
@@ -213,6 +276,21 @@ class FilterTables(tf.Module):
             SIZE: tf.fill(tf.shape(index), tf.constant(size, tf.int64)),
             "found": found,
         }
+
+
+def _pad_to(rows, scores, width: int):
+    """[B, w <= width] -> [B, width] with (row 0, -inf) columns."""
+    missing = width - tf.shape(rows)[1]
+    rows = tf.pad(rows, [[0, 0], [0, missing]])
+    scores = tf.pad(scores, [[0, 0], [0, missing]], constant_values=-np.inf)
+    return tf.reshape(rows, [-1, width]), tf.reshape(scores, [-1, width])
+
+
+def _pack(membership: np.ndarray, words: int) -> np.ndarray:
+    """bool [N, T] -> int32 [N, words]: bit t % 32 of word t // 32 (little-endian bit order)."""
+    padded = np.zeros((membership.shape[0], words * 32), bool)
+    padded[:, : membership.shape[1]] = membership
+    return np.packbits(padded, axis=1, bitorder="little").view("<u4").astype(np.uint32).view(np.int32)
 
 
 def _table(keys, n: int):

@@ -301,7 +301,7 @@ class RetrievalModule(tf.Module):
         rows, scores = self.filters.search(
             allowed,
             lambda: self._full_width(*self._nearest(queries, fetch, rescore_all=True), fetch),
-            lambda: self._exact_scores(queries),
+            lambda batch_rows, items: self._pair_scores(queries, batch_rows, items),
             self._k,
             max_per,
         )
@@ -388,6 +388,14 @@ class RetrievalModule(tf.Module):
                 + tf.reduce_sum(self.candidate_vectors**2, 1)[None, :]
             )
         return tf.matmul(queries, self.candidate_vectors, transpose_b=True)
+
+    def _pair_scores(self, queries, batch_rows, items):
+        """[M] exact similarities of queries[batch_rows[m]] and candidate items[m] (filtered exact path)."""
+        q = tf.gather(queries, batch_rows)
+        v = tf.gather(self.candidate_vectors, items)
+        if self._negate:
+            return -tf.reduce_sum(tf.square(q - v), 1)
+        return tf.reduce_sum(q * v, 1)
 
     def _nearest(self, queries, count: int, rescore_all: bool = False):
         if self.scann is None:

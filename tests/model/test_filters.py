@@ -295,3 +295,42 @@ def test_serving_rules_require_fixed_widths_and_the_filtered_signatures_have_the
     assert serving_rules.width_rules(saved_model_signatures(tmp_path / "ragged"), padding=True) == []
     signatures = saved_model_signatures(exported[0])
     assert "search_filtered" in signatures and serving_rules.width_rules(signatures, padding=False) == []
+
+
+def test_packed_token_bits_span_several_words():
+    """70 tokens (3 int32 words per item), namespaces straddling word boundaries: allow/deny from the
+    packed bitsets equal the numpy reference, bit 31 (the int32 sign bit) included."""
+    from model_builder.export.filters import FilterTables
+
+    rng = np.random.default_rng(3)
+    n = 500
+    colour = [tuple(f"c{i}" for i in rng.choice(40, rng.integers(0, 4), replace=False)) for _ in range(n)]
+    size = [tuple(f"s{i}" for i in rng.choice(30, rng.integers(0, 3), replace=False)) for _ in range(n)]
+    tables = _tables({"colour": colour, "size": size}, {}, n, None, "test")
+    assert len(tables.vocabulary) == 70
+    filters = FilterTables(tables, np.arange(n, dtype=np.int64), FilterOptions(tokens_width=4), K)
+    assert filters.words == 3
+    sign_bit = tables.vocabulary[31].split("=")  # the token stored in bit 31 of word 0
+    specs = [
+        ({"colour": ["c0", "c39"]}, None),
+        ({sign_bit[0]: [sign_bit[1]]}, {"size": ["s29"]}),
+        ({"colour": ["c5"], "size": ["s1", "s2"]}, {"colour": ["c6"]}),
+        (None, {"size": ["s0", "s10", "s20"], "colour": ["c31"]}),
+    ]
+
+    def tokens(spec):
+        flat = [f"{ns}={t}" for ns, ts in (spec or {}).items() for t in ts]
+        return flat + [""] * (4 - len(flat))
+
+    got = filters.allowed(
+        tf.constant([tokens(a) for a, _ in specs]),
+        tf.constant([tokens(d) for _, d in specs]),
+        tf.fill([len(specs), EXCLUDE], tf.constant(-1, tf.int64)),
+        tf.zeros([len(specs), 0]),
+        tf.zeros([len(specs), 0]),
+        tf.zeros([len(specs), 0], tf.int64),
+    ).numpy()
+    for row, (a, d) in zip(got, specs):
+        reference = brute_force_filter(tables, a, d)
+        assert 0 < reference.sum() < n
+        assert row.tolist() == reference.tolist(), (a, d)

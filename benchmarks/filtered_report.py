@@ -1,0 +1,124 @@
+"""summary.json's `filtered` entry and the chart of benchmarks/filtered.py's results
+(filtered-<catalogue>.json in the results folder, measured by `python -m benchmarks.filtered`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+GOAL = 0.95
+ENGINES = (("ivf", "Faiss IVF-Flat + IDSelectorBitmap"), ("hnsw", "Faiss HNSW32 + IDSelectorBitmap"))
+
+
+def summary_of(out: Path) -> dict | None:
+    """Per catalogue and selectivity: our recall@10 and p50, unfiltered p50, Faiss's p50 at equal recall."""
+    found = sorted(out.glob("filtered-*.json"))
+    if not found:
+        return None
+    catalogues = {}
+    for path in found:
+        data = json.loads(path.read_text())
+        levels = {}
+        for fraction, ours in data["levels"].items():
+            row = {"recall_at_10": ours["recall_at_10"], "p50_ms": ours["p50_ms"], "path": ours["path"]}
+            for kind, _ in ENGINES:
+                level = data.get("faiss", {}).get(kind, {}).get("levels", {}).get(fraction)
+                if level is not None:
+                    matched = level["matched"]
+                    row[f"faiss_{kind}"] = (
+                        {
+                            "recall_at_10": matched["recall_at_10"],
+                            "p50_ms": matched["p50_ms"],
+                            "param": matched["param"],
+                        }
+                        if matched
+                        else {"matched": False, "best_recall_at_10": max(s["recall_at_10"] for s in level["sweep"])}
+                    )
+                    # The issue's goal (0.95) as a second reference point: the sweep's first setting reaching it.
+                    goal = next((s for s in level["sweep"] if s["recall_at_10"] >= GOAL), None)
+                    row[f"faiss_{kind}_at_goal"] = goal and {k: goal[k] for k in ("recall_at_10", "p50_ms", "param")}
+            levels[fraction] = row
+        catalogues[data["catalogue"]] = {
+            "unfiltered": {k: data["unfiltered"][k] for k in ("recall_at_10", "p50_ms")},
+            "levels": levels,
+            "ours": data["ours"],
+            "queries": data["queries"],
+            "repeats": data["repeats"],
+            "commit": data["commit"],
+            "uptime": data.get("uptime_start"),
+            "file": path.name,
+        }
+    return catalogues
+
+
+def png(out: Path) -> Path | None:
+    """filtered.png: p50 latency per selectivity, ours vs unfiltered vs Faiss at equal recall, one panel per catalogue."""
+    summary = summary_of(out)
+    if not summary:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summary), figsize=(6.5 * len(summary), 4.8), constrained_layout=True, squeeze=False)
+    for ax, (name, cat) in zip(axes[0], summary.items()):
+        fractions = sorted(cat["levels"], key=float, reverse=True)
+        x = [100 * float(f) for f in fractions]
+        ours = [cat["levels"][f]["p50_ms"] for f in fractions]
+        ax.plot(x, ours, "o-", color="tab:blue", label="ours (search_by_vector_filtered)")
+        for f, xi, yi in zip(fractions, x, ours):
+            ax.annotate(f"{cat['levels'][f]['recall_at_10']:.3f}", (xi, yi), textcoords="offset points", xytext=(4, 4))
+        for (kind, label), style, colour in zip(ENGINES, ("s--", "^--"), ("tab:green", "tab:orange")):
+            points = [
+                (xi, cat["levels"][f][f"faiss_{kind}"]["p50_ms"])
+                for f, xi in zip(fractions, x)
+                if cat["levels"][f].get(f"faiss_{kind}", {}).get("p50_ms") is not None
+            ]
+            if points:
+                ax.plot(*zip(*points), style, color=colour, label=f"{label} (equal recall)")
+        ax.axhline(cat["unfiltered"]["p50_ms"], color="gray", linestyle=":", label="ours, unfiltered")
+        ax.set(xscale="log", yscale="log", xlabel="selectivity (% of items allowed)", ylabel="p50 ms, one-row calls")
+        ax.set_title(f"{name}: filtered search (labels: our recall@10)")
+        ax.invert_xaxis()
+        ax.legend(fontsize=8)
+    path = out / "filtered.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def markdown(out: Path) -> str:
+    """The README table: one line per catalogue and selectivity."""
+    summary = summary_of(out) or {}
+    lines = [
+        "| catalogue | allowed | ours recall@10 | ours p50 ms (path) | unfiltered p50 ms | Faiss IVF p50 ms (nprobe) | Faiss HNSW p50 ms (efSearch) | IVF at ≥ 0.95 | HNSW at ≥ 0.95 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, cat in summary.items():
+        for fraction, row in sorted(cat["levels"].items(), key=lambda kv: -float(kv[0])):
+            cells = []
+            for kind, _ in ENGINES:
+                faiss = row.get(f"faiss_{kind}")
+                if faiss is None:
+                    cells.append("–")
+                elif "p50_ms" in faiss:
+                    cells.append(f"{faiss['p50_ms']:.2f} ({faiss['param']})")
+                else:
+                    cells.append(f"not reached (best {faiss['best_recall_at_10']:.3f})")
+            for kind, _ in ENGINES:
+                goal = row.get(f"faiss_{kind}_at_goal")
+                cells.append(f"{goal['p50_ms']:.2f} ({goal['param']}, {goal['recall_at_10']:.3f})" if goal else "–")
+            lines.append(
+                f"| {name} | {100 * float(fraction):g}% | {row['recall_at_10']:.3f} | {row['p50_ms']:.2f} ({row['path']}) "
+                f"| {cat['unfiltered']['p50_ms']:.2f} | {' | '.join(cells)} |"
+            )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parent / "results"
+    print(png(folder))
+    print(markdown(folder))
