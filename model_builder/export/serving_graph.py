@@ -46,6 +46,7 @@ from model_builder.contract import (
     Catalogue,
     padding_id,
 )
+from model_builder.export.filtered_signatures import FilteredSignatures
 from model_builder.export.filters import (
     FILTERED_SIGNATURE,
     SCHEMA_SIGNATURE,
@@ -102,7 +103,7 @@ def _with_padding_row(values: np.ndarray, pad) -> np.ndarray:
     return np.asarray([str(i) for i in values.tolist()] + [pad], dtype=object)
 
 
-class RetrievalModule(tf.Module):
+class RetrievalModule(FilteredSignatures, tf.Module):
     """Query id(s) or vectors -> top-k candidate ids, scores (descending) and a per-row `found`."""
 
     def __init__(
@@ -274,38 +275,6 @@ class RetrievalModule(tf.Module):
         return self._answer(
             queries, found, exclude_rows=exclude, not_found_ids=self._padding_ids, seen=self._seen_of(known)
         )
-
-    def _search_ids_filtered(self, ids, *filters):
-        ids = tf.ensure_shape(ids, [None])
-        rows = self.query_table.lookup(ids)
-        found = rows >= 0
-        seen = self._seen_of(rows)
-        rows = tf.maximum(rows, 0)
-        excluded = [self._own_rows(rows)[:, None]] if self._exclude_query else []  # -1: not in this shard
-        if seen is not None:
-            excluded.append(tf.cast(seen, tf.int64))  # SEEN_PADDING is past the catalogue: no row
-        return self._filtered(tf.gather(self.query_vectors, rows), found, excluded, self._not_found_ids, filters)
-
-    def _search_vectors_filtered(self, vectors, *filters):
-        vectors = tf.ensure_shape(vectors, [None, self._dim])
-        found = tf.reduce_all(tf.math.is_finite(vectors), axis=1)
-        vectors = tf.where(found[:, None], vectors, 0.0)
-        return self._filtered(vectors, found, [], self._padding_ids, filters)
-
-    def _filtered(self, queries, found, excluded: list, not_found_ids: np.ndarray, filters) -> dict:
-        allow, deny, exclude, lower, upper, max_per = self.filters.ensure_shapes(filters)
-        batch = tf.shape(queries)[0]
-        excluded = tf.concat([tf.zeros([batch, 0], tf.int64), *excluded], 1)
-        allowed = self.filters.allowed(allow, deny, exclude, lower, upper, excluded)
-        fetch = self.filters.fetch
-        rows, scores = self.filters.search(
-            allowed,
-            lambda: self._full_width(*self._nearest(queries, fetch, rescore_all=True), fetch),
-            lambda batch_rows, items: self._pair_scores(queries, batch_rows, items),
-            self._k,
-            max_per,
-        )
-        return self._outputs(rows, scores, found, not_found_ids)
 
     def _own_rows(self, rows):
         """Candidate rows of query rows (item -> similar items): the same row, or via a shard's `self_rows`."""
