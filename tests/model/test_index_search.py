@@ -151,10 +151,9 @@ def test_a_smaller_gate_sample_needs_a_wider_margin(small):
     }
     for sweep in sweeps.values():
         assert sweep.frontier and all(p.recall - p.margin >= 0.9 for p in sweep.frontier)
-    narrow, wide = sweeps[10**9].frontier[0], sweeps[20].frontier[0]
-    assert 0 < narrow.margin and wide.recall >= narrow.recall, "the wider margin never settles for less recall"
-    # Same searcher, same knobs: same recall; only the margin differs (which points a binary search
-    # lands on in [goal, goal + margin) depends on the tree ScaNN trains, so that is not asserted).
+    assert sweeps[10**9].frontier[0].margin > 0, "the unbounded gate still leaves the sweep's own sample"
+    # Same searcher, same knobs: same recall; only the margin differs. Which settings each sweep's
+    # search lands on, and their recalls, depend on the tree ScaNN trains, so they are not compared.
     wide_by_knobs = {(p.leaves_to_search, p.reorder): p for p in sweeps[20].measured}
     common = [
         (p, wide_by_knobs[k]) for p in sweeps[10**9].measured if (k := (p.leaves_to_search, p.reorder)) in wide_by_knobs
