@@ -33,6 +33,9 @@ ALLOW_STANDIN ?=## 1: `push`/`release` accept an image built on the stand-in bas
 IMAGE ?=## `push`: a local image instead of MODEL's last build; `release`: an image (labels from the local engine).
 MONITORING ?=## 1: `deploy` also applies the namespace-wide monitoring component.
 MODEL_DIR ?=## `image`: bake this existing version folder (BASE/NAME/VERSION) instead of building one.
+KEEP_VERSIONS ?=## `image`: 2 bakes the previous version too, served with latest{2} (default: 2 for <name>-shard-<i>, else 1).
+SHARDS ?=## `*-shards`: the shard count K of a `build --shards K` model MODEL (shards MODEL-shard-0..K-1).
+VERSION ?=## `image-shards`: the version to bake (MODELS/MODEL-shard-<i>/VERSION); `release-shards`: checked against the records.
 USE_STANDINS ?=## 1: build local stand-ins for the base images (no registry needed), as CI does.
 RENDER_ONLY ?=## 1: `deploy` prints the rendered manifests instead of applying them.
 KEEP_DAYS ?= 30## `ecr-prune`: keep every image pushed within this many days.
@@ -148,6 +151,7 @@ compat-snapshot: compat-venv ## Regenerate the serving runtime's op-registry sna
 
 ##@ Deploy
 .PHONY: docker-engine test-tools lint image push release deploy deploy-monitoring ecr-prune
+.PHONY: image-shards push-shards release-shards deploy-shards
 docker-engine: ## Make sure a Docker engine answers: uses the one that does, else installs/starts dockerd (root).
 	scripts/engine.sh ensure
 
@@ -159,7 +163,8 @@ lint: tools-venv ## ruff (lint + format) and shellcheck on the code; hadolint, k
 
 image: venv compat-venv docker-engine ## Builder image -> verified model -> memory measured in the compat env -> serving image <model>-v<version>-<gitsha>-<digest>.
 	MODEL=$(MODEL) DATASET=$(DATASET) BUILD_ARGS="$(BUILD_ARGS)" BUILDER_IMAGE=$(BUILDER_IMAGE) \
-	  SERVING_IMAGE=$(SERVING_IMAGE) USE_STANDINS=$(USE_STANDINS) MODEL_DIR=$(MODEL_DIR) docker/build-images.sh
+	  SERVING_IMAGE=$(SERVING_IMAGE) USE_STANDINS=$(USE_STANDINS) MODEL_DIR=$(MODEL_DIR) KEEP_VERSIONS=$(KEEP_VERSIONS) \
+	  docker/build-images.sh
 
 push: tools-venv ## Push MODEL's last built image to ECR and write k8s/models/MODEL/OVERLAY/ pinning it by digest (commit that).
 	MODEL=$(MODEL) IMAGE=$(IMAGE) AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \
@@ -176,6 +181,29 @@ deploy: tools-venv ## kubectl apply -k k8s/models/MODEL/OVERLAY (+ its namespace
 
 deploy-monitoring: tools-venv ## Apply OVERLAY's namespace with the PodMonitor and alert rules (Prometheus Operator).
 	OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) MONITORING=1 scripts/deploy.sh --namespace-only
+
+image-shards: venv compat-venv docker-engine ## One serving image per shard of MODELS/MODEL-shard-<i>/VERSION (i < SHARDS), each with its previous version.
+	@test -n "$(SHARDS)" -a -n "$(VERSION)" || { echo "error: set SHARDS=K and VERSION=<version> (make image-shards MODEL=items SHARDS=3 VERSION=4)" >&2; exit 2; }
+	for i in $$(seq 0 $$(($(SHARDS) - 1))); do \
+	  MODEL_DIR=$(MODELS)/$(MODEL)-shard-$$i/$(VERSION) SERVING_IMAGE=$(SERVING_IMAGE) USE_STANDINS=$(USE_STANDINS) \
+	    KEEP_VERSIONS=$(KEEP_VERSIONS) docker/build-images.sh; done
+
+push-shards: tools-venv ## `make push` for every shard MODEL-shard-<i> (i < SHARDS), then `release-shards`.
+	@test -n "$(SHARDS)" || { echo "error: set SHARDS=K (make push-shards MODEL=items SHARDS=3 ...)" >&2; exit 2; }
+	for i in $$(seq 0 $$(($(SHARDS) - 1))); do \
+	  MODEL=$(MODEL)-shard-$$i AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \
+	    ECR_REGISTRY=$(ECR_REGISTRY) SERVING_IMAGE=$(SERVING_IMAGE) ALLOW_STANDIN=$(ALLOW_STANDIN) RELEASE=0 \
+	    scripts/push-ecr.sh; done
+	$(MAKE) release-shards
+
+release-shards: tools-venv ## Write k8s/models/MODEL-shard-<i>/OVERLAY/ for every shard (i < SHARDS) of one pushed version; memory from both versions' peaks.
+	MODEL=$(MODEL) SHARDS=$(SHARDS) VERSION=$(VERSION) OVERLAY=$(OVERLAY) COMPONENTS="$(COMPONENTS)" MEMORY=$(MEMORY) \
+	  ALLOW_STANDIN=$(ALLOW_STANDIN) scripts/release-shards.sh
+
+deploy-shards: tools-venv ## `make deploy` for every shard MODEL-shard-<i> (i < SHARDS): all of them, the client moves when the last serves the new version.
+	@test -n "$(SHARDS)" || { echo "error: set SHARDS=K (make deploy-shards MODEL=items SHARDS=3)" >&2; exit 2; }
+	for i in $$(seq 0 $$(($(SHARDS) - 1))); do \
+	  MODEL=$(MODEL)-shard-$$i OVERLAY=$(OVERLAY) RENDER_ONLY=$(RENDER_ONLY) MONITORING=$(MONITORING) scripts/deploy.sh; done
 
 ecr-prune: tools-venv ## Delete ECR images older than KEEP_DAYS that no commit's k8s/models/ ever referenced (DRY_RUN=0 to delete).
 	AWS_REGION=$(AWS_REGION) AWS_ACCOUNT_ID=$(AWS_ACCOUNT_ID) ECR_REPOSITORY=$(ECR_REPOSITORY) \

@@ -17,6 +17,10 @@
 # Env (defaults from versions.env / the Makefile):
 #   MODEL, DATASET, BUILD_ARGS, BUILDER_IMAGE, SERVING_IMAGE, PY (python for pip download)
 #   MODELS             model base path on the host (default $BUILD_DIR/models)
+#   KEEP_VERSIONS      1: bake the new version only (target `single`); 2: also the newest older
+#                      version folder next to it, served from a ModelServerConfig with
+#                      latest { num_versions: 2 } (target `keep-versions`, a shard's rolling
+#                      update). Default: 2 for a model named <name>-shard-<i>, else 1
 #   MODEL_DIR          bake this existing version folder (BASE/NAME/VERSION, e.g. from
 #                      `make build`) instead of steps 1-3; MODEL is taken from its path
 #   BUILDER_BASE_IMAGE, SERVING_BASE_IMAGE   base images (build args)
@@ -48,6 +52,11 @@ STANDIN_SERVING_IMAGE="${STANDIN_SERVING_IMAGE:-scann-serving/tf-serving-standin
 # The uid/gid the images run as (docker/builder/Dockerfile).
 IMAGE_UID=10001
 
+if [[ -z "${KEEP_VERSIONS:-}" ]]; then
+  KEEP_VERSIONS=1
+  [[ "$MODEL" =~ -shard-[0-9]+$ ]] && KEEP_VERSIONS=2
+fi
+[[ "$KEEP_VERSIONS" == 1 || "$KEEP_VERSIONS" == 2 ]] || die_usage "KEEP_VERSIONS '$KEEP_VERSIONS' must be 1 or 2"
 [[ "$MODEL" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]*$ ]] || die_usage "MODEL '$MODEL' is not usable in an image tag (letters, digits, _ . -)"
 # Fail now, not at deploy time, on a name Kubernetes cannot take or another model already has.
 check_name_unique "$MODEL"
@@ -205,17 +214,66 @@ is_standin() {
   [[ "$(docker image inspect --format '{{index .Config.Labels "io.scann-serving.standin"}}' "$1" 2>/dev/null)" == true ]]
 }
 
+# previous_version DIR: the newest numeric version folder older than DIR next to it (empty if none).
+previous_version() {
+  local dir="$1" v
+  v="$(find "$(dirname "$dir")" -mindepth 1 -maxdepth 1 -type d -regex '.*/[0-9]+' -printf '%f\n' \
+    | awk -v new="$(basename "$dir")" '$1 + 0 < new + 0' | sort -n | tail -n 1)"
+  [[ -z "$v" ]] || echo "$(dirname "$dir")/$v"
+}
+
+# model_config NAME: the ModelServerConfig (text proto) of the keep-versions target.
+model_config() {
+  cat <<EOF
+# Baked by docker/build-images.sh (KEEP_VERSIONS=2): the previous version stays loaded next to the
+# new one, so a sharded rollout serves the previous version until every shard has the new one.
+model_config_list {
+  config {
+    name: "$1"
+    base_path: "/models/$1"
+    model_platform: "tensorflow"
+    model_version_policy { latest { num_versions: 2 } }
+  }
+}
+EOF
+}
+
 build_serving() {
   local dir="$1" version sha digest content peak tag ctx base_id standin=false marker="" dirty=false
+  local prev="" prev_version prev_peak load versions per_version target=single keep_args=()
   version="$(basename "$dir")"
   sha="$(git_sha)"
   [[ "$sha" == *-dirty ]] && dirty=true
   # Measured first: the measurement is written into build_info.json, which the digests cover.
   peak="$(measure_memory "$dir")"
+  load="$(load_seconds "$dir")"
   digest="$(model_digest "$dir")"
   ctx="$(new_context serving)"
   mkdir -p "$ctx/models/$MODEL" "$ctx/config"
   cp -a "$dir" "$ctx/models/$MODEL/$version"
+  if [[ "$KEEP_VERSIONS" == 2 ]]; then
+    target=keep-versions
+    versions="$version"
+    per_version="$version=$peak"
+    prev="$(previous_version "$dir")"
+    if [[ -n "$prev" ]]; then
+      check_layout "$prev"
+      # A pod holds both versions: memory is the sum of their measured peaks, and the startup
+      # budget the sum of their load + warmup times (k8s/README.md "Sharding").
+      prev_version="$(basename "$prev")"
+      prev_peak="$(measure_memory "$prev")"
+      peak=$((peak + prev_peak))
+      load="$(awk -v a="$load" -v b="$(load_seconds "$prev")" 'BEGIN { printf "%.3f", a + b }')"
+      versions="$prev_version,$version"
+      per_version="$prev_version=$prev_peak,$per_version"
+      cp -a "$prev" "$ctx/models/$MODEL/$prev_version"
+    else
+      echo "$SCRIPT: no version of $MODEL older than $version in $(dirname "$dir"): baking $version alone" >&2
+    fi
+    mkdir -p "$ctx/model-config"
+    model_config "$MODEL" > "$ctx/model-config/models.config"
+    keep_args=(--build-arg "MODEL_VERSIONS=$versions" --build-arg "PEAK_RSS_BYTES_PER_VERSION=$per_version")
+  fi
   # One source for the server configs: the files the k8s ConfigMap mounts.
   cp k8s/base/config/batching_parameters.txt k8s/base/config/monitoring_config.txt "$ctx/config/"
   install -m 0755 docker/serving/model-ready "$ctx/model-ready"
@@ -223,11 +281,11 @@ build_serving() {
   docker image inspect "$SERVING_BASE_IMAGE" >/dev/null 2>&1 || docker pull --quiet "$SERVING_BASE_IMAGE" >/dev/null \
     || die "base image $SERVING_BASE_IMAGE is not in the engine and \`docker pull\` failed"
   base_id="$(docker image inspect --format '{{.Id}}' "$SERVING_BASE_IMAGE")"
-  content="$(content_digest "$ctx" "$base_id" "MODEL=$MODEL" "MODEL_VERSION=$version")"
+  content="$(content_digest "$ctx" "$base_id" "MODEL=$MODEL" "MODEL_VERSION=$version" "TARGET=$target")"
   if is_standin "$SERVING_BASE_IMAGE"; then standin=true; marker="-standin"; fi
   tag="$SERVING_IMAGE:$MODEL-v$version-$sha$marker-${content:7:12}"
-  echo "$SCRIPT: building $tag from $SERVING_BASE_IMAGE" >&2
-  docker_build serving \
+  echo "$SCRIPT: building $tag ($target${prev:+, with v${prev##*/}}) from $SERVING_BASE_IMAGE" >&2
+  docker_build serving --target "$target" "${keep_args[@]}" \
     --build-arg "SERVING_BASE_IMAGE=$SERVING_BASE_IMAGE" \
     --build-arg "MODEL=$MODEL" \
     --build-arg "MODEL_VERSION=$version" \
@@ -241,7 +299,7 @@ build_serving() {
     --label "io.scann-serving.content.digest=$content" \
     --label "io.scann-serving.base.id=$base_id" \
     --label "io.scann-serving.standin=$standin" \
-    --label "io.scann-serving.startup.load-seconds=$(load_seconds "$dir")" \
+    --label "io.scann-serving.startup.load-seconds=$load" \
     -t "$tag" "$ctx"
   mkdir -p "$BUILD_DIR/images"
   echo "$tag" > "$BUILD_DIR/last-image"

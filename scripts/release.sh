@@ -58,6 +58,15 @@ peak="$(label memory.peak-rss-bytes)"
 load="$(label startup.load-seconds)"
 dirty="$(label git.dirty)"
 standin="$(record_field "$RECORD" io.scann-serving.standin)"
+# A shard's keep-versions image (docker/serving/Dockerfile): two versions, served from its baked
+# ModelServerConfig; its memory label is already the sum of both versions' measured peaks.
+config_file="$(record_field "$RECORD" io.scann-serving.model.config-file)"
+versions="" peak_per_version=""
+if [[ -n "$config_file" ]]; then
+  versions="$(label model.versions)"
+  peak_per_version="$(label memory.peak-rss-bytes-per-version)"
+  [[ "$config_file" =~ ^/[A-Za-z0-9_./-]+$ ]] || die_usage "$IMAGE: label io.scann-serving.model.config-file='$config_file' is not an absolute path"
+fi
 [[ "$peak" =~ ^[0-9]+$ ]] || die_usage "$IMAGE: label io.scann-serving.memory.peak-rss-bytes='$peak' is not a byte count"
 [[ "$load" =~ ^[0-9]+(\.[0-9]+)?$ ]] || die_usage "$IMAGE: label io.scann-serving.startup.load-seconds='$load' is not a number"
 [[ -z "${MODEL:-}" || "$MODEL" == "$model" ]] || die_usage "IMAGE $IMAGE serves model $model, not MODEL=$MODEL"
@@ -100,7 +109,7 @@ MODEL="$model" NAME="$name" VERSION="$version" IMAGE="$IMAGE" CONTENT="$content"
   DIRTY="$dirty" STANDIN="${standin:-false}" OVERLAY="$OVERLAY" MEMORY_QUANTITY="$memory" \
   STARTUP_THRESHOLD="$startup_threshold" PROGRESS_DEADLINE="$progress_deadline" \
   COMMIT="$(record_field "$RECORD" org.opencontainers.image.revision)" \
-  COMPONENTS="${components[*]}" \
+  COMPONENTS="${components[*]}" VERSIONS="$versions" PEAK_PER_VERSION="$peak_per_version" CONFIG_FILE="$config_file" \
   "$PY" "$REPO/scripts/release_files.py" "$new"
 
 "$KUBECTL" kustomize "$new" > "$work/rendered.yaml" || die "kubectl kustomize $new failed"

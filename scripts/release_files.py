@@ -3,7 +3,8 @@
 
 Usage: release_files.py DEST_DIR, with the release in the environment (MODEL, NAME, VERSION,
 IMAGE, CONTENT, PEAK, LOAD, DIRTY, STANDIN, COMMIT, OVERLAY, COMPONENTS, MEMORY_QUANTITY,
-STARTUP_THRESHOLD, PROGRESS_DEADLINE; release.sh validates them). DEST_DIR sits at
+STARTUP_THRESHOLD, PROGRESS_DEADLINE, and for a shard's two-version image VERSIONS, PEAK_PER_VERSION,
+CONFIG_FILE; release.sh validates them). DEST_DIR sits at
 k8s/models/<model>/<something>/, so paths to k8s/overlays and k8s/components are ../../../.
 
 Two files, both meant for review in a pull request:
@@ -50,6 +51,11 @@ class Release:
     memory_quantity: str
     startup_threshold: str
     progress_deadline: str
+    # A keep-versions image (docker/serving/Dockerfile): the versions it carries ("3,4"), each
+    # one's measured peak ("3=...,4=..."; peak is their sum) and its baked ModelServerConfig.
+    versions: str = ""
+    peak_per_version: str = ""
+    config_file: str = ""
 
     @classmethod
     def from_env(cls) -> Release:
@@ -74,6 +80,12 @@ def release_yaml(r: Release) -> str:
         "peak-rss-bytes": r.peak,
         "load-seconds": r.load,
     }
+    if r.config_file:
+        data |= {
+            "versions": r.versions,
+            "peak-rss-bytes-per-version": r.peak_per_version,
+            "model-config-file": r.config_file,
+        }
     body = "".join(f"  {key}: {q(value)}\n" for key, value in data.items())
     return (
         f"# Written by scripts/release.sh (make push / make release) from the labels of the pushed image.\n"
@@ -110,6 +122,17 @@ def deployment_patch(r: Release) -> dict:
             "template": {"spec": {"topologySpreadConstraints": spread, "containers": [container]}},
         },
     }
+
+
+def config_file_patch(r: Release) -> str:
+    """JSON patch appending --model_config_file to the args: the Deployment's args replace the
+    image's CMD, which for a keep-versions image ends with that flag (docker/serving/Dockerfile)."""
+    op = {
+        "op": "add",
+        "path": "/spec/template/spec/containers/0/args/-",
+        "value": f"--model_config_file={r.config_file}",
+    }
+    return dump([op])
 
 
 def selector_patch(kind: str, name: str) -> dict:
@@ -156,8 +179,12 @@ def kustomization_yaml(r: Release) -> str:
         ],
         "patches": [{"target": {"kind": p["kind"]}, "patch": dump(p)} for p in patches],
     }
+    if r.config_file:
+        body["patches"].append({"target": {"kind": "Deployment"}, "patch": config_file_patch(r)})
     budget = int(r.startup_threshold) * 10
     memory = f"{r.memory_quantity} (measured peak + headroom)" if r.memory_quantity else "the overlay's, checked"
+    if r.config_file:
+        memory += f" for versions {r.versions} held together (peak {r.peak} B = {r.peak_per_version})"
     header = (
         f"# Written by scripts/release.sh: model {r.model} v{r.version} in {r.overlay}. Apply with\n"
         f"#   kubectl apply -k k8s/models/{r.model}/{r.overlay} --prune -l app.kubernetes.io/instance={r.name}\n"
