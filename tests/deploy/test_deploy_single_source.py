@@ -51,7 +51,8 @@ def test_base_images_are_build_args_with_the_real_defaults(versions):
     assert versions["SERVING_BASE_IMAGE"] == "google/tf-serving-scann:2.11.0"
     froms = re.findall(r"^FROM\s+(\S+)", builder, re.M)
     assert froms == ["${BUILDER_BASE_IMAGE}", "${BUILDER_BASE_IMAGE}"]
-    assert re.findall(r"^FROM\s+(\S+)", serving, re.M) == ["${SERVING_BASE_IMAGE}"]
+    # Two targets: `single` on the base, `keep-versions` (a shard's two-version image) on `single`.
+    assert re.findall(r"^FROM\s+(.+)$", serving, re.M) == ["${SERVING_BASE_IMAGE} AS single", "single AS keep-versions"]
     # Each version the images are labelled with is a build arg, defaulted from versions.env.
     for key in ("TF_VERSION", "SCANN_VERSION"):
         assert key in arg_defaults(REPO / "docker/builder/Dockerfile")
