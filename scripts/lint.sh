@@ -9,7 +9,8 @@
 #      overlay by scripts/release.sh (in a scratch copy of k8s/), alone and with each optional
 #      per-model component of k8s/components (all but monitoring), each overlay's namespace
 #      with the namespace-wide monitoring component, and every tracked release
-#      k8s/models/<model>/<env>; each overlay alone must fail (no release, no image); then
+#      k8s/models/<model>/<env>, and a shard's two-version release (k8s/README.md "Sharding");
+#      each overlay alone must fail (no release, no image); then
 #      kubernetes-validate --strict of the rendered objects against each version in
 #      KUBE_VERSIONS (custom resources -- PodMonitor, PrometheusRule -- have no schema there:
 #      it reports them as unvalidated; their rules go through promtool, see 4)
@@ -144,12 +145,24 @@ cat > "$scratch/pushed/$MODEL_NAME.json" <<JSON
             "io.scann-serving.startup.load-seconds": "2.5", "io.scann-serving.git.dirty": "false",
             "io.scann-serving.standin": "false"}}
 JSON
-release() { # NAME OVERLAY [COMPONENT]: release.sh into the scratch copy, then check the rendering
-  if BUILD_DIR="$scratch" K8S_DIR="$scratch/k8s" OVERLAY="$2" MODEL="$MODEL_NAME" COMPONENTS="${3:-}" \
+# A shard's two-version image (docker/serving/Dockerfile, keep-versions): its release appends
+# --model_config_file to the args and sizes memory from both versions' summed peaks.
+cat > "$scratch/pushed/$MODEL_NAME-shard-0.json" <<JSON
+{"image": "registry.example/scann-serving:$MODEL_NAME-shard-0-v2-000000000000-000000000000@sha256:$zeros",
+ "labels": {"io.scann-serving.model.name": "$MODEL_NAME-shard-0", "io.scann-serving.model.version": "2",
+            "io.scann-serving.content.digest": "sha256:$zeros", "io.scann-serving.memory.peak-rss-bytes": "536870912",
+            "io.scann-serving.startup.load-seconds": "5.0", "io.scann-serving.git.dirty": "false",
+            "io.scann-serving.standin": "false", "io.scann-serving.model.versions": "1,2",
+            "io.scann-serving.memory.peak-rss-bytes-per-version": "1=268435456,2=268435456",
+            "io.scann-serving.model.config-file": "/etc/tfserving-models/models.config"}}
+JSON
+release() { # NAME OVERLAY [COMPONENT [MODEL]]: release.sh into the scratch copy, then check the rendering
+  local model="${4:-$MODEL_NAME}"
+  if BUILD_DIR="$scratch" K8S_DIR="$scratch/k8s" OVERLAY="$2" MODEL="$model" COMPONENTS="${3:-}" \
     "$REPO/scripts/release.sh" 2>/dev/null; then
-    check_rendering "$1" "$scratch/k8s/models/$MODEL_NAME/$2"
+    check_rendering "$1" "$scratch/k8s/models/$model/$2"
   else
-    echo "lint: FAIL scripts/release.sh OVERLAY=$2 MODEL=$MODEL_NAME COMPONENTS=${3:-}" >&2
+    echo "lint: FAIL scripts/release.sh OVERLAY=$2 MODEL=$model COMPONENTS=${3:-}" >&2
     failed+=("release $1")
   fi
 }
@@ -161,6 +174,7 @@ for overlay in "${overlays[@]}"; do
     release "$overlay+model $MODEL_NAME+$component" "$name" "$component"
   done
   release "$overlay+model $MODEL_NAME" "$name"
+  release "$overlay+shard $MODEL_NAME-shard-0 (two versions)" "$name" "" "$MODEL_NAME-shard-0"
   check_rendering "$overlay/monitoring" "$overlay/monitoring"
 done
 for dir in "${releases[@]}"; do
