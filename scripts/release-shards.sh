@@ -10,6 +10,9 @@
 # keep their new folders (review the diff: the sharded client stays on the previous version until
 # every shard serves the new one, k8s/README.md "Sharding").
 #
+# Also refused: a shard whose new image does not carry the version its current release serves
+# (ALLOW_VERSION_GAP=1 overrides).
+#
 # Memory: MEMORY defaults to `measured` here: each shard's image label is the sum of the measured
 # peaks of the two versions it holds (docker/build-images.sh, KEEP_VERSIONS=2), plus headroom.
 #
@@ -34,6 +37,19 @@ for ((i = 0; i < SHARDS; i++)); do
   elif [[ "$v" != "$version" ]]; then
     die_usage "shard $MODEL-shard-$i's pushed image is v$v, not v$version like the others: push every shard of one build"
   fi
+done
+# The rollout keeps clients on the released version only if every new image still carries it
+# (docker/build-images.sh bakes the newest older version folder it finds locally): refuse a shard
+# whose image lacks the version its current release serves, unless ALLOW_VERSION_GAP=1 (clients
+# then find no version common to all shards until the rollout ends: ModelNotReadyError).
+for ((i = 0; i < SHARDS; i++)); do
+  released="$K8S_DIR/models/$MODEL-shard-$i/${OVERLAY:-prod}/release.yaml"
+  [[ -f "$released" && "${ALLOW_VERSION_GAP:-0}" != 1 ]] || continue
+  current="$(sed -n 's/^  version: "\(.*\)"$/\1/p' "$released")"
+  carried="$(record_field "$BUILD_DIR/pushed/$MODEL-shard-$i.json" io.scann-serving.model.versions)"
+  carried="${carried:-$version}"
+  [[ ",$carried," == *",$current,"* ]] \
+    || die_usage "shard $MODEL-shard-$i's image carries v${carried//,/+v}, not the released v$current: rebuild it with models/$MODEL-shard-$i/$current next to v$version (make image-shards), or ALLOW_VERSION_GAP=1"
 done
 # A stray higher shard would keep serving after a re-shard to fewer shards: say so.
 if [[ -d "$K8S_DIR/models/$MODEL-shard-$SHARDS" ]]; then

@@ -39,14 +39,15 @@ def shard(i: int) -> str:
     return f"{MODEL}-shard-{i}"
 
 
-def write_shard_record(build_dir: Path, i: int, version: str = VERSION) -> str:
+def write_shard_record(build_dir: Path, i: int, version: str = VERSION, previous: str = PREVIOUS) -> str:
     """The record `make push` leaves for shard i's keep-versions image (labels as build-images.sh sets them)."""
     image = write_push_record(build_dir, shard(i), version=version, peak_bytes=sum(PEAKS.values()))
     path = build_dir / "pushed" / f"{shard(i)}.json"
     record = json.loads(path.read_text())
+    peaks = dict(zip((previous, version), PEAKS.values()))
     record["labels"] |= {
-        f"{LABEL}model.versions": f"{PREVIOUS},{version}",
-        f"{LABEL}memory.peak-rss-bytes-per-version": ",".join(f"{v}={b}" for v, b in PEAKS.items()),
+        f"{LABEL}model.versions": f"{previous},{version}",
+        f"{LABEL}memory.peak-rss-bytes-per-version": ",".join(f"{v}={b}" for v, b in peaks.items()),
         f"{LABEL}model.config-file": CONFIG_FILE,
     }
     path.write_text(json.dumps(record))
@@ -275,3 +276,24 @@ def test_model_ready_needs_every_version_available(states, ready):
     assert (proc.returncode == 0) == ready, proc.stderr
     if not ready:
         assert f"state: {next(s for s in states if s != 'AVAILABLE')}" in proc.stderr
+
+
+@pytest.mark.tools
+def test_release_shards_refuses_an_image_without_the_released_version(tmp_path):
+    """The next release must carry the version the current one serves, or clients lose every
+    common version during the rollout."""
+    for i in range(SHARDS):
+        write_shard_record(tmp_path, i)
+    assert release_shards(tmp_path).returncode == 0  # v4 carrying v3, over nothing
+    for i in range(SHARDS):
+        write_shard_record(tmp_path, i, version="6", previous="5")  # v5 was never released
+    before = {p: p.read_text() for p in (tmp_path / "k8s/models").rglob("release.yaml")}
+    proc = release_shards(tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{shard(0)}'s image carries v5+v6, not the released v{VERSION}" in proc.stderr
+    assert {p: p.read_text() for p in before} == before, "nothing may be written on refusal"
+    for i in range(SHARDS):
+        write_shard_record(tmp_path, i, version="5", previous=VERSION)
+    proc = release_shards(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert 'version: "5"' in (tmp_path / "k8s/models" / shard(2) / "prod/release.yaml").read_text()
