@@ -3,7 +3,9 @@
 Both spellings work (`--model_name` / `--model-name`), except the base path:
 `--model_base_path` is TF Serving's (the folder holding version folders) and
 `--model-base-path` is ours (the folder holding the model-name folder, as
-written by `build --out`).
+written by `build --out`). `--model_config_file` (a ModelServerConfig text proto:
+several models, version policies, labels) replaces both and --model_name, as in
+TF Serving 2.11 (model_servers/server.cc).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from model_builder.serve.config import (
     parse_channel_arguments,
     parse_version_labels,
 )
+from model_builder.serve.model_config import parse_model_config_file
 
 
 def _flag_bool(text: str) -> bool:
@@ -55,6 +58,18 @@ def add_serve(sub) -> None:
         help="TF Serving's meaning: the folder holding <version>/ folders",
     )
     p.add_argument("--model_name", "--model-name", dest="model_name", default=settings.model_name())
+    p.add_argument(
+        "--model_config_file",
+        type=Path,
+        help="ModelServerConfig text proto (models, base_path, model_version_policy, version_labels); "
+        "when given, --model_name and the base paths are ignored, as TF Serving 2.11 does",
+    )
+    p.add_argument(
+        "--model_config_file_poll_wait_seconds",
+        type=float,
+        default=0.0,
+        help="re-read --model_config_file every N seconds: not supported by this stand-in (only 0)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in containers)")
     p.add_argument("--port", type=int, default=settings.grpc_port(), help="gRPC port")
     p.add_argument(
@@ -155,7 +170,20 @@ def add_serve(sub) -> None:
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     """Builds the frozen ServerConfig; the base path rules are explained in the module docstring."""
-    if args.tfs_base is not None:
+    models = ()
+    if args.model_config_file_poll_wait_seconds > 0:
+        # TF Serving re-reads the file and adds/removes models (server.cc PollFilesystemAndReloadConfig);
+        # this stand-in loads it once, so refusing is kinder than silently not reloading.
+        raise ConfigError(
+            "--model_config_file_poll_wait_seconds: re-reading the config file is not supported by the local "
+            "server; leave it 0 and restart the server to change models"
+        )
+    if args.model_config_file is not None:
+        # server.cc: a non-empty --model_config_file wins; --model_name/--model_base_path are not read.
+        models = parse_model_config_file(args.model_config_file)
+        base = models[0].base_path
+        args.model_name = models[0].name
+    elif args.tfs_base is not None:
         base = args.tfs_base
     elif args.parent_base is not None:
         base = args.parent_base / args.model_name
@@ -185,6 +213,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_message_bytes=args.max_message_bytes,
         shutdown_grace_seconds=args.shutdown_grace_seconds,
         on_sigterm=args.on_sigterm,
+        models=models,
     )
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_builder.errors import ConfigError
+from model_builder.serve.model_config import ModelEntry
 
 # TF Serving 2.11 receives messages up to 2 GiB - 1: model_servers/server.cc calls
 # builder.SetMaxMessageSize(tensorflow::kint32max), and a grpc.max_receive_message_length given in
@@ -52,6 +53,8 @@ class ServerConfig:
     max_workers: int = 64
     shutdown_grace_seconds: float = 10.0
     on_sigterm: str = "ignore"
+    # --model_config_file, parsed: when non-empty it replaces model_name/model_base_path (model_config.py).
+    models: tuple[ModelEntry, ...] = ()
 
 
 def parse_channel_arguments(text: str) -> tuple[tuple[str, object], ...]:

@@ -2,7 +2,8 @@
 carry the gRPC status TF Serving answers with, and the servicers send them.
 
 Mirrors TF Serving's defaults: the "latest" version policy (serve the highest
-numbered folder), availability-preserving swaps (load and warm the new version,
+numbered folder; --model_config_file may set latest N, all or specific, see
+serve/model_config.py), availability-preserving swaps (load and warm the new version,
 then unload the old one), warmup replay before AVAILABLE, a failed load retried
 --max_num_load_retries times every --load_retry_interval_micros
 (core/loader_harness.cc, util/retrier.cc), and a failed load of a later version
@@ -28,6 +29,7 @@ from pathlib import Path
 from model_builder.compat.tfs_batching import BatchingParameters
 from model_builder.serve.batching import BatchingSession, Feeds, RunCounter, TensorSignature
 from model_builder.serve.errors import InvalidInputError, NotFoundError, clean_message
+from model_builder.serve.model_config import VersionPolicy
 from model_builder.serve.scheduler import SharedBatchScheduler
 from model_builder.serve.session import SessionRunner
 
@@ -196,8 +198,10 @@ class ModelManager:
         batching: Batching | None = None,
         load_retries: LoadRetries | None = None,
         warmup_iterations: int = 1,
+        policy: VersionPolicy | None = None,
     ) -> None:
         self.name = name
+        self.policy = policy or VersionPolicy()
         self.base_path = base_path
         self._warmup = warmup
         self._batching = batching
@@ -214,15 +218,21 @@ class ModelManager:
 
     # -- lifecycle -----------------------------------------------------------
     def load_first(self, poll_seconds: float) -> None:
-        """Blocks until a version is on disk and the highest one loaded; raises StartupError if it failed.
+        """Blocks until an aspired version is on disk and loads the aspired ones, highest first;
+        raises StartupError if the highest failed.
 
         TF Serving's ServerCore::Create waits for the aspired version (the highest) to become
-        AVAILABLE or fail; there is no falling back to an older version at startup.
+        AVAILABLE or fail (server_core.cc WaitUntilModelsAvailable: ServableRequest::Latest);
+        there is no falling back to an older version at startup. The other aspired versions
+        (latest N, all, specific) load too; one that fails is reported in its status.
         """
-        while not self.disk_versions():
+        while not self.policy.aspired(self.disk_versions()):
             if self._stop.wait(max(poll_seconds, 1.0)):
                 return
-        version = max(self.disk_versions())
+        aspired = self.policy.aspired(self.disk_versions())
+        version = aspired[-1]
+        for older in reversed(aspired[:-1]):
+            self._load(older)
         if self._load(version) is None:
             status = self._status[version]
             raise StartupError(
@@ -259,17 +269,23 @@ class ModelManager:
         return sorted(int(p.name) for p in self.base_path.iterdir() if p.name.isdigit() and p.is_dir())
 
     def poll_once(self) -> None:
-        """One reconciliation step: serve the highest loadable version on disk."""
+        """One reconciliation step: serve the aspired versions (the policy over the loadable versions on disk).
+
+        Availability-preserving, as TF Serving's default AvailabilityPreservingPolicy
+        (core/availability_preserving_policy.cc): new aspired versions load first, and a version
+        no longer aspired unloads only once an aspired one serves (or its folder is gone).
+        """
         on_disk = self.disk_versions()
         candidates = [v for v in on_disk if self._failed.get(v) != _fingerprint(self.base_path / str(v))]
-        aspired = max(candidates) if candidates else None
+        aspired = self.policy.aspired(candidates)
         with self._lock:
-            current = sorted(self._serving)
-        if aspired is not None and aspired not in current:
-            if self._load(aspired) is None:
-                return  # keep serving what we have
+            current = set(self._serving)
+        for version in reversed(aspired):
+            if version not in current and self._load(version) is None:
+                return  # keep serving what we have; the next poll aspires without the failed version
         with self._lock:
-            stale = [v for v in self._serving if v != aspired and (aspired in self._serving or v not in on_disk)]
+            ready = any(v in self._serving for v in aspired)
+            stale = [v for v in self._serving if v not in aspired and (ready or v not in on_disk)]
         for version in stale:
             self._unload(version)
 
@@ -362,6 +378,10 @@ class ModelManager:
                 raise NotFoundError(f"Could not find any versions of model {model_name}")
             raise NotFoundError(f"Could not find version {wanted} of model {model_name}")
         return found
+
+    def serves(self, model_name: str) -> bool:
+        """True when `model_name` is this model."""
+        return model_name == self.name
 
     def is_available(self) -> bool:
         """True when at least one version serves."""

@@ -19,6 +19,8 @@ from model_builder.serve.batching import RunCounter
 from model_builder.serve.config import RECEIVE_LIMIT_ARGUMENT, ServerConfig
 from model_builder.serve.errors import ServingError
 from model_builder.serve.metrics import Metrics
+from model_builder.serve.model_config import ModelEntry
+from model_builder.serve.model_set import ModelSet, entries_labels
 from model_builder.serve.models import Batching, LoadRetries, ModelManager
 from model_builder.serve.scheduler import SharedBatchScheduler
 from model_builder.serve.servicer import ModelServicer, PredictionServicer, add_to_server, status_response
@@ -100,14 +102,22 @@ class LocalServer:
         self.batching = _batching(cfg)
         if self.batching is not None:
             self.metrics.add_counter(RunCounter.NAME, lambda: self.batching.run_count.value)
-        self.manager = ModelManager(
-            cfg.model_name,
-            cfg.model_base_path,
-            warmup=cfg.enable_model_warmup,
-            labels=dict(cfg.version_labels),
-            batching=self.batching,
-            load_retries=LoadRetries(cfg.max_num_load_retries, cfg.load_retry_interval_micros),
-            warmup_iterations=max(1, cfg.num_request_iterations_for_warmup),
+        entries = cfg.models or (ModelEntry(cfg.model_name, cfg.model_base_path, labels=cfg.version_labels),)
+        self.manager = ModelSet(
+            [
+                ModelManager(
+                    entry.name,
+                    entry.base_path,
+                    warmup=cfg.enable_model_warmup,
+                    labels=dict(entry.labels),
+                    batching=self.batching,
+                    load_retries=LoadRetries(cfg.max_num_load_retries, cfg.load_retry_interval_micros),
+                    warmup_iterations=max(1, cfg.num_request_iterations_for_warmup),
+                    policy=entry.policy,
+                )
+                for entry in entries
+            ],
+            entries_labels(cfg.models),
         )
         self._stopped = threading.Event()
         self._grpc: grpc.Server | None = None

@@ -29,7 +29,7 @@ from tensorflow_serving.apis import (
 from model_builder.serve import predictor
 from model_builder.serve.errors import ServingError
 from model_builder.serve.metrics import Metrics
-from model_builder.serve.models import ModelManager
+from model_builder.serve.model_set import ModelSet
 
 log = logging.getLogger("model_builder.serve")
 
@@ -74,9 +74,9 @@ def _parsed(method):
     return wrapper
 
 
-def _model_label(manager: ModelManager, name: str) -> str:
+def _model_label(manager: ModelSet, name: str) -> str:
     # Metric labels come from requests: unknown names share one series (bounded memory, no label injection).
-    return name if name == manager.name else "unknown"
+    return name if manager.serves(name) else "unknown"
 
 
 def _version_of(spec) -> tuple[int | None, str | None]:
@@ -104,7 +104,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
     """Predict and GetModelMetadata."""
 
     def __init__(
-        self, manager: ModelManager, metrics: Metrics, max_tensor_elements: int = predictor.DEFAULT_MAX_TENSOR_ELEMENTS
+        self, manager: ModelSet, metrics: Metrics, max_tensor_elements: int = predictor.DEFAULT_MAX_TENSOR_ELEMENTS
     ) -> None:
         self._manager = manager
         self._metrics = metrics
@@ -164,7 +164,7 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
 class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
     """GetModelStatus (HandleReloadConfigRequest is not offered by the local server)."""
 
-    def __init__(self, manager: ModelManager, metrics: Metrics) -> None:
+    def __init__(self, manager: ModelSet, metrics: Metrics) -> None:
         self._manager = manager
         self._metrics = metrics
 
@@ -217,7 +217,7 @@ def add_to_server(server: grpc.Server, prediction: PredictionServicer, model: Mo
         )
 
 
-def status_response(manager: ModelManager, spec) -> get_model_status_pb2.GetModelStatusResponse:
+def status_response(manager: ModelSet, spec) -> get_model_status_pb2.GetModelStatusResponse:
     """GetModelStatusResponse for a ModelSpec (shared by gRPC and REST)."""
     version, label = _version_of(spec)
     response = get_model_status_pb2.GetModelStatusResponse()

@@ -77,7 +77,9 @@ class Neighbours:
             if self.found[i]:
                 real = scores > -np.inf
                 ids, scores = ids[real], scores[real]
-            results.append(SearchResult(ids=ids.copy(), scores=scores.copy(), found=bool(self.found[i])))
+            results.append(
+                SearchResult(ids=ids.copy(), scores=scores.copy(), found=bool(self.found[i]), version=self.version)
+            )
         return results
 
 

@@ -6,7 +6,14 @@ asked of every shard and the answers merged by score. All shards must answer fro
 version (a shard still on version 3 while another has 4 would merge two catalogues): the client
 reads each shard's AVAILABLE versions (GetModelStatus) and pins model_spec.version to the highest
 version every shard has, so during a rollout answers stay on the old version until the last shard
-has the new one (provided the old one stays loaded until then: the other session's rollout part).
+has the new one. The old one stays loaded until then because every pod serves two versions
+(TF Serving's model_version_policy { latest { num_versions: 2 } }, k8s/README.md "Sharding").
+
+A status call reaches one pod behind a shard's Service: while a shard rolls, it can report the new
+version although another pod of that shard (still old) lacks it, and a call pinned to it that lands
+there is NOT_FOUND. The call is then asked again, of every shard, on the next lower version all
+shards reported (the old one, loaded on every pod under num_versions 2), and that lower pin is kept
+until the next refresh: no failed call, and every merged answer comes from one version.
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ from ._types import SearchResult, VersionStatus
 # would refuse alike and is raised as is).
 SHARD_DOWN = (ServerUnavailableError, DeadlineExceededError, ModelNotFoundError, ModelNotReadyError)
 DEFAULT_VERSION_REFRESH_S = 5.0
+# Fan-outs per call: the pinned version, lower common versions after NOT_FOUND, one re-read of the pin.
+MAX_ATTEMPTS = 4
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,8 @@ class Pin:
     version: int
     missing: tuple[int, ...]
     at: float
+    # The other versions every answering shard reported, highest first: where a NOT_FOUND falls back to.
+    lower: tuple[int, ...] = ()
 
 
 class Pins:
@@ -100,6 +111,19 @@ class Pins:
     def invalidate(self) -> None:
         self._pin = None
 
+    def not_found(self, pin: Pin) -> bool:
+        """A call pinned to `pin` met NOT_FOUND: pin the next lower common version until the next refresh
+        (True), or, with none left, forget the pin so the next call re-reads the shards (False)."""
+        with self._lock:
+            current = self._pin
+            if current is not None and current.version < pin.version:
+                return True  # another caller already lowered it
+            if not pin.lower:
+                self._pin = None
+                return False
+            self._pin = Pin(pin.lower[0], pin.missing, pin.at, pin.lower[1:])
+            return True
+
     def choose(self, statuses: dict[int, list[VersionStatus] | RetrievalError], allow_partial: bool) -> Pin:
         """The highest version AVAILABLE on every answering shard; raises the shard's error otherwise."""
         down = split_down(statuses, self._shards, allow_partial)
@@ -117,7 +141,8 @@ class Pins:
                 f"no shard-consistent answer: {wanted} is not AVAILABLE on every shard (AVAILABLE: {seen})",
                 "wait until every shard has loaded the same version (wait_until_available())",
             )
-        self._pin = Pin(max(common), tuple(sorted(down)), time.monotonic())
+        ordered = sorted(common, reverse=True)
+        self._pin = Pin(ordered[0], tuple(sorted(down)), time.monotonic(), tuple(ordered[1:]))
         return self._pin
 
     def state(self, index: int, version: int, like: ClientState) -> ClientState:
@@ -151,7 +176,8 @@ def merge(answers: list[list[SearchResult]], k: int | None, missing: tuple[str, 
     """Row by row, the best k (id, score) over the shards' answers, best first.
 
     Each shard already returned its own best k, so the global best k are among them. Ties keep
-    shard order (stable sort). `found` is False only if a shard answered found=False.
+    shard order (stable sort). `found` is False only if a shard answered found=False. `version` is
+    the version the shards answered from (None if they did not all say the same one).
     """
     merged = []
     for rows in zip(*answers, strict=True):
@@ -159,5 +185,7 @@ def merge(answers: list[list[SearchResult]], k: int | None, missing: tuple[str, 
         scores = np.concatenate([r.scores for r in rows])
         take = k if k is not None else max(len(r.ids) for r in rows)
         order = np.argsort(-scores, kind="stable")[:take]
-        merged.append(SearchResult(ids[order], scores[order], all(r.found for r in rows), missing))
+        versions = {r.version for r in rows}
+        version = versions.pop() if len(versions) == 1 else None
+        merged.append(SearchResult(ids[order], scores[order], all(r.found for r in rows), missing, version))
     return merged

@@ -18,7 +18,7 @@ from . import _flows
 from ._base import DEFAULT_TIMEOUT_S, DEFAULT_WAIT_TIMEOUT_S
 from ._client import RetrievalClient
 from ._errors import ModelNotFoundError, RetrievalError, WaitTimeoutError
-from ._shard_core import DEFAULT_VERSION_REFRESH_S, Pin, Pins, Shard, merge, shards_of, split_down
+from ._shard_core import DEFAULT_VERSION_REFRESH_S, MAX_ATTEMPTS, Pin, Pins, Shard, merge, shards_of, split_down
 from ._types import Examples, FeatureRows, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 
@@ -108,7 +108,8 @@ class ShardedRetrievalClient:
     ) -> list[SearchResult]:
         partial = self._allow_partial if allow_partial is None else bool(allow_partial)
         deadline = _flows.Deadline(self._timeout_s if timeout_s is None else timeout_s)
-        for attempt in (1, 2):
+        reread = False
+        for attempt in range(1, MAX_ATTEMPTS + 1):
             pin = self._pin(deadline, partial)
             live = [i for i in range(len(self._shards)) if i not in pin.missing]
 
@@ -117,8 +118,14 @@ class ShardedRetrievalClient:
                 return self._clients[i]._run(operation, flow_for(state, left))
 
             outcomes = self._fan_out(live, deadline, run)
-            if attempt == 1 and any(isinstance(o, ModelNotFoundError) for o in outcomes.values()):
-                self._pins.invalidate()  # the pinned version was unloaded (a rollout moved on): re-read once
+            if (
+                attempt < MAX_ATTEMPTS
+                and not reread
+                and any(isinstance(o, ModelNotFoundError) for o in outcomes.values())
+            ):
+                # A pod lacks the pinned version (its shard is mid-roll, or the version was unloaded):
+                # ask every shard again on the next lower common version, or re-read the pin once.
+                reread = not self._pins.not_found(pin)
                 continue
             down = split_down(outcomes, self._shards, partial)
             missing = tuple(self._shards[i].describe() for i in sorted(set(pin.missing) | down))
@@ -186,12 +193,18 @@ class ShardedRetrievalClient:
         )
 
     def _first_live(self, operation: str, flow_for: Callable[[_flows.ClientState, float], _flows.Flow], timeout_s):
-        """One answer from the first answering shard, at the pinned version."""
+        """One answer from the first answering shard, at the pinned version (lowered after NOT_FOUND, as _search)."""
         deadline = _flows.Deadline(self._timeout_s if timeout_s is None else timeout_s)
-        pin = self._pin(deadline, self._allow_partial)
-        i = next(i for i in range(len(self._shards)) if i not in pin.missing)
-        state = self._pins.state(i, pin.version, self._clients[i]._state)
-        return self._clients[i]._run(operation, flow_for(state, max(deadline.remaining(), 0.001)))
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            pin = self._pin(deadline, self._allow_partial)
+            i = next(i for i in range(len(self._shards)) if i not in pin.missing)
+            state = self._pins.state(i, pin.version, self._clients[i]._state)
+            try:
+                return self._clients[i]._run(operation, flow_for(state, max(deadline.remaining(), 0.001)))
+            except ModelNotFoundError:
+                if attempt == MAX_ATTEMPTS or not self._pins.not_found(pin):
+                    raise
+        raise AssertionError("unreachable")
 
     def examples(self, *, timeout_s: float | None = None, headers: Headers | None = None) -> Examples:
         """The first answering shard's examples (its candidates; the query ids are valid on every shard)."""

@@ -16,7 +16,7 @@ from . import _flows
 from ._async_client import AsyncRetrievalClient
 from ._base import DEFAULT_TIMEOUT_S, DEFAULT_WAIT_TIMEOUT_S
 from ._errors import ModelNotFoundError, RetrievalError, WaitTimeoutError
-from ._shard_core import DEFAULT_VERSION_REFRESH_S, Pin, Pins, Shard, merge, shards_of, split_down
+from ._shard_core import DEFAULT_VERSION_REFRESH_S, MAX_ATTEMPTS, Pin, Pins, Shard, merge, shards_of, split_down
 from ._types import Examples, FeatureRows, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 
@@ -79,7 +79,8 @@ class AsyncShardedRetrievalClient:
     ) -> list[SearchResult]:
         partial = self._allow_partial if allow_partial is None else bool(allow_partial)
         deadline = _flows.Deadline(self._timeout_s if timeout_s is None else timeout_s)
-        for attempt in (1, 2):
+        reread = False
+        for attempt in range(1, MAX_ATTEMPTS + 1):
             pin = await self._pin(deadline, partial)
             live = [i for i in range(len(self._shards)) if i not in pin.missing]
 
@@ -88,8 +89,13 @@ class AsyncShardedRetrievalClient:
                 return self._clients[i]._run(operation, flow_for(state, left))
 
             outcomes = await self._fan_out(live, deadline, run)
-            if attempt == 1 and any(isinstance(o, ModelNotFoundError) for o in outcomes.values()):
-                self._pins.invalidate()  # the pinned version was unloaded: re-read once
+            if (
+                attempt < MAX_ATTEMPTS
+                and not reread
+                and any(isinstance(o, ModelNotFoundError) for o in outcomes.values())
+            ):
+                # As ShardedRetrievalClient: the next lower common version, or re-read the pin once.
+                reread = not self._pins.not_found(pin)
                 continue
             down = split_down(outcomes, self._shards, partial)
             missing = tuple(self._shards[i].describe() for i in sorted(set(pin.missing) | down))
@@ -157,10 +163,16 @@ class AsyncShardedRetrievalClient:
 
     async def _first_live(self, operation: str, flow_for, timeout_s: float | None) -> Any:
         deadline = _flows.Deadline(self._timeout_s if timeout_s is None else timeout_s)
-        pin = await self._pin(deadline, self._allow_partial)
-        i = next(i for i in range(len(self._shards)) if i not in pin.missing)
-        state = self._pins.state(i, pin.version, self._clients[i]._state)
-        return await self._clients[i]._run(operation, flow_for(state, max(deadline.remaining(), 0.001)))
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            pin = await self._pin(deadline, self._allow_partial)
+            i = next(i for i in range(len(self._shards)) if i not in pin.missing)
+            state = self._pins.state(i, pin.version, self._clients[i]._state)
+            try:
+                return await self._clients[i]._run(operation, flow_for(state, max(deadline.remaining(), 0.001)))
+            except ModelNotFoundError:
+                if attempt == MAX_ATTEMPTS or not self._pins.not_found(pin):
+                    raise
+        raise AssertionError("unreachable")
 
     async def examples(self, *, timeout_s: float | None = None, headers: Headers | None = None) -> Examples:
         """The first answering shard's examples."""

@@ -123,12 +123,17 @@ class SearchResult:
     missing_shards: from a ShardedRetrievalClient with allow_partial=True, the
         shards ("target model") that did not answer: the result is the merged
         answer of the others (`partial`). Not part of equality.
+    version: the model version that answered (PredictResponse.model_spec.version;
+        None if the server did not say). From a ShardedRetrievalClient: the one
+        version every shard answered from (shard-consistent by construction: each
+        shard call is pinned to it). Not part of equality.
     """
 
     ids: np.ndarray
     scores: np.ndarray
     found: bool = True
     missing_shards: tuple[str, ...] = ()
+    version: int | None = None
 
     @property
     def partial(self) -> bool:
