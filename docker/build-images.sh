@@ -310,7 +310,9 @@ build_serving() {
 
 if [[ -n "${MODEL_DIR:-}" ]]; then
   check_layout "$MODEL_DIR"
-  if [[ "${USE_STANDINS:-0}" == 1 ]] && ! docker image inspect "$SERVING_BASE_IMAGE" >/dev/null 2>&1; then
+  # The stand-in serves with this checkout's server: rebuilt every time (layer cache keeps it
+  # cheap), or an older stand-in left on the engine would test older server code.
+  if [[ "${USE_STANDINS:-0}" == 1 ]]; then
     build_builder
     build_serving_standin
   fi
