@@ -72,9 +72,11 @@ def hnswlib_matched(
     `levels` are filtered.Level (mask, exact filtered top-k); `targets` our recall per fraction.
     A sweep step taking over `budget_s` ends that level's sweep (`stopped` names the ef).
     """
+    from benchmarks.common import log
     from benchmarks.filtered import K, recall, timed
 
     index, build_s = hnswlib_index(base)
+    log(f"filtered: hnswlib built in {build_s:.1f} s")
     out: dict = {
         "kind": "hnswlib",
         "M": HNSWLIB_M,
@@ -112,4 +114,5 @@ def hnswlib_matched(
             "stopped": stopped,
             "sweep_s": round(sum(s.seconds for s in sweep), 1),
         }
+        log(f"filtered: hnswlib {level.fraction:g}: target {target}, matched {matched}, stopped at {stopped}")
     return out
