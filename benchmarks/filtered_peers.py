@@ -31,6 +31,7 @@ class SweepStep:
     param: int
     recall_at_10: float
     p50_ms: float
+    cpu_p50_ms: float
     seconds: float
 
 
@@ -93,19 +94,23 @@ def hnswlib_matched(
             index.set_ef(ef)
             start = time.perf_counter()
             rows, latency = timed(call, queries, 1)
-            step = SweepStep(ef, round(recall(rows, level.truth), 4), latency["p50_ms"], time.perf_counter() - start)
+            got = round(recall(rows, level.truth), 4)
+            step = SweepStep(ef, got, latency["p50_ms"], latency["cpu_p50_ms"], time.perf_counter() - start)
             sweep.append(step)
             if step.recall_at_10 >= target:
                 break
             if step.seconds > budget_s:
                 stopped = ef
                 break
-        entries = [{"param": s.param, "recall_at_10": s.recall_at_10, "p50_ms": s.p50_ms} for s in sweep]
+        entries = [
+            {"param": s.param, "recall_at_10": s.recall_at_10, "p50_ms": s.p50_ms, "cpu_p50_ms": s.cpu_p50_ms}
+            for s in sweep
+        ]
         matched = None
         if sweep and sweep[-1].recall_at_10 >= target:
             index.set_ef(sweep[-1].param)
             _, latency = timed(call, queries, repeats)
-            matched = {**entries[-1], "p50_ms": latency["p50_ms"], "p50_ms_repeats": latency["p50_ms_repeats"]}
+            matched = {**entries[-1], **{k: latency[k] for k in ("p50_ms", "p50_ms_repeats", "cpu_p50_ms")}}
             entries[-1] = matched
         out["levels"][str(level.fraction)] = {
             "target": round(target, 4),
