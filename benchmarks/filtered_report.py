@@ -111,6 +111,11 @@ def png(out: Path) -> Path | None:
     return path
 
 
+def _cpu(entry: dict) -> str:
+    """'; CPU 1.23' when the entry has the per-call CPU time (measured since the hnswlib runs)."""
+    return f"; CPU {entry['cpu_p50_ms']:.2f}" if "cpu_p50_ms" in entry else ""
+
+
 def markdown(out: Path) -> str:
     """The README table: one line per catalogue and selectivity."""
     summary = summary_of(out) or {}
@@ -126,13 +131,15 @@ def markdown(out: Path) -> str:
                 if peer is None:
                     cells.append("–")
                 elif "p50_ms" in peer:
-                    cells.append(f"{peer['p50_ms']:.2f} ({peer['param']})")
+                    cells.append(f"{peer['p50_ms']:.2f} ({peer['param']}{_cpu(peer)})")
                 else:
                     stopped = f", swept to {peer['stopped_at_param']}: budget" if "stopped_at_param" in peer else ""
                     cells.append(f"not reached (best {peer['best_recall_at_10']:.3f}{stopped})")
             for key, _, _ in ENGINES:
                 goal = row.get(f"{key}_at_goal")
-                cells.append(f"{goal['p50_ms']:.2f} ({goal['param']}, {goal['recall_at_10']:.3f})" if goal else "–")
+                cells.append(
+                    f"{goal['p50_ms']:.2f} ({goal['param']}, {goal['recall_at_10']:.3f}{_cpu(goal)})" if goal else "–"
+                )
             lines.append(
                 f"| {name} | {100 * float(fraction):g}% | {row['recall_at_10']:.3f} | {row['p50_ms']:.2f} ({row['path']}) "
                 f"| {cat['unfiltered']['p50_ms']:.2f} | {' | '.join(cells)} |"
