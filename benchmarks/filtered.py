@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import json
 import math
 import subprocess
 import time
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import REPO, load_average, log, machine, percentiles, write_json
+from benchmarks.filtered_peers import hnswlib_matched
 
 FRACTIONS = (0.5, 0.1, 0.01, 0.001)
 K = 10
@@ -77,17 +79,27 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 def timed(call, queries: np.ndarray, repeats: int) -> tuple[np.ndarray, dict]:
     """One-row calls over every query, `repeats` times: the rows found and the median of the per-repeat p50s."""
     call(queries[:1])
-    rows, p50s, samples = None, [], []
+    rows, p50s, samples, cpu = None, [], [], []
     for _ in range(repeats):
         got, times = [], []
         for q in queries:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             got.append(call(q[None, :]))
             times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         rows = np.concatenate(got)
         p50s.append(percentiles(times)["p50_ms"])
         samples += times
-    return rows, {"p50_ms": round(float(np.median(p50s)), 4), "p50_ms_repeats": p50s, **_tail(samples)}
+    # CPU time of the process per call: what a call costs when the shared machine's other work
+    # preempts it (wall p50 of calls longer than a scheduler slice jumps under load); it counts
+    # every thread of the process, so it is comparable only for single-threaded engines.
+    cpu_p50 = percentiles(cpu)["p50_ms"]
+    return rows, {
+        "p50_ms": round(float(np.median(p50s)), 4),
+        "p50_ms_repeats": p50s,
+        "cpu_p50_ms": cpu_p50,
+        **_tail(samples),
+    }
 
 
 def _tail(samples: list[float]) -> dict:
@@ -200,17 +212,22 @@ def load_catalogue(args) -> tuple[str, np.ndarray, np.ndarray, str]:
     return ds.name, ds.base, ds.test[: args.queries], ds.source
 
 
+def make_levels(base: np.ndarray, queries: np.ndarray, tables) -> list[Level]:
+    """One Level per fraction: the `sel=p<f>` column of `tables` and the exact filtered top-k."""
+    levels = []
+    for f in FRACTIONS:
+        mask = tables.membership[:, tables.vocabulary.index(f"sel={token_of(f)}")]
+        levels.append(Level(f, token_of(f), mask, exact_top_k(base, queries, mask)))
+    return levels
+
+
 def run(args, save) -> dict:
     """Every measurement of one catalogue; the results dict (`save(partial)` after each engine)."""
     name, base, queries, source = load_catalogue(args)
     n = len(base)
     log(f"filtered: {name}, {len(queries)} queries, levels {FRACTIONS}")
     tables = attribute_tables(n)
-    levels = []
-    for f in FRACTIONS:
-        column = tables.vocabulary.index(f"sel={token_of(f)}")
-        mask = tables.membership[:, column]
-        levels.append(Level(f, token_of(f), mask, exact_top_k(base, queries, mask)))
+    levels = make_levels(base, queries, tables)
     filtered, unfiltered, facts = ours(base, tables, args.fetch)
     log(f"filtered: ScaNN {facts}")
     rows, latency = timed(unfiltered, queries, args.repeats)
@@ -238,9 +255,31 @@ def run(args, save) -> dict:
         save(result)
         log(f"filtered: faiss {kind}")
         result["faiss"][kind] = faiss_matched(kind, base, queries, levels, targets, args.repeats)
+    if args.hnswlib:
+        save(result)
+        log("filtered: hnswlib")
+        result["hnswlib"] = hnswlib_matched(base, queries, levels, targets, args.repeats)
     result["uptime"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     result["load_average_end"] = load_average()
     return result
+
+
+def add_hnswlib(args, out: Path, head: dict) -> dict:
+    """hnswlib alone, matched to the recall targets of an existing results file (same catalogue,
+    queries, seeds): the file's ours/Faiss entries stay as measured, `hnswlib_run` says when this ran."""
+    previous = json.loads(out.read_text())
+    name, base, queries, _ = load_catalogue(args)
+    if (previous["catalogue"], previous["queries"]) != (name, len(queries)):
+        raise ValueError(
+            f"--hnswlib-only: {out} holds {previous['catalogue']} x {previous['queries']} queries, not {name} x {len(queries)}"
+        )
+    levels = make_levels(base, queries, attribute_tables(len(base)))
+    targets = {lv.fraction: previous["levels"][str(lv.fraction)]["recall_at_10"] for lv in levels}
+    log(f"filtered: hnswlib only on {name}, targets {targets}")
+    start = {**head, "load_average_start": load_average()}
+    peer = hnswlib_matched(base, queries, levels, targets, args.repeats)
+    run_facts = {**start, "uptime_end": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
+    return {**previous, "hnswlib": peer, "hnswlib_run": {**run_facts, "load_average_end": load_average()}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fetch", type=int, default=1024)
     parser.add_argument("--faiss", nargs="*", default=["ivf", "hnsw"], choices=("ivf", "hnsw"))
+    parser.add_argument("--hnswlib", action=argparse.BooleanOptionalAction, default=True, help="hnswlib peer")
+    parser.add_argument(
+        "--hnswlib-only", action="store_true", help="measure hnswlib only and add it to the existing --out file"
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--label", default="")
     args = parser.parse_args(argv)
@@ -261,6 +304,15 @@ def main(argv: list[str] | None = None) -> int:
     started = {"uptime_start": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()}
     head = {"label": args.label, "commit": commit, "machine": machine(), **started}
     out = args.out or REPO / "benchmarks" / "results" / f"filtered-{args.catalogue}.json"
+    if args.hnswlib_only:
+        if not out.is_file():
+            parser.error(f"--hnswlib-only needs an existing results file: {out} is missing")
+        try:
+            write_json(out, add_hnswlib(args, out, head))
+        except ValueError as e:  # a results file of another catalogue or query count
+            parser.error(str(e))
+        log(f"filtered: added hnswlib to {out}")
+        return 0
     write_json(out, {**head, **run(args, lambda partial: write_json(out, {**head, **partial}))})
     log(f"filtered: wrote {out}")
     return 0
