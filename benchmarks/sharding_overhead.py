@@ -67,6 +67,7 @@ def run(items_n: int, calls: int, out_path: Path) -> dict:
     from retrieval_client import RetrievalClient, Shard, ShardedRetrievalClient, shard_models
 
     results: dict = {}
+    at_start = machine()  # the load average before the first build
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ids = np.array([f"sku-{i}" for i in range(items_n)])
@@ -96,7 +97,7 @@ def run(items_n: int, calls: int, out_path: Path) -> dict:
         "what": "one search() of one id, k=10, sequential, loopback; brute-force shards (exact)",
         "catalogue": {"items": items_n, "dim": DIM, "query": "item"},
         "calls": calls,
-        "machine": machine(),
+        "machine": at_start,
         "load_average_at_end": load_average(),
         "versions": versions(),
         "results": results,
