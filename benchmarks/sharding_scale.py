@@ -1,6 +1,6 @@
 """Sharding at a size that shows it (issue 21, item 5): a 4M x 64 catalogue as 1 and as 4 shards.
 
-    python -m benchmarks.sharding_scale [--items 4000000] [--dim 64] [--shards 4] [--queries 1000]
+    python -m benchmarks.sharding_scale [--items 4000000] [--dim 64] [--configs 1,4] [--queries 1000]
         [--calls 400] [--work build/sharding-scale] [--out benchmarks/results/sharding_scale.json]
 
 Catalogue: `benchmarks.datasets.synthetic` (model_builder.data.synthetic.clustered_embeddings,
@@ -221,8 +221,15 @@ def run(args: argparse.Namespace) -> dict:
         "configurations": {},
     }
     data, body["catalogue"] = catalogue(work, args.items, args.dim, args.queries)
-    for shards in (1, args.shards):
-        run_ = build(work, work / "items.npz", shards, args.build_flags)
+    for shards in args.configs:
+        try:
+            run_ = build(work, work / "items.npz", shards, args.build_flags)
+        except RuntimeError as err:  # e.g. the kernel's OOM killer: recorded, the next configuration still runs
+            log(str(err))
+            body["configurations"][f"k{shards}"] = {"build_failed": str(err).splitlines()[-3:]}
+            write_json(args.out, body)
+            shutil.rmtree(work / f"k{shards}", ignore_errors=True)
+            continue
         out = work / f"k{shards}"
         version_dirs = sorted(p for p in out.glob("*/*") if p.is_dir() and p.name.isdigit())
         config = {"build": asdict(run_), "models": [model_record(v) for v in version_dirs]}
@@ -246,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--items", type=int, default=4_000_000)
     p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--shards", type=int, default=4)
+    p.add_argument(
+        "--configs", default="1,4", help="shard counts to build and serve, one after another (1 = unsharded)"
+    )
     p.add_argument("--queries", type=int, default=1000, help="held-out queries for recall")
     p.add_argument("--calls", type=int, default=400, help="timed calls per latency figure")
     p.add_argument("--work", type=Path, default=REPO / "build" / "sharding-scale")
@@ -259,8 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     args.build_flags = shlex.split(args.build_flags)
-    if args.items < 1000 or args.shards < 2:
-        print("error: --items must be >= 1000 and --shards >= 2", file=sys.stderr)
+    try:
+        args.configs = [int(c) for c in args.configs.split(",")]
+    except ValueError:
+        args.configs = []
+    if args.items < 1000 or not args.configs or min(args.configs) < 1:
+        print("error: --items must be >= 1000 and --configs shard counts >= 1, e.g. 1,4", file=sys.stderr)
         return 2
     run(args)
     return 0
