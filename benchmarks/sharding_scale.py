@@ -67,10 +67,32 @@ def _sample_rss(pid: int) -> float:
     return 0.0
 
 
-def build(work: Path, items: Path, shards: int, extra: list[str]) -> BuildRun:
-    """Runs the build CLI, sampling its RSS; progress lines from its log every 30 s."""
+def build_one_shard(argv: list[str]) -> int:
+    """`python -m benchmarks.sharding_scale build-shard I BUILD_ARGS...`: shard I only, through
+    sharding.build_shard, the path `build --shards K` and shard_job.py take for every shard."""
+    from model_builder.build_config import BuildConfig
+    from model_builder.cli import parser
+    from model_builder.cli_args import config_from_args
+    from model_builder.index.config import IndexConfig
+    from model_builder.sharding import build_shard, partition
+    from model_builder.towers.prepare import prepare_imported
+    from model_builder.towers.training import TrainConfig
+
+    args = parser().parse_args(["build", *argv[1:]])
+    cfg = config_from_args(BuildConfig, args)
+    prepared = prepare_imported(cfg, print)
+    shards, _ = partition(cfg, prepared, print)
+    train_cfg, index_cfg = config_from_args(TrainConfig, args), config_from_args(IndexConfig, args)
+    build_shard(cfg, train_cfg, index_cfg, prepared, shards, int(argv[0]), 1, lambda m: print(m, flush=True))
+    return 0
+
+
+def build(work: Path, items: Path, shards: int, extra: list[str], one: int | None = None) -> BuildRun:
+    """Runs the build CLI (or shard `one` alone), sampling its RSS; progress lines every 30 s."""
     out = work / f"k{shards}"
     cmd = [sys.executable, "-m", "model_builder", "build", "--out", str(out), "--model-name", NAME]
+    if one is not None:
+        cmd[2:4] = ["benchmarks.sharding_scale", "build-shard", str(one)]
     cmd += ["--candidates", str(items), "--query", "item", *extra]
     if shards > 1:
         cmd += ["--shards", str(shards)]
@@ -155,14 +177,20 @@ def _timed(call, args: list, calls: int) -> dict:
     return percentiles(samples)
 
 
-def serve_and_measure(work: Path, shards: int, data: tuple, calls: int) -> dict:
-    """Serves one configuration (one server per model), measures recall and latency, stops it."""
+def serve_and_measure(work: Path, shards: int, data: tuple, calls: int, one: int | None = None) -> dict:
+    """Serves one configuration (one server per model, or shard `one` alone: recall then against
+    exact search over that shard's partition), measures recall and latency, stops it."""
     from model_builder.serve import process
-    from retrieval_client import RetrievalClient, ShardedRetrievalClient, shard_models
+    from model_builder.sharding import shard_of
+    from retrieval_client import RetrievalClient, Shard, ShardedRetrievalClient, shard_models
 
     base, queries, kth, ids = data
     out = work / f"k{shards}"
     models = [NAME] if shards == 1 else [f"{NAME}-shard-{i}" for i in range(shards)]
+    if one is not None:
+        models = [models[one]]
+        # The k-th best over this shard's rows; its answers are among them, scored from `base`.
+        kth = exact_top(base[shard_of(ids, shards) == one], queries)
     with contextlib.ExitStack() as stack:
         started = time.perf_counter()
         servers = [
@@ -174,17 +202,23 @@ def serve_and_measure(work: Path, shards: int, data: tuple, calls: int) -> dict:
         load_s = time.perf_counter() - started
         log(f"serve K={shards}: {len(servers)} server(s) AVAILABLE after {load_s:.0f} s")
         targets = [s.target for s in servers]
+        query_ids = [ids[i : i + 1] for i in np.random.default_rng(0).integers(len(ids), size=1000)]
         if shards == 1:
             client = stack.enter_context(RetrievalClient(targets[0], NAME, timeout_s=30))
+        elif one is not None:
+            single = stack.enter_context(RetrievalClient(targets[0], models[0], timeout_s=30))
+            row_ = {"one_shard_retrieval_client": _timed(lambda x: single.search(x, K), query_ids, calls)}
+            client = stack.enter_context(ShardedRetrievalClient([Shard(targets[0], models[0])], timeout_s=30))
         else:
             client = stack.enter_context(ShardedRetrievalClient(shard_models(NAME, targets), timeout_s=30))
         answers = []
         for start in range(0, len(queries), 50):
             answers += client.search_by_vector(queries[start : start + 50], K)
-        row: dict = {"servers_available_s": round(load_s, 1)}
+        row: dict = {"servers_available_s": round(load_s, 1), "models": models}
+        if one is not None:
+            row.update(row_)
         row["recall_at_10_search_by_vector"] = round(recall(answers, base, queries, kth), 4)
-        log(f"serve K={shards}: merged recall@10 {row['recall_at_10_search_by_vector']}")
-        query_ids = [ids[i : i + 1] for i in np.random.default_rng(0).integers(len(ids), size=1000)]
+        log(f"serve K={shards}: recall@10 over {len(models)} model(s) {row['recall_at_10_search_by_vector']}")
         row["search_by_id"] = _timed(lambda x: client.search(x, K), query_ids, calls)
         vectors = [queries[i : i + 1] for i in range(len(queries))]
         row["search_by_vector"] = _timed(lambda x: client.search_by_vector(x, K), vectors, calls)
@@ -223,7 +257,7 @@ def run(args: argparse.Namespace) -> dict:
     data, body["catalogue"] = catalogue(work, args.items, args.dim, args.queries)
     for shards in args.configs:
         try:
-            run_ = build(work, work / "items.npz", shards, args.build_flags)
+            run_ = build(work, work / "items.npz", shards, args.build_flags, args.one_shard)
         except RuntimeError as err:  # e.g. the kernel's OOM killer: recorded, the next configuration still runs
             log(str(err))
             body["configurations"][f"k{shards}"] = {"build_failed": str(err).splitlines()[-3:]}
@@ -238,9 +272,9 @@ def run(args: argparse.Namespace) -> dict:
             import json
 
             config["build_merged_verification"] = json.loads(manifest.read_text())["merged_verification"]
-        body["configurations"][f"k{shards}"] = config
+        body["configurations"][f"k{shards}" + ("" if args.one_shard is None else f"-shard-{args.one_shard}")] = config
         write_json(args.out, body)
-        config["served"] = serve_and_measure(work, shards, data, args.calls)
+        config["served"] = serve_and_measure(work, shards, data, args.calls, args.one_shard)
         body["load_average_at_end"] = load_average()
         write_json(args.out, body)
         if not args.keep:
@@ -260,12 +294,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=400, help="timed calls per latency figure")
     p.add_argument("--work", type=Path, default=REPO / "build" / "sharding-scale")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sharding_scale.json")
+    p.add_argument("--one-shard", type=int, help="build and serve only this shard of each K (memory: see README)")
     p.add_argument("--keep", action="store_true", help="keep the built models under --work")
     p.add_argument(
         "--build-flags",
         default="--no-index-search",
         help="extra build flags, one string (write --build-flags='...'; default: --no-index-search, see above)",
     )
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["build-shard"]:
+        return build_one_shard(argv[1:])
     args = p.parse_args(argv)
     args.build_flags = shlex.split(args.build_flags)
     try:
