@@ -150,7 +150,8 @@ def exact_top(base: np.ndarray, queries: np.ndarray, chunk: int = 262_144) -> np
     best = np.full((len(queries), K), -np.inf, np.float32)
     for start in range(0, len(base), chunk):
         scores = queries @ base[start : start + chunk].T
-        part = np.partition(scores, scores.shape[1] - K, axis=1)[:, -K:]
+        # A chunk of at most K rows (the last one can be) is kept whole: partition needs K columns.
+        part = scores if scores.shape[1] <= K else np.partition(scores, scores.shape[1] - K, axis=1)[:, -K:]
         merged = np.concatenate([best, part], axis=1)
         best = np.partition(merged, merged.shape[1] - K, axis=1)[:, -K:]
     return np.sort(best, axis=1)[:, 0]
