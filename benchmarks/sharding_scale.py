@@ -24,7 +24,10 @@ are not held twice):
             counted as hits, like the build's gate); p50/p99 of sequential one-query search()
             (by id) and search_by_vector() calls; every server's RSS after the calls.
 The shared 2-core machine: K servers and the client share 2 cores; the load average is
-recorded at each step.
+recorded at each step. Memory: on its 23.5 GiB neither the unsharded nor the `--shards 4`
+build fits (both OOM-killed, benchmarks/README.md "Sharding"), so what was measured is
+`--configs 4 --one-shard 0`: shard 0 built alone (sharding.build_shard, as shard-job does) and
+served alone, its recall against exact search over its own partition.
 """
 
 from __future__ import annotations
