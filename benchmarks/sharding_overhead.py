@@ -1,14 +1,14 @@
-"""What the fan-out costs: p50/p99 of one search() through ShardedRetrievalClient, K = 1, 2, 4,
+"""What the fan-out costs: p50/p99 of one search() through ShardedRetrievalClient, K = 1, 2, 4, 8,
 against RetrievalClient on the unsharded model of the same catalogue (issue 21, item 4).
 
     python -m benchmarks.sharding_overhead [--items 8000] [--calls 400] [--out benchmarks/results/sharding_overhead.json]
 
 One clustered catalogue (item -> similar items, brute force: every model is exact, so the
-only difference is the fan-out and merge) is built unsharded and with --shards 2 and 4. Each
+only difference is the fan-out and merge) is built unsharded and with --shards 2, 4 and 8. Each
 configuration is served by local servers on loopback (one per shard, batching on as in the
 image), measured alone, then stopped. K = 1 is the sharded client over the unsharded model:
 the client's own overhead (version pin, thread hand-off, merge) without a second server.
-On this shared 2-core machine K servers share 2 cores: read the K = 4 figure as an upper bound.
+On this shared 2-core machine K servers share 2 cores: read the K = 4 and 8 figures as upper bounds.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import REPO, log, machine, percentiles, write_json
+from benchmarks.common import REPO, load_average, log, machine, percentiles, versions, write_json
 
 NAME = "bench_shards"
 DIM = 32
@@ -67,12 +67,13 @@ def run(items_n: int, calls: int, out_path: Path) -> dict:
     from retrieval_client import RetrievalClient, Shard, ShardedRetrievalClient, shard_models
 
     results: dict = {}
+    at_start = machine()  # the load average before the first build
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ids = np.array([f"sku-{i}" for i in range(items_n)])
         np.savez(root / "items.npz", ids=ids, vectors=clustered_embeddings(items_n, DIM, seed=7))
         query_ids = np.random.default_rng(0).permutation(ids)
-        for shards in (1, 2, 4):
+        for shards in (1, 2, 4, 8):
             log(f"build: {items_n} x {DIM} as {shards} shard(s)")
             started = time.perf_counter()
             _build(root / f"k{shards}", root / "items.npz", shards)
@@ -96,7 +97,9 @@ def run(items_n: int, calls: int, out_path: Path) -> dict:
         "what": "one search() of one id, k=10, sequential, loopback; brute-force shards (exact)",
         "catalogue": {"items": items_n, "dim": DIM, "query": "item"},
         "calls": calls,
-        "machine": machine(),
+        "machine": at_start,
+        "load_average_at_end": load_average(),
+        "versions": versions(),
         "results": results,
     }
     write_json(out_path, data)
