@@ -56,6 +56,7 @@ from model_builder.export.filters import (
     FilterOptions,
     FilterTables,
 )
+from model_builder.export.row_table import row_table
 from model_builder.index.attributes import AttributeTables
 from model_builder.index.config import ResolvedIndex
 from model_builder.towers.history import SEEN_PADDING
@@ -149,10 +150,8 @@ class RetrievalModule(FilteredSignatures, tf.Module):
         self._has_self_rows = catalogue.self_rows is not None
         if self._has_self_rows:
             self.self_rows = tf.Variable(catalogue.self_rows.astype(np.int32), trainable=False, name="self_rows")
-        self.query_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(query_keys, tf.range(len(catalogue.query_ids), dtype=tf.int64)),
-            default_value=-1,
-        )
+        # From the ids variable, not a constant copy of them in saved_model.pb (row_table.py).
+        self.query_table = row_table(self.query_ids)
         self._seen_width = self._seen_table(catalogue, options.seen)
         self._padding_ids = np.full(options.k, padding_id(catalogue.candidate_ids), dtype=catalogue.candidate_ids.dtype)
         self._not_found_ids = self._not_found_row(catalogue, options)
