@@ -4,8 +4,9 @@ No Keras in here: the query tower is exported as its materialized output table
 for `serving_default` (ids only, so each id's tower output is fixed at build
 time) and, for feature models, also as the tower itself (plain variables and
 hash tables, towers/served_tower.py) behind `search_by_features`; the candidates as a ScaNN searcher serialized with
-`serialize_to_module()` and rebuilt with `searcher_from_module()` inside the
-functions (the searcher resource is built once per load, then reused).
+`serialize_to_module()` and rebuilt from those variables inside the functions by
+one shared searcher resource (`_searcher_handle`: built once per load, on the
+first search of any signature, then reused by all of them).
 
 Batching-safe by construction (docs: the "Serving contract" in README.md).
 TF Serving with --enable_batching concatenates the rows of concurrent requests
@@ -26,6 +27,7 @@ Serving's batcher cannot merge across requests anyway.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,6 +56,7 @@ from model_builder.export.filters import (
     FilterOptions,
     FilterTables,
 )
+from model_builder.export.row_table import row_table
 from model_builder.index.attributes import AttributeTables
 from model_builder.index.config import ResolvedIndex
 from model_builder.towers.history import SEEN_PADDING
@@ -126,6 +129,8 @@ class RetrievalModule(FilteredSignatures, tf.Module):
         self._index = index
         self.candidate_ids = tf.Variable(_id_tensor(catalogue.candidate_ids), trainable=False, name="candidate_ids")
         self.scann = searcher.serialize_to_module() if searcher is not None else None
+        # One name per export, so every signature's TensorsToScann op finds the same searcher (below).
+        self._searcher_name = f"scann-{uuid.uuid4()}"
         if self.scann is not None and np.array_equal(self.scann.dataset.numpy(), catalogue.candidate_vectors):
             # ScaNN keeps the float vectors for exact re-scoring: reuse them instead of a second copy
             # (at 1M x 64 that is 256 MB less on disk and in the serving process).
@@ -145,10 +150,8 @@ class RetrievalModule(FilteredSignatures, tf.Module):
         self._has_self_rows = catalogue.self_rows is not None
         if self._has_self_rows:
             self.self_rows = tf.Variable(catalogue.self_rows.astype(np.int32), trainable=False, name="self_rows")
-        self.query_table = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(query_keys, tf.range(len(catalogue.query_ids), dtype=tf.int64)),
-            default_value=-1,
-        )
+        # From the ids variable, not a constant copy of them in saved_model.pb (row_table.py).
+        self.query_table = row_table(self.query_ids)
         self._seen_width = self._seen_table(catalogue, options.seen)
         self._padding_ids = np.full(options.k, padding_id(catalogue.candidate_ids), dtype=catalogue.candidate_ids.dtype)
         self._not_found_ids = self._not_found_row(catalogue, options)
@@ -372,7 +375,7 @@ class RetrievalModule(FilteredSignatures, tf.Module):
             return tf.cast(rows, tf.int32), scores
         from model_builder.scann_import import scann_ops
 
-        searcher = scann_ops.searcher_from_module(self.scann)
+        searcher = scann_ops.ScannSearcher(self._searcher_handle())
         reorder = self._options.pre_reorder_num_neighbors
         if rescore_all:  # the filtered pool (export/filters.py): re-score all of it, not the index's default
             reorder = max(reorder or self._index.reorder_num_neighbors or 0, count)
@@ -384,3 +387,30 @@ class RetrievalModule(FilteredSignatures, tf.Module):
         )
         # ScaNN reports squared L2 as a distance (lower is better); serve "higher is better".
         return rows, (-scores if self._negate else scores)
+
+    def _searcher_handle(self):
+        """The ScaNN searcher resource, shared by every signature of this export.
+
+        scann's own `searcher_from_module` leaves TensorsToScann's shared_name empty, and a
+        ResourceOpKernel with an empty shared_name builds a searcher private to its kernel
+        (tensorflow/core/framework/resource_op_kernel.h), i.e. one per signature that searches:
+        each a full copy of the float dataset, the AH codes and the tree (scann_ops/cc/scann.cc,
+        ScannInterface::Initialize). A fixed shared_name makes them one resource in the
+        session's ResourceMgr (benchmarks/README.md, "Load peak"); scann's create_searcher
+        names its resource the same way (scann_ops.py).
+        """
+        from model_builder.scann_import import scann_ops
+
+        state = self.scann
+        return scann_ops.tensors_to_scann(
+            state.dataset,
+            state.scann_config,
+            state.serialized_partitioner,
+            state.datapoint_to_token,
+            state.ah_codebook,
+            state.hashed_dataset,
+            state.int8_dataset,
+            state.int8_multipliers,
+            state.dp_norms,
+            shared_name=self._searcher_name,
+        )
