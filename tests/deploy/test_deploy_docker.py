@@ -305,7 +305,7 @@ def test_server_got_the_image_flags_and_runs_non_root(serving):
 def test_root_filesystem_is_read_only_but_tmp_is_writable(serving):
     blocked = serving.container.exec_run(["touch", "/models/x"])
     assert blocked.exit_code != 0 and b"Read-only file system" in blocked.output
-    assert serving.container.exec_run(["touch", "/tmp/x"]).exit_code == 0
+    assert serving.container.exec_run(["touch", "/tmp/scann-serving-write-probe"]).exit_code == 0
 
 
 def test_docker_healthcheck_turns_healthy(serving):
