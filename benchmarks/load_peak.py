@@ -13,7 +13,6 @@ The probe half (`--probe`) runs in the compat env with the standard library only
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
@@ -31,7 +30,7 @@ def _probe(version_dir: str, runs: list[dict]) -> dict:
     """Compat half: load + warmup with a VmRSS sampler; returns samples and phase marks (epoch s, KiB)."""
     sys.path.insert(0, str(REPO / "model_builder" / "compat"))
     import tf_c_api
-    from memory import _rss_kib, _tensor
+    from memory import _rss_kib, replay
 
     samples: list[tuple[float, int]] = []
     done = threading.Event()
@@ -50,14 +49,7 @@ def _probe(version_dir: str, runs: list[dict]) -> dict:
     session, _ = api.load_saved_model(version_dir, api.new_options(), graph, status)
     for n, run in enumerate(runs):
         marks.append((time.time(), f"warmup {n}: {run['signature']} {run['feeds'][0]['shape']}"))
-        feeds = (tf_c_api.Output * len(run["feeds"]))(*[api.endpoint(graph, f["name"]) for f in run["feeds"]])
-        values = (ctypes.c_void_p * len(run["feeds"]))(*[_tensor(api, f) for f in run["feeds"]])
-        fetches = (tf_c_api.Output * len(run["fetches"]))(*[api.endpoint(graph, name) for name in run["fetches"]])
-        results = (ctypes.c_void_p * len(run["fetches"]))()
-        api.session_run(session, feeds, values, fetches, results, status)
-        for tensor in list(values) + [r for r in results if r]:
-            api.delete_tensor(tensor)
-        api.check(status, f"warmup record {n}")
+        replay(api, graph, session, status, run, f"warmup record {n}")
     marks.append((time.time(), "end"))
     done.set()
     return {"samples": samples, "marks": marks, "peak_kib": _rss_kib("VmHWM")}

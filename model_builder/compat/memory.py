@@ -210,6 +210,18 @@ def _tensor(api: tf_c_api.CApi, spec: dict):
     return api.raw_tensor(spec["dtype"], array(typecode, spec["values"]).tobytes(), shape)
 
 
+def replay(api: tf_c_api.CApi, graph, session, status, run: dict, label: str) -> None:
+    """Runs one warmup record (a `warmup_runs` entry) through TF_SessionRun; raises naming `label`."""
+    feeds = (tf_c_api.Output * len(run["feeds"]))(*[api.endpoint(graph, f["name"]) for f in run["feeds"]])
+    values = (ctypes.c_void_p * len(run["feeds"]))(*[_tensor(api, f) for f in run["feeds"]])
+    fetches = (tf_c_api.Output * len(run["fetches"]))(*[api.endpoint(graph, name) for name in run["fetches"]])
+    results = (ctypes.c_void_p * len(run["fetches"]))()
+    api.session_run(session, feeds, values, fetches, results, status)
+    for tensor in list(values) + [r for r in results if r]:
+        api.delete_tensor(tensor)
+    api.check(status, label)
+
+
 def _probe(version_dir: str, runs: list[dict]) -> dict:
     """Loads the version, replays the warmup runs, reports resident-set sizes (bytes) and seconds."""
     started = time.perf_counter()
@@ -222,14 +234,7 @@ def _probe(version_dir: str, runs: list[dict]) -> dict:
     loaded_at = time.perf_counter()
     loaded = _rss_kib("VmRSS")
     for n, run in enumerate(runs):
-        feeds = (tf_c_api.Output * len(run["feeds"]))(*[api.endpoint(graph, f["name"]) for f in run["feeds"]])
-        values = (ctypes.c_void_p * len(run["feeds"]))(*[_tensor(api, f) for f in run["feeds"]])
-        fetches = (tf_c_api.Output * len(run["fetches"]))(*[api.endpoint(graph, name) for name in run["fetches"]])
-        results = (ctypes.c_void_p * len(run["fetches"]))()
-        api.session_run(session, feeds, values, fetches, results, status)
-        for tensor in list(values) + [r for r in results if r]:
-            api.delete_tensor(tensor)
-        api.check(status, f"warmup record {n} ({run['signature']})")
+        replay(api, graph, session, status, run, f"warmup record {n} ({run['signature']})")
     finished = time.perf_counter()
     return {
         "runtime": f"tensorflow {_version('tensorflow-cpu', 'tensorflow')} C API + scann {_version('scann')}",
