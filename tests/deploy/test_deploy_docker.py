@@ -24,11 +24,20 @@ from pathlib import Path
 import pytest
 
 from support import REPO, wait_for
-from support.deploy import by_kind, http_get, load_yaml_documents, read_versions, run_deploy, run_release
+from support.deploy import (
+    STANDIN_PREFIX,
+    by_kind,
+    http_get,
+    load_yaml_documents,
+    make_image_on_standins,
+    read_versions,
+    run_deploy,
+    run_release,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-PREFIX = "scann-serving-test"
+PREFIX = STANDIN_PREFIX
 VERSIONS = read_versions()
 MODEL = VERSIONS["MODEL_NAME"]
 GRPC, REST = VERSIONS["GRPC_PORT"], VERSIONS["REST_PORT"]
@@ -51,33 +60,13 @@ class Built:
 def built(docker_client, python_standin, tmp_path_factory) -> Built:
     build_dir = tmp_path_factory.mktemp("image-build")
     builder, standin = f"{PREFIX}/builder:ci", f"{PREFIX}/tf-serving-standin:ci"
-    env = dict(
-        os.environ,
-        USE_STANDINS="1",
-        BUILD_DIR=str(build_dir),
+    tag = make_image_on_standins(
+        build_dir,
+        "DATASET=movielens-100k",
+        f"BUILD_ARGS={BUILD_ARGS}",
+        f"MODEL={MODEL}",
         MODELS=str(build_dir / "models"),
-        WHEELHOUSE_DIR=str(REPO / "build" / "wheelhouse"),  # shared with `make image`
-        STANDIN_SERVING_IMAGE=standin,
     )
-    proc = subprocess.run(
-        [
-            "make",
-            "image",
-            f"BUILDER_IMAGE={builder}",
-            f"SERVING_IMAGE={PREFIX}/serving",
-            "DATASET=movielens-100k",
-            f"BUILD_ARGS={BUILD_ARGS}",
-            f"MODEL={MODEL}",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    assert proc.returncode == 0, f"make image failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    tag = (build_dir / "last-image").read_text().strip()
-    assert proc.stdout.strip().splitlines()[-1] == tag
     version = re.fullmatch(rf"{PREFIX}/serving:{MODEL}-v(\d+)-\S+", tag).group(1)
     return Built(tag, builder, standin, build_dir / "models", version, build_dir)
 

@@ -12,7 +12,6 @@ two versions hold the same files under two numbers (the server loads each on its
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -22,11 +21,11 @@ import uuid
 import pytest
 
 from support import REPO, wait_for
-from support.deploy import http_get, read_versions
+from support.deploy import STANDIN_PREFIX, http_get, make_image_on_standins, read_versions
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-PREFIX = "scann-serving-test"
+PREFIX = STANDIN_PREFIX
 SHARD = f"{read_versions()['MODEL_NAME']}-shard-0"
 REST = read_versions()["REST_PORT"]
 LABEL = "io.scann-serving."
@@ -47,24 +46,7 @@ def two_versions(docker_client, python_standin, tmp_path_factory) -> dict:
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     shutil.copytree(models / SHARD / "1", models / SHARD / "2")
-    env = dict(
-        os.environ,
-        USE_STANDINS="1",
-        BUILD_DIR=str(root / "build"),
-        WHEELHOUSE_DIR=str(REPO / "build" / "wheelhouse"),
-        STANDIN_SERVING_IMAGE=f"{PREFIX}/tf-serving-standin:ci",
-    )
-    proc = subprocess.run(
-        ["make", "image", f"MODEL_DIR={models / SHARD / '2'}", f"BUILDER_IMAGE={PREFIX}/builder:ci"]
-        + [f"SERVING_IMAGE={PREFIX}/serving"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
-    assert proc.returncode == 0, f"make image failed:\n{proc.stderr[-6000:]}"
-    tag = (root / "build" / "last-image").read_text().strip()
+    tag = make_image_on_standins(root / "build", f"MODEL_DIR={models / SHARD / '2'}")
     assert re.fullmatch(rf"{PREFIX}/serving:{SHARD}-v2-\S+", tag), tag
     peaks = [json.loads((models / SHARD / v / "assets.extra/build_info.json").read_text()) for v in "12"]
     return {"tag": tag, "peaks": [p["memory"]["peak_rss_bytes"] for p in peaks]}

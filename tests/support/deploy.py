@@ -235,3 +235,31 @@ def release_and_render(build_dir: Path, **env: str) -> list[dict]:
     proc = run_deploy(build_dir, "--dry-run", **{k: v for k, v in env.items() if k in ("MODEL", "OVERLAY")})
     assert proc.returncode == 0, proc.stderr
     return load_yaml_documents(proc.stdout)
+
+
+STANDIN_PREFIX = "scann-serving-test"
+
+
+def make_image_on_standins(build_dir: Path, *make_args: str, **env: str) -> str:
+    """`make image` on the local stand-in bases (USE_STANDINS=1, the tests' builder/stand-in tags);
+    asserts it worked and returns the serving image's tag (BUILD_DIR/last-image)."""
+    proc = subprocess.run(
+        ["make", "image", f"BUILDER_IMAGE={STANDIN_PREFIX}/builder:ci", f"SERVING_IMAGE={STANDIN_PREFIX}/serving"]
+        + list(make_args),
+        cwd=REPO,
+        env=dict(
+            os.environ,
+            USE_STANDINS="1",
+            BUILD_DIR=str(build_dir),
+            WHEELHOUSE_DIR=str(REPO / "build" / "wheelhouse"),  # shared with `make image`
+            STANDIN_SERVING_IMAGE=f"{STANDIN_PREFIX}/tf-serving-standin:ci",
+            **env,
+        ),
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
+    assert proc.returncode == 0, f"make image failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    tag = (build_dir / "last-image").read_text().strip()
+    assert proc.stdout.strip().splitlines()[-1] == tag
+    return tag
