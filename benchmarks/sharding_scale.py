@@ -1,7 +1,8 @@
 """Sharding at a size that shows it (issue 21, item 5): a 4M x 64 catalogue as 1 and as 4 shards.
 
     python -m benchmarks.sharding_scale [--items 4000000] [--dim 64] [--configs 1,4] [--queries 1000]
-        [--calls 400] [--work build/sharding-scale] [--out benchmarks/results/sharding_scale.json]
+        [--calls 400] [--query-side partitioned] [--work build/sharding-scale]
+        [--out benchmarks/results/sharding_scale.json]
 
 Catalogue: `benchmarks.datasets.synthetic` (model_builder.data.synthetic.clustered_embeddings,
 100 clusters, seed 0), the generator of the headline 1M x 64 benchmark (benchmarks/README), so
@@ -10,7 +11,8 @@ Held-out queries are extra draws of the same generator, never in the catalogue.
 
 For each configuration, one at a time (a 23 GB machine shared with other work; the 4M models
 are not held twice):
-  build     `build --candidates FILE --query item [--shards K] --no-index-search`: the tree + AH
+  build     `build --candidates FILE --query item [--shards K --query-side Q] --no-index-search`
+            (Q: --query-side, default partitioned: each shard holds only its own items as queries): the tree + AH
             index the rule of thumb picks for N (and for N/K per shard), its leaves-to-search and
             reorder tuned to --target-recall (0.95). --no-index-search because the structure search
             spends 4x the rule-of-thumb build per model, which 5 builds of 1-4M rows do not fit in
@@ -24,10 +26,10 @@ are not held twice):
             counted as hits, like the build's gate); p50/p99 of sequential one-query search()
             (by id) and search_by_vector() calls; every server's RSS after the calls.
 The shared 2-core machine: K servers and the client share 2 cores; the load average is
-recorded at each step. Memory: on its 23.5 GiB neither the unsharded nor the `--shards 4`
-build fits (both OOM-killed, benchmarks/README.md "Sharding"), so what was measured is
-`--configs 4 --one-shard 0`: shard 0 built alone (sharding.build_shard, as shard-job does) and
-served alone, its recall against exact search over its own partition.
+recorded at each step. `--one-shard I` builds and serves shard I alone (sharding.build_shard, as
+shard-job does), its recall against exact search over its own partition: how the replicated
+layout was measured when neither its unsharded nor its 4-shard build fitted in 23.5 GiB
+(results/sharding_scale_replicated_shard0.json, benchmarks/README.md "Sharding").
 """
 
 from __future__ import annotations
@@ -90,7 +92,9 @@ def build_one_shard(argv: list[str]) -> int:
     return 0
 
 
-def build(work: Path, items: Path, shards: int, extra: list[str], one: int | None = None) -> BuildRun:
+def build(
+    work: Path, items: Path, shards: int, extra: list[str], one: int | None = None, query_side: str = "partitioned"
+) -> BuildRun:
     """Runs the build CLI (or shard `one` alone), sampling its RSS; progress lines every 30 s."""
     out = work / f"k{shards}"
     cmd = [sys.executable, "-m", "model_builder", "build", "--out", str(out), "--model-name", NAME]
@@ -98,7 +102,7 @@ def build(work: Path, items: Path, shards: int, extra: list[str], one: int | Non
         cmd[2:4] = ["benchmarks.sharding_scale", "build-shard", str(one)]
     cmd += ["--candidates", str(items), "--query", "item", *extra]
     if shards > 1:
-        cmd += ["--shards", str(shards)]
+        cmd += ["--shards", str(shards), "--query-side", query_side]
     log_path = work / f"build-k{shards}.log"
     log(f"build K={shards}: {' '.join(cmd[2:])} (log {log_path})")
     started = time.perf_counter()
@@ -181,7 +185,9 @@ def _timed(call, args: list, calls: int) -> dict:
     return percentiles(samples)
 
 
-def serve_and_measure(work: Path, shards: int, data: tuple, calls: int, one: int | None = None) -> dict:
+def serve_and_measure(
+    work: Path, shards: int, data: tuple, calls: int, one: int | None = None, query_side: str = "partitioned"
+) -> dict:
     """Serves one configuration (one server per model, or shard `one` alone: recall then against
     exact search over that shard's partition), measures recall and latency, stops it."""
     from model_builder.serve import process
@@ -214,7 +220,8 @@ def serve_and_measure(work: Path, shards: int, data: tuple, calls: int, one: int
             row_ = {"one_shard_retrieval_client": _timed(lambda x: single.search(x, K), query_ids, calls)}
             client = stack.enter_context(ShardedRetrievalClient([Shard(targets[0], models[0])], timeout_s=30))
         else:
-            client = stack.enter_context(ShardedRetrievalClient(shard_models(NAME, targets), timeout_s=30))
+            sharded = ShardedRetrievalClient(shard_models(NAME, targets), timeout_s=30, query_side=query_side)
+            client = stack.enter_context(sharded)
         answers = []
         for start in range(0, len(queries), 50):
             answers += client.search_by_vector(queries[start : start + 50], K)
@@ -256,12 +263,13 @@ def run(args: argparse.Namespace) -> dict:
         "machine": machine(),
         "versions": versions(),
         "build_flags": args.build_flags,
+        "query_side": args.query_side,
         "configurations": {},
     }
     data, body["catalogue"] = catalogue(work, args.items, args.dim, args.queries)
     for shards in args.configs:
         try:
-            run_ = build(work, work / "items.npz", shards, args.build_flags, args.one_shard)
+            run_ = build(work, work / "items.npz", shards, args.build_flags, args.one_shard, args.query_side)
         except RuntimeError as err:  # e.g. the kernel's OOM killer: recorded, the next configuration still runs
             log(str(err))
             body["configurations"][f"k{shards}"] = {"build_failed": str(err).splitlines()[-3:]}
@@ -278,7 +286,7 @@ def run(args: argparse.Namespace) -> dict:
             config["build_merged_verification"] = json.loads(manifest.read_text())["merged_verification"]
         body["configurations"][f"k{shards}" + ("" if args.one_shard is None else f"-shard-{args.one_shard}")] = config
         write_json(args.out, body)
-        config["served"] = serve_and_measure(work, shards, data, args.calls, args.one_shard)
+        config["served"] = serve_and_measure(work, shards, data, args.calls, args.one_shard, args.query_side)
         body["load_average_at_end"] = load_average()
         write_json(args.out, body)
         if not args.keep:
@@ -299,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=REPO / "build" / "sharding-scale")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sharding_scale.json")
     p.add_argument("--one-shard", type=int, help="build and serve only this shard of each K (memory: see README)")
+    p.add_argument("--query-side", default="partitioned", choices=("partitioned", "replicated"))
     p.add_argument("--keep", action="store_true", help="keep the built models under --work")
     p.add_argument(
         "--build-flags",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from model_builder import settings
-from model_builder.contract import MAX_EXAMPLES, UNKNOWN_ID_POLICIES
+from model_builder.contract import MAX_EXAMPLES, QUERY_SIDES, UNKNOWN_ID_POLICIES
 from model_builder.errors import ConfigError
 from model_builder.index import recall
 
@@ -179,6 +179,13 @@ class BuildConfig:
         },
     )
 
+    query_side: str = field(
+        default="replicated",
+        metadata={
+            "help": "with --shards: replicated = every shard holds the whole query side (one round trip per search); partitioned = shard i holds only the query ids whose crc32 mod K is i (1/K of the query table's memory; the sharded client asks that home shard first, then the others by vector: two round trips) (README 'Sharding')"
+        },
+    )
+
     def validate(self) -> None:
         """Rejects inconsistent flags before any work starts."""
         if self.query not in QUERY_KINDS:
@@ -227,7 +234,20 @@ class BuildConfig:
                 "--unknown-ids fallback with --shards: every shard would answer an unknown id with the same "
                 "popular items; use --unknown-ids error"
             )
+        self._validate_query_side()
         if self.seen_cap < 1:
             raise ConfigError("--seen-cap must be at least 1 (use --no-exclude-seen to serve without exclusions)")
         if not (0 <= self.cold_users < 1 and 0 <= self.cold_items < 1):
             raise ConfigError("--cold-users and --cold-items are shares: use values in [0, 1)")
+
+    def _validate_query_side(self) -> None:
+        if self.query_side not in QUERY_SIDES:
+            raise ConfigError(f"--query-side '{self.query_side}': choose {' or '.join(QUERY_SIDES)}")
+        if self.query_side == "partitioned" and self.shards < 2:
+            raise ConfigError("--query-side partitioned splits the query ids over shards: it needs --shards 2 or more")
+        if self.query_side == "partitioned" and self.query == "user" and self.exclude_seen and not self.candidates:
+            # A user's history spans every shard but only the home shard knows the user.
+            raise ConfigError(
+                "--query-side partitioned with a trained user -> items model: the other shards cannot exclude "
+                "a user's history (they answer by vector); add --no-exclude-seen or use --query-side replicated"
+            )

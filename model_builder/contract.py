@@ -23,6 +23,10 @@ FEATURES_SIGNATURE = "search_by_features"
 FILTERED_SIGNATURE = "search_filtered"
 VECTOR_FILTERED_SIGNATURE = "search_by_vector_filtered"
 SCHEMA_SIGNATURE = "filter_schema"
+# Shards built with --query-side partitioned: a query id -> its stored vector (found = false when
+# another shard holds the id), so a client can ask the other shards by vector (sharding.py).
+QUERY_VECTORS_SIGNATURE = "query_vectors"
+QUERY_SIDES = ("replicated", "partitioned")
 IDS = "ids"
 VECTORS = "vectors"
 SCORES = "scores"

@@ -89,6 +89,7 @@ def serving_module(
         seen=seen,
         attributes=attributes,
         filters=build_record.filter_options(cfg),
+        query_vectors_signature=cfg.shards > 1 and cfg.query_side == "partitioned",
     )
     return RetrievalModule(catalogue, resolved, searcher, options, query_tower)
 
@@ -211,6 +212,8 @@ def _write_version(cfg: BuildConfig, prepared: Prepared, module, info: dict, tmp
     logs = warmup.warmup_logs(cfg.model_name, catalogue.query_ids, catalogue.vectors_of_queries(), cfg.max_batch_size)
     if exported:
         logs += warmup.feature_logs(cfg.model_name, exported.examples[cfg.query], cfg.max_batch_size)
+    if module.query_vectors_signature:
+        logs += warmup.query_vector_logs(cfg.model_name, catalogue.query_ids, cfg.max_batch_size)
     if module.filters is not None:
         widths = (cfg.filter_tokens_width, cfg.filter_exclude_width, module.filters.num_numeric)
         logs += warmup.filtered_logs(

@@ -84,12 +84,42 @@ def _remap_seen(seen: SeenItems | None, to_shard: np.ndarray) -> SeenItems | Non
     return replace(seen, table=mapped[:, :width])
 
 
-def shard_prepared(prepared: Prepared, shards: np.ndarray, index: int, count: int) -> Prepared:
-    """Shard `index`'s catalogue: its candidates, the whole query side."""
+def _partitioned(prepared: Prepared, members: np.ndarray, index: int, count: int) -> Prepared:
+    """Shard `index` with --query-side partitioned: its candidates, and only the query ids homed here."""
+    cat = prepared.catalogue
+    if cat.query_vectors is None:  # item -> similar items: this shard's items are its queries
+        catalogue = replace(
+            cat,
+            query_ids=cat.query_ids[members],
+            candidate_ids=cat.candidate_ids[members],
+            candidate_vectors=cat.candidate_vectors[members],
+        )
+        return replace(prepared, catalogue=catalogue, seen=None)
+    home = np.flatnonzero(shard_of(cat.query_ids, count) == index)
+    catalogue = replace(
+        cat,
+        query_ids=cat.query_ids[home],
+        query_vectors=cat.query_vectors[home],
+        candidate_ids=cat.candidate_ids[members],
+        candidate_vectors=cat.candidate_vectors[members],
+    )
+    # build_config refuses history exclusion here (the other shards could not apply it).
+    return replace(prepared, catalogue=catalogue, seen=None)
+
+
+def shard_prepared(
+    prepared: Prepared, shards: np.ndarray, index: int, count: int, query_side: str = "replicated"
+) -> Prepared:
+    """Shard `index`'s catalogue: its candidates, and the whole query side (replicated) or the
+    query ids whose home it is (partitioned: crc32 of the query id mod K, as for candidates)."""
     cat = prepared.catalogue
     members = np.flatnonzero(shards == index)
     to_shard = np.full(len(cat.candidate_ids), -1, np.int64)
     to_shard[members] = np.arange(len(members))
+    info = {"shard": index, "shards": count, "hash": SHARD_HASH, "candidates": len(members), "query_side": query_side}
+    data_info = {**prepared.data_info, "sharding": {**info, "total_candidates": len(cat.candidate_ids)}}
+    if query_side == "partitioned":
+        return replace(_partitioned(prepared, members, index, count), data_info=data_info)
     if cat.query_vectors is None:  # item -> similar items: every item stays a query
         catalogue = replace(
             cat,
@@ -102,13 +132,7 @@ def shard_prepared(prepared: Prepared, shards: np.ndarray, index: int, count: in
         catalogue = replace(
             cat, candidate_ids=cat.candidate_ids[members], candidate_vectors=cat.candidate_vectors[members]
         )
-    info = {"shard": index, "shards": count, "hash": SHARD_HASH, "candidates": len(members)}
-    return replace(
-        prepared,
-        catalogue=catalogue,
-        data_info={**prepared.data_info, "sharding": {**info, "total_candidates": len(cat.candidate_ids)}},
-        seen=_remap_seen(prepared.seen, to_shard),
-    )
+    return replace(prepared, catalogue=catalogue, data_info=data_info, seen=_remap_seen(prepared.seen, to_shard))
 
 
 @dataclass(frozen=True)
@@ -159,7 +183,7 @@ def build_shard(
     from model_builder import pipeline
 
     shard_cfg = replace(cfg, model_name=shard_name(cfg.model_name, index), version=version)
-    part = shard_prepared(prepared, shards, index, cfg.shards)
+    part = shard_prepared(prepared, shards, index, cfg.shards, cfg.query_side)
     result = pipeline.build(shard_cfg, train_cfg, index_cfg, lambda m: log(f"[shard {index}] {m}"), part)
     return result.version_dir
 
@@ -177,7 +201,8 @@ def build_sharded(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: IndexConf
     dirs = [build_shard(cfg, train_cfg, index_cfg, prepared, shards, i, version, log) for i in range(cfg.shards)]
     from model_builder.sharded_verify import merged_check
 
-    merged = merged_check(dirs, prepared, cfg.k, cfg.verify_queries, cfg.target_recall)
+    served = prepared if cfg.exclude_seen else replace(prepared, seen=None)  # what the shards exclude
+    merged = merged_check(dirs, served, cfg.k, cfg.verify_queries, cfg.target_recall, cfg.query_side)
     manifest = Path(cfg.out) / f"{cfg.model_name}.shards-{version}.json"
     body = {
         "model_name": cfg.model_name,
@@ -186,6 +211,7 @@ def build_sharded(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: IndexConf
             {"model_name": shard_name(cfg.model_name, i), "candidates": int(sizes[i])} for i in range(cfg.shards)
         ],
         "hash": SHARD_HASH,
+        "query_side": cfg.query_side,
         "merged_verification": merged,
     }
     # Whole or absent: written beside, then renamed over (a reader never sees half a manifest).

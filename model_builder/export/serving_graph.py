@@ -40,6 +40,7 @@ from model_builder.contract import (
     IDS,
     INDEX,
     MAX_EXAMPLES,
+    QUERY_VECTORS_SIGNATURE,
     SCORES,
     SERVING_SIGNATURE,
     UNKNOWN_ID_POLICIES,
@@ -84,6 +85,9 @@ class ServingOptions:
     # filter_schema (export/filters.py); None = no filtered signatures.
     attributes: AttributeTables | None = None
     filters: FilterOptions = FilterOptions()
+    # A shard of a --query-side partitioned build: adds query_vectors (id -> stored vector), the
+    # first step of a search by id that the other shards answer by vector (sharding.py).
+    query_vectors_signature: bool = False
 
 
 def tf_dtype(ids: np.ndarray) -> tf.DType:
@@ -162,6 +166,11 @@ class RetrievalModule(FilteredSignatures, tf.Module):
             self._search_vectors, input_signature=[tf.TensorSpec([None, self._dim], tf.float32, name=VECTORS)]
         )
         self.examples = tf.function(self._examples_fn, input_signature=[tf.TensorSpec([None], tf.int64, name=INDEX)])
+        self.query_vectors_signature = options.query_vectors_signature
+        if self.query_vectors_signature:
+            self.vectors_of_ids = tf.function(
+                self._vectors_of_ids, input_signature=[tf.TensorSpec([None], query_dtype, name=IDS)]
+            )
         # The query tower itself (served_tower.ServingTower: plain variables + hash tables, loads under
         # TF 2.11), run at request time. serving_default keeps the table above: a known id's row is
         # this tower's output on the id's stored features, computed at build time.
@@ -188,6 +197,8 @@ class RetrievalModule(FilteredSignatures, tf.Module):
             VECTOR_SIGNATURE: self.search_vectors.get_concrete_function(),
             EXAMPLES_SIGNATURE: self.examples.get_concrete_function(),
         }
+        if self.query_vectors_signature:
+            out[QUERY_VECTORS_SIGNATURE] = self.vectors_of_ids.get_concrete_function()
         if self.query_tower is not None:
             out[FEATURES_SIGNATURE] = self.search_features.get_concrete_function()
         if self.filters is not None:
@@ -252,6 +263,14 @@ class RetrievalModule(FilteredSignatures, tf.Module):
             not_found_ids=self._not_found_ids,
             seen=seen,
         )
+
+    def _vectors_of_ids(self, ids):
+        # Per row, no error: an id this shard does not hold gets zeros and found = false (batching-safe).
+        ids = tf.ensure_shape(ids, [None])
+        rows = self.query_table.lookup(ids)
+        found = rows >= 0
+        vectors = tf.gather(self.query_vectors, tf.maximum(rows, 0))
+        return {VECTORS: tf.where(found[:, None], vectors, 0.0), FOUND: found}
 
     def _search_vectors(self, vectors):
         vectors = tf.ensure_shape(vectors, [None, self._dim])

@@ -68,6 +68,18 @@ def warmup_logs(model_name: str, query_ids: np.ndarray, query_vectors: np.ndarra
     return logs[:MAX_RECORDS]
 
 
+def query_vector_logs(model_name: str, query_ids: np.ndarray, max_batch_size: int) -> list:
+    """query_vectors records (a --query-side partitioned shard): known ids, one per batch size."""
+    from model_builder.contract import QUERY_VECTORS_SIGNATURE
+
+    logs = []
+    for size in (s for s in BATCH_SIZES if s <= max_batch_size):
+        ids = query_ids[np.arange(size) % len(query_ids)]
+        wire = ids if ids.dtype == np.int64 else np.asarray([str(i).encode() for i in ids.tolist()], dtype=object)
+        logs.append(_request(model_name, QUERY_VECTORS_SIGNATURE, {IDS: wire}))
+    return logs
+
+
 def feature_logs(model_name: str, raw_inputs: dict[str, np.ndarray], max_batch_size: int) -> list:
     """search_by_features records: stored features of known ids, one per batch size (same limits as above)."""
     count = len(next(iter(raw_inputs.values())))

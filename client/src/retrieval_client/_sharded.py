@@ -18,8 +18,13 @@ from . import _flows
 from ._base import DEFAULT_TIMEOUT_S, DEFAULT_WAIT_TIMEOUT_S
 from ._client import RetrievalClient
 from ._errors import ModelNotFoundError, RetrievalError, WaitTimeoutError
+from ._partitioned import HOME_SHARDS, PartitionedSearch, check_query_side
+from ._partitioned import QUERY_VECTORS_SIGNATURE as QUERY_VECTORS
 from ._shard_core import DEFAULT_VERSION_REFRESH_S, MAX_ATTEMPTS, Pin, Pins, Shard, merge, shards_of, split_down
 from ._types import Examples, FeatureRows, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
+
+# One shard's flow of a fanned-out call: (its pinned state, its index, seconds left) -> Flow.
+Step = Callable[[_flows.ClientState, int, float], _flows.Flow]
 
 
 class ShardedRetrievalClient:
@@ -33,6 +38,9 @@ class ShardedRetrievalClient:
     version: pin this version on every shard; default: the highest version AVAILABLE on every
         shard, re-read every `version_refresh_s` seconds and after a NOT_FOUND.
     max_workers: threads for the shard calls of all concurrent callers (default 16 per shard).
+    query_side: "replicated" (every shard knows every query id) or "partitioned" (each shard knows
+        the ids homed there: search() asks the home shard for the id's vector first), as the
+        build's --query-side (its manifest OUT/<name>.shards-<version>.json says which).
     Every other keyword argument goes to each shard's RetrievalClient (timeout_s, tls, retry,
     headers, interceptors, ...); timeout_s is the deadline of the whole fanned-out call.
     """
@@ -48,8 +56,10 @@ class ShardedRetrievalClient:
         version_refresh_s: float = DEFAULT_VERSION_REFRESH_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_workers: int | None = None,
+        query_side: str = "replicated",
         **client_options: Any,
     ) -> None:
+        self._query_side = check_query_side(query_side)
         if "version_label" in client_options:
             raise ValueError("version_label: a sharded client pins one version number on every shard (version=)")
         self._shards = shards_of(shards)
@@ -98,13 +108,21 @@ class ShardedRetrievalClient:
         )
         return self._pins.choose(statuses, allow_partial)
 
+    def _runner(self, pin: Pin, operation: str, step: Step) -> Callable[[int, float], Any]:
+        def run(i: int, left: float) -> Any:
+            state = self._pins.state(i, pin.version, self._clients[i]._state)
+            return self._clients[i]._run(operation, step(state, i, left))
+
+        return run
+
     def _search(
         self,
         operation: str,
-        flow_for: Callable[[_flows.ClientState, float], _flows.Flow],
+        flow_for: Callable[[_flows.ClientState, float], _flows.Flow] | None,
         k: int | None,
         timeout_s: float | None,
         allow_partial: bool | None,
+        plan: PartitionedSearch | None = None,
     ) -> list[SearchResult]:
         partial = self._allow_partial if allow_partial is None else bool(allow_partial)
         deadline = _flows.Deadline(self._timeout_s if timeout_s is None else timeout_s)
@@ -112,24 +130,29 @@ class ShardedRetrievalClient:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             pin = self._pin(deadline, partial)
             live = [i for i in range(len(self._shards)) if i not in pin.missing]
-
-            def run(i: int, left: float, pin: Pin = pin) -> Any:
-                state = self._pins.state(i, pin.version, self._clients[i]._state)
-                return self._clients[i]._run(operation, flow_for(state, left))
-
-            outcomes = self._fan_out(live, deadline, run)
-            if (
-                attempt < MAX_ATTEMPTS
-                and not reread
-                and any(isinstance(o, ModelNotFoundError) for o in outcomes.values())
-            ):
+            retry_on_not_found = attempt < MAX_ATTEMPTS and not reread
+            home_down: set[int] = set()
+            if plan is not None:  # step 1: the ids' vectors from their home shards
+                first = self._fan_out(
+                    plan.home_shards_among(live), deadline, self._runner(pin, QUERY_VECTORS, plan.embed_flow)
+                )
+                if retry_on_not_found and any(isinstance(o, ModelNotFoundError) for o in first.values()):
+                    reread = not self._pins.not_found(pin)
+                    continue
+                home_down = split_down(first, self._shards, partial)
+                plan.take_vectors(first, home_down, f"{HOME_SHARDS}, version {pin.version}")
+                live = [i for i in live if i not in home_down]
+            step: Step = plan.search_flow if plan is not None else (lambda st, i, left: flow_for(st, left))
+            outcomes = self._fan_out(live, deadline, self._runner(pin, operation, step))
+            if retry_on_not_found and any(isinstance(o, ModelNotFoundError) for o in outcomes.values()):
                 # A pod lacks the pinned version (its shard is mid-roll, or the version was unloaded):
                 # ask every shard again on the next lower common version, or re-read the pin once.
                 reread = not self._pins.not_found(pin)
                 continue
-            down = split_down(outcomes, self._shards, partial)
+            down = split_down(outcomes, self._shards, partial) | home_down
             missing = tuple(self._shards[i].describe() for i in sorted(set(pin.missing) | down))
-            return merge([outcomes[i] for i in live if i not in down], k, missing)
+            merged = merge([outcomes[i] for i in live if i not in down], k, missing)
+            return plan.results(merged, missing) if plan is not None else merged
         raise AssertionError("unreachable")
 
     # -- the RetrievalClient methods ------------------------------------------
@@ -144,8 +167,12 @@ class ShardedRetrievalClient:
         compression: grpc.Compression | None = None,
         allow_partial: bool | None = None,
     ) -> list[SearchResult]:
-        """As RetrievalClient.search, over every shard, merged by score (serving_default)."""
+        """As RetrievalClient.search, over every shard, merged by score (serving_default; with
+        query_side="partitioned" the two steps of _partitioned.py)."""
         settings = self._clients[0]._settings(headers, wait_for_ready, compression)
+        if self._query_side == "partitioned":
+            plan = PartitionedSearch(ids, len(self._shards), k, settings)
+            return self._search("search", None, k, timeout_s, allow_partial, plan) if plan.items else []
         return self._search(
             "search", lambda st, left: _flows.search(st, ids, k, left, settings), k, timeout_s, allow_partial
         )

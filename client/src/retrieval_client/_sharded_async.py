@@ -16,7 +16,10 @@ from . import _flows
 from ._async_client import AsyncRetrievalClient
 from ._base import DEFAULT_TIMEOUT_S, DEFAULT_WAIT_TIMEOUT_S
 from ._errors import ModelNotFoundError, RetrievalError, WaitTimeoutError
+from ._partitioned import HOME_SHARDS, PartitionedSearch, check_query_side
+from ._partitioned import QUERY_VECTORS_SIGNATURE as QUERY_VECTORS
 from ._shard_core import DEFAULT_VERSION_REFRESH_S, MAX_ATTEMPTS, Pin, Pins, Shard, merge, shards_of, split_down
+from ._sharded import Step
 from ._types import Examples, FeatureRows, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 
@@ -31,8 +34,10 @@ class AsyncShardedRetrievalClient:
         version: int | None = None,
         version_refresh_s: float = DEFAULT_VERSION_REFRESH_S,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        query_side: str = "replicated",
         **client_options: Any,
     ) -> None:
+        self._query_side = check_query_side(query_side)
         if "version_label" in client_options:
             raise ValueError("version_label: a sharded client pins one version number on every shard (version=)")
         self._shards = shards_of(shards)
@@ -69,13 +74,21 @@ class AsyncShardedRetrievalClient:
         )
         return self._pins.choose(statuses, allow_partial)
 
+    def _runner(self, pin: Pin, operation: str, step: Step) -> Callable[[int, float], Awaitable[Any]]:
+        def run(i: int, left: float) -> Awaitable[Any]:
+            state = self._pins.state(i, pin.version, self._clients[i]._state)
+            return self._clients[i]._run(operation, step(state, i, left))
+
+        return run
+
     async def _search(
         self,
         operation: str,
-        flow_for: Callable[[_flows.ClientState, float], _flows.Flow],
+        flow_for: Callable[[_flows.ClientState, float], _flows.Flow] | None,
         k: int | None,
         timeout_s: float | None,
         allow_partial: bool | None,
+        plan: PartitionedSearch | None = None,
     ) -> list[SearchResult]:
         partial = self._allow_partial if allow_partial is None else bool(allow_partial)
         deadline = _flows.Deadline(self._timeout_s if timeout_s is None else timeout_s)
@@ -83,23 +96,28 @@ class AsyncShardedRetrievalClient:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             pin = await self._pin(deadline, partial)
             live = [i for i in range(len(self._shards)) if i not in pin.missing]
-
-            def run(i: int, left: float, pin: Pin = pin) -> Awaitable[Any]:
-                state = self._pins.state(i, pin.version, self._clients[i]._state)
-                return self._clients[i]._run(operation, flow_for(state, left))
-
-            outcomes = await self._fan_out(live, deadline, run)
-            if (
-                attempt < MAX_ATTEMPTS
-                and not reread
-                and any(isinstance(o, ModelNotFoundError) for o in outcomes.values())
-            ):
+            retry_on_not_found = attempt < MAX_ATTEMPTS and not reread
+            home_down: set[int] = set()
+            if plan is not None:  # as ShardedRetrievalClient: step 1 on the home shards
+                first = await self._fan_out(
+                    plan.home_shards_among(live), deadline, self._runner(pin, QUERY_VECTORS, plan.embed_flow)
+                )
+                if retry_on_not_found and any(isinstance(o, ModelNotFoundError) for o in first.values()):
+                    reread = not self._pins.not_found(pin)
+                    continue
+                home_down = split_down(first, self._shards, partial)
+                plan.take_vectors(first, home_down, f"{HOME_SHARDS}, version {pin.version}")
+                live = [i for i in live if i not in home_down]
+            step: Step = plan.search_flow if plan is not None else (lambda st, i, left: flow_for(st, left))
+            outcomes = await self._fan_out(live, deadline, self._runner(pin, operation, step))
+            if retry_on_not_found and any(isinstance(o, ModelNotFoundError) for o in outcomes.values()):
                 # As ShardedRetrievalClient: the next lower common version, or re-read the pin once.
                 reread = not self._pins.not_found(pin)
                 continue
-            down = split_down(outcomes, self._shards, partial)
+            down = split_down(outcomes, self._shards, partial) | home_down
             missing = tuple(self._shards[i].describe() for i in sorted(set(pin.missing) | down))
-            return merge([outcomes[i] for i in live if i not in down], k, missing)
+            merged = merge([outcomes[i] for i in live if i not in down], k, missing)
+            return plan.results(merged, missing) if plan is not None else merged
         raise AssertionError("unreachable")
 
     async def search(
@@ -113,8 +131,11 @@ class AsyncShardedRetrievalClient:
         compression: grpc.Compression | None = None,
         allow_partial: bool | None = None,
     ) -> list[SearchResult]:
-        """As AsyncRetrievalClient.search, over every shard, merged by score."""
+        """As AsyncRetrievalClient.search, over every shard, merged by score (see ShardedRetrievalClient)."""
         settings = self._clients[0]._settings(headers, wait_for_ready, compression)
+        if self._query_side == "partitioned":
+            plan = PartitionedSearch(ids, len(self._shards), k, settings)
+            return await self._search("search", None, k, timeout_s, allow_partial, plan) if plan.items else []
         return await self._search(
             "search", lambda st, left: _flows.search(st, ids, k, left, settings), k, timeout_s, allow_partial
         )
