@@ -32,6 +32,7 @@ from retrieval_client import (
 
 SHARDS = 3
 N, USERS, DIM, K = 300, 120, 16, 10
+COLORS = ("red", "green", "blue")
 
 
 @contextlib.contextmanager
@@ -52,8 +53,11 @@ def items(tmp_path_factory):
     ids = np.array([f"sku-{i}" for i in range(N)])
     vectors = clustered_embeddings(N, DIM, seed=7)
     np.savez(root / "items.npz", ids=ids, vectors=vectors)
+    rows = [f"{item},{COLORS[i % 3]},{i % 100}" for i, item in enumerate(ids)]
+    (root / "attributes.csv").write_text("item_id,color:categorical,price:numeric\n" + "\n".join(rows) + "\n")
     out = root / "models"
     args = ["build", "--out", str(out), "--model-name", "ptq", "--candidates", str(root / "items.npz")]
+    args += ["--item-attributes", str(root / "attributes.csv")]
     args += ["--query", "item", "--shards", str(SHARDS), "--query-side", "partitioned", "--verify-queries", "100"]
     support.run_cli(*args, check=True)
     with served(out, "ptq", root) as servers:
@@ -109,10 +113,29 @@ def test_the_async_client_merges_the_same(items):
     assert [r.ids.tolist() for r in asyncio.run(run())] == expected
 
 
+def test_filters_apply_on_every_shard_before_the_merge(items):
+    ids, vectors, _, servers = items
+    red = np.arange(N) % 3 == 0
+    cheap = np.arange(N) % 100 <= 50
+    with client_for(servers) as client:
+        by_id = client.search(ids[:40], allow={"color": ["red"]}, exclude=[ids[0]])
+        by_vector = client.search_by_vector(vectors[:20], k=5, where={"price": (None, 50)})
+        with pytest.raises(ValueError, match="max_per"):
+            client.search(ids[:2], max_per=1)
+    allowed = red & (ids != ids[0])
+    assert [r.ids.tolist() for r in by_id] == exact_item_to_item(vectors, ids, allowed)[:40]
+    exact = [ids[np.argsort(-np.where(cheap, vectors @ v, -np.inf), kind="stable")[:5]].tolist() for v in vectors[:20]]
+    assert [r.ids.tolist() for r in by_vector] == exact
+
+
 def test_unknown_ids_and_a_bad_query_side_are_named(items):
     ids, _, _, servers = items
     with client_for(servers) as client, pytest.raises(InvalidRequestError, match="sku-nope"):
         client.search([ids[0], "sku-nope"])
+    # A client left on replicated asks every shard by id: all but the home shard refuse the id.
+    shards = shard_models("ptq", [s.target for s in servers])
+    with ShardedRetrievalClient(shards, timeout_s=20) as replicated, pytest.raises(InvalidRequestError):
+        replicated.search(ids[:3])
     with pytest.raises(ValueError, match="replicated or partitioned"):
         ShardedRetrievalClient(shard_models("ptq", ["localhost:1"]), query_side="sharded")
 

@@ -22,6 +22,7 @@ import numpy as np
 from . import _flows
 from . import _requests as rq
 from . import _responses as rs
+from ._filters import Filters
 from ._flows import ClientState, Flow
 from ._types import CallSettings, SearchResult
 
@@ -59,12 +60,15 @@ class PartitionedSearch:
     """One search(ids) call over partitioned shards: its ids, their home shards and, after step 1,
     their vectors. Rows whose home shard is down (allow_partial) cannot be asked of the others."""
 
-    def __init__(self, ids: Any, count: int, k: int | None, settings: CallSettings) -> None:
+    def __init__(
+        self, ids: Any, count: int, k: int | None, settings: CallSettings, filters: Filters | None = None
+    ) -> None:
         rq.check_k(k)
         self.items = rq.as_id_list(ids)
         self.homes = home_shards(self.items, count)
         self.k = k
         self.settings = settings
+        self.filters = filters
         self.vectors: np.ndarray | None = None
         self.answerable = np.zeros(len(self.items), bool)
 
@@ -106,13 +110,14 @@ class PartitionedSearch:
         by_row: dict[int, SearchResult] = {}
         if len(own):
             ids = [self.items[r] for r in own]
-            answers = yield from _flows.search(state, ids, self.k, max(deadline.remaining(), 0.001), self.settings)
+            left_now = max(deadline.remaining(), 0.001)
+            answers = yield from _flows.search(state, ids, self.k, left_now, self.settings, self.filters)
             by_row.update(zip(own.tolist(), answers, strict=True))
         if len(others):
             assert self.vectors is not None
             vectors = self.vectors[others]
             left_now = max(deadline.remaining(), 0.001)
-            answers = yield from _flows.search_by_vector(state, vectors, self.k, left_now, self.settings)
+            answers = yield from _flows.search_by_vector(state, vectors, self.k, left_now, self.settings, self.filters)
             by_row.update(zip(others.tolist(), answers, strict=True))
         return [by_row[r] for r in rows.tolist()]
 

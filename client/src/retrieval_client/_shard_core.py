@@ -35,6 +35,7 @@ from ._errors import (
     ServerUnavailableError,
     ShardUnavailableError,
 )
+from ._filters import Filters
 from ._flows import ClientState
 from ._types import SearchResult, VersionStatus
 
@@ -189,3 +190,14 @@ def merge(answers: list[list[SearchResult]], k: int | None, missing: tuple[str, 
         version = versions.pop() if len(versions) == 1 else None
         merged.append(SearchResult(ids[order], scores[order], all(r.found for r in rows), missing, version))
     return merged
+
+
+def shard_filters(exclude, allow, deny, where, max_per) -> Filters | None:
+    """The single client's filters, applied on every shard before the merge. Not max_per: crowding
+    runs inside each shard, so the merged top k could hold K x max_per items of one value."""
+    if max_per:
+        raise ValueError(
+            "max_per: crowding is applied per shard, so a merged answer could hold shards x max_per results "
+            "of one value; call without max_per and crowd the merged results yourself"
+        )
+    return Filters.of(exclude, allow, deny, where, None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -20,7 +20,17 @@ from ._client import RetrievalClient
 from ._errors import ModelNotFoundError, RetrievalError, WaitTimeoutError
 from ._partitioned import HOME_SHARDS, PartitionedSearch, check_query_side
 from ._partitioned import QUERY_VECTORS_SIGNATURE as QUERY_VECTORS
-from ._shard_core import DEFAULT_VERSION_REFRESH_S, MAX_ATTEMPTS, Pin, Pins, Shard, merge, shards_of, split_down
+from ._shard_core import (
+    DEFAULT_VERSION_REFRESH_S,
+    MAX_ATTEMPTS,
+    Pin,
+    Pins,
+    Shard,
+    merge,
+    shard_filters,
+    shards_of,
+    split_down,
+)
 from ._types import Examples, FeatureRows, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
 # One shard's flow of a fanned-out call: (its pinned state, its index, seconds left) -> Flow.
@@ -161,6 +171,11 @@ class ShardedRetrievalClient:
         ids: Ids,
         k: int | None = None,
         *,
+        exclude: Sequence[Any] | None = None,
+        allow: Mapping[str, Sequence[str]] | None = None,
+        deny: Mapping[str, Sequence[str]] | None = None,
+        where: Mapping[str, tuple[float | None, float | None]] | None = None,
+        max_per: int | None = None,
         timeout_s: float | None = None,
         headers: Headers | None = None,
         wait_for_ready: bool | None = None,
@@ -168,13 +183,15 @@ class ShardedRetrievalClient:
         allow_partial: bool | None = None,
     ) -> list[SearchResult]:
         """As RetrievalClient.search, over every shard, merged by score (serving_default; with
-        query_side="partitioned" the two steps of _partitioned.py)."""
+        query_side="partitioned" the two steps of _partitioned.py). exclude/allow/deny/where apply on
+        every shard before the merge; max_per raises ValueError (crowding is per shard)."""
         settings = self._clients[0]._settings(headers, wait_for_ready, compression)
+        filters = shard_filters(exclude, allow, deny, where, max_per)
         if self._query_side == "partitioned":
-            plan = PartitionedSearch(ids, len(self._shards), k, settings)
+            plan = PartitionedSearch(ids, len(self._shards), k, settings, filters)
             return self._search("search", None, k, timeout_s, allow_partial, plan) if plan.items else []
         return self._search(
-            "search", lambda st, left: _flows.search(st, ids, k, left, settings), k, timeout_s, allow_partial
+            "search", lambda st, left: _flows.search(st, ids, k, left, settings, filters), k, timeout_s, allow_partial
         )
 
     def search_by_vector(
@@ -182,17 +199,23 @@ class ShardedRetrievalClient:
         vectors: Vectors,
         k: int | None = None,
         *,
+        exclude: Sequence[Any] | None = None,
+        allow: Mapping[str, Sequence[str]] | None = None,
+        deny: Mapping[str, Sequence[str]] | None = None,
+        where: Mapping[str, tuple[float | None, float | None]] | None = None,
+        max_per: int | None = None,
         timeout_s: float | None = None,
         headers: Headers | None = None,
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
         allow_partial: bool | None = None,
     ) -> list[SearchResult]:
-        """As RetrievalClient.search_by_vector, over every shard, merged by score."""
+        """As RetrievalClient.search_by_vector, over every shard, merged by score (filters as search)."""
         settings = self._clients[0]._settings(headers, wait_for_ready, compression)
+        filters = shard_filters(exclude, allow, deny, where, max_per)
         return self._search(
             "search_by_vector",
-            lambda st, left: _flows.search_by_vector(st, vectors, k, left, settings),
+            lambda st, left: _flows.search_by_vector(st, vectors, k, left, settings, filters),
             k,
             timeout_s,
             allow_partial,

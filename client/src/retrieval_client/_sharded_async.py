@@ -7,7 +7,7 @@ AsyncRetrievalClient per shard instead of threads.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -18,7 +18,17 @@ from ._base import DEFAULT_TIMEOUT_S, DEFAULT_WAIT_TIMEOUT_S
 from ._errors import ModelNotFoundError, RetrievalError, WaitTimeoutError
 from ._partitioned import HOME_SHARDS, PartitionedSearch, check_query_side
 from ._partitioned import QUERY_VECTORS_SIGNATURE as QUERY_VECTORS
-from ._shard_core import DEFAULT_VERSION_REFRESH_S, MAX_ATTEMPTS, Pin, Pins, Shard, merge, shards_of, split_down
+from ._shard_core import (
+    DEFAULT_VERSION_REFRESH_S,
+    MAX_ATTEMPTS,
+    Pin,
+    Pins,
+    Shard,
+    merge,
+    shard_filters,
+    shards_of,
+    split_down,
+)
 from ._sharded import Step
 from ._types import Examples, FeatureRows, Headers, Ids, ModelMetadata, SearchResult, Vectors, VersionStatus
 
@@ -125,19 +135,26 @@ class AsyncShardedRetrievalClient:
         ids: Ids,
         k: int | None = None,
         *,
+        exclude: Sequence[Any] | None = None,
+        allow: Mapping[str, Sequence[str]] | None = None,
+        deny: Mapping[str, Sequence[str]] | None = None,
+        where: Mapping[str, tuple[float | None, float | None]] | None = None,
+        max_per: int | None = None,
         timeout_s: float | None = None,
         headers: Headers | None = None,
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
         allow_partial: bool | None = None,
     ) -> list[SearchResult]:
-        """As AsyncRetrievalClient.search, over every shard, merged by score (see ShardedRetrievalClient)."""
+        """As AsyncRetrievalClient.search, over every shard, merged by score (filters, query_side: see
+        ShardedRetrievalClient.search)."""
         settings = self._clients[0]._settings(headers, wait_for_ready, compression)
+        filters = shard_filters(exclude, allow, deny, where, max_per)
         if self._query_side == "partitioned":
-            plan = PartitionedSearch(ids, len(self._shards), k, settings)
+            plan = PartitionedSearch(ids, len(self._shards), k, settings, filters)
             return await self._search("search", None, k, timeout_s, allow_partial, plan) if plan.items else []
         return await self._search(
-            "search", lambda st, left: _flows.search(st, ids, k, left, settings), k, timeout_s, allow_partial
+            "search", lambda st, left: _flows.search(st, ids, k, left, settings, filters), k, timeout_s, allow_partial
         )
 
     async def search_by_vector(
@@ -145,17 +162,23 @@ class AsyncShardedRetrievalClient:
         vectors: Vectors,
         k: int | None = None,
         *,
+        exclude: Sequence[Any] | None = None,
+        allow: Mapping[str, Sequence[str]] | None = None,
+        deny: Mapping[str, Sequence[str]] | None = None,
+        where: Mapping[str, tuple[float | None, float | None]] | None = None,
+        max_per: int | None = None,
         timeout_s: float | None = None,
         headers: Headers | None = None,
         wait_for_ready: bool | None = None,
         compression: grpc.Compression | None = None,
         allow_partial: bool | None = None,
     ) -> list[SearchResult]:
-        """As AsyncRetrievalClient.search_by_vector, over every shard, merged by score."""
+        """As AsyncRetrievalClient.search_by_vector, over every shard, merged by score (filters as search)."""
         settings = self._clients[0]._settings(headers, wait_for_ready, compression)
+        filters = shard_filters(exclude, allow, deny, where, max_per)
         return await self._search(
             "search_by_vector",
-            lambda st, left: _flows.search_by_vector(st, vectors, k, left, settings),
+            lambda st, left: _flows.search_by_vector(st, vectors, k, left, settings, filters),
             k,
             timeout_s,
             allow_partial,
