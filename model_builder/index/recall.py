@@ -20,6 +20,13 @@ def _exact_scores(queries: np.ndarray, candidates: np.ndarray, distance: str) ->
     return sims
 
 
+# Scores held at once by exact search: 256 queries x 131,072 candidates (128 MiB of float32).
+# Whole rows of 256 x N scores took 4 GiB per block at N = 4M, and the verify process past 16 GiB
+# (benchmarks/README.md "Sharding").
+_QUERY_BLOCK = 256
+_CANDIDATE_BLOCK = 131_072
+
+
 def exact_kth_scores(
     queries: np.ndarray, candidates: np.ndarray, k: int, distance: str, exclude_rows: np.ndarray | None = None
 ) -> np.ndarray:
@@ -27,17 +34,26 @@ def exact_kth_scores(
 
     `exclude_rows` ([n] or [n, m] candidate rows; values outside the catalogue, i.e. padding, are
     ignored) are what the served answer may not contain: exact search runs without them.
+    Memory stays bounded at any catalogue size: candidates are scored in blocks and only each
+    query's best k are kept between blocks.
     """
     out = np.empty(len(queries), np.float32)
     if exclude_rows is not None and exclude_rows.ndim == 1:
         exclude_rows = exclude_rows[:, None]
-    for start in range(0, len(queries), 256):
-        sims = _exact_scores(queries[start : start + 256], candidates, distance)
-        if exclude_rows is not None:
-            block = exclude_rows[start : start + 256]
-            query, column = np.nonzero((block >= 0) & (block < len(candidates)))
-            sims[query, block[query, column]] = -np.inf
-        out[start : start + 256] = -np.partition(-sims, k - 1, axis=1)[:, k - 1]
+    for start in range(0, len(queries), _QUERY_BLOCK):
+        block = queries[start : start + _QUERY_BLOCK]
+        excluded = None if exclude_rows is None else exclude_rows[start : start + _QUERY_BLOCK]
+        best = np.full((len(block), k), -np.inf, np.float32)
+        for first in range(0, len(candidates), _CANDIDATE_BLOCK):
+            sims = _exact_scores(block, candidates[first : first + _CANDIDATE_BLOCK], distance).astype(np.float32)
+            if excluded is not None:
+                local = excluded - first
+                query, column = np.nonzero((excluded >= 0) & (local >= 0) & (local < sims.shape[1]))
+                sims[query, local[query, column]] = -np.inf
+            merged = np.concatenate([best, sims], axis=1)
+            merged.partition(merged.shape[1] - k, axis=1)
+            best = merged[:, -k:]
+        out[start : start + _QUERY_BLOCK] = best.min(axis=1)
     return out
 
 
