@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from model_builder.export.variable_reads import gather_rows
+
 
 class FilteredSignatures:
     """search_filtered / search_by_vector_filtered for RetrievalModule (built with --item-attributes)."""
@@ -20,7 +22,7 @@ class FilteredSignatures:
         excluded = [self._own_rows(rows)[:, None]] if self._exclude_query else []  # -1: not in this shard
         if seen is not None:
             excluded.append(tf.cast(seen, tf.int64))  # SEEN_PADDING is past the catalogue: no row
-        return self._filtered(tf.gather(self.query_vectors, rows), found, excluded, self._not_found_ids, filters)
+        return self._filtered(gather_rows(self.query_vectors, rows), found, excluded, self._not_found_ids, filters)
 
     def _search_vectors_filtered(self, vectors, *filters):
         vectors = tf.ensure_shape(vectors, [None, self._dim])

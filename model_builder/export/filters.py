@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from model_builder.contract import FILTERED_SIGNATURE, SCHEMA_SIGNATURE, VECTOR_FILTERED_SIGNATURE
+from model_builder.export.variable_reads import gather_rows
 from model_builder.index.attributes import SEPARATOR, AttributeTables
 
 ALLOW = "allow"
@@ -231,7 +232,7 @@ class FilterTables(tf.Module):
         pool = tf.shape(rows)[1]
         position = tf.broadcast_to(tf.range(pool)[None, :], tf.shape(rows))
         # Entries that are not valid get a group of their own (negative), so they never count.
-        group = tf.where(ok, tf.gather(self.crowd_group, rows), -1 - position)
+        group = tf.where(ok, gather_rows(self.crowd_group, rows), -1 - position)
         order = tf.argsort(group, axis=1, stable=True)
         sorted_group = tf.gather(group, order, batch_dims=1)
         starts = tf.concat([tf.ones_like(sorted_group[:, :1], tf.bool), sorted_group[:, 1:] != sorted_group[:, :-1]], 1)

@@ -58,6 +58,7 @@ from model_builder.export.filters import (
     FilterTables,
 )
 from model_builder.export.row_table import row_table
+from model_builder.export.variable_reads import gather_rows
 from model_builder.index.attributes import AttributeTables
 from model_builder.index.config import ResolvedIndex
 from model_builder.towers.history import SEEN_PADDING
@@ -223,7 +224,7 @@ class RetrievalModule(FilteredSignatures, tf.Module):
         if not self._seen_width:
             return None
         unknown_row = tf.constant(self.seen_items.shape[0] - 1, rows.dtype)
-        return tf.gather(self.seen_items, tf.where(rows >= 0, rows, unknown_row))
+        return gather_rows(self.seen_items, tf.where(rows >= 0, rows, unknown_row))
 
     def _not_found_row(self, catalogue: Catalogue, options: ServingOptions) -> np.ndarray:
         """The k ids an unknown query id's row holds: padding, or the build-time fallback list."""
@@ -255,7 +256,7 @@ class RetrievalModule(FilteredSignatures, tf.Module):
         seen = self._seen_of(rows)
         # Unknown rows search with query row 0 and are masked afterwards: one batched search, no branch.
         rows = tf.maximum(rows, 0)
-        queries = tf.gather(self.query_vectors, rows)
+        queries = gather_rows(self.query_vectors, rows)
         return self._answer(
             queries,
             found,
@@ -269,7 +270,7 @@ class RetrievalModule(FilteredSignatures, tf.Module):
         ids = tf.ensure_shape(ids, [None])
         rows = self.query_table.lookup(ids)
         found = rows >= 0
-        vectors = tf.gather(self.query_vectors, tf.maximum(rows, 0))
+        vectors = gather_rows(self.query_vectors, tf.maximum(rows, 0))
         return {VECTORS: tf.where(found[:, None], vectors, 0.0), FOUND: found}
 
     def _search_vectors(self, vectors):
@@ -302,7 +303,7 @@ class RetrievalModule(FilteredSignatures, tf.Module):
         """Candidate rows of query rows (item -> similar items): the same row, or via a shard's `self_rows`."""
         if not self._has_self_rows:
             return rows
-        return tf.cast(tf.gather(self.self_rows, rows), rows.dtype)
+        return tf.cast(gather_rows(self.self_rows, rows), rows.dtype)
 
     def _examples_fn(self, index):
         index = tf.ensure_shape(index, [None])
@@ -341,7 +342,7 @@ class RetrievalModule(FilteredSignatures, tf.Module):
 
     def _outputs(self, rows, scores, found, not_found_ids: np.ndarray) -> dict:
         """[B, k] rows and scores -> the signature's outputs (padding where nothing or not found)."""
-        ids = tf.gather(self.candidate_ids, rows)
+        ids = gather_rows(self.candidate_ids, rows)
         keep = found[:, None]
         # A found row may end in padding entries (score -inf) when the index yielded fewer than k
         # candidates for that query; our client drops them.
@@ -383,7 +384,7 @@ class RetrievalModule(FilteredSignatures, tf.Module):
     def _pair_scores(self, queries, batch_rows, items):
         """[M] exact similarities of queries[batch_rows[m]] and candidate items[m] (filtered exact path)."""
         q = tf.gather(queries, batch_rows)
-        v = tf.gather(self.candidate_vectors, items)
+        v = gather_rows(self.candidate_vectors, items)
         if self._negate:
             return -tf.reduce_sum(tf.square(q - v), 1)
         return tf.reduce_sum(q * v, 1)
