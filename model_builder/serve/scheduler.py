@@ -105,13 +105,12 @@ class Queue:
                 if not self._batches[-1].tasks:
                     self._open_since = time.monotonic()
                 self._batches[-1].add(piece)
-            ready = len(self._batches) - 1 + self._open_batch_schedulable()
+            ready = len(self._batches) > 1 or self._open_batch_schedulable()
         # TF notifies only when a batch is ready; its threads then find the rest by polling
-        # every 1 ms. Ours sleep while nothing at all is queued, so the first task wakes one,
-        # and they do not poll, so every ready batch (a split task makes several) wakes one.
+        # every 1 ms. Ours sleep while nothing at all is queued, so the first task wakes one.
         # With timeout 0 a lone task is ready here: one idle batch thread is woken at once.
         if ready or first_task:
-            self._notify(max(1, ready))
+            self._notify()
 
     def _exceeds_capacity(self, task_size: int) -> bool:
         size = self.options.execution_batch_size
@@ -158,6 +157,11 @@ class Queue:
                 self._in_flight -= 1
                 if self._closed:  # only close_and_wait_until_empty waits on it
                     self._empty.notify_all()
+
+    def has_tasks(self) -> bool:
+        """A task waits in a batch not yet taken (ready or not)."""
+        with self._lock:
+            return len(self._batches) > 1 or bool(self._batches[-1].tasks)
 
     def pending_deadline(self) -> float | None:
         """When the open batch's timeout passes (None: it holds no task)."""
@@ -236,10 +240,10 @@ class SharedBatchScheduler:
             self._queues.append(queue)
         return queue
 
-    def _notify(self, batches: int = 1) -> None:
-        # The queues' schedulable_batch_callback_ (notify_one): wake an idle batch thread per ready batch.
+    def _notify(self) -> None:
+        # The queues' schedulable_batch_callback_: notify_one -- wake one idle batch thread, if any.
         with self._mu:
-            for _ in range(min(batches, len(self._idle))):
+            if self._idle:
                 self._idle.pop().lock.release()
 
     def _next_work(self) -> tuple[Queue, Batch] | None:
@@ -282,6 +286,11 @@ class SharedBatchScheduler:
                 if work is None:
                     timeout, wake = self._idle_wait(last_check)
                     self._idle.append(sleeper)
+                elif self._idle and any(q.has_tasks() for q in self._queues):
+                    # Tasks remain (more ready batches, or an open batch whose timeout a sleeping
+                    # thread does not watch): TF's idle threads would find them at their next 1 ms
+                    # poll; ours sleep, so wake one to look. Nothing queued (1 caller): no wake-up.
+                    self._idle.pop().lock.release()
             if work is not None:
                 queue, batch = work
                 queue.process(batch)

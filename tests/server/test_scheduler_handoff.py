@@ -27,7 +27,7 @@ from model_builder.serve.errors import InvalidInputError, UnavailableError
 from model_builder.serve.scheduler import SharedBatchScheduler
 from model_builder.serve.session import SessionRunner
 
-X, Y = "x:0", "y:0"
+X, Y, Z = "x:0", "y:0", "z:0"
 
 
 class Doubler:
@@ -38,6 +38,7 @@ class Doubler:
         with graph.as_default():
             x = tf.compat.v1.placeholder(tf.float32, [None, 2], name="x")
             tf.identity(x * 2, name="y")
+            tf.identity(x * 3, name="z")  # a second signature (x -> z): a second queue
         self.session = tf.compat.v1.Session(graph=graph)
         self.runner = SessionRunner(self.session, graph)
         self.gate = threading.Event()
@@ -67,7 +68,8 @@ def make_session():
         params = BatchingParameters(num_batch_threads=threads, enable_large_batch_splitting=True, **params)
         doubler.scheduler = SharedBatchScheduler(threads)
         made.append((doubler.scheduler, doubler))
-        session = BatchingSession(params, doubler.scheduler, doubler, [TensorSignature.of([X], [Y])], counter)
+        signatures = [TensorSignature.of([X], [Y]), TensorSignature.of([X], [Z])]
+        session = BatchingSession(params, doubler.scheduler, doubler, signatures, counter)
         return session, doubler, counter
 
     yield make
@@ -119,6 +121,27 @@ def test_a_timeout_above_0_is_waited_by_a_lone_request(make_session):
         # The timeout, then the idle thread's next 1 ms check (ThreadLogic's WaitForMilliseconds).
         assert 0.030 <= took < 0.5, took
     assert doubler.batches == [1, 1, 1]
+
+
+def test_a_timed_out_batch_is_taken_by_the_idle_thread_while_the_other_is_busy(make_session):
+    # Queue y's lone task times out first and its batch holds one thread (gated); queue z's task,
+    # 15 ms later, must still run at its own timeout on the other thread -- TF's idle thread finds
+    # it at its next 1 ms poll -- not once the first batch is done (~200 ms later).
+    session, doubler, _ = make_session(2, max_batch_size=64, batch_timeout_micros=30_000, max_execution_batch_size=8)
+    doubler.gate.clear()
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_run, session, _row(1))
+        time.sleep(0.015)
+        started = time.perf_counter()
+        second = pool.submit(lambda: session.run(_row(2), [Z])[0])
+        assert doubler.started.wait(10)
+        doubler.started.clear()
+        assert doubler.started.wait(10), "the second queue's batch did not start while the first was held"
+        took = time.perf_counter() - started
+        threading.Timer(0.2, doubler.gate.set).start()
+        np.testing.assert_array_equal(second.result(30), np.full((1, 2), 6))
+        np.testing.assert_array_equal(first.result(30), np.full((1, 2), 2))
+    assert 0.030 <= took < 0.15, took
 
 
 def _while_busy(session: BatchingSession, doubler: Doubler, feeds: list) -> list:
