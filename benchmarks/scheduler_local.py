@@ -1,6 +1,7 @@
 """The local server's batch scheduler (model_builder/serve) timed like the C++ harness: one worker process.
 
     python -m benchmarks.scheduler_local VERSION_DIR TEST_NPZ GRID [CANDIDATES_NPZ]   (prints one JSON line)
+    python -m benchmarks.scheduler_local handoff VERSION_DIR [CALLS] [ROUNDS]         (the hand-off alone, below)
 
 The version is loaded once with the local server's own loader (TF1 Session, no warmup); each
 setting wraps that session in a fresh BatchingSession on a fresh SharedBatchScheduler, exactly as
@@ -10,6 +11,7 @@ setting wraps that session in a fresh BatchingSession on a fresh SharedBatchSche
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
@@ -128,8 +130,107 @@ def measure(version_dir: Path, test_npz: Path, grid: Grid, candidates_npz: Path 
     return {"rows": rows_out, "load_average": loads, "recall_at_10": recall}
 
 
+def _interleaved(runs: dict, calls: int, block: int = 200) -> dict[str, float]:
+    """p50 µs of each callable, called in alternating blocks (drifting load hits every one alike)."""
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for b in range(max(1, calls // block)):
+        for name in runs if b % 2 == 0 else reversed(list(runs)):
+            fn = runs[name]
+            for j in range(block):
+                t0 = time.perf_counter()
+                fn(j)
+                samples[name].append(time.perf_counter() - t0)
+    return {name: round(float(np.percentile(s, 50)) * 1e6, 1) for name, s in samples.items()}
+
+
+def handoff_in_process(version_dir: Path, calls: int) -> tuple[dict, int]:
+    """One caller, one-row search_by_vector: the plain session vs the shipped batching file's session."""
+    from model_builder import settings
+    from model_builder.compat.tfs_batching import BatchingParameters
+    from model_builder.serve import models
+    from model_builder.serve.batching import BatchingSession, TensorSignature
+    from model_builder.serve.scheduler import SharedBatchScheduler
+
+    loaded = models.load_version(version_dir, 1, warmup=False)
+    sig = loaded.signature_defs["search_by_vector"]
+    dim = sig.inputs["vectors"].tensor_shape.dim[-1].size
+    fetches = [sig.outputs[k].name for k in sorted(sig.outputs)]
+    rng = np.random.default_rng(0)
+    feeds = [[(sig.inputs["vectors"].name, rng.standard_normal((1, dim)).astype(np.float32))] for _ in range(30)]
+    signatures = [
+        TensorSignature.of([t.name for t in d.inputs.values()], [t.name for t in d.outputs.values()])
+        for d in loaded.signature_defs.values()
+    ]
+    params = BatchingParameters.from_file(settings.IMAGE_BATCHING_FILE)
+    scheduler = SharedBatchScheduler(params.threads())
+    session = BatchingSession(params, scheduler, loaded.runner, signatures)
+    runs = {
+        "plain": lambda j: loaded.runner(feeds[j % 30], fetches),
+        "batching": lambda j: session.run(feeds[j % 30], fetches),
+    }
+    try:
+        _interleaved(runs, 400)  # warm both paths
+        load = [load_average()]
+        p50 = _interleaved(runs, calls)
+        load.append(load_average())
+    finally:
+        scheduler.stop()
+        loaded.close()
+    out = {"p50_us": p50, "handoff_us": round(p50["batching"] - p50["plain"], 1), "calls_each": calls}
+    return {**out, "load_average": load}, dim
+
+
+def handoff_e2e(version_dir: Path, dim: int, calls: int, rounds: int) -> dict:
+    """Through `model_builder serve` over loopback, one client: batching on (image file) and off, rounds alternating."""
+    import tempfile
+
+    from benchmarks import e2e, timing
+    from benchmarks.common import percentiles
+
+    queries = np.random.default_rng(1).standard_normal((1000, dim)).astype(np.float32)
+    base, model = version_dir.parent.parent, version_dir.parent.name
+    samples: dict[str, list[float]] = {"on": [], "off": []}
+    p50s: dict[str, list[float]] = {"on": [], "off": []}
+    loads = []
+    with tempfile.TemporaryDirectory(prefix="handoff-e2e-") as logs, contextlib.ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(e2e.local_server(base, model, Path(logs) / f"{name}.log", batching=name == "on"))
+            for name in samples
+        }
+        clients = {name: e2e.make_search(server.spec) for name, server in servers.items()}
+        for r in range(rounds):
+            loads.append(load_average())
+            for name in samples if r % 2 == 0 else ("off", "on"):
+                lat = timing.latency(clients[name], queries, calls, 120, warm=50, raw=True)
+                samples[name] += lat
+                p50s[name].append(round(float(np.median(lat)) * 1e3, 4))
+        loads.append(load_average())
+    out = {name: {"round_p50_ms": p50s[name], "pooled": percentiles(samples[name])} for name in samples}
+    medians = {name: float(np.median(p50s[name])) for name in samples}
+    return {
+        **out,
+        "p50_ms_median_of_rounds": medians,
+        "ratio_on_off": round(medians["on"] / medians["off"], 3),
+        "calls_per_round": calls,
+        "rounds": rounds,
+        "load_average": loads,
+    }
+
+
+def handoff_main(argv: list[str]) -> int:
+    """handoff VERSION_DIR [CALLS] [ROUNDS]: in-process and end-to-end hand-off cost -> one JSON line."""
+    version_dir = Path(argv[0])
+    calls = int(argv[1]) if len(argv) > 1 else 1500
+    rounds = int(argv[2]) if len(argv) > 2 else 3
+    in_process, dim = handoff_in_process(version_dir, 2000)
+    print(json.dumps({"in_process": in_process, "e2e": handoff_e2e(version_dir, dim, calls, rounds)}))
+    return 0
+
+
 def main() -> int:
     """Worker entry: VERSION_DIR TEST_NPZ GRID [CANDIDATES_NPZ] -> one JSON line on stdout."""
+    if sys.argv[1] == "handoff":
+        return handoff_main(sys.argv[2:])
     version_dir, test_npz, grid = Path(sys.argv[1]), Path(sys.argv[2]), GRIDS[sys.argv[3]]
     candidates = Path(sys.argv[4]) if len(sys.argv) > 4 else None
     print(json.dumps(measure(version_dir, test_npz, grid, candidates)))

@@ -34,10 +34,13 @@ from model_builder.serve.errors import (
     ResourceExhaustedError,
     ServingError,
 )
-from model_builder.serve.scheduler import Batch, SharedBatchScheduler
+from model_builder.serve.scheduler import Batch, Queue, SharedBatchScheduler
 
 Feeds = list[tuple[str, np.ndarray]]
 SessionRun = Callable[[Feeds, list[str]], list[np.ndarray]]
+
+# BatchingSession._by_names entries; further name orders still work, through TensorSignature.of.
+_MAX_NAME_KEYS = 256
 
 
 def input_batch_size(inputs: Feeds) -> int:
@@ -93,24 +96,47 @@ class _SplitState:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-@dataclass(eq=False)
 class _Task:
-    """One Run() call (or one piece of a split one) waiting in a queue."""
+    """One Run() call (or one piece of a split one) waiting in a queue.
 
-    inputs: Feeds
-    output_names: list[str]
-    size: int
-    deadline: float | None
-    done: threading.Event = field(default_factory=threading.Event)
-    error: ServingError | None = None
-    outputs: list = field(default_factory=list)
-    split: _SplitState | None = None
-    split_index: int = 0
+    A caller waits on `_done`, a plain lock released by the batch thread: one futex wake-up,
+    as TF's Notification; threading.Event would add a Condition, a waiter lock per wait and
+    ~50 us of Python on the request's path (benchmarks/README.md, "The local server reproduces
+    the shape"). Pieces of a split task are never waited on and get no lock.
+    """
+
+    __slots__ = ("inputs", "output_names", "size", "deadline", "error", "outputs", "split", "split_index", "_done")
+
+    def __init__(
+        self,
+        inputs: Feeds,
+        output_names: list[str],
+        size: int,
+        deadline: float | None,
+        split: _SplitState | None = None,
+        split_index: int = 0,
+    ) -> None:
+        self.inputs = inputs
+        self.output_names = output_names
+        self.size = size
+        self.deadline = deadline
+        self.error: ServingError | None = None
+        self.outputs: list = []
+        self.split = split
+        self.split_index = split_index
+        self._done: threading.Lock | None = None
+        if split is None:
+            self._done = threading.Lock()
+            self._done.acquire()
+
+    def wait(self) -> None:
+        """Blocks until the task's batch ran (finish was called)."""
+        self._done.acquire()
 
     def finish(self, error: ServingError | None) -> None:
         if self.split is None:
             self.error = error
-            self.done.set()
+            self._done.release()
             return
         state = self.split
         with state.lock:
@@ -177,6 +203,9 @@ class BatchingSession:
         self._lock = threading.Lock()
         self._queues = {sig: self._add_queue(sig) for sig in signatures}
         self._custom: dict = {}
+        # (input names, output names) as a Run() names them -> its queue: skips sorting and
+        # hashing a TensorSignature on every request. Bounded: names come from clients.
+        self._by_names: dict[tuple[tuple[str, ...], tuple[str, ...]], Queue] = {}
 
     def _add_queue(self, signature: TensorSignature):
         return self._scheduler.add_queue(
@@ -185,16 +214,11 @@ class BatchingSession:
 
     def run(self, inputs: Feeds, output_names: list[str], deadline: float | None = None) -> list[np.ndarray]:
         """BatchingSession::InternalRun: queue lookup, input size, Schedule, wait for the batch's status."""
-        signature = TensorSignature.of([name for name, _ in inputs], output_names)
-        queue = self._queues.get(signature)
-        if queue is None:
-            with self._lock:
-                queue = self._custom.get(signature)
-                if queue is None:
-                    queue = self._custom[signature] = self._add_queue(signature)
+        names = (tuple(name for name, _ in inputs), tuple(output_names))
+        queue = self._by_names.get(names) or self._queue_for(names)
         task = _Task(list(inputs), list(output_names), input_batch_size(inputs), deadline)
         queue.schedule(task)
-        task.done.wait()
+        task.wait()
         if task.error is not None:
             # The raised error's traceback holds this frame; dropping `task` here keeps that from
             # becoming a cycle (frame -> task -> error -> traceback -> frame) that would keep the
@@ -204,6 +228,19 @@ class BatchingSession:
             finally:
                 del task
         return task.outputs
+
+    def _queue_for(self, names: tuple[tuple[str, ...], tuple[str, ...]]) -> Queue:
+        """The signature's queue; a tensor set no signature has gets a queue of its own (bundle_factory_util.cc)."""
+        signature = TensorSignature.of(*names)
+        queue = self._queues.get(signature)
+        with self._lock:
+            if queue is None:
+                queue = self._custom.get(signature)
+                if queue is None:
+                    queue = self._custom[signature] = self._add_queue(signature)
+            if len(self._by_names) < _MAX_NAME_KEYS:
+                self._by_names[names] = queue
+        return queue
 
     def close(self, timeout: float | None = None) -> None:
         """Closes every queue and waits until their batches ran (a version unloads)."""
@@ -239,6 +276,13 @@ class BatchingSession:
     def _merge_inputs(self, signature: TensorSignature, batch: Batch) -> Feeds:
         """MergeInputTensors: pad (optional), check shapes, add padding rows, concatenate per tensor name."""
         padding = self._padding(batch)
+        if len(batch.tasks) == 1 and padding == 0 and not self._params.pad_variable_length_inputs:
+            # A lone task is its own batch: nothing to concatenate, check or pad (the loop below
+            # would return its arrays as they are). Duplicate or foreign names take the loop.
+            inputs = batch.tasks[0].inputs
+            by_name = dict(inputs)
+            if len(by_name) == len(inputs) == len(signature.inputs) and all(n in by_name for n in signature.inputs):
+                return [(name, by_name[name]) for name in signature.inputs]
         per_name: dict[str, list[np.ndarray]] = {}
         max_dims = _max_dim_sizes(batch) if self._params.pad_variable_length_inputs else None
         for i, task in enumerate(batch.tasks):
@@ -280,10 +324,7 @@ class BatchingSession:
     def _split_outputs(self, signature: TensorSignature, outputs: list[np.ndarray], batch: Batch) -> None:
         """SplitOutputTensors: every output has one row per merged row; each task takes its rows."""
         padding = self._padding(batch)
-        sizes = [t.size for t in batch.tasks] + ([padding] if padding > 0 else [])
-        bounds = np.cumsum(sizes)[:-1]
-        split: dict[str, list[np.ndarray]] = {}
-        for name, value in zip(signature.outputs, outputs):
+        for value in outputs:
             if value.ndim == 0:
                 raise FailedPreconditionError("Batched output tensor has 0 dimensions")
             if value.shape[0] != batch.size + padding:
@@ -291,7 +332,13 @@ class BatchingSession:
                     "Batched output tensor's 0th dimension does not equal the sum of the 0th "
                     "dimension sizes of the input tensors"
                 )
-            split[name] = np.split(value, bounds)
+        if len(batch.tasks) == 1 and padding == 0:  # a lone task takes the outputs whole
+            by_name = dict(zip(signature.outputs, outputs))
+            batch.tasks[0].outputs = [by_name[name] for name in batch.tasks[0].output_names]
+            return
+        sizes = [t.size for t in batch.tasks] + ([padding] if padding > 0 else [])
+        bounds = np.cumsum(sizes)[:-1]
+        split = {name: np.split(value, bounds) for name, value in zip(signature.outputs, outputs)}
         for i, task in enumerate(batch.tasks):
             task.outputs = [split[name][i] for name in task.output_names]
 

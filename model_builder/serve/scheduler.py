@@ -108,6 +108,7 @@ class Queue:
             ready = len(self._batches) > 1 or self._open_batch_schedulable()
         # TF notifies only when a batch is ready; its threads then find the rest by polling
         # every 1 ms. Ours sleep while nothing at all is queued, so the first task wakes one.
+        # With timeout 0 a lone task is ready here: one idle batch thread is woken at once.
         if ready or first_task:
             self._notify()
 
@@ -154,7 +155,13 @@ class Queue:
         finally:
             with self._lock:
                 self._in_flight -= 1
-                self._empty.notify_all()
+                if self._closed:  # only close_and_wait_until_empty waits on it
+                    self._empty.notify_all()
+
+    def has_tasks(self) -> bool:
+        """A task waits in a batch not yet taken (ready or not)."""
+        with self._lock:
+            return len(self._batches) > 1 or bool(self._batches[-1].tasks)
 
     def pending_deadline(self) -> float | None:
         """When the open batch's timeout passes (None: it holds no task)."""
@@ -193,6 +200,21 @@ class Queue:
         return self._closed
 
 
+class _Sleeper:
+    """One batch thread's wake-up: a plain lock held while the thread sleeps, released to wake it.
+
+    TF's schedulable_batch_cv_.notify_one() costs one futex wake-up. threading.Condition would
+    cost several locks and a waiter allocation per wait, in Python code holding the GIL, on
+    every request's path (benchmarks/README.md, "The local server reproduces the shape").
+    """
+
+    __slots__ = ("lock",)
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+
+
 class SharedBatchScheduler:
     """A pool of batch threads serving every queue round-robin (one pool per server, like TF Serving's)."""
 
@@ -201,7 +223,8 @@ class SharedBatchScheduler:
             raise InvalidInputError(f"num_batch_threads must be positive; was {num_batch_threads}")
         self._queues: list[Queue] = []
         self._next = 0
-        self._cv = threading.Condition()
+        self._mu = threading.Lock()  # TF's mu_: the queue list, the round-robin position, the idle threads
+        self._idle: list[_Sleeper] = []
         self._stopped = False
         self._threads = [
             threading.Thread(target=self._thread_logic, name=f"{thread_pool_name}_{i}", daemon=True)
@@ -213,13 +236,15 @@ class SharedBatchScheduler:
     def add_queue(self, options: QueueOptions, process: Callable[[Batch], None], split: Callable) -> Queue:
         """SharedBatchScheduler::AddQueue (validates the options like TF)."""
         queue = Queue(options, process, split, self._notify)
-        with self._cv:
+        with self._mu:
             self._queues.append(queue)
         return queue
 
     def _notify(self) -> None:
-        with self._cv:
-            self._cv.notify()
+        # The queues' schedulable_batch_callback_: notify_one -- wake one idle batch thread, if any.
+        with self._mu:
+            if self._idle:
+                self._idle.pop().lock.release()
 
     def _next_work(self) -> tuple[Queue, Batch] | None:
         # GetNextWorkItem_Locked: ask each queue once, starting after the last one served.
@@ -236,34 +261,51 @@ class SharedBatchScheduler:
                 return queue, batch
         return None
 
+    def _idle_wait(self, last_check: float) -> tuple[float, float]:
+        """How long an idle thread sleeps (-1: until notified) and when its next 1 ms check falls."""
+        deadlines = [d for d in (q.pending_deadline() for q in self._queues) if d is not None]
+        if not deadlines:
+            return -1.0, 0.0
+        now = time.monotonic()
+        steps = max(1, math.ceil((max(min(deadlines), now) - last_check) / _IDLE_POLL_SECONDS))
+        wake = last_check + steps * _IDLE_POLL_SECONDS
+        return max(0.0, wake - now), wake
+
     def _thread_logic(self) -> None:
         # TF's thread checks the queues, and when it finds nothing waits 1 ms and checks again: a
         # timed-out open batch is taken at this thread's first check at or after its timeout.
         # That is reproduced by sleeping straight to that check; with nothing queued at all, the
         # thread sleeps until a task arrives (TF keeps polling then, to no visible effect).
+        sleeper = _Sleeper()
         last_check = time.monotonic()
         while True:
-            with self._cv:
-                work = None
-                while not self._stopped:
-                    work = self._next_work()
-                    if work is not None:
-                        break
-                    deadlines = [d for d in (q.pending_deadline() for q in self._queues) if d is not None]
-                    if not deadlines:
-                        self._cv.wait()
-                        continue
-                    now = time.monotonic()
-                    steps = max(1, math.ceil((max(min(deadlines), now) - last_check) / _IDLE_POLL_SECONDS))
-                    wake = last_check + steps * _IDLE_POLL_SECONDS
-                    notified = self._cv.wait(max(0.0, wake - now))
-                    last_check = time.monotonic() if notified else wake
+            with self._mu:
                 if self._stopped:
                     return
-                self._cv.notify()  # more batches may be ready: let another idle thread look
-            queue, batch = work
-            queue.process(batch)
-            last_check = time.monotonic()  # TF checks again at once after a batch
+                work = self._next_work()
+                if work is None:
+                    timeout, wake = self._idle_wait(last_check)
+                    self._idle.append(sleeper)
+                elif self._idle and any(q.has_tasks() for q in self._queues):
+                    # Tasks remain (more ready batches, or an open batch whose timeout a sleeping
+                    # thread does not watch): TF's idle threads would find them at their next 1 ms
+                    # poll; ours sleep, so wake one to look. Nothing queued (1 caller): no wake-up.
+                    self._idle.pop().lock.release()
+            if work is not None:
+                queue, batch = work
+                queue.process(batch)
+                last_check = time.monotonic()  # TF checks again at once after a batch
+                continue
+            if sleeper.lock.acquire(timeout=timeout):
+                last_check = time.monotonic()
+                continue
+            with self._mu:
+                notified = sleeper not in self._idle
+                if notified:  # notified between the timeout and here: take the release back
+                    sleeper.lock.acquire()
+                else:
+                    self._idle.remove(sleeper)
+            last_check = time.monotonic() if notified else wake
 
     def stop(self) -> None:
         """Shutdown (the local server's, TF Serving has none): tasks still queued fail UNAVAILABLE, threads stop.
@@ -271,10 +313,12 @@ class SharedBatchScheduler:
         Called once gRPC's grace period is over: those requests were answered or cancelled by
         then, and nothing must keep a request thread waiting for a batch that never runs.
         """
-        with self._cv:
+        with self._mu:
             self._stopped = True
             queues = list(self._queues)
-            self._cv.notify_all()
+            for sleeper in self._idle:
+                sleeper.lock.release()
+            self._idle.clear()
         for queue in queues:
             queue.abandon(UnavailableError("the server is shutting down"))
         for thread in self._threads:
