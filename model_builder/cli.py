@@ -183,7 +183,13 @@ def _add_shard_job(sub) -> None:
         "--shard-index exactly as `build --shards K` does, uploads OUTPUT/<name>-shard-<i>/<version>/ and then "
         "its .published marker. Build arguments (--model-name, --version, index flags, ...) follow `--`.",
     )
-    p.add_argument("--input", required=True, help="s3://bucket/key of the candidates .npz (ids + vectors)")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="s3://bucket/key of the candidates .npz (ids + vectors), or s3://bucket/prefix/ (ending in /) "
+        "of part files *.npz, streamed keeping only this shard's rows (needs --query-side partitioned "
+        "and --query item)",
+    )
     p.add_argument("--output", required=True, help="s3://bucket/prefix the shard versions go under")
     p.add_argument("--shards", type=int, required=True, help="K, the number of shards")
     p.add_argument(
@@ -217,6 +223,7 @@ def _run_shard_job(args: argparse.Namespace) -> int:
         args.shards,
         int(index),
         Path(args.scratch),
+        parts=args.input.endswith("/"),
     )
     cfg = config_from_args(BuildConfig, build)
     marker = run(job, cfg, config_from_args(TrainConfig, build), config_from_args(IndexConfig, build), _log)

@@ -12,6 +12,11 @@ environment (requirements/build.in), so the builder image needs no new dependenc
 credentials through the AWS SDK's default chain (IRSA's web identity token on EKS) and
 AWS_ENDPOINT_URL for S3-compatible stores (moto in tests/model/test_shard_job.py).
 
+--input s3://bucket/prefix/ (ending in /) names a folder of part files (*.npz, a Spark/Beam
+export): with --query-side partitioned and --query item the pod streams them one at a time and
+keeps only its own rows (shard_parts.py), so it holds 1/K of the catalogue plus one part instead
+of all of it.
+
 Only imported candidates: K pods training their own towers would give K different query sides,
 so train once (or export embeddings) and shard the result. --version is required: K pods cannot
 agree on "one above the highest" without talking to each other.
@@ -30,7 +35,7 @@ from urllib.parse import urlparse
 
 from model_builder.build_config import BuildConfig
 from model_builder.errors import ConfigError
-from model_builder.sharding import build_shard, check_names, partition, shard_name
+from model_builder.sharding import build_home_shard, build_shard, check_names, partition, shard_name
 from model_builder.towers.prepare import Log
 
 
@@ -65,6 +70,8 @@ class ShardJob:
     shards: int
     index: int
     scratch: Path
+    # --input ended in "/": a prefix of part files, streamed (shard_parts.py), not one object.
+    parts: bool = False
 
 
 def filesystem():
@@ -130,6 +137,8 @@ def run(job: ShardJob, cfg: BuildConfig, train_cfg, index_cfg, log: Log = print)
         raise ConfigError(
             "shard-job takes the candidates from --input: drop --candidates/--dataset from the build arguments"
         )
+    if job.parts:
+        _refuse_parts(job, cfg)
     s3 = filesystem()
     target = job.output.child(shard_name(cfg.model_name, job.index), str(cfg.version))
     _refuse_published(s3, target)  # before the build, not only before the upload
@@ -140,13 +149,40 @@ def run(job: ShardJob, cfg: BuildConfig, train_cfg, index_cfg, log: Log = print)
         cfg.validate()
         index_cfg.validate()
         check_names(cfg.model_name, cfg.shards)
-        _download(s3, job.input, local)
-        prepared = prepare_imported(cfg, log)
-        shards, _ = partition(cfg, prepared, log)
-        version_dir = build_shard(cfg, train_cfg, index_cfg, prepared, shards, job.index, cfg.version, log)
+        if job.parts:
+            version_dir = _build_from_parts(s3, job, cfg, train_cfg, index_cfg, work, log)
+        else:
+            _download(s3, job.input, local)
+            prepared = prepare_imported(cfg, log)
+            shards, _ = partition(cfg, prepared, log)
+            version_dir = build_shard(cfg, train_cfg, index_cfg, prepared, shards, job.index, cfg.version, log)
         return upload_version(s3, version_dir, target, log)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _refuse_parts(job: ShardJob, cfg: BuildConfig) -> None:
+    """A prefix of parts streams only this shard's items: only a partitioned item shard needs no more."""
+    where = f"--input s3://{job.input.path.rstrip('/')}/ (a prefix of parts)"
+    if cfg.query != "item":
+        raise ConfigError(
+            f"{where} keeps only this shard's candidates, but a user -> items shard needs the query side: "
+            "pass one .npz object as --input"
+        )
+    if cfg.query_side != "partitioned":
+        raise ConfigError(
+            f"{where} keeps only this shard's items, but a replicated shard needs every item as a query: "
+            "add --query-side partitioned to the build arguments, or pass one .npz object as --input"
+        )
+
+
+def _build_from_parts(s3, job: ShardJob, cfg: BuildConfig, train_cfg, index_cfg, work: Path, log: Log) -> Path:
+    """Streams this shard's rows out of the parts (shard_parts.py) and builds the shard from them alone."""
+    from model_builder.shard_parts import list_parts, stream_home_rows
+
+    parts = list_parts(s3, job.input.bucket, job.input.key)
+    home = stream_home_rows(s3, parts, job.shards, job.index, work, log)
+    return build_home_shard(cfg, train_cfg, index_cfg, home.prepared, job.index, cfg.version, home.total_rows, log)
 
 
 __all__ = ["S3Location", "ShardJob", "filesystem", "run", "upload_version"]

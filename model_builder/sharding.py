@@ -22,6 +22,10 @@ Each shard runs the whole build (its own index search on N/K candidates, its own
 merged answer of the published versions is checked against exact search over the full catalogue
 and written to `OUT/<name>.shards-<version>.json` (next to the shard folders; a file, so nothing
 takes it for a model).
+
+A partitioned item -> similar items shard needs nothing but its own items, so `build_home_shard`
+builds it from a catalogue already holding only them (shard-job streaming a prefix of parts,
+shard_parts.py); `build_shard` and `build --shards K` are unchanged.
 """
 
 from __future__ import annotations
@@ -180,12 +184,54 @@ def build_shard(
 ) -> Path:
     """Builds, gates and publishes shard `index` as OUT/<name>-shard-<index>/<version>: the one path
     `build --shards K` and the Indexed Job's `shard-job` (shard_job.py) both take."""
+    part = shard_prepared(prepared, shards, index, cfg.shards, cfg.query_side)
+    return _publish(cfg, train_cfg, index_cfg, part, index, version, log)
+
+
+def _publish(
+    cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: IndexConfig, part: Prepared, index: int, version: int, log: Log
+) -> Path:
+    """Builds, gates and publishes one shard's catalogue as OUT/<name>-shard-<index>/<version>."""
     from model_builder import pipeline
 
     shard_cfg = replace(cfg, model_name=shard_name(cfg.model_name, index), version=version)
-    part = shard_prepared(prepared, shards, index, cfg.shards, cfg.query_side)
     result = pipeline.build(shard_cfg, train_cfg, index_cfg, lambda m: log(f"[shard {index}] {m}"), part)
     return result.version_dir
+
+
+def build_home_shard(
+    cfg: BuildConfig,
+    train_cfg: TrainConfig,
+    index_cfg: IndexConfig,
+    prepared: Prepared,
+    index: int,
+    version: int,
+    total_candidates: int | None,
+    log: Log = print,
+) -> Path:
+    """Shard `index` of an item -> similar items build with --query-side partitioned from a catalogue
+    that already holds only this shard's items (shard-job streaming parts: shard_parts.py).
+
+    A partitioned item shard needs nothing but its own rows (its items are its candidates and its
+    queries), so the other shards' rows never have to be loaded. Only this shard's size can be
+    checked (partition() checks all K); `total_candidates` (the parts' row count) goes to build_info.
+    """
+    cat = prepared.catalogue
+    if cfg.query_side != "partitioned" or cat.query_vectors is not None:
+        raise ConfigError("a shard built from its own rows only needs --query-side partitioned and --query item")
+    strays = np.flatnonzero(shard_of(cat.candidate_ids, cfg.shards) != index)
+    if len(strays):
+        raise ConfigError(f"id {cat.candidate_ids[strays[0]]!r} is not homed in shard {index} of {cfg.shards}")
+    count = len(cat.candidate_ids)
+    if count < cfg.k + 1:
+        raise ConfigError(
+            f"shard {index} of {cfg.shards} holds {count} candidates, fewer than k + 1 = {cfg.k + 1}: use fewer --shards"
+        )
+    info = {"shard": index, "shards": cfg.shards, "hash": SHARD_HASH, "candidates": count, "query_side": "partitioned"}
+    data_info = {**prepared.data_info, "sharding": {**info, "total_candidates": total_candidates}}
+    log(f"sharding: shard {index} of {cfg.shards} by {SHARD_HASH}: {count} of {total_candidates} candidates")
+    part = replace(prepared, catalogue=replace(cat, query_ids=cat.candidate_ids), data_info=data_info, seen=None)
+    return _publish(cfg, train_cfg, index_cfg, part, index, version, log)
 
 
 def build_sharded(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: IndexConfig, log: Log = print) -> ShardedResult:
@@ -231,6 +277,7 @@ def build_sharded(cfg: BuildConfig, train_cfg: TrainConfig, index_cfg: IndexConf
 __all__ = [
     "SHARD_HASH",
     "ShardedResult",
+    "build_home_shard",
     "build_shard",
     "build_sharded",
     "partition",
