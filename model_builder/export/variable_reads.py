@@ -7,7 +7,9 @@ ReadVariableOp of it copies the whole tensor. ScaNN's TensorsToScann reads its d
 densely on every call, and the candidate (and, for item -> similar items, query) vectors *are* that
 variable: one ResourceGather made each call copy the catalogue's vectors (200k x 64: 5.6 ms of a
 6 ms call; 4M x 64: ~100 ms; benchmarks/README.md "Sharding"). Gathering from the variable's
-value instead reads it as the tensor it is (a reference, no copy) and gathers from that.
+value instead reads it as the tensor it is (a reference, no copy) and gathers from that. Every
+served gather goes through here (the feature towers' embeddings too): one rule, checked on the
+saved graphs by tests/model/test_no_copy_on_read.py.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from model_builder.export.variable_reads import gather_rows
 from model_builder.towers.feature_encoding import MULTI_SEPARATOR, Encoder, TowerSchema
 
 _DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
@@ -81,7 +82,7 @@ class ServingTower(tf.Module):
             value = features[encoder.name]
             if encoder.kind == "numeric":
                 standardized, bucket = _numeric(encoder, value)
-                parts += [standardized[:, None], tf.gather(embedding, bucket)]
+                parts += [standardized[:, None], gather_rows(embedding, bucket)]
             elif encoder.kind == "multi":
                 parts.append(_mean_of_known_tokens(table, embedding, value, batch))
             else:
@@ -89,7 +90,7 @@ class ServingTower(tf.Module):
                     value = _clean(value)
                     if encoder.prefix:
                         value = tf.strings.substr(value, 0, encoder.prefix, unit="UTF8_CHAR")
-                parts.append(tf.gather(embedding, table.lookup(value)))
+                parts.append(gather_rows(embedding, table.lookup(value)))
         x = tf.concat(parts, axis=-1)
         for kernel, bias in zip(self.kernels[:-1], self.biases[:-1]):
             x = tf.nn.relu(tf.matmul(x, kernel) + bias)
@@ -120,7 +121,7 @@ def _mean_of_known_tokens(table, embedding: tf.Variable, value: tf.Tensor, batch
     index = table.lookup(tf.strings.strip(tokens))
     known = tf.cast(index > 0, tf.float32)
     rows = indices[:, 0]
-    total = tf.math.unsorted_segment_sum(tf.gather(embedding, index) * known[:, None], rows, batch)
+    total = tf.math.unsorted_segment_sum(gather_rows(embedding, index) * known[:, None], rows, batch)
     count = tf.math.unsorted_segment_sum(known, rows, batch)
     return total / tf.maximum(count, 1.0)[:, None]
 
