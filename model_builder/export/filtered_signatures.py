@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from model_builder.export.variable_reads import gather_rows
+from model_builder.variable_reads import gather_rows
 
 
 class FilteredSignatures:

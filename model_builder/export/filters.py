@@ -30,8 +30,8 @@ import numpy as np
 import tensorflow as tf
 
 from model_builder.contract import FILTERED_SIGNATURE, SCHEMA_SIGNATURE, VECTOR_FILTERED_SIGNATURE
-from model_builder.export.variable_reads import gather_rows
 from model_builder.index.attributes import SEPARATOR, AttributeTables
+from model_builder.variable_reads import gather_rows
 
 ALLOW = "allow"
 DENY = "deny"

@@ -58,10 +58,10 @@ from model_builder.export.filters import (
     FilterTables,
 )
 from model_builder.export.row_table import row_table
-from model_builder.export.variable_reads import gather_rows
 from model_builder.index.attributes import AttributeTables
 from model_builder.index.config import ResolvedIndex
 from model_builder.towers.history import SEEN_PADDING
+from model_builder.variable_reads import gather_rows
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from model_builder.export.variable_reads import gather_rows
 from model_builder.towers.feature_encoding import MULTI_SEPARATOR, Encoder, TowerSchema
+from model_builder.variable_reads import gather_rows
 
 _DTYPES = {"string": tf.string, "int64": tf.int64, "float32": tf.float32}
 

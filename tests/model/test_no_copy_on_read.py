@@ -5,7 +5,7 @@ tensorflow/core/kernels/training_op_helpers.h EnsureSparseVariableAccess, and
 tensorflow/core/framework/resource_var.h copy_on_read_mode), after which every dense read copies
 it. ScaNN's TensorsToScann reads its dataset variable densely on every call, and the candidate
 vectors are that variable: one gather by id made each call copy the catalogue (200k x 64: 6 ms
-instead of 0.3 ms per call; export/variable_reads.py). Checked on the op types saved in every kind
+instead of 0.3 ms per call; model_builder/variable_reads.py). Checked on the op types saved in every kind
 of version the builder writes."""
 
 from __future__ import annotations
