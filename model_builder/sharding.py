@@ -111,6 +111,14 @@ def _partitioned(prepared: Prepared, members: np.ndarray, index: int, count: int
     return replace(prepared, catalogue=catalogue, seen=None)
 
 
+def _with_sharding(
+    prepared: Prepared, index: int, count: int, candidates: int, query_side: str, total: int | None
+) -> dict:
+    """The build's data_info plus what build_info records of this shard."""
+    info = {"shard": index, "shards": count, "hash": SHARD_HASH, "candidates": candidates, "query_side": query_side}
+    return {**prepared.data_info, "sharding": {**info, "total_candidates": total}}
+
+
 def shard_prepared(
     prepared: Prepared, shards: np.ndarray, index: int, count: int, query_side: str = "replicated"
 ) -> Prepared:
@@ -120,8 +128,7 @@ def shard_prepared(
     members = np.flatnonzero(shards == index)
     to_shard = np.full(len(cat.candidate_ids), -1, np.int64)
     to_shard[members] = np.arange(len(members))
-    info = {"shard": index, "shards": count, "hash": SHARD_HASH, "candidates": len(members), "query_side": query_side}
-    data_info = {**prepared.data_info, "sharding": {**info, "total_candidates": len(cat.candidate_ids)}}
+    data_info = _with_sharding(prepared, index, count, len(members), query_side, len(cat.candidate_ids))
     if query_side == "partitioned":
         return replace(_partitioned(prepared, members, index, count), data_info=data_info)
     if cat.query_vectors is None:  # item -> similar items: every item stays a query
@@ -227,8 +234,7 @@ def build_home_shard(
         raise ConfigError(
             f"shard {index} of {cfg.shards} holds {count} candidates, fewer than k + 1 = {cfg.k + 1}: use fewer --shards"
         )
-    info = {"shard": index, "shards": cfg.shards, "hash": SHARD_HASH, "candidates": count, "query_side": "partitioned"}
-    data_info = {**prepared.data_info, "sharding": {**info, "total_candidates": total_candidates}}
+    data_info = _with_sharding(prepared, index, cfg.shards, count, "partitioned", total_candidates)
     log(f"sharding: shard {index} of {cfg.shards} by {SHARD_HASH}: {count} of {total_candidates} candidates")
     part = replace(prepared, catalogue=replace(cat, query_ids=cat.candidate_ids), data_info=data_info, seen=None)
     return _publish(cfg, train_cfg, index_cfg, part, index, version, log)
